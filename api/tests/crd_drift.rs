@@ -1,0 +1,15 @@
+//! The CRD under charts/ is generated; this fails when someone edits the
+//! types without regenerating it (or edits the YAML by hand).
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let generated = ferry_api::crd_yaml().expect("CRD serializes");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(ferry_api::CRD_FILE);
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+    assert!(
+        committed == generated,
+        "{} differs from the generated CRD; run `cargo run -p ferry-api --bin crdgen` and commit the result",
+        path.display()
+    );
+}
