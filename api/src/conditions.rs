@@ -65,14 +65,38 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_changes() {
         let mut conditions = Vec::new();
-        set_condition(&mut conditions, "Ready", ConditionStatus::True, "A", "a".into(), Some(1), at(10));
-        set_condition(&mut conditions, "Ready", ConditionStatus::True, "B", "b".into(), Some(2), at(20));
+        set_condition(
+            &mut conditions,
+            "Ready",
+            ConditionStatus::True,
+            "A",
+            "a".into(),
+            Some(1),
+            at(10),
+        );
+        set_condition(
+            &mut conditions,
+            "Ready",
+            ConditionStatus::True,
+            "B",
+            "b".into(),
+            Some(2),
+            at(20),
+        );
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].last_transition_time, at(10));
         assert_eq!(conditions[0].reason, "B");
         assert_eq!(conditions[0].observed_generation, Some(2));
 
-        set_condition(&mut conditions, "Ready", ConditionStatus::False, "C", "c".into(), Some(3), at(30));
+        set_condition(
+            &mut conditions,
+            "Ready",
+            ConditionStatus::False,
+            "C",
+            "c".into(),
+            Some(3),
+            at(30),
+        );
         assert_eq!(conditions[0].last_transition_time, at(30));
         assert_eq!(conditions[0].status, "False");
     }

@@ -20,7 +20,9 @@ pub use policy::*;
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{field}: {value:?} is not a duration ({reason}); use Go syntax such as 10s, 1m30s or 2h")]
+    #[error(
+        "{field}: {value:?} is not a duration ({reason}); use Go syntax such as 10s, 1m30s or 2h"
+    )]
     InvalidDuration {
         field: &'static str,
         value: String,

@@ -42,7 +42,11 @@ const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a
     .message("stateApi (port, path) is required when strategy is StateApi")
     .field_path(".stateApi")
     .reason(kube::core::Reason::FieldValueRequired))]
-#[x_kube(validation = Rule::new("duration(self.failover.maxCheckpointAge) >= duration(self.interval)")
+#[x_kube(validation = Rule::new(format!(
+        // Malformed durations are reported by their own fields' patterns;
+        // this rule only compares well-formed ones.
+        "!self.interval.matches(r'{DURATION_PATTERN}') || !self.failover.maxCheckpointAge.matches(r'{DURATION_PATTERN}') || duration(self.failover.maxCheckpointAge) >= duration(self.interval)"
+    ))
     .message("failover.maxCheckpointAge must not be shorter than interval: every checkpoint would be too old to restore")
     .field_path(".failover.maxCheckpointAge"))]
 #[serde(rename_all = "camelCase")]
@@ -67,7 +71,7 @@ pub struct CheckpointPolicySpec {
     /// How often each container is checkpointed (Go duration, 1s to 24h).
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')")
+    #[x_kube(validation = Rule::new(format!("!self.matches(r'{DURATION_PATTERN}') || (duration(self) >= duration('1s') && duration(self) <= duration('24h'))"))
         .message("interval must be between 1s and 24h"))]
     pub interval: String,
 
@@ -143,7 +147,7 @@ pub struct Retention {
     /// Archives older than this are deleted (Go duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+    #[x_kube(validation = Rule::new(format!("!self.matches(r'{DURATION_PATTERN}') || (duration(self) >= duration('1s'))"))
         .message("retention.maxAge must be at least 1s"))]
     pub max_age: Option<String>,
 }
@@ -191,7 +195,9 @@ impl Default for FailoverSpec {
 }
 
 /// A kind of failure that ferry reacts to.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum FailureTrigger {
     /// The container restarted, terminated or fails its liveness probe.
     ContainerFailure,
@@ -231,7 +237,7 @@ pub struct StateApiSpec {
     /// Bound on one GET or PUT (Go duration).
     #[serde(default = "default_state_timeout")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('10m')")
+    #[x_kube(validation = Rule::new(format!("!self.matches(r'{DURATION_PATTERN}') || (duration(self) >= duration('100ms') && duration(self) <= duration('10m'))"))
         .message("stateApi.timeout must be between 100ms and 10m"))]
     pub timeout: String,
 }

@@ -1,10 +1,14 @@
 //! The CRD under charts/ is generated; this fails when someone edits the
 //! types without regenerating it (or edits the YAML by hand).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
 #[test]
 fn committed_crd_matches_the_types() {
     let generated = ferry_api::crd_yaml().expect("CRD serializes");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(ferry_api::CRD_FILE);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(ferry_api::CRD_FILE);
     let committed = std::fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
     assert!(

@@ -16,7 +16,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(ferry_api::CRD_FILE);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(ferry_api::CRD_FILE);
     match mode.as_deref() {
         Some("--stdout") => {
             #[allow(clippy::print_stdout)] // printing is this mode's purpose
@@ -28,7 +30,10 @@ fn main() -> ExitCode {
         Some("--check") => match std::fs::read_to_string(&path) {
             Ok(committed) if committed == yaml => ExitCode::SUCCESS,
             Ok(_) => {
-                eprintln!("crdgen: {} is out of date; run `cargo run -p ferry-api --bin crdgen`", path.display());
+                eprintln!(
+                    "crdgen: {} is out of date; run `cargo run -p ferry-api --bin crdgen`",
+                    path.display()
+                );
                 ExitCode::FAILURE
             }
             Err(err) => {

@@ -7,8 +7,8 @@ use base64::Engine;
 use base64::prelude::BASE64_STANDARD;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::{Error, write_file};
@@ -30,7 +30,11 @@ pub(crate) fn write(dir: &Path) -> Result<Certs, Error> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.distinguished_name = name("ferry-testenv-ca", None);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let ca = Issuer::new(ca_params, ca_key);
 
@@ -41,8 +45,12 @@ pub(crate) fn write(dir: &Path) -> Result<Certs, Error> {
         "kubernetes.default".to_owned(),
         "kubernetes.default.svc".to_owned(),
     ])?;
-    serving.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-    serving.subject_alt_names.push(SanType::IpAddress([10, 96, 0, 1].into()));
+    serving
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    serving
+        .subject_alt_names
+        .push(SanType::IpAddress([10, 96, 0, 1].into()));
     serving.distinguished_name = name("kube-apiserver", None);
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let serving_cert = serving.signed_by(&serving_key, &ca)?;
@@ -69,7 +77,10 @@ pub(crate) fn write(dir: &Path) -> Result<Certs, Error> {
     write_file(&certs.serving_cert, &serving_cert.pem())?;
     write_file(&certs.serving_key, &serving_key.serialize_pem())?;
     write_file(&certs.service_account_key, &service_account.serialize_pem())?;
-    write_file(&certs.service_account_public_key, &service_account.public_key_pem())?;
+    write_file(
+        &certs.service_account_public_key,
+        &service_account.public_key_pem(),
+    )?;
     Ok(certs)
 }
 

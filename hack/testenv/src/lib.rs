@@ -112,7 +112,11 @@ impl ControlPlane {
     /// Create a namespace per test to keep tests apart.
     pub async fn shared() -> Result<&'static ControlPlane, Error> {
         let result = SHARED
-            .get_or_init(|| async { Self::start(Options::default()).await.map_err(|e| e.to_string()) })
+            .get_or_init(|| async {
+                Self::start(Options::default())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
             .await;
         result.as_ref().map_err(|e| Error::SharedFailed(e.clone()))
     }
@@ -172,8 +176,14 @@ impl ControlPlane {
             format!("--tls-cert-file={}", certs.serving_cert.display()),
             format!("--tls-private-key-file={}", certs.serving_key.display()),
             format!("--client-ca-file={}", certs.ca_cert.display()),
-            format!("--service-account-key-file={}", certs.service_account_public_key.display()),
-            format!("--service-account-signing-key-file={}", certs.service_account_key.display()),
+            format!(
+                "--service-account-key-file={}",
+                certs.service_account_public_key.display()
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                certs.service_account_key.display()
+            ),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--authorization-mode=RBAC".into(),
@@ -182,16 +192,24 @@ impl ControlPlane {
             "--v=1".into(),
         ];
         if !disabled_admission.is_empty() {
-            apiserver_args.push(format!("--disable-admission-plugins={}", disabled_admission.join(",")));
+            apiserver_args.push(format!(
+                "--disable-admission-plugins={}",
+                disabled_admission.join(",")
+            ));
         }
-        plane.spawn("kube-apiserver", &assets.join("kube-apiserver"), &apiserver_args)?;
+        plane.spawn(
+            "kube-apiserver",
+            &assets.join("kube-apiserver"),
+            &apiserver_args,
+        )?;
 
         let client = plane.client().await?;
-        plane.wait_for("kube-apiserver /readyz", Duration::from_secs(60), || {
-            let client = client.clone();
-            async move { readyz(&client).await }
-        })
-        .await?;
+        plane
+            .wait_for("kube-apiserver /readyz", Duration::from_secs(60), || {
+                let client = client.clone();
+                async move { readyz(&client).await }
+            })
+            .await?;
 
         if options.controller_manager {
             let port = process::free_port()?;
@@ -206,7 +224,10 @@ impl ControlPlane {
                     "--bind-address=127.0.0.1".into(),
                     format!("--secure-port={port}"),
                     format!("--cert-dir={}", dir.join("kcm-certs").display()),
-                    format!("--service-account-private-key-file={}", certs.service_account_key.display()),
+                    format!(
+                        "--service-account-private-key-file={}",
+                        certs.service_account_key.display()
+                    ),
                     format!("--root-ca-file={}", certs.ca_cert.display()),
                     "--leader-elect=false".into(),
                     "--controllers=*".into(),
@@ -251,20 +272,30 @@ impl ControlPlane {
             )?;
             create_kwok_nodes(&client, options.kwok_nodes).await?;
             let want = options.kwok_nodes;
-            plane.wait_for(&format!("{want} kwok nodes Ready"), Duration::from_secs(60), || {
-                let client = client.clone();
-                async move { ready_nodes(&client).await.map(|n| n >= want) }
-            })
-            .await?;
+            plane
+                .wait_for(
+                    &format!("{want} kwok nodes Ready"),
+                    Duration::from_secs(60),
+                    || {
+                        let client = client.clone();
+                        async move { ready_nodes(&client).await.map(|n| n >= want) }
+                    },
+                )
+                .await?;
         }
         if options.controller_manager {
             // The ServiceAccount controller is the last piece pods depend on.
             let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-            plane.wait_for("the default ServiceAccount", Duration::from_secs(60), || {
-                let accounts = accounts.clone();
-                async move { Ok(accounts.get_opt("default").await?.is_some()) }
-            })
-            .await?;
+            plane
+                .wait_for(
+                    "the default ServiceAccount",
+                    Duration::from_secs(60),
+                    || {
+                        let accounts = accounts.clone();
+                        async move { Ok(accounts.get_opt("default").await?.is_some()) }
+                    },
+                )
+                .await?;
         }
         plane.startup = started.elapsed();
         tracing::info!(dir = %plane.dir.display(), server = %plane.server, startup = ?plane.startup, "control plane ready");
@@ -281,10 +312,11 @@ impl ControlPlane {
 
     /// The admin client configuration, for code that builds its own client.
     pub async fn kube_config(&self) -> Result<Config, Error> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).map_err(|source| Error::Kubeconfig {
-            path: self.kubeconfig.clone(),
-            source,
-        })?;
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|source| Error::Kubeconfig {
+                path: self.kubeconfig.clone(),
+                source,
+            })?;
         Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|source| Error::Kubeconfig {
@@ -358,14 +390,22 @@ impl ControlPlane {
     }
 
     fn ensure_running(&self) -> Result<(), Error> {
-        let mut components = self.components.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        components.iter_mut().try_for_each(Component::ensure_running)
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        components
+            .iter_mut()
+            .try_for_each(Component::ensure_running)
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let components = self.components.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let components = self
+            .components
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Stop in reverse start order: clients before the apiserver before etcd.
         while let Some(mut component) = components.pop() {
             component.stop();
@@ -399,7 +439,9 @@ pub fn assets_dir() -> Result<PathBuf, Error> {
                 String::from_utf8_lossy(&output.stderr).trim()
             ));
         }
-        Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+        Ok(PathBuf::from(
+            String::from_utf8_lossy(&output.stdout).trim(),
+        ))
     });
     result.clone().map_err(Error::Assets)
 }

@@ -20,7 +20,12 @@ pub(crate) struct Component {
 }
 
 impl Component {
-    pub(crate) fn spawn(name: &'static str, binary: &Path, args: &[String], log_dir: &Path) -> Result<Self, Error> {
+    pub(crate) fn spawn(
+        name: &'static str,
+        binary: &Path,
+        args: &[String],
+        log_dir: &Path,
+    ) -> Result<Self, Error> {
         std::fs::create_dir_all(log_dir).map_err(|source| Error::Io {
             action: "creating",
             path: log_dir.to_owned(),
@@ -43,7 +48,10 @@ impl Component {
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(stderr);
-        let child = spawn_with_parent_death_signal(command).map_err(|source| Error::Spawn { component: name, source })?;
+        let child = spawn_with_parent_death_signal(command).map_err(|source| Error::Spawn {
+            component: name,
+            source,
+        })?;
         Ok(Self { name, child, log })
     }
 
@@ -127,11 +135,14 @@ pub(crate) fn free_port() -> Result<u16, Error> {
         path: PathBuf::from("127.0.0.1:0"),
         source,
     })?;
-    listener.local_addr().map(|addr| addr.port()).map_err(|source| Error::Io {
-        action: "reading address of",
-        path: PathBuf::from("127.0.0.1:0"),
-        source,
-    })
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|source| Error::Io {
+            action: "reading address of",
+            path: PathBuf::from("127.0.0.1:0"),
+            source,
+        })
 }
 
 /// A new directory `$TMPDIR/ferry-testenv/<pid>-<n>`; directories of
@@ -143,7 +154,11 @@ pub(crate) fn fresh_dir() -> Result<PathBuf, Error> {
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let pid = name.to_string_lossy().split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let pid = name
+                .to_string_lossy()
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
             if let Some(pid) = pid
                 && !Path::new(&format!("/proc/{pid}")).exists()
             {
@@ -151,7 +166,11 @@ pub(crate) fn fresh_dir() -> Result<PathBuf, Error> {
             }
         }
     }
-    let dir = root.join(format!("{}-{}", std::process::id(), SEQUENCE.fetch_add(1, Ordering::SeqCst)));
+    let dir = root.join(format!(
+        "{}-{}",
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
         action: "creating",
         path: dir.clone(),

@@ -4,6 +4,8 @@
 //! refuses values its schema does not allow, and grants no more RBAC than the
 //! design allows.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

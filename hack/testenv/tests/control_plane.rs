@@ -1,6 +1,8 @@
 //! The harness itself: a full control plane comes up, kwok nodes turn Ready,
 //! pods get scheduled and run, and everything goes away on drop.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
 use std::time::Duration;
 
 use ferry_testenv::{ControlPlane, Options, node_is_ready};
@@ -9,19 +11,36 @@ use kube::api::{Api, ListParams, PostParams};
 
 #[tokio::test]
 async fn full_control_plane_runs_pods_on_kwok_nodes() {
-    let plane = ControlPlane::start(Options::full(3)).await.expect("control plane starts");
-    eprintln!("control plane with 3 kwok nodes ready in {:?}", plane.startup_time());
+    let plane = ControlPlane::start(Options::full(3))
+        .await
+        .expect("control plane starts");
+    eprintln!(
+        "control plane with 3 kwok nodes ready in {:?}",
+        plane.startup_time()
+    );
     let client = plane.client().await.expect("client");
 
     let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list(&ListParams::default()).await.expect("list nodes");
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .expect("list nodes");
     assert_eq!(list.items.len(), 3);
-    assert!(list.items.iter().all(node_is_ready), "every kwok node is Ready");
+    assert!(
+        list.items.iter().all(node_is_ready),
+        "every kwok node is Ready"
+    );
 
     // RBAC is on: an unprivileged identity is refused.
     let output = plane
         .kubectl()
-        .args(["auth", "can-i", "list", "pods", "--as=system:serviceaccount:default:nobody"])
+        .args([
+            "auth",
+            "can-i",
+            "list",
+            "pods",
+            "--as=system:serviceaccount:default:nobody",
+        ])
         .output()
         .expect("kubectl runs");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "no");
@@ -34,7 +53,9 @@ async fn full_control_plane_runs_pods_on_kwok_nodes() {
         "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
     }))
     .expect("pod");
-    pods.create(&PostParams::default(), &pod).await.expect("create pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
     let running = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let pod = pods.get("probe").await.expect("get pod");

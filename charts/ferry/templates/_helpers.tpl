@@ -1,0 +1,126 @@
+{{/*
+Chart name, truncated to the 63 characters a label value allows.
+*/}}
+{{- define "ferry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: the prefix of every object name. "<release>-<chart>", or just the
+release name when it already contains the chart name. Truncated to leave room
+for the "-controller" / "-agent" suffixes within 63 characters.
+*/}}
+{{- define "ferry.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+"<chart>-<version>" for the helm.sh/chart label.
+*/}}
+{{- define "ferry.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object.
+*/}}
+{{- define "ferry.labels" -}}
+helm.sh/chart: {{ include "ferry.chart" . }}
+{{ include "ferry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ferry
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels shared by all components; add "ferry.componentLabel" to tell
+the controller and the agent apart.
+*/}}
+{{- define "ferry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ferry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Controller: full name, labels, selector labels.
+*/}}
+{{- define "ferry.controller.fullname" -}}
+{{- printf "%s-controller" (include "ferry.fullname" .) }}
+{{- end }}
+
+{{- define "ferry.controller.labels" -}}
+{{ include "ferry.labels" . }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "ferry.controller.selectorLabels" -}}
+{{ include "ferry.selectorLabels" . }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{/*
+Agent: full name, labels, selector labels.
+*/}}
+{{- define "ferry.agent.fullname" -}}
+{{- printf "%s-agent" (include "ferry.fullname" .) }}
+{{- end }}
+
+{{- define "ferry.agent.labels" -}}
+{{ include "ferry.labels" . }}
+app.kubernetes.io/component: agent
+{{- end }}
+
+{{- define "ferry.agent.selectorLabels" -}}
+{{ include "ferry.selectorLabels" . }}
+app.kubernetes.io/component: agent
+{{- end }}
+
+{{/*
+ServiceAccount names: the configured name, else "<fullname>-<component>" when
+the chart creates it. An existing account must be named: the chart never
+binds its roles to a namespace's "default" account.
+*/}}
+{{- define "ferry.controller.serviceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create }}
+{{- default (include "ferry.controller.fullname" .) .Values.controller.serviceAccount.name }}
+{{- else }}
+{{- required "controller.serviceAccount.name is required when controller.serviceAccount.create is false" .Values.controller.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "ferry.agent.serviceAccountName" -}}
+{{- if .Values.agent.serviceAccount.create }}
+{{- default (include "ferry.agent.fullname" .) .Values.agent.serviceAccount.name }}
+{{- else }}
+{{- required "agent.serviceAccount.name is required when agent.serviceAccount.create is false" .Values.agent.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: "<repository>:<tag>", the tag defaulting to appVersion.
+Call with (dict "image" .Values.x.image "root" $).
+*/}}
+{{- define "ferry.image" -}}
+{{- printf "%s:%s" .image.repository (toString (default .root.Chart.AppVersion .image.tag)) }}
+{{- end }}
+
+{{/*
+prometheus.io/* annotations for a /metrics endpoint on the given port.
+*/}}
+{{- define "ferry.prometheusAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ . | quote }}
+prometheus.io/path: /metrics
+{{- end }}

@@ -1,0 +1,269 @@
+//! The status a CheckpointPolicy should have: pure functions of the object
+//! and the clock, so every rule is unit-testable without an API server.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::core::Selector;
+
+use ferry_api::{
+    CheckpointPolicy, CheckpointPolicySpec, CheckpointPolicyStatus, ConditionStatus, Phase,
+    parse_duration, set_condition,
+};
+
+/// Condition type that says whether the controller accepted the spec and acts on it.
+pub const READY: &str = "Ready";
+
+/// A spec that passed the checks the API server's schema cannot make.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSpec {
+    /// The selector in `kubectl` syntax.
+    pub target: String,
+    pub interval: std::time::Duration,
+    pub node_loss_grace_period: std::time::Duration,
+    pub max_checkpoint_age: std::time::Duration,
+}
+
+/// Checks what the schema cannot (or what an object written before the
+/// schema existed may lack), collecting every problem with its field path.
+pub fn validate(spec: &CheckpointPolicySpec) -> Result<ValidSpec, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut duration = |field: &'static str, value: &str| match parse_duration(field, value) {
+        Ok(parsed) => Some(parsed),
+        Err(err) => {
+            problems.push(err.to_string());
+            None
+        }
+    };
+    let interval = duration("spec.interval", &spec.interval);
+    let grace = duration(
+        "spec.failover.nodeLossGracePeriod",
+        &spec.failover.node_loss_grace_period,
+    );
+    let max_age = duration(
+        "spec.failover.maxCheckpointAge",
+        &spec.failover.max_checkpoint_age,
+    );
+    if let Some(max_age) = &spec.retention.max_age {
+        duration("spec.retention.maxAge", max_age);
+    }
+    let target = match selector_string(&spec.selector) {
+        Ok(target) if target.is_empty() => {
+            problems.push(
+                "spec.selector: must not be empty; it would select every pod in the namespace"
+                    .into(),
+            );
+            None
+        }
+        Ok(target) => Some(target),
+        Err(err) => {
+            problems.push(format!("spec.selector: {err}"));
+            None
+        }
+    };
+    if spec.strategy == ferry_api::Strategy::StateApi && spec.state_api.is_none() {
+        problems.push("spec.stateApi: required when strategy is StateApi".into());
+    }
+    match (target, interval, grace, max_age) {
+        (Some(target), Some(interval), Some(node_loss_grace_period), Some(max_checkpoint_age))
+            if problems.is_empty() =>
+        {
+            Ok(ValidSpec {
+                target,
+                interval,
+                node_loss_grace_period,
+                max_checkpoint_age,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+/// `app=counter,tier in (a,b)`.
+pub fn selector_string(
+    selector: &LabelSelector,
+) -> Result<String, kube::core::ParseExpressionError> {
+    Ok(Selector::try_from(selector.clone())?.to_string())
+}
+
+/// The status `policy` should have at `now`. Starts from the stored status so
+/// fields owned by other parts of the controller (checkpoints, failovers) and
+/// condition transition times survive.
+pub fn desired_status(policy: &CheckpointPolicy, now: Time) -> CheckpointPolicyStatus {
+    let generation = policy.metadata.generation;
+    let mut status = policy.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    match validate(&policy.spec) {
+        Err(problems) => {
+            status.phase = Some(Phase::Degraded);
+            status.target = selector_string(&policy.spec.selector)
+                .ok()
+                .filter(|t| !t.is_empty());
+            set_condition(
+                &mut status.conditions,
+                READY,
+                ConditionStatus::False,
+                "InvalidSpec",
+                problems.join("; "),
+                generation,
+                now,
+            );
+        }
+        Ok(valid) => {
+            status.target = Some(valid.target.clone());
+            let (phase, reason, message) = if policy.spec.suspend {
+                (
+                    Phase::Suspended,
+                    "Suspended",
+                    "spec.suspend is set: no checkpoints or failovers; archives are kept"
+                        .to_owned(),
+                )
+            } else if status.checkpoints.is_empty() {
+                (
+                    Phase::Pending,
+                    "Accepted",
+                    format!(
+                        "selecting pods {} every {}; no checkpoint yet",
+                        valid.target, policy.spec.interval
+                    ),
+                )
+            } else {
+                (
+                    status
+                        .phase
+                        .filter(|p| *p != Phase::Suspended && *p != Phase::Pending)
+                        .unwrap_or(Phase::Protected),
+                    "Accepted",
+                    format!(
+                        "selecting pods {} every {}",
+                        valid.target, policy.spec.interval
+                    ),
+                )
+            };
+            status.phase = Some(phase);
+            set_condition(
+                &mut status.conditions,
+                READY,
+                ConditionStatus::True,
+                reason,
+                message,
+                generation,
+                now,
+            );
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::CheckpointPolicySpec;
+
+    fn policy(spec: serde_json::Value) -> CheckpointPolicy {
+        let spec: CheckpointPolicySpec = serde_json::from_value(spec).expect("spec");
+        let mut policy = CheckpointPolicy::new("counter", spec);
+        policy.metadata.namespace = Some("default".into());
+        policy.metadata.generation = Some(3);
+        policy
+    }
+
+    fn at(seconds: i64) -> Time {
+        Time(jiff::Timestamp::from_second(seconds).expect("timestamp"))
+    }
+
+    fn ready(status: &CheckpointPolicyStatus) -> (&str, &str, &str) {
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("Ready condition");
+        (
+            condition.status.as_str(),
+            condition.reason.as_str(),
+            condition.message.as_str(),
+        )
+    }
+
+    #[test]
+    fn valid_policy_is_pending_until_first_checkpoint() {
+        let status = desired_status(
+            &policy(serde_json::json!({"selector": {"matchLabels": {"app": "counter"}}})),
+            at(100),
+        );
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.phase, Some(Phase::Pending));
+        assert_eq!(status.target.as_deref(), Some("app=counter"));
+        let (state, reason, message) = ready(&status);
+        assert_eq!((state, reason), ("True", "Accepted"));
+        assert!(message.contains("every 10s"), "{message}");
+    }
+
+    #[test]
+    fn suspended_policy_says_so() {
+        let status = desired_status(
+            &policy(
+                serde_json::json!({"selector": {"matchLabels": {"app": "counter"}}, "suspend": true}),
+            ),
+            at(100),
+        );
+        assert_eq!(status.phase, Some(Phase::Suspended));
+        assert_eq!(ready(&status).1, "Suspended");
+    }
+
+    #[test]
+    fn invalid_spec_names_every_bad_field() {
+        let status = desired_status(
+            &policy(serde_json::json!({
+                "selector": {},
+                "interval": "soon",
+                "strategy": "StateApi",
+            })),
+            at(100),
+        );
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        let (state, reason, message) = ready(&status);
+        assert_eq!((state, reason), ("False", "InvalidSpec"));
+        for field in ["spec.interval", "spec.selector", "spec.stateApi"] {
+            assert!(message.contains(field), "{message} names {field}");
+        }
+    }
+
+    #[test]
+    fn matching_expressions_render_like_kubectl() {
+        let status = desired_status(
+            &policy(serde_json::json!({"selector": {
+                "matchLabels": {"app": "counter"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}],
+            }})),
+            at(100),
+        );
+        assert_eq!(status.target.as_deref(), Some("app=counter,tier in (a,b)"));
+    }
+
+    #[test]
+    fn reconciling_twice_changes_nothing() {
+        let mut object =
+            policy(serde_json::json!({"selector": {"matchLabels": {"app": "counter"}}}));
+        let first = desired_status(&object, at(100));
+        object.status = Some(first.clone());
+        let second = desired_status(&object, at(200));
+        assert_eq!(
+            first, second,
+            "a later clock alone must not produce a status write"
+        );
+    }
+
+    #[test]
+    fn new_generation_updates_observed_generation_but_keeps_transition_time() {
+        let mut object =
+            policy(serde_json::json!({"selector": {"matchLabels": {"app": "counter"}}}));
+        object.status = Some(desired_status(&object, at(100)));
+        object.metadata.generation = Some(4);
+        object.spec.interval = "30s".into();
+        let status = desired_status(&object, at(200));
+        assert_eq!(status.observed_generation, Some(4));
+        let condition = &status.conditions[0];
+        assert_eq!(condition.last_transition_time, at(100));
+        assert_eq!(condition.observed_generation, Some(4));
+        assert!(condition.message.contains("every 30s"));
+    }
+}
