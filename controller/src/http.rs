@@ -35,7 +35,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Http { addr, source })?;
-    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
     axum::serve(listener, router(metrics, readiness))
         .await
         .map_err(|source| Error::Http { addr, source })
