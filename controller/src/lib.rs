@@ -6,13 +6,11 @@
 //! from what is stored, so the controller's own writes never re-trigger work.
 
 pub mod crd;
-pub mod http;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use kube::runtime::Controller;
@@ -20,6 +18,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 
 use ferry_api::CheckpointPolicy;
+use ferry_telemetry::Readiness;
 
 pub use crate::metrics::Metrics;
 
@@ -49,12 +48,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("serving HTTP on {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("serving /healthz, /readyz and /metrics: {0}")]
+    Http(#[source] std::io::Error),
     #[error("CheckpointPolicy has no {0}; the API server always sets it")]
     MissingMetadata(&'static str),
 }
@@ -68,20 +63,6 @@ pub struct Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context").finish_non_exhaustive()
-    }
-}
-
-/// Whether the controller is ready to serve: the CRD was found and the
-/// policy cache has synced. Read by `/readyz`.
-#[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
-
-impl Readiness {
-    pub fn set(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
     }
 }
 

@@ -1,20 +1,12 @@
 //! `ferry-controller`: see the crate documentation of `ferry_controller`.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, ValueEnum};
-use tracing_subscriber::EnvFilter;
-
-use ferry_controller::{Metrics, Readiness};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
+use clap::Parser;
+use ferry_controller::{Error, Metrics};
+use ferry_telemetry::{Endpoints, LogFormat, Readiness};
 
 /// ferry controller: keeps stateful containers protected by CheckpointPolicies.
 #[derive(Debug, Parser)]
@@ -31,19 +23,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stdout().is_terminal();
-    match args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_ansi(ansi)
-            .with_env_filter(filter)
-            .init(),
-    }
-    // Several TLS backends are linked; kube and reqwest need one chosen.
+    ferry_telemetry::init_logging(args.log_format);
+    // Several TLS backends are linked; kube needs one chosen.
     if rustls::crypto::ring::default_provider()
         .install_default()
         .is_err()
@@ -60,17 +41,14 @@ async fn main() -> ExitCode {
     };
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
-    let http = tokio::spawn(ferry_controller::http::serve(
-        args.http_addr,
-        metrics.clone(),
-        readiness.clone(),
-    ));
+    let endpoints = Endpoints {
+        registry: metrics.registry.clone(),
+        readiness: readiness.clone(),
+        not_ready_message: "waiting for the CheckpointPolicy CRD and cache",
+    };
     let outcome = tokio::select! {
         result = ferry_controller::run(client, metrics, readiness) => result,
-        served = http => match served {
-            Ok(Err(err)) => Err(err),
-            _ => Ok(()),
-        },
+        served = ferry_telemetry::serve(args.http_addr, endpoints) => served.map_err(Error::Http),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

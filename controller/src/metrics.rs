@@ -1,5 +1,6 @@
 //! Prometheus metrics of the controller.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,7 +24,7 @@ pub struct ErrorLabels {
 /// The controller's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub reconciliations: Family<ResultLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
@@ -59,7 +60,7 @@ impl Default for Metrics {
             status_writes.clone(),
         );
         Self {
-            registry,
+            registry: Arc::new(registry),
             reconciliations,
             reconcile_errors,
             reconcile_duration,
@@ -75,14 +76,5 @@ impl Metrics {
         self.reconciliations
             .get_or_create(&ResultLabels { result })
             .inc();
-    }
-
-    /// The registry in the Prometheus text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::warn!(error = %err, "encoding metrics");
-        }
-        out
     }
 }

@@ -1,0 +1,80 @@
+//! Conversions between the store's records and the wire types.
+
+use ferry_proto::v1 as pb;
+
+use crate::Error;
+use crate::store::{ArchiveMeta, RuntimeInfo};
+
+pub fn archive_to_proto(meta: &ArchiveMeta) -> pb::Archive {
+    pb::Archive {
+        id: meta.id.clone(),
+        policy: meta.policy.clone(),
+        container: Some(pb::ContainerRef {
+            namespace: meta.namespace.clone(),
+            pod: meta.pod.clone(),
+            pod_uid: meta.pod_uid.clone(),
+            container: meta.container.clone(),
+        }),
+        source_node: meta.source_node.clone(),
+        taken_at_millis: meta.taken_at_millis,
+        size_bytes: meta.size_bytes,
+        source: Some(pb::NodeInfo {
+            node_name: meta.source_node.clone(),
+            runtime: meta.runtime.runtime.clone(),
+            architecture: meta.runtime.architecture.clone(),
+            kernel_version: meta.runtime.kernel_version.clone(),
+            criu_version: meta.runtime.criu_version.clone(),
+            container_runtime: meta.runtime.container_runtime.clone(),
+            ..Default::default()
+        }),
+        container_image: meta.container_image.clone(),
+    }
+}
+
+/// The store record for a wire archive; every name is validated.
+pub fn archive_from_proto(archive: pb::Archive) -> Result<ArchiveMeta, Error> {
+    let container = archive.container.ok_or(Error::InvalidName {
+        field: "archive.container",
+        reason: "missing".into(),
+    })?;
+    let source = archive.source.unwrap_or_default();
+    let meta = ArchiveMeta {
+        id: archive.id,
+        policy: archive.policy,
+        namespace: container.namespace,
+        pod: container.pod,
+        pod_uid: container.pod_uid,
+        container: container.container,
+        source_node: archive.source_node,
+        taken_at_millis: archive.taken_at_millis,
+        size_bytes: archive.size_bytes,
+        container_image: archive.container_image,
+        runtime: RuntimeInfo {
+            runtime: source.runtime,
+            architecture: source.architecture,
+            kernel_version: source.kernel_version,
+            criu_version: source.criu_version,
+            container_runtime: source.container_runtime,
+        },
+    };
+    meta.validate()?;
+    Ok(meta)
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::InvalidName { .. } | Error::TooLarge { .. } => Self::invalid_argument(message),
+            Error::ArchiveNotFound { .. } => Self::not_found(message),
+            Error::HashMismatch { .. } | Error::SizeMismatch { .. } => Self::data_loss(message),
+            Error::StoreFull { .. } => Self::resource_exhausted(message),
+            Error::OffsetMismatch { .. } | Error::TransferInProgress { .. } => {
+                Self::aborted(message)
+            }
+            Error::Kubelet { .. } | Error::Peer { .. } => Self::unavailable(message),
+            Error::Unsupported { .. } => Self::failed_precondition(message),
+            _ => Self::internal(message),
+        }
+    }
+}

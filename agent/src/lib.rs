@@ -1,0 +1,129 @@
+//! ferry's node agent.
+//!
+//! One agent runs on every node. It takes checkpoints through a runtime
+//! (`kubelet` in production), keeps the archives in a content-addressed
+//! store, streams them to peer agents over mutual TLS, and prepares restores.
+//! The gRPC API is `ferry.agent.v1` from `ferry-proto`.
+
+pub mod convert;
+pub mod image;
+pub mod kubelet;
+pub mod metrics;
+pub mod names;
+pub mod replication;
+pub mod runtime;
+pub mod service;
+pub mod store;
+pub mod sys;
+pub mod tls;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the agent. Messages name the object
+/// (archive, container, peer, file) and the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A name or id from a request failed validation.
+    #[error("invalid {field}: {reason}")]
+    InvalidName { field: &'static str, reason: String },
+
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The store's file system is full; nothing already stored was touched.
+    #[error("no space left in the archive store writing {path}; earlier archives are intact")]
+    StoreFull { path: PathBuf },
+
+    #[error("archive {id} not found")]
+    ArchiveNotFound { id: String },
+
+    /// Bytes received or read back do not hash to the archive's id.
+    #[error("archive {id} is corrupt: its content hashes to {actual}")]
+    HashMismatch { id: String, actual: String },
+
+    /// The archive is larger or smaller than announced.
+    #[error("archive {id}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("{what} is {size} bytes; the store accepts at most {max}")]
+    TooLarge { what: String, size: u64, max: u64 },
+
+    /// A resumed transfer does not continue where the partial file ends.
+    #[error(
+        "archive {id}: transfer asked to resume at byte {requested} but this agent holds {held}"
+    )]
+    OffsetMismatch {
+        id: String,
+        requested: u64,
+        held: u64,
+    },
+
+    #[error("archive {id} is already being received from another sender")]
+    TransferInProgress { id: String },
+
+    #[error("archive {id}: metadata {path}: {reason}")]
+    Metadata {
+        id: String,
+        path: PathBuf,
+        reason: String,
+    },
+
+    /// The kubelet's checkpoint API refused or failed.
+    #[error("kubelet checkpoint of {container} on {node}: {message}")]
+    Kubelet {
+        container: String,
+        node: String,
+        message: String,
+    },
+
+    /// TLS material could not be loaded or a TLS connection failed.
+    #[error("TLS {what}: {message}")]
+    Tls { what: String, message: String },
+
+    /// A peer agent could not be reached or refused a request.
+    #[error("peer {peer} ({endpoint}): {step}: {message}")]
+    Peer {
+        peer: String,
+        endpoint: String,
+        step: &'static str,
+        message: String,
+    },
+
+    /// A server of this agent stopped with an error.
+    #[error("serving {what}: {message}")]
+    Serve { what: String, message: String },
+
+    /// The request needs something this agent was not set up for.
+    #[error("{what} is not available on this agent: {reason}")]
+    Unsupported { what: &'static str, reason: String },
+
+    /// Building a checkpoint image from an archive failed.
+    #[error("checkpoint image from archive {archive}: {message}")]
+    CheckpointImage { archive: String, message: String },
+}
+
+impl Error {
+    /// An I/O error, turned into [`Error::StoreFull`] when the disk is full.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.kind() == std::io::ErrorKind::StorageFull
+        {
+            return Self::StoreFull { path };
+        }
+        Self::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `ferry-agent`: see the crate documentation of `ferry_agent`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use ferry_agent::kubelet::{KubeletClient, KubeletConfig};
+use ferry_agent::metrics::Metrics;
+use ferry_agent::replication::{ReplicationConfig, Replicator};
+use ferry_agent::runtime::{Runtime, SyntheticRuntime};
+use ferry_agent::service::{AgentService, NodeFacts};
+use ferry_agent::store::Store;
+use ferry_agent::tls::{MutualTls, TlsFiles};
+use ferry_agent::{Error, sys};
+use ferry_proto::v1::agent_server::AgentServer;
+use ferry_telemetry::{Endpoints, LogFormat, Readiness};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    /// The kubelet checkpoint API (production).
+    Kubelet,
+    /// Test double for the kubelet: writes archives of pseudo-random bytes.
+    Synthetic,
+    /// No runtime: this agent only stores and serves replicas.
+    None,
+}
+
+/// ferry node agent: checkpoints, archive store, replication and restores.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Name of the node this agent runs on.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Address of the gRPC API (mutual TLS).
+    #[arg(long, env = "FERRY_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    grpc_addr: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "FERRY_HTTP_ADDR", default_value = "0.0.0.0:8081")]
+    http_addr: SocketAddr,
+    /// Directory of the archive store.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "/var/lib/ferry")]
+    data_dir: PathBuf,
+    /// CA that signs every ferry certificate.
+    #[arg(long, env = "FERRY_TLS_CA", default_value = "/etc/ferry/tls/ca.crt")]
+    tls_ca: PathBuf,
+    /// This agent's certificate (must carry the DNS name `ferry-agent`).
+    #[arg(long, env = "FERRY_TLS_CERT", default_value = "/etc/ferry/tls/tls.crt")]
+    tls_cert: PathBuf,
+    /// This agent's private key.
+    #[arg(long, env = "FERRY_TLS_KEY", default_value = "/etc/ferry/tls/tls.key")]
+    tls_key: PathBuf,
+    #[arg(long, value_enum, default_value = "kubelet")]
+    runtime: RuntimeKind,
+    /// Address of this node's kubelet.
+    #[arg(long, env = "KUBELET_ADDRESS", default_value = "127.0.0.1")]
+    kubelet_address: String,
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
+    /// CA of the kubelet's serving certificate.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    kubelet_ca: PathBuf,
+    /// ServiceAccount token presented to the kubelet (re-read on every call).
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    kubelet_token: PathBuf,
+    /// Name the kubelet's certificate is issued for, if not its address.
+    #[arg(long)]
+    kubelet_server_name: Option<String>,
+    #[arg(long, default_value = "/var/lib/kubelet/checkpoints")]
+    kubelet_checkpoint_dir: PathBuf,
+    /// With `--runtime synthetic`: bytes of page data per archive.
+    #[arg(long, default_value_t = 16 << 20)]
+    synthetic_archive_bytes: u64,
+    /// Largest archive the store accepts.
+    #[arg(long, default_value_t = 64 << 30)]
+    max_archive_bytes: u64,
+    /// Outgoing replica transfers at once.
+    #[arg(long, default_value_t = 2)]
+    max_concurrent_transfers: usize,
+    /// Compress replica streams with zstd.
+    #[arg(long)]
+    zstd: bool,
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    ferry_telemetry::init_logging(args.log_format);
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::warn!("a rustls crypto provider was already installed");
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    ferry_agent::names::dns_subdomain("--node-name", &args.node_name)?;
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(Readiness::default());
+    let tls = MutualTls::load(&TlsFiles {
+        ca: args.tls_ca.clone(),
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+    })?;
+    let store_dir = args.data_dir.clone();
+    let max_archive_bytes = args.max_archive_bytes;
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, max_archive_bytes))
+        .await
+        .map_err(|e| {
+            Error::io(
+                "opening the store in",
+                &args.data_dir,
+                std::io::Error::other(e),
+            )
+        })??;
+    let store = Arc::new(store);
+    let runtime = match args.runtime {
+        RuntimeKind::Kubelet => Some(Runtime::Kubelet(KubeletClient::new(KubeletConfig {
+            node_name: args.node_name.clone(),
+            address: args.kubelet_address.clone(),
+            port: args.kubelet_port,
+            token_path: args.kubelet_token.clone(),
+            ca_path: args.kubelet_ca.clone(),
+            tls_server_name: args.kubelet_server_name.clone(),
+            checkpoint_dir: args.kubelet_checkpoint_dir.clone(),
+        })?)),
+        RuntimeKind::Synthetic => Some(Runtime::Synthetic(SyntheticRuntime::new(
+            &args.data_dir.join("synthetic-checkpoints"),
+            args.synthetic_archive_bytes,
+            "registry.invalid/synthetic:1",
+        )?)),
+        RuntimeKind::None => None,
+    };
+    let node = NodeFacts {
+        node_name: args.node_name.clone(),
+        runtime: runtime.as_ref().map_or("none", Runtime::name).to_owned(),
+        architecture: sys::architecture().to_owned(),
+        kernel_version: sys::kernel_release(),
+        criu_version: sys::criu_version(),
+        container_runtime: String::new(),
+    };
+    let replicator = Arc::new(Replicator::new(
+        store.clone(),
+        tls.clone(),
+        ReplicationConfig {
+            max_concurrent: args.max_concurrent_transfers,
+            zstd: args.zstd,
+            ..ReplicationConfig::default()
+        },
+        metrics.clone(),
+    ));
+    let service = AgentService::new(
+        node,
+        store,
+        replicator,
+        runtime,
+        args.data_dir.join("images"),
+        metrics.clone(),
+    );
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServer<AgentService>>()
+        .await;
+    let listener = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .map_err(|e| Error::io("binding", args.grpc_addr.to_string(), e))?;
+    let bound = listener.local_addr().unwrap_or(args.grpc_addr);
+    let grpc = tonic::transport::Server::builder()
+        .tls_config(tls.server())
+        .map_err(|e| Error::Tls {
+            what: "server configuration".into(),
+            message: e.to_string(),
+        })?
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .add_service(health_service)
+        .add_service(
+            AgentServer::new(service)
+                .max_decoding_message_size(4 << 20)
+                .max_encoding_message_size(4 << 20),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown(),
+        );
+    tracing::info!(addr = %bound, node = %args.node_name, runtime = ?args.runtime, "serving the agent gRPC API with mutual TLS");
+    readiness.set();
+    let endpoints = Endpoints {
+        registry: metrics.registry.clone(),
+        readiness,
+        not_ready_message: "starting",
+    };
+    tokio::select! {
+        served = grpc => served.map_err(|e| Error::Serve { what: format!("gRPC on {bound}"), message: ferry_telemetry::error_chain(&e) }),
+        served = ferry_telemetry::serve(args.http_addr, endpoints) => served.map_err(|e| Error::Serve { what: "/healthz, /readyz and /metrics".into(), message: e.to_string() }),
+    }
+}
+
+async fn shutdown() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(error = %err, "no SIGTERM handler; stop with SIGKILL");
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,136 @@
+//! Prometheus metrics of the agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or a short failure reason (`kubelet`, `store_full`, …).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+    /// `ok` or a short failure reason (`unreachable`, `corrupt`, …).
+    pub result: &'static str,
+}
+
+/// The agent's metrics and the registry that exposes them.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub checkpoints: Family<ResultLabels, Counter>,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_bytes: Counter,
+    pub replications: Family<PeerLabels, Counter>,
+    pub replication_bytes: Counter,
+    pub replication_duration: Histogram,
+    pub received: Family<ResultLabels, Counter>,
+    pub received_bytes: Counter,
+    pub stored_archives: Gauge,
+    pub stored_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ferry_agent");
+        let metrics = Self {
+            checkpoints: Family::default(),
+            // 10 ms to ~160 s.
+            checkpoint_duration: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
+            checkpoint_bytes: Counter::default(),
+            replications: Family::default(),
+            replication_bytes: Counter::default(),
+            replication_duration: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
+            received: Family::default(),
+            received_bytes: Counter::default(),
+            stored_archives: Gauge::default(),
+            stored_bytes: Gauge::default(),
+            registry: Arc::default(),
+        };
+        registry.register(
+            "checkpoints",
+            "Checkpoints taken by result",
+            metrics.checkpoints.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "Time from the checkpoint request to the archive being stored",
+            metrics.checkpoint_duration.clone(),
+        );
+        registry.register(
+            "checkpoint_bytes",
+            "Bytes of archives checkpointed",
+            metrics.checkpoint_bytes.clone(),
+        );
+        registry.register(
+            "replications",
+            "Replica transfers to peers by result",
+            metrics.replications.clone(),
+        );
+        registry.register(
+            "replication_bytes",
+            "Bytes sent to peers in verified replicas",
+            metrics.replication_bytes.clone(),
+        );
+        registry.register(
+            "replication_duration_seconds",
+            "Time to replicate one archive to one peer, retries included",
+            metrics.replication_duration.clone(),
+        );
+        registry.register(
+            "replicas_received",
+            "Replicas received from peers by result",
+            metrics.received.clone(),
+        );
+        registry.register(
+            "replica_received_bytes",
+            "Bytes received from peers",
+            metrics.received_bytes.clone(),
+        );
+        registry.register(
+            "stored_archives",
+            "Archives in the store",
+            metrics.stored_archives.clone(),
+        );
+        registry.register(
+            "stored_bytes",
+            "Bytes of archives in the store",
+            metrics.stored_bytes.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    pub fn replication_finished(
+        &self,
+        peer: &str,
+        bytes: u64,
+        elapsed: Duration,
+        failure: Option<&'static str>,
+    ) {
+        let result = failure.unwrap_or("ok");
+        self.replications
+            .get_or_create(&PeerLabels {
+                peer: peer.to_owned(),
+                result,
+            })
+            .inc();
+        if failure.is_none() {
+            self.replication_bytes.inc_by(bytes);
+            self.replication_duration.observe(elapsed.as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! The gRPC service `ferry.agent.v1.Agent`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_proto::v1 as pb;
+use ferry_proto::v1::agent_server::Agent;
+use ferry_proto::v1::push_replica_request::Message;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::{Metrics, ResultLabels};
+use crate::replication::{PeerTarget, Replicator};
+use crate::runtime::Runtime;
+use crate::store::{ArchiveMeta, Incoming, Retention, RuntimeInfo, Store};
+use crate::{Error, convert, image, names};
+
+/// Chunks queued between the network and the file writer of one transfer.
+const QUEUED_CHUNKS: usize = 4;
+
+/// Default bound on a kubelet checkpoint call.
+const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Facts about this node, reported by `GetNodeInfo` and recorded in every
+/// archive taken here.
+#[derive(Clone, Debug, Default)]
+pub struct NodeFacts {
+    pub node_name: String,
+    pub runtime: String,
+    pub architecture: String,
+    pub kernel_version: String,
+    pub criu_version: String,
+    pub container_runtime: String,
+}
+
+/// The agent's gRPC service.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: NodeFacts,
+    store: Arc<Store>,
+    replicator: Arc<Replicator>,
+    runtime: Option<Runtime>,
+    images_dir: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+impl AgentService {
+    pub fn new(
+        node: NodeFacts,
+        store: Arc<Store>,
+        replicator: Arc<Replicator>,
+        runtime: Option<Runtime>,
+        images_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                node,
+                store,
+                replicator,
+                runtime,
+                images_dir,
+                metrics,
+            }),
+        }
+    }
+
+    /// Runs blocking store work off the async threads.
+    async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(Status::from)
+    }
+
+    /// Refreshes the stored-archives gauges.
+    async fn update_store_gauges(&self) {
+        if let Ok(archives) = self.blocking(|store| store.list()).await {
+            let bytes: u64 = archives.iter().map(|a| a.size_bytes).sum();
+            self.inner
+                .metrics
+                .stored_archives
+                .set(i64::try_from(archives.len()).unwrap_or(i64::MAX));
+            self.inner
+                .metrics
+                .stored_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+fn peers_from_proto(peers: Vec<pb::Peer>) -> Result<Vec<PeerTarget>, Error> {
+    peers
+        .into_iter()
+        .map(|peer| {
+            names::dns_subdomain("peers[].node_name", &peer.node_name)?;
+            names::endpoint("peers[].endpoint", &peer.endpoint)?;
+            Ok(PeerTarget {
+                node_name: peer.node_name,
+                endpoint: peer.endpoint,
+            })
+        })
+        .collect()
+}
+
+fn outcomes_to_proto(outcomes: Vec<crate::replication::Outcome>) -> Vec<pb::ReplicaOutcome> {
+    outcomes
+        .into_iter()
+        .map(|outcome| pb::ReplicaOutcome {
+            node_name: outcome.node_name,
+            ok: outcome.result.is_ok(),
+            error: outcome.result.err().unwrap_or_default(),
+            bytes_sent: outcome.bytes_sent,
+            millis: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
+            resumed_from: outcome.resumed_from,
+        })
+        .collect()
+}
+
+/// What flows from the network task to the writer task.
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
+/// Writes the pieces of one transfer; publishes the archive on `End`. When
+/// the channel closes without `End` (the sender vanished) the partial file
+/// stays for a resumed attempt.
+fn write_incoming(
+    mut incoming: Incoming,
+    mut pieces: mpsc::Receiver<Piece>,
+    zstd: bool,
+) -> Result<ArchiveMeta, Error> {
+    let id = incoming.meta().id.clone();
+    let ended = if zstd {
+        let mut decoder = zstd::stream::write::Decoder::new(IncomingWriter(&mut incoming))
+            .map_err(|e| Error::io("decompressing", &id, e))?;
+        let ended = drain(&mut pieces, |data| {
+            std::io::Write::write_all(&mut decoder, data).map_err(|e| unwrap_incoming_error(e, &id))
+        })?;
+        if ended {
+            std::io::Write::flush(&mut decoder).map_err(|e| unwrap_incoming_error(e, &id))?;
+        }
+        ended
+    } else {
+        drain(&mut pieces, |data| incoming.write(data))?
+    };
+    if !ended {
+        return Err(Error::Peer {
+            peer: "sender".into(),
+            endpoint: String::new(),
+            step: "receiving",
+            message: format!(
+                "stream of archive {id} ended early; {} bytes kept for a resumed transfer",
+                incoming.received()
+            ),
+        });
+    }
+    incoming.finish()
+}
+
+/// Feeds data pieces to `write` until `End` (true) or a closed channel (false).
+fn drain(
+    pieces: &mut mpsc::Receiver<Piece>,
+    mut write: impl FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<bool, Error> {
+    loop {
+        match pieces.blocking_recv() {
+            Some(Piece::Data(data)) => write(&data)?,
+            Some(Piece::End) => return Ok(true),
+            None => return Ok(false),
+        }
+    }
+}
+
+/// Lets a zstd decoder write into an incoming replica.
+struct IncomingWriter<'a>(&'a mut Incoming);
+
+impl std::io::Write for IncomingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Recovers the store's error from inside an io::Error made by `IncomingWriter`.
+fn unwrap_incoming_error(err: std::io::Error, id: &str) -> Error {
+    if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        if let Some(inner) = err.into_inner()
+            && let Ok(store_error) = inner.downcast::<Error>()
+        {
+            return *store_error;
+        }
+        return Error::Metadata {
+            id: id.to_owned(),
+            path: PathBuf::new(),
+            reason: "unreadable error".into(),
+        };
+    }
+    Error::io("decompressing", id, err)
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn get_node_info(
+        &self,
+        _: Request<pb::GetNodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
+        let node = &self.inner.node;
+        let free = free_bytes(&self.inner.images_dir);
+        Ok(Response::new(pb::NodeInfo {
+            node_name: node.node_name.clone(),
+            runtime: node.runtime.clone(),
+            architecture: node.architecture.clone(),
+            kernel_version: node.kernel_version.clone(),
+            criu_version: node.criu_version.clone(),
+            container_runtime: node.container_runtime.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            store_free_bytes: free,
+        }))
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let request = request.into_inner();
+        let started = Instant::now();
+        names::policy_ref("policy", &request.policy)?;
+        let container = request
+            .container
+            .ok_or_else(|| Status::invalid_argument("container is required"))?;
+        names::dns_label("container.namespace", &container.namespace)?;
+        names::dns_subdomain("container.pod", &container.pod)?;
+        names::uid("container.pod_uid", &container.pod_uid)?;
+        names::dns_label("container.container", &container.container)?;
+        let peers = peers_from_proto(request.peers)?;
+        let runtime = self.inner.runtime.as_ref().ok_or_else(|| {
+            Status::from(Error::Unsupported {
+                what: "Checkpoint",
+                reason: "no runtime configured".into(),
+            })
+        })?;
+        let timeout = match request.timeout_seconds {
+            0 => DEFAULT_CHECKPOINT_TIMEOUT,
+            seconds => Duration::from_secs(u64::from(seconds).min(3600)),
+        };
+        let metrics = &self.inner.metrics;
+        let taken = match runtime
+            .checkpoint(
+                &container.namespace,
+                &container.pod,
+                &container.container,
+                timeout,
+            )
+            .await
+        {
+            Ok(taken) => taken,
+            Err(err) => {
+                metrics
+                    .checkpoints
+                    .get_or_create(&ResultLabels { result: "runtime" })
+                    .inc();
+                return Err(err.into());
+            }
+        };
+        let node = &self.inner.node;
+        let meta = ArchiveMeta {
+            id: String::new(),
+            policy: request.policy.clone(),
+            namespace: container.namespace.clone(),
+            pod: container.pod.clone(),
+            pod_uid: container.pod_uid.clone(),
+            container: container.container.clone(),
+            source_node: node.node_name.clone(),
+            taken_at_millis: jiff::Timestamp::now().as_millisecond(),
+            size_bytes: 0,
+            container_image: String::new(),
+            runtime: RuntimeInfo {
+                runtime: node.runtime.clone(),
+                architecture: node.architecture.clone(),
+                kernel_version: node.kernel_version.clone(),
+                criu_version: node.criu_version.clone(),
+                container_runtime: node.container_runtime.clone(),
+            },
+        };
+        let source = taken.path.clone();
+        let imported = self
+            .blocking(move |store| {
+                let mut meta = meta;
+                let facts = image::read_checkpoint_metadata(&source)?;
+                meta.container_image = facts
+                    .rootfs_image_name
+                    .or(facts.rootfs_image)
+                    .unwrap_or_default();
+                store.import_file(&source, meta)
+            })
+            .await;
+        if let Err(err) = runtime.discard(&taken).await {
+            tracing::warn!(path = %taken.path.display(), error = %err, "could not remove the runtime's copy");
+        }
+        let archive = match imported {
+            Ok(archive) => archive,
+            Err(status) => {
+                metrics
+                    .checkpoints
+                    .get_or_create(&ResultLabels { result: "store" })
+                    .inc();
+                return Err(status);
+            }
+        };
+        let checkpoint_millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        metrics
+            .checkpoints
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        metrics
+            .checkpoint_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.checkpoint_bytes.inc_by(archive.size_bytes);
+        tracing::info!(
+            archive = %archive.id, policy = %archive.policy, namespace = %archive.namespace, pod = %archive.pod,
+            container = %archive.container, bytes = archive.size_bytes, checkpoint_ms = checkpoint_millis,
+            runtime_ms = taken.elapsed.as_millis() as u64, "checkpoint stored"
+        );
+        if let Some(retention) = request.retention {
+            let like = archive.clone();
+            let rules = Retention {
+                keep: usize::try_from(retention.keep.max(1)).unwrap_or(1),
+                max_bytes: (retention.max_bytes > 0).then_some(retention.max_bytes),
+                max_age: (retention.max_age_seconds > 0)
+                    .then(|| Duration::from_secs(retention.max_age_seconds)),
+            };
+            let now = jiff::Timestamp::now().as_millisecond();
+            match self
+                .blocking(move |store| store.enforce_retention(&like, rules, now))
+                .await
+            {
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(?deleted, "retention removed archives")
+                }
+                Ok(_) => {}
+                Err(status) => tracing::warn!(error = %status.message(), "retention failed"),
+            }
+        }
+        let outcomes = self.inner.replicator.replicate(&archive.id, &peers).await;
+        self.update_store_gauges().await;
+        Ok(Response::new(pb::CheckpointResponse {
+            archive: Some(convert::archive_to_proto(&archive)),
+            checkpoint_millis,
+            replicas: outcomes_to_proto(outcomes),
+        }))
+    }
+
+    async fn push_replica(
+        &self,
+        request: Request<Streaming<pb::PushReplicaRequest>>,
+    ) -> Result<Response<pb::PushReplicaResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.message) {
+            Some(Message::Header(header)) => header,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be the replica header",
+                ));
+            }
+        };
+        let archive = header
+            .archive
+            .ok_or_else(|| Status::invalid_argument("header.archive is required"))?;
+        let meta = convert::archive_from_proto(archive)?;
+        let offset = header.offset;
+        let received = self.inner.metrics.received.clone();
+        let incoming = match self
+            .blocking(move |store| store.receive(meta, offset))
+            .await
+        {
+            Ok(incoming) => incoming,
+            Err(status) => {
+                received
+                    .get_or_create(&ResultLabels { result: "refused" })
+                    .inc();
+                return Err(status);
+            }
+        };
+        let Some(incoming) = incoming else {
+            // Already stored and verified: nothing to receive.
+            return Ok(Response::new(pb::PushReplicaResponse::default()));
+        };
+        let id = incoming.meta().id.clone();
+        let (sender, pieces) = mpsc::channel(QUEUED_CHUNKS);
+        let zstd = header.zstd;
+        let writer = tokio::task::spawn_blocking(move || write_incoming(incoming, pieces, zstd));
+        let mut bytes_received = 0u64;
+        let mut failure = None;
+        loop {
+            match stream.message().await {
+                Ok(Some(pb::PushReplicaRequest {
+                    message: Some(Message::Chunk(chunk)),
+                })) => {
+                    bytes_received += chunk.len() as u64;
+                    if sender.send(Piece::Data(chunk)).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Ok(Some(_)) => {
+                    failure = Some(Status::invalid_argument(
+                        "only chunks may follow the header",
+                    ));
+                    break;
+                }
+                Ok(None) => {
+                    let _ = sender.send(Piece::End).await;
+                    break;
+                }
+                Err(status) => {
+                    failure = Some(status);
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        let written = writer
+            .await
+            .map_err(|e| Status::internal(format!("writer task for archive {id} failed: {e}")))?;
+        self.inner.metrics.received_bytes.inc_by(bytes_received);
+        let result = match (written, failure) {
+            (Ok(meta), None) => {
+                tracing::info!(archive = %meta.id, bytes = meta.size_bytes, received = bytes_received, "replica verified and stored");
+                self.update_store_gauges().await;
+                Ok(Response::new(pb::PushReplicaResponse {
+                    archive: Some(convert::archive_to_proto(&meta)),
+                    bytes_received,
+                }))
+            }
+            // A write error explains more than the stream ending because of it.
+            (Err(err), _) => Err(Status::from(err)),
+            (Ok(_), Some(status)) => Err(status),
+        };
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        received
+            .get_or_create(&ResultLabels { result: label })
+            .inc();
+        if let Err(status) = &result {
+            tracing::warn!(archive = %id, error = %status.message(), "replica not stored");
+        }
+        result
+    }
+
+    async fn get_replica_offset(
+        &self,
+        request: Request<pb::GetReplicaOffsetRequest>,
+    ) -> Result<Response<pb::GetReplicaOffsetResponse>, Status> {
+        let id = request.into_inner().archive_id;
+        names::archive_id("archive_id", &id)?;
+        let (offset, complete) = self
+            .blocking(move |store| store.incoming_offset(&id))
+            .await?;
+        Ok(Response::new(pb::GetReplicaOffsetResponse {
+            offset,
+            complete,
+        }))
+    }
+
+    async fn replicate(
+        &self,
+        request: Request<pb::ReplicateRequest>,
+    ) -> Result<Response<pb::ReplicateResponse>, Status> {
+        let request = request.into_inner();
+        names::archive_id("archive_id", &request.archive_id)?;
+        let peers = peers_from_proto(request.peers)?;
+        let id = request.archive_id.clone();
+        self.blocking(move |store| store.get(&id)).await?;
+        let outcomes = self
+            .inner
+            .replicator
+            .replicate(&request.archive_id, &peers)
+            .await;
+        Ok(Response::new(pb::ReplicateResponse {
+            replicas: outcomes_to_proto(outcomes),
+        }))
+    }
+
+    async fn list_archives(
+        &self,
+        request: Request<pb::ListArchivesRequest>,
+    ) -> Result<Response<pb::ListArchivesResponse>, Status> {
+        let filter = request.into_inner();
+        if !filter.policy.is_empty() {
+            names::policy_ref("policy", &filter.policy)?;
+        }
+        if !filter.namespace.is_empty() {
+            names::dns_label("namespace", &filter.namespace)?;
+        }
+        if !filter.pod.is_empty() {
+            names::dns_subdomain("pod", &filter.pod)?;
+        }
+        if !filter.container.is_empty() {
+            names::dns_label("container", &filter.container)?;
+        }
+        let archives = self.blocking(|store| store.list()).await?;
+        let matches = |wanted: &str, actual: &str| wanted.is_empty() || wanted == actual;
+        let archives = archives
+            .iter()
+            .filter(|a| {
+                matches(&filter.policy, &a.policy)
+                    && matches(&filter.namespace, &a.namespace)
+                    && matches(&filter.pod, &a.pod)
+                    && matches(&filter.container, &a.container)
+            })
+            .map(convert::archive_to_proto)
+            .collect();
+        Ok(Response::new(pb::ListArchivesResponse { archives }))
+    }
+
+    async fn get_archive(
+        &self,
+        request: Request<pb::GetArchiveRequest>,
+    ) -> Result<Response<pb::Archive>, Status> {
+        let id = request.into_inner().archive_id;
+        names::archive_id("archive_id", &id)?;
+        let meta = self.blocking(move |store| store.get(&id)).await?;
+        Ok(Response::new(convert::archive_to_proto(&meta)))
+    }
+
+    async fn delete_archives(
+        &self,
+        request: Request<pb::DeleteArchivesRequest>,
+    ) -> Result<Response<pb::DeleteArchivesResponse>, Status> {
+        let request = request.into_inner();
+        for id in &request.archive_ids {
+            names::archive_id("archive_ids[]", id)?;
+        }
+        if !request.policy.is_empty() {
+            names::policy_ref("policy", &request.policy)?;
+        }
+        let (deleted, freed_bytes) = self
+            .blocking(move |store| {
+                let mut ids = request.archive_ids;
+                if !request.policy.is_empty() {
+                    ids.extend(
+                        store
+                            .list()?
+                            .into_iter()
+                            .filter(|a| a.policy == request.policy)
+                            .map(|a| a.id),
+                    );
+                }
+                let mut deleted = Vec::new();
+                let mut freed = 0;
+                for id in ids {
+                    let bytes = store.delete(&id)?;
+                    if bytes > 0 {
+                        freed += bytes;
+                        deleted.push(id);
+                    }
+                }
+                Ok((deleted, freed))
+            })
+            .await?;
+        tracing::info!(?deleted, freed_bytes, "archives deleted");
+        self.update_store_gauges().await;
+        Ok(Response::new(pb::DeleteArchivesResponse {
+            deleted,
+            freed_bytes,
+        }))
+    }
+
+    async fn prepare_restore(
+        &self,
+        request: Request<pb::PrepareRestoreRequest>,
+    ) -> Result<Response<pb::PrepareRestoreResponse>, Status> {
+        let id = request.into_inner().archive_id;
+        names::archive_id("archive_id", &id)?;
+        let images_dir = self.inner.images_dir.clone();
+        let (meta, path, built) = self
+            .blocking(move |store| {
+                // A restore must never start from bytes that changed on disk.
+                let meta = store.verify(&id)?;
+                let path = store.archive_path(&id)?;
+                let reference = format!(
+                    "localhost/ferry/checkpoint-{}:{}",
+                    meta.container,
+                    &id[..16]
+                );
+                let built = image::build_checkpoint_image(
+                    &path,
+                    &id,
+                    &reference,
+                    &images_dir.join(&id),
+                    true,
+                )?;
+                Ok((meta, path, built))
+            })
+            .await?;
+        let mut pod_annotations = std::collections::HashMap::new();
+        pod_annotations.insert("ferry.dev/restore-archive".to_owned(), meta.id.clone());
+        Ok(Response::new(pb::PrepareRestoreResponse {
+            archive: Some(convert::archive_to_proto(&meta)),
+            image: built.reference,
+            pod_annotations,
+            archive_path: path.display().to_string(),
+        }))
+    }
+}
+
+/// Free bytes on the file system holding `path`; 0 when unknown.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    crate::sys::available_bytes(path).unwrap_or(0)
+}

@@ -1,0 +1,51 @@
+//! Small facts from the operating system.
+
+use std::path::Path;
+
+/// Bytes available to unprivileged writers on the file system of `path`.
+pub fn available_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` points to
+    // writable memory of the right type; statvfs only writes into it.
+    #[allow(unsafe_code)]
+    let stats = unsafe {
+        if libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stats.assume_init()
+    };
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// Kernel release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Architecture in Kubernetes/Go spelling (`amd64`, `arm64`).
+pub fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// `criu --version`'s version, or empty when CRIU is not installed.
+pub fn criu_version() -> String {
+    std::process::Command::new("criu")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .find_map(|line| line.strip_prefix("Version:").map(|v| v.trim().to_owned()))
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,331 @@
+//! Real agent processes on loopback for integration tests: certificates,
+//! start/kill/restart, gRPC clients.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_agent::store::{ArchiveMeta, RuntimeInfo, Store};
+use ferry_proto::v1::agent_client::AgentClient;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A CA and the certificates signed by it, as files.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub agent_cert: PathBuf,
+    pub agent_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A client certificate from a different CA.
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    (cert, Issuer::new(params, key))
+}
+
+fn leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    name: &str,
+    sans: Vec<String>,
+    usage: ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(sans).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![usage, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        let (ca_cert, issuer) = ca("ferry-test-ca");
+        let (agent_cert, agent_key) = leaf(
+            &issuer,
+            "ferry-agent",
+            vec![ferry_agent::tls::AGENT_SERVER_NAME.into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = leaf(
+            &issuer,
+            "ferry-controller",
+            vec!["ferry-controller".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let (_, rogue_issuer) = ca("rogue-ca");
+        let (rogue_cert, rogue_key) = leaf(
+            &rogue_issuer,
+            "ferry-controller",
+            vec!["ferry-controller".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        Self {
+            dir: dir.to_owned(),
+            ca: write("ca.crt", &ca_cert.pem()),
+            agent_cert: write("agent.crt", &agent_cert),
+            agent_key: write("agent.key", &agent_key),
+            client_cert: write("client.crt", &client_cert),
+            client_key: write("client.key", &client_key),
+            rogue_cert: write("rogue.crt", &rogue_cert),
+            rogue_key: write("rogue.key", &rogue_key),
+        }
+    }
+
+    /// A client that presents the given certificate (or none).
+    pub async fn client(
+        &self,
+        endpoint: &str,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<AgentClient<Channel>, String> {
+        install_crypto_provider();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(&self.ca).unwrap()))
+            .domain_name(ferry_agent::tls::AGENT_SERVER_NAME);
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert).unwrap(),
+                std::fs::read(key).unwrap(),
+            ));
+        }
+        let channel = Channel::from_shared(format!("https://{endpoint}"))
+            .unwrap()
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(AgentClient::new(channel))
+    }
+
+    /// A client with the controller's valid certificate.
+    pub async fn controller(&self, endpoint: &str) -> AgentClient<Channel> {
+        self.client(endpoint, Some((&self.client_cert, &self.client_key)))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
+    }
+}
+
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One agent process.
+pub struct AgentProcess {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub endpoint: String,
+    pub http: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `ferry-agent` with the synthetic runtime writing archives of
+    /// `synthetic_bytes`, and waits until it answers gRPC.
+    pub async fn start(
+        pki: &Pki,
+        name: &str,
+        data_dir: &Path,
+        synthetic_bytes: u64,
+        extra: &[&str],
+    ) -> Self {
+        let grpc_port = free_port();
+        let http_port = free_port();
+        let mut args = vec![
+            format!("--node-name={name}"),
+            format!("--grpc-addr=127.0.0.1:{grpc_port}"),
+            format!("--http-addr=127.0.0.1:{http_port}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--tls-ca={}", pki.ca.display()),
+            format!("--tls-cert={}", pki.agent_cert.display()),
+            format!("--tls-key={}", pki.agent_key.display()),
+            "--runtime=synthetic".into(),
+            format!("--synthetic-archive-bytes={synthetic_bytes}"),
+            "--log-format=text".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut agent = Self {
+            name: name.to_owned(),
+            data_dir: data_dir.to_owned(),
+            endpoint: format!("127.0.0.1:{grpc_port}"),
+            http: format!("127.0.0.1:{http_port}"),
+            log: pki.dir.join(format!("{name}.log")),
+            args,
+            child: None,
+        };
+        agent.spawn(pki).await;
+        agent
+    }
+
+    async fn spawn(&mut self, pki: &Pki) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("ferry-agent starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "agent {} exited ({status}); log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if pki
+                .client(&self.endpoint, Some((&pki.client_cert, &pki.client_key)))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {} did not come up; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crashing node would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self, pki: &Pki) {
+        self.kill();
+        self.spawn(pki).await;
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn peer(&self) -> ferry_proto::v1::Peer {
+        ferry_proto::v1::Peer {
+            node_name: self.name.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Puts an archive of `size` pseudo-random bytes into the store under
+/// `data_dir` (as if a checkpoint had been taken there) and returns it.
+pub fn import_archive(data_dir: &Path, size: u64, seed: u64) -> ArchiveMeta {
+    let source = data_dir.with_extension(format!("source-{seed}"));
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&source).unwrap());
+        let mut state = seed | 1;
+        let mut block = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            for word in block.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes());
+            }
+            let n = left.min(block.len() as u64) as usize;
+            file.write_all(&block[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    let store = Store::open(data_dir, u64::MAX).unwrap();
+    let meta = store
+        .import_file(
+            &source,
+            ArchiveMeta {
+                id: String::new(),
+                policy: "default/counter".into(),
+                namespace: "default".into(),
+                pod: "counter-0".into(),
+                pod_uid: String::new(),
+                container: "app".into(),
+                source_node: "node-a".into(),
+                taken_at_millis: 1_700_000_000_000 + seed as i64,
+                size_bytes: 0,
+                container_image: "counter:1".into(),
+                runtime: RuntimeInfo::default(),
+            },
+        )
+        .unwrap();
+    std::fs::remove_file(&source).unwrap();
+    meta
+}
+
+/// Ids of the archives an agent lists.
+pub async fn listed(pki: &Pki, agent: &AgentProcess) -> Vec<String> {
+    let mut client = pki.controller(&agent.endpoint).await;
+    client
+        .list_archives(ferry_proto::v1::ListArchivesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .archives
+        .into_iter()
+        .map(|a| a.id)
+        .collect()
+}

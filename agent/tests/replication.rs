@@ -1,0 +1,436 @@
+//! Three (and more) real agent processes on loopback, talking gRPC with
+//! mutual TLS: replication, resume after a killed receiver, corruption,
+//! authentication, hostile input and a full disk.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::{AgentProcess, Pki, import_archive, listed};
+use ferry_proto::v1 as pb;
+use tonic::Code;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+fn checkpoint_request(peers: Vec<pb::Peer>) -> pb::CheckpointRequest {
+    pb::CheckpointRequest {
+        policy: "default/counter".into(),
+        container: Some(pb::ContainerRef {
+            namespace: "default".into(),
+            pod: "counter-7d9c".into(),
+            pod_uid: "3f2a1b4c-0000-4000-8000-000000000001".into(),
+            container: "app".into(),
+        }),
+        peers,
+        timeout_seconds: 30,
+        retention: Some(pb::Retention {
+            keep: 2,
+            max_bytes: 0,
+            max_age_seconds: 0,
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_archive_replicates_to_two_peers_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), GIB, &[]).await;
+    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
+    let c = AgentProcess::start(&pki, "node-c", &dir.path().join("c"), 0, &[]).await;
+
+    let mut client = pki.controller(&a.endpoint).await;
+    let response = client
+        .checkpoint(checkpoint_request(vec![b.peer(), c.peer()]))
+        .await
+        .unwrap_or_else(|s| panic!("checkpoint: {s}\n{}", a.log_text()))
+        .into_inner();
+    let archive = response.archive.expect("archive");
+    assert!(
+        archive.size_bytes > GIB,
+        "archive holds the 1 GiB memory image"
+    );
+    assert_eq!(response.replicas.len(), 2);
+    for replica in &response.replicas {
+        assert!(
+            replica.ok,
+            "replica to {}: {}",
+            replica.node_name, replica.error
+        );
+        assert_eq!(replica.resumed_from, 0);
+        eprintln!(
+            "{}: {} bytes in {} ms ({:.0} MiB/s)",
+            replica.node_name,
+            replica.bytes_sent,
+            replica.millis,
+            replica.bytes_sent as f64 / MIB as f64 / (replica.millis.max(1) as f64 / 1000.0)
+        );
+    }
+    for peer in [&b, &c] {
+        assert_eq!(
+            listed(&pki, peer).await,
+            vec![archive.id.clone()],
+            "{} lists the replica",
+            peer.name
+        );
+        let mut peer_client = pki.controller(&peer.endpoint).await;
+        let stored = peer_client
+            .get_archive(pb::GetArchiveRequest {
+                archive_id: archive.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stored, archive, "{} keeps the same metadata", peer.name);
+        // The receiver already verified; check again independently.
+        let store = ferry_agent::store::Store::open(&peer.data_dir, u64::MAX).unwrap();
+        store.verify(&archive.id).unwrap();
+        eprintln!("{} peak RSS {} MiB", peer.name, peer.peak_rss_kib() / 1024);
+    }
+    eprintln!(
+        "{} (sender) peak RSS {} MiB",
+        a.name,
+        a.peak_rss_kib() / 1024
+    );
+    // The kubelet's (here: the synthetic runtime's) copy is gone.
+    let leftovers = std::fs::read_dir(a.data_dir.join("synthetic-checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_receiver_leaves_no_visible_partial_and_the_retry_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
+    let mut b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
+    let archive = import_archive(&a.data_dir, 768 * MIB, 7);
+    let part = b
+        .data_dir
+        .join("incoming")
+        .join(format!("{}.part", archive.id));
+
+    let mut client = pki.controller(&a.endpoint).await;
+    let request = pb::ReplicateRequest {
+        archive_id: archive.id.clone(),
+        peers: vec![b.peer()],
+    };
+    let replication = tokio::spawn(async move { client.replicate(request).await });
+
+    // Kill the receiver once a good part of the archive arrived.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 64 * MIB {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "transfer never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    b.kill();
+    let held = std::fs::metadata(&part).unwrap().len();
+    assert!(
+        held < archive.size_bytes,
+        "killed mid-transfer ({held} bytes)"
+    );
+    assert!(
+        !b.data_dir
+            .join("archives")
+            .join(format!("{}.json", archive.id))
+            .exists(),
+        "a partial archive is never visible"
+    );
+
+    // The sender retries with backoff; the restarted receiver is back in time.
+    b.restart(&pki).await;
+    let outcome = replication
+        .await
+        .unwrap()
+        .unwrap_or_else(|s| panic!("replicate: {s}"))
+        .into_inner()
+        .replicas
+        .remove(0);
+    assert!(outcome.ok, "{}\n{}", outcome.error, a.log_text());
+    assert!(
+        outcome.resumed_from > 0 && outcome.resumed_from <= held,
+        "resumed from {} of {held} held bytes",
+        outcome.resumed_from
+    );
+    eprintln!(
+        "receiver killed at {held} bytes; retry resumed from {} and sent {} more bytes",
+        outcome.resumed_from,
+        archive.size_bytes - outcome.resumed_from
+    );
+    assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
+    assert!(!part.exists(), "the partial file became the archive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_detected_and_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
+    let c = AgentProcess::start(&pki, "node-c", &dir.path().join("c"), 0, &[]).await;
+    let archive = import_archive(&a.data_dir, 32 * MIB, 9);
+
+    // Flip one byte of the stored archive on node A.
+    let path = a
+        .data_dir
+        .join("archives")
+        .join(format!("{}.tar", archive.id));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[12_345_678] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let mut client = pki.controller(&a.endpoint).await;
+    let outcome = client
+        .replicate(pb::ReplicateRequest {
+            archive_id: archive.id.clone(),
+            peers: vec![c.peer()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .replicas
+        .remove(0);
+    assert!(!outcome.ok);
+    assert!(
+        outcome.error.contains("DataLoss") && outcome.error.contains("is corrupt"),
+        "{}",
+        outcome.error
+    );
+    assert!(
+        listed(&pki, &c).await.is_empty(),
+        "the corrupt replica is not stored"
+    );
+    let incoming: Vec<_> = std::fs::read_dir(c.data_dir.join("incoming"))
+        .unwrap()
+        .collect();
+    assert!(
+        incoming.is_empty(),
+        "nothing of the corrupt replica is kept for a resume"
+    );
+
+    // A restore from the corrupt archive is refused before anything runs.
+    let status = client
+        .prepare_restore(pb::PrepareRestoreRequest {
+            archive_id: archive.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss, "{status}");
+    assert!(status.message().contains("is corrupt"), "{status}");
+}
+
+#[tokio::test]
+async fn callers_without_a_valid_certificate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
+
+    for (what, identity) in [
+        ("no client certificate", None),
+        (
+            "a certificate from another CA",
+            Some((pki.rogue_cert.as_path(), pki.rogue_key.as_path())),
+        ),
+    ] {
+        // The TLS handshake may fail at connect or at the first call.
+        let refused = match pki.client(&a.endpoint, identity).await {
+            Err(err) => err,
+            Ok(mut client) => match client.get_node_info(pb::GetNodeInfoRequest {}).await {
+                Err(status) => format!("{status:?}"),
+                Ok(_) => panic!("{what}: the agent answered"),
+            },
+        };
+        eprintln!("{what}: refused: {refused}");
+    }
+    // A caller with a valid certificate is served.
+    let info = pki
+        .controller(&a.endpoint)
+        .await
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_name, "node-a");
+    assert_eq!(info.runtime, "synthetic");
+}
+
+#[tokio::test]
+async fn hostile_names_and_ids_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
+    let mut client = pki.controller(&a.endpoint).await;
+    let long = "a".repeat(10_000);
+    let hostile = ["../x", "/etc/passwd", "a\0b", "..", "", long.as_str()];
+
+    for value in hostile {
+        let status = client
+            .get_archive(pb::GetArchiveRequest {
+                archive_id: value.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
+        assert!(status.message().contains("archive_id"), "{status}");
+
+        let status = client
+            .delete_archives(pb::DeleteArchivesRequest {
+                archive_ids: vec![value.into()],
+                policy: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
+
+        let mut request = checkpoint_request(vec![]);
+        request.container.as_mut().unwrap().container = value.into();
+        let status = client.checkpoint(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
+        assert!(status.message().contains("container.container"), "{status}");
+
+        let mut request = checkpoint_request(vec![]);
+        request.container.as_mut().unwrap().pod = value.into();
+        let status = client.checkpoint(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
+
+        let status = client
+            .checkpoint(checkpoint_request(vec![pb::Peer {
+                node_name: "node-b".into(),
+                endpoint: format!("{value}:50051"),
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
+
+        if !value.is_empty() {
+            let status = client
+                .list_archives(pb::ListArchivesRequest {
+                    policy: value.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
+        }
+
+        // A replica whose header smuggles a path in as the id.
+        let header = pb::PushReplicaRequest {
+            message: Some(pb::push_replica_request::Message::Header(
+                pb::ReplicaHeader {
+                    archive: Some(pb::Archive {
+                        id: value.into(),
+                        policy: "default/counter".into(),
+                        container: checkpoint_request(vec![]).container,
+                        source_node: "node-b".into(),
+                        size_bytes: 3,
+                        ..Default::default()
+                    }),
+                    offset: 0,
+                    zstd: false,
+                },
+            )),
+        };
+        let status = client
+            .push_replica(tokio_stream::iter(vec![header]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
+    }
+    // Nothing was written anywhere outside the store.
+    assert!(listed(&pki, &a).await.is_empty());
+}
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "ferry-test",
+                path.to_str().unwrap(),
+            ])
+            .status()
+            .expect("mount runs (the test needs root)");
+        assert!(
+            status.success(),
+            "mounting a tmpfs at {} (the test needs root)",
+            path.display()
+        );
+        Self(path.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let small_disk = dir.path().join("d");
+    let _tmpfs = Tmpfs::mount(&small_disk, "48m");
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
+    let d = AgentProcess::start(&pki, "node-d", &small_disk, 0, &[]).await;
+    let first = import_archive(&a.data_dir, 8 * MIB, 1);
+    let too_big = import_archive(&a.data_dir, 64 * MIB, 2);
+
+    let mut client = pki.controller(&a.endpoint).await;
+    let replicate = |id: &str| pb::ReplicateRequest {
+        archive_id: id.into(),
+        peers: vec![d.peer()],
+    };
+    let outcome = client
+        .replicate(replicate(&first.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .replicas
+        .remove(0);
+    assert!(outcome.ok, "{}", outcome.error);
+
+    let outcome = client
+        .replicate(replicate(&too_big.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .replicas
+        .remove(0);
+    assert!(!outcome.ok);
+    assert!(
+        outcome.error.contains("ResourceExhausted")
+            && outcome.error.contains("no space left in the archive store"),
+        "{}",
+        outcome.error
+    );
+    eprintln!("full disk: {}", outcome.error);
+
+    // The earlier archive is intact and the failed one left nothing behind.
+    assert_eq!(listed(&pki, &d).await, vec![first.id.clone()]);
+    let store = ferry_agent::store::Store::open(&d.data_dir, u64::MAX).unwrap();
+    store.verify(&first.id).unwrap();
+    let incoming: Vec<_> = std::fs::read_dir(d.data_dir.join("incoming"))
+        .unwrap()
+        .collect();
+    assert!(
+        incoming.is_empty(),
+        "the partial replica was removed to free the space"
+    );
+}
