@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod image;
 pub mod kubelet;
+pub mod lease;
 pub mod metrics;
 pub mod names;
 pub mod replication;

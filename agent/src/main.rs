@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use ferry_agent::kubelet::{KubeletClient, KubeletConfig};
+use ferry_agent::lease::{LeaseConfig, keep_lease};
 use ferry_agent::metrics::Metrics;
 use ferry_agent::replication::{ReplicationConfig, Replicator};
 use ferry_agent::runtime::{Runtime, SyntheticRuntime};
@@ -88,6 +90,21 @@ struct Args {
     /// Compress replica streams with zstd.
     #[arg(long)]
     zstd: bool,
+    /// Namespace of this agent's Lease (advertising its endpoint and node
+    /// facts); without it no Lease is kept (hosts that are not Kubernetes
+    /// nodes).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// `host:port` peers and the controller dial; default: POD_IP and the
+    /// gRPC port.
+    #[arg(long, env = "FERRY_ADVERTISE_ENDPOINT")]
+    advertise_endpoint: Option<String>,
+    /// This agent's pod IP (from the downward API).
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<String>,
+    /// Who holds the Lease: this agent's pod name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -168,6 +185,33 @@ async fn run(args: Args) -> Result<(), Error> {
         },
         metrics.clone(),
     ));
+    if let Some(namespace) = &args.lease_namespace {
+        ferry_agent::names::dns_label("--lease-namespace", namespace)?;
+        let endpoint = match (&args.advertise_endpoint, &args.pod_ip) {
+            (Some(endpoint), _) => endpoint.clone(),
+            (None, Some(ip)) if ip.contains(':') => format!("[{ip}]:{}", args.grpc_addr.port()),
+            (None, Some(ip)) => format!("{ip}:{}", args.grpc_addr.port()),
+            (None, None) => args.grpc_addr.to_string(),
+        };
+        ferry_agent::names::endpoint("--advertise-endpoint", &endpoint)?;
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| Error::Serve {
+                what: "the node Lease".into(),
+                message: format!("no Kubernetes configuration: {e}"),
+            })?;
+        let config = LeaseConfig {
+            namespace: namespace.clone(),
+            endpoint,
+            holder: args
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| args.node_name.clone()),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        };
+        tokio::spawn(keep_lease(client, config, node.clone()));
+    }
     let service = AgentService::new(
         node,
         store,

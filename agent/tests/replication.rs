@@ -434,3 +434,30 @@ async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
         "the partial replica was removed to free the space"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_compressed_streams_arrive_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &["--zstd"]).await;
+    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
+    let archive = import_archive(&a.data_dir, 48 * MIB + 12_345, 5);
+    let outcome = pki
+        .controller(&a.endpoint)
+        .await
+        .replicate(pb::ReplicateRequest {
+            archive_id: archive.id.clone(),
+            peers: vec![b.peer()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .replicas
+        .remove(0);
+    assert!(outcome.ok, "{}\n{}", outcome.error, b.log_text());
+    assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
+    ferry_agent::store::Store::open(&b.data_dir, u64::MAX)
+        .unwrap()
+        .verify(&archive.id)
+        .unwrap();
+}

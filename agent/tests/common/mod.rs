@@ -142,6 +142,7 @@ pub struct AgentProcess {
     pub endpoint: String,
     pub http: String,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -155,6 +156,18 @@ impl AgentProcess {
         data_dir: &Path,
         synthetic_bytes: u64,
         extra: &[&str],
+    ) -> Self {
+        Self::start_with_env(pki, name, data_dir, synthetic_bytes, extra, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub async fn start_with_env(
+        pki: &Pki,
+        name: &str,
+        data_dir: &Path,
+        synthetic_bytes: u64,
+        extra: &[&str],
+        envs: &[(&str, &str)],
     ) -> Self {
         let grpc_port = free_port();
         let http_port = free_port();
@@ -178,6 +191,10 @@ impl AgentProcess {
             http: format!("127.0.0.1:{http_port}"),
             log: pki.dir.join(format!("{name}.log")),
             args,
+            envs: envs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
         };
         agent.spawn(pki).await;
@@ -193,6 +210,7 @@ impl AgentProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

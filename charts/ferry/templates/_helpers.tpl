@@ -124,3 +124,31 @@ prometheus.io/scrape: "true"
 prometheus.io/port: {{ . | quote }}
 prometheus.io/path: /metrics
 {{- end }}
+
+{{/*
+Name of the Secret holding the mutual-TLS material (ca.crt, tls.crt, tls.key)
+that the controller and every agent mount at /etc/ferry/tls: the configured
+name, else "<fullname>-tls".
+*/}}
+{{- define "ferry.tls.secretName" -}}
+{{- default (printf "%s-tls" (include "ferry.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{/*
+Pod volume of that Secret, named "tls". Call with (dict "mode" <int> "root" $).
+Keys are listed explicitly so a Secret that lacks one fails the pod start with
+a clear event instead of an agent that cannot load its certificate.
+*/}}
+{{- define "ferry.tls.volume" -}}
+- name: tls
+  secret:
+    secretName: {{ include "ferry.tls.secretName" .root }}
+    defaultMode: {{ .mode }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}

@@ -1,15 +1,19 @@
 //! The Helm chart in `charts/ferry`, checked with a real Helm binary
 //! (`hack/helm.sh`) and a real API server (`ferry_testenv::ControlPlane`):
 //! it lints, renders, is accepted by the API server (server-side dry run),
-//! refuses values its schema does not allow, and grants no more RBAC than the
-//! design allows.
+//! refuses values its schema does not allow, grants no more RBAC than the
+//! design allows, and generates mutual-TLS material that verifies (openssl)
+//! and completes a mutual handshake under rustls, the TLS stack of the
+//! controller and the agents.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
+use base64::Engine as _;
 use ferry_testenv::{ControlPlane, repo_root};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -225,6 +229,7 @@ async fn rendered_chart_is_accepted_by_the_api_server() -> TestResult {
         "service/ferry-controller",
         "serviceaccount/ferry-controller",
         "serviceaccount/ferry-agent",
+        "secret/ferry-tls",
         "clusterrole.rbac.authorization.k8s.io/ferry-controller",
         "clusterrole.rbac.authorization.k8s.io/ferry-agent",
         "clusterrolebinding.rbac.authorization.k8s.io/ferry-controller",
@@ -328,6 +333,27 @@ async fn schema_refuses_invalid_values() -> TestResult {
         ),
         (&["--set", "controller.resources.request.cpu=1"], "request"),
         (&["--set", "agent.dataDir=relative/path"], "agent.dataDir"),
+        (&["--set", "agent.kubelet.port=0"], "agent.kubelet.port"),
+        (&["--set", "agent.kubelet.port=70000"], "agent.kubelet.port"),
+        (
+            &["--set", "agent.kubelet.caFile=ca.crt"],
+            "agent.kubelet.caFile",
+        ),
+        (
+            &["--set", "agent.kubelet.ca=/ca.crt"],
+            "Additional property ca is not allowed",
+        ),
+        (
+            &["--set", "agent.replication.maxConcurrentTransfers=0"],
+            "agent.replication.maxConcurrentTransfers",
+        ),
+        (
+            &["--set", "agent.replication.zstd=maybe"],
+            "agent.replication.zstd",
+        ),
+        (&["--set", "tls.generate=yes"], "tls.generate"),
+        (&["--set", "tls.secretName=Not_A_Name"], "tls.secretName"),
+        (&["--set", "tls.generat=false"], "generat"),
         (&["--set", "typo=1"], "typo"),
     ];
     for (args, needle) in cases {
@@ -596,7 +622,7 @@ async fn workloads_are_hardened() -> TestResult {
         "agent capabilities: {sc}"
     );
     assert!(
-        pod["hostNetwork"].is_null() && pod["hostPID"].is_null(),
+        pod["hostNetwork"] != true && pod["hostPID"].is_null() && pod["hostIPC"].is_null(),
         "agent pod uses host namespaces: {pod}"
     );
     let args = strings(&c["args"]);
@@ -637,5 +663,531 @@ async fn workloads_are_hardened() -> TestResult {
         serde_json::json!([{"operator": "Exists"}]),
         "agent must tolerate every taint by default"
     );
+    Ok(())
+}
+
+/// The env var `name` of a container.
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+}
+
+/// The volume `name` of a pod spec.
+fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+}
+
+/// Asserts that the pod spec mounts Secret `secret` read-only at
+/// /etc/ferry/tls in its first container, with the three TLS keys.
+fn assert_mounts_tls_secret(what: &str, pod: &Value, secret: &str) {
+    let c = &pod["containers"][0];
+    let mount = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"] == "/etc/ferry/tls")
+        .unwrap_or_else(|| panic!("{what} mounts nothing at /etc/ferry/tls: {c}"));
+    assert_eq!(mount["readOnly"], true, "{what} TLS mount: {mount}");
+    let vol_name = mount["name"].as_str().unwrap_or_default();
+    let vol =
+        volume(pod, vol_name).unwrap_or_else(|| panic!("{what} has no volume {vol_name}: {pod}"));
+    assert_eq!(
+        vol["secret"]["secretName"], secret,
+        "{what} TLS volume: {vol}"
+    );
+    let mut keys: Vec<&str> = vol["secret"]["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["key"].as_str())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["ca.crt", "tls.crt", "tls.key"],
+        "{what} TLS volume: {vol}"
+    );
+    let mode = vol["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+    assert_eq!(mode & 0o077 & !0o040, 0, "{what}: TLS files mode {mode:o}");
+}
+
+#[tokio::test]
+async fn agent_runs_the_kubelet_runtime_with_mutual_tls() -> TestResult {
+    let docs = documents(&render(&[]).await?)?;
+    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
+    let pod = &agent["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    for expected in [
+        "--runtime=kubelet",
+        "--kubelet-address=$(HOST_IP)",
+        "--kubelet-port=10250",
+        "--kubelet-ca=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+        "--kubelet-checkpoint-dir=/var/lib/kubelet/checkpoints",
+        "--max-concurrent-transfers=2",
+        "--tls-ca=/etc/ferry/tls/ca.crt",
+        "--tls-cert=/etc/ferry/tls/tls.crt",
+        "--tls-key=/etc/ferry/tls/tls.key",
+    ] {
+        assert!(
+            args.contains(&expected),
+            "agent args lack {expected}: {args:?}"
+        );
+    }
+    for absent in ["--zstd", "--kubelet-server-name"] {
+        assert!(
+            !args.iter().any(|a| a.starts_with(absent)),
+            "agent args carry {absent} by default: {args:?}"
+        );
+    }
+    for (var, path) in [
+        ("NODE_NAME", "spec.nodeName"),
+        ("HOST_IP", "status.hostIP"),
+        ("POD_IP", "status.podIP"),
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let e = env(c, var).ok_or_else(|| format!("agent has no {var} env: {c}"))?;
+        assert_eq!(
+            e["valueFrom"]["fieldRef"]["fieldPath"], path,
+            "agent env {var}: {e}"
+        );
+    }
+    assert_eq!(
+        pod["hostNetwork"], false,
+        "the agent advertises its pod IP: {pod}"
+    );
+    assert_eq!(
+        pod["automountServiceAccountToken"], true,
+        "the agent presents its token to the kubelet: {pod}"
+    );
+    assert_mounts_tls_secret("agent", pod, "ferry-tls");
+
+    // The controller mounts the same Secret for calling the agents.
+    let controller =
+        find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
+    let cpod = &controller["spec"]["template"]["spec"];
+    assert_mounts_tls_secret("controller", cpod, "ferry-tls");
+    // Non-root: it reads its key through the group.
+    assert_eq!(
+        cpod["securityContext"]["fsGroup"], 65532,
+        "controller pod: {cpod}"
+    );
+    let tls = volume(cpod, "tls").ok_or("controller has no tls volume")?;
+    assert_eq!(tls["secret"]["defaultMode"], 0o440, "controller: {tls}");
+
+    // Values reach the flags.
+    let docs = documents(
+        &render(&[
+            "--set",
+            "agent.kubelet.port=11250",
+            "--set",
+            "agent.kubelet.serverName=$(NODE_NAME)",
+            "--set",
+            "agent.kubelet.caFile=/etc/kubelet-ca/ca.crt",
+            "--set",
+            "agent.kubeletCheckpointDir=/srv/kubelet/checkpoints",
+            "--set",
+            "agent.replication.maxConcurrentTransfers=4",
+            "--set",
+            "agent.replication.zstd=true",
+            "--set",
+            "agent.extraVolumes[0].name=kubelet-ca",
+            "--set",
+            "agent.extraVolumes[0].hostPath.path=/var/lib/kubelet/pki",
+            "--set",
+            "agent.extraVolumeMounts[0].name=kubelet-ca",
+            "--set",
+            "agent.extraVolumeMounts[0].mountPath=/etc/kubelet-ca",
+        ])
+        .await?,
+    )?;
+    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
+    let pod = &agent["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    for expected in [
+        "--kubelet-port=11250",
+        "--kubelet-server-name=$(NODE_NAME)",
+        "--kubelet-ca=/etc/kubelet-ca/ca.crt",
+        "--kubelet-checkpoint-dir=/srv/kubelet/checkpoints",
+        "--max-concurrent-transfers=4",
+        "--zstd",
+    ] {
+        assert!(
+            args.contains(&expected),
+            "agent args lack {expected}: {args:?}"
+        );
+    }
+    assert_eq!(
+        volume(pod, "kubelet-ca").map(|v| &v["hostPath"]["path"]),
+        Some(&Value::from("/var/lib/kubelet/pki")),
+        "agent volumes: {pod}"
+    );
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == "kubelet-ca" && m["mountPath"] == "/etc/kubelet-ca"),
+        "agent volume mounts: {c}"
+    );
+
+    // An empty caFile leaves the agent's own default.
+    let docs = documents(&render(&["--set", "agent.kubelet.caFile="]).await?)?;
+    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
+    let args = strings(&agent["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--kubelet-ca")),
+        "agent args: {args:?}"
+    );
+    Ok(())
+}
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Result<Self, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("ferry-chart-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The decoded value of `key` in a rendered Secret's `data`.
+fn secret_data(secret: &Value, key: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret["data"][key]
+        .as_str()
+        .ok_or_else(|| format!("Secret {} has no data key {key}", name(secret)))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| format!("Secret {} key {key} is not base64: {e}", name(secret)))
+}
+
+/// `openssl <args>`, failing unless it exits 0; returns its stdout.
+async fn openssl(args: &[&str], dir: &Path) -> Result<String, String> {
+    let mut cmd = Command::new("openssl");
+    cmd.args(args).current_dir(dir);
+    let out = run(cmd, None).await.map_err(|e| {
+        format!("{e} (the chart tests need the openssl CLI: apt-get install openssl)")
+    })?;
+    if !out.status.success() {
+        return Err(format!("openssl {args:?} failed:\n{}", describe(&out)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A mutual-TLS handshake in memory between a rustls server that requires a
+/// client certificate signed by `ca` and a rustls client that dials
+/// `server_name`, both presenting `cert`/`key` (as the agents and the
+/// controller do, through tonic).
+fn mutual_handshake(ca: &[u8], cert: &[u8], key: &[u8], server_name: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(ca) {
+        roots
+            .add(der.map_err(|e| format!("ca.crt: {e}"))?)
+            .map_err(|e| format!("ca.crt: {e}"))?;
+    }
+    let roots = Arc::new(roots);
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.crt: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("tls.key: {e}"))?;
+
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("client verifier: {e}"))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| format!("server config: {e}"))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client config: {e}"))?;
+
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let mut c = rustls::ClientConnection::new(Arc::new(client), name)
+        .map_err(|e| format!("client: {e}"))?;
+    let mut s =
+        rustls::ServerConnection::new(Arc::new(server)).map_err(|e| format!("server: {e}"))?;
+    for _ in 0..16 {
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).map_err(|e| e.to_string())?;
+        }
+        let mut input = wire.as_slice();
+        while !input.is_empty() {
+            s.read_tls(&mut input).map_err(|e| e.to_string())?;
+            s.process_new_packets()
+                .map_err(|e| format!("server refused the client: {e}"))?;
+        }
+        let mut wire = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut wire).map_err(|e| e.to_string())?;
+        }
+        let mut input = wire.as_slice();
+        while !input.is_empty() {
+            c.read_tls(&mut input).map_err(|e| e.to_string())?;
+            c.process_new_packets()
+                .map_err(|e| format!("client refused the server: {e}"))?;
+        }
+        if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() {
+            return if s.peer_certificates().is_some_and(|p| !p.is_empty()) {
+                Ok(())
+            } else {
+                Err("the server saw no client certificate".into())
+            };
+        }
+    }
+    Err("the handshake made no progress".into())
+}
+
+#[tokio::test]
+async fn generated_tls_secret_holds_a_ca_and_a_certificate_for_agents_and_controller() -> TestResult
+{
+    let docs = documents(&render(&[]).await?)?;
+    let secret = find(&docs, "Secret", "ferry-tls").ok_or("no Secret ferry-tls")?;
+    assert_eq!(secret["type"], "kubernetes.io/tls", "Secret: {secret}");
+    assert_eq!(
+        secret["metadata"]["namespace"], NAMESPACE,
+        "Secret: {secret}"
+    );
+    let ca = secret_data(secret, "ca.crt")?;
+    let cert = secret_data(secret, "tls.crt")?;
+    let key = secret_data(secret, "tls.key")?;
+    for (file, pem, marker) in [
+        ("ca.crt", &ca, "-----BEGIN CERTIFICATE-----"),
+        ("tls.crt", &cert, "-----BEGIN CERTIFICATE-----"),
+        ("tls.key", &key, "PRIVATE KEY-----"),
+    ] {
+        let text = String::from_utf8_lossy(pem);
+        assert!(
+            text.trim_start().starts_with("-----BEGIN ") && text.contains(marker),
+            "{file} is not PEM with {marker}:\n{text}"
+        );
+    }
+
+    let dir = TempDir::new("tls")?;
+    for (file, pem) in [("ca.crt", &ca), ("tls.crt", &cert), ("tls.key", &key)] {
+        std::fs::write(dir.0.join(file), pem)?;
+    }
+    // Signed by the CA, for both ends of a TLS connection.
+    for purpose in ["sslserver", "sslclient"] {
+        let out = openssl(
+            &[
+                "verify", "-CAfile", "ca.crt", "-purpose", purpose, "tls.crt",
+            ],
+            &dir.0,
+        )
+        .await?;
+        assert!(out.contains("tls.crt: OK"), "openssl verify: {out}");
+    }
+    let text = openssl(&["x509", "-in", "tls.crt", "-noout", "-text"], &dir.0).await?;
+    for expected in [
+        "DNS:ferry-agent",
+        "DNS:ferry-controller",
+        "TLS Web Server Authentication",
+        "TLS Web Client Authentication",
+        "CA:FALSE",
+    ] {
+        assert!(text.contains(expected), "tls.crt lacks {expected}:\n{text}");
+    }
+    let ca_text = openssl(&["x509", "-in", "ca.crt", "-noout", "-text"], &dir.0).await?;
+    assert!(ca_text.contains("CA:TRUE"), "ca.crt is no CA:\n{ca_text}");
+    // Valid for ten years: still valid in nine, no longer in eleven.
+    let year = 365 * 24 * 3600_u64;
+    for file in ["ca.crt", "tls.crt"] {
+        openssl(
+            &[
+                "x509",
+                "-in",
+                file,
+                "-noout",
+                "-checkend",
+                &(9 * year).to_string(),
+            ],
+            &dir.0,
+        )
+        .await
+        .map_err(|e| format!("{file} expires within nine years: {e}"))?;
+        let mut cmd = Command::new("openssl");
+        cmd.args(["x509", "-in", file, "-noout", "-checkend"])
+            .arg((11 * year).to_string())
+            .current_dir(&dir.0);
+        let out = run(cmd, None).await?;
+        assert!(
+            !out.status.success(),
+            "{file} is valid for more than eleven years:\n{}",
+            describe(&out)
+        );
+    }
+    // The key belongs to the certificate.
+    let cert_pub = openssl(&["x509", "-in", "tls.crt", "-noout", "-pubkey"], &dir.0).await?;
+    let key_pub = openssl(&["pkey", "-in", "tls.key", "-pubout"], &dir.0).await?;
+    assert_eq!(cert_pub, key_pub, "tls.key does not match tls.crt");
+
+    // rustls (the controller's and the agents' TLS stack) accepts it both
+    // ways, under both names, and still checks the name.
+    for server_name in ["ferry-agent", "ferry-controller"] {
+        mutual_handshake(&ca, &cert, &key, server_name)
+            .map_err(|e| format!("mutual TLS as {server_name}: {e}"))?;
+    }
+    let wrong = mutual_handshake(&ca, &cert, &key, "ferry-intruder");
+    assert!(
+        wrong.is_err(),
+        "a server name the certificate does not carry was accepted"
+    );
+
+    // Every render generates new material (no cluster to reuse it from).
+    let again = documents(&render(&[]).await?)?;
+    let again = find(&again, "Secret", "ferry-tls").ok_or("no Secret ferry-tls")?;
+    assert_ne!(
+        secret_data(again, "ca.crt")?,
+        ca,
+        "two renders produced the same CA"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_secret_can_be_provided_by_the_user() -> TestResult {
+    let docs = documents(
+        &render(&[
+            "--set",
+            "tls.generate=false",
+            "--set",
+            "tls.secretName=my-ferry-certs",
+        ])
+        .await?,
+    )?;
+    let secrets: Vec<&str> = docs
+        .iter()
+        .filter(|d| kind(d) == "Secret")
+        .map(name)
+        .collect();
+    assert!(
+        secrets.is_empty(),
+        "tls.generate=false still renders {secrets:?}"
+    );
+    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
+    assert_mounts_tls_secret(
+        "agent",
+        &agent["spec"]["template"]["spec"],
+        "my-ferry-certs",
+    );
+    let controller =
+        find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
+    assert_mounts_tls_secret(
+        "controller",
+        &controller["spec"]["template"]["spec"],
+        "my-ferry-certs",
+    );
+
+    // Without a name the default one is expected.
+    let docs = documents(&render(&["--set", "tls.generate=false"]).await?)?;
+    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
+    assert_mounts_tls_secret("agent", &agent["spec"]["template"]["spec"], "ferry-tls");
+
+    // A generated Secret takes the configured name.
+    let docs = documents(&render(&["--set", "tls.secretName=my-ferry-certs"]).await?)?;
+    assert!(
+        find(&docs, "Secret", "my-ferry-certs").is_some(),
+        "no Secret my-ferry-certs"
+    );
+    let controller =
+        find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
+    assert_mounts_tls_secret(
+        "controller",
+        &controller["spec"]["template"]["spec"],
+        "my-ferry-certs",
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn generated_tls_secret_is_kept_across_upgrades() -> TestResult {
+    // Its own namespace, so the other tests' dry runs are unaffected.
+    const NS: &str = "ferry-tls-reuse";
+    let cp = ControlPlane::shared().await?;
+    ensure_namespace(cp, NS).await?;
+
+    // What `helm upgrade` renders, with lookup answered by the cluster.
+    let render_against_cluster = || async {
+        let mut cmd = Command::new(helm().await?);
+        cmd.args(["template", RELEASE])
+            .arg(chart_dir())
+            .args(["--namespace", NS, "--dry-run=server"])
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig_path());
+        let out = run(cmd, None).await?;
+        if !out.status.success() {
+            return Err(format!(
+                "helm template --dry-run=server failed:\n{}",
+                describe(&out)
+            ));
+        }
+        let docs = documents(&String::from_utf8_lossy(&out.stdout))?;
+        find(&docs, "Secret", "ferry-tls")
+            .cloned()
+            .ok_or_else(|| "no Secret ferry-tls".to_owned())
+    };
+
+    // First install: nothing to reuse; store what it generated.
+    let first = render_against_cluster().await?;
+    let mut apply = cp.kubectl();
+    apply.args([
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=ferry-chart-test",
+        "-f",
+        "-",
+    ]);
+    let out = run(apply, Some(serde_json::to_vec(&first)?)).await?;
+    assert!(
+        out.status.success(),
+        "creating the Secret failed:\n{}",
+        describe(&out)
+    );
+
+    // Upgrade: the same material comes back.
+    let second = render_against_cluster().await?;
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        assert_eq!(
+            secret_data(&second, key)?,
+            secret_data(&first, key)?,
+            "{key} changed on upgrade although the Secret exists"
+        );
+    }
     Ok(())
 }
