@@ -1,0 +1,397 @@
+//! Replication benchmark (issue 3): a 1 GiB archive replicated between two
+//! real agent processes (mutual TLS, sha256 verified by the receiver) against
+//! a plain TCP copy of the same bytes over loopback, in the same run.
+//!
+//! `cargo bench -p ferry-agent --bench replication` prints a Markdown table
+//! and whether the targets are met. It fails only when replication breaks,
+//! never on speed. `FERRY_BENCH_MIB` (default 1024), `FERRY_BENCH_RUNS`
+//! (default 3) and `FERRY_BENCH_DIR` (default /var/tmp; must not be a tmpfs)
+//! change the setup. CPU seconds come from /proc/<pid>/stat (user + system):
+//! the two agents' for a replication, this process's for the TCP copy.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures, the table is the output
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{AgentProcess, Pki, import_archive, listed};
+use ferry_proto::v1 as pb;
+
+const MIB: u64 = 1 << 20;
+/// Read and write buffer of the TCP copy, the size of ferry's chunks.
+const BUFFER: usize = 1 << 20;
+const TARGET_RATIO: f64 = 0.8;
+const TARGET_RSS_MIB: f64 = 64.0;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v} is no number"))
+        })
+        .unwrap_or(default)
+}
+
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// One timed transfer.
+#[derive(Debug)]
+struct Run {
+    elapsed: Duration,
+    /// CPU seconds used by the sending and by the receiving side.
+    cpu: (f64, f64),
+}
+
+/// The runs of one method.
+#[derive(Debug, Default)]
+struct Samples {
+    mib_per_s: Vec<f64>,
+    cpu: Vec<(f64, f64)>,
+}
+
+impl Samples {
+    fn add(&mut self, bytes: u64, run: Run) {
+        self.mib_per_s
+            .push(bytes as f64 / MIB as f64 / run.elapsed.as_secs_f64());
+        self.cpu.push(run.cpu);
+    }
+    fn median(&self) -> f64 {
+        median(&self.mib_per_s)
+    }
+    fn last(&self) -> f64 {
+        self.mib_per_s.last().copied().unwrap_or(0.0)
+    }
+    fn cell(&self) -> String {
+        let min = self.mib_per_s.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.mib_per_s.iter().copied().fold(0.0, f64::max);
+        format!("{:.0} ({min:.0}–{max:.0})", self.median())
+    }
+    /// Median CPU seconds per GiB: `sender + receiver`, or their sum.
+    fn cpu_cell(&self, bytes: u64, split: bool) -> String {
+        let per_gib = (1u64 << 30) as f64 / bytes as f64;
+        let side = |pick: fn(&(f64, f64)) -> f64| {
+            median(&self.cpu.iter().map(pick).collect::<Vec<_>>()) * per_gib
+        };
+        let (sender, receiver) = (side(|c| c.0), side(|c| c.1));
+        if split {
+            format!("{sender:.2} + {receiver:.2}")
+        } else {
+            format!("{:.2}", sender + receiver)
+        }
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; utime and stime are the
+    // 12th and 13th fields after it, in USER_HZ (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn run() {
+    common::install_crypto_provider();
+    let size = env_number("FERRY_BENCH_MIB", 1024) * MIB;
+    let runs = env_number("FERRY_BENCH_RUNS", 3).max(1);
+    let base = PathBuf::from(std::env::var("FERRY_BENCH_DIR").unwrap_or("/var/tmp".into()));
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-bench-")
+        .tempdir_in(&base)
+        .unwrap();
+    let fs_type = filesystem_type(dir.path());
+    assert_ne!(
+        fs_type,
+        "tmpfs",
+        "{} is a tmpfs: set FERRY_BENCH_DIR to a directory on a disk",
+        dir.path().display()
+    );
+
+    // The archive goes into A's store before A starts; A2, the `--zstd`
+    // sender, gets the same files as hard links.
+    let started = Instant::now();
+    let (a_dir, a_zstd_dir) = (dir.path().join("a"), dir.path().join("a2"));
+    let archive = import_archive(&a_dir, size, 42);
+    let archives = |data_dir: &Path| data_dir.join("archives");
+    std::fs::create_dir_all(archives(&a_zstd_dir)).unwrap();
+    for ext in ["tar", "json"] {
+        let name = format!("{}.{ext}", archive.id);
+        std::fs::hard_link(
+            archives(&a_dir).join(&name),
+            archives(&a_zstd_dir).join(&name),
+        )
+        .unwrap();
+    }
+    eprintln!(
+        "imported a {} MiB archive in {:.1} s",
+        size / MIB,
+        started.elapsed().as_secs_f64()
+    );
+    let source = archives(&a_dir).join(format!("{}.tar", archive.id));
+    assert_eq!(std::fs::metadata(&source).unwrap().len(), size);
+    let copy = dir.path().join("tcp-copy.bin");
+
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &a_dir, 0, &[]).await;
+    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
+    let a_zstd = AgentProcess::start(&pki, "node-a2", &a_zstd_dir, 0, &["--zstd"]).await;
+    let b_zstd = AgentProcess::start(&pki, "node-b2", &dir.path().join("b2"), 0, &[]).await;
+    for sender in [&a, &a_zstd] {
+        assert_eq!(
+            listed(&pki, sender).await,
+            vec![archive.id.clone()],
+            "{} serves the archive",
+            sender.name
+        );
+    }
+
+    let mut tcp = Samples::default();
+    let mut ferry = Samples::default();
+    let mut ferry_zstd = Samples::default();
+    // Interleaved rounds, so drift on a shared machine hits every method.
+    for round in 1..=runs {
+        let (source, target) = (source.clone(), copy.clone());
+        let own_cpu = cpu_seconds(std::process::id());
+        let elapsed = tokio::task::spawn_blocking(move || tcp_copy(&source, &target, size))
+            .await
+            .unwrap();
+        let cpu = (cpu_seconds(std::process::id()) - own_cpu, 0.0);
+        std::fs::remove_file(&copy).unwrap();
+        tcp.add(size, Run { elapsed, cpu });
+
+        ferry.add(size, replicate(&pki, &a, &b, &archive.id).await);
+        ferry_zstd.add(size, replicate(&pki, &a_zstd, &b_zstd, &archive.id).await);
+        eprintln!(
+            "round {round}/{runs}: tcp {:.0}, ferry {:.0}, ferry --zstd {:.0} MiB/s",
+            tcp.last(),
+            ferry.last(),
+            ferry_zstd.last()
+        );
+    }
+
+    let rss = |agent: &AgentProcess| agent.peak_rss_kib() as f64 / 1024.0;
+    let tcp_median = tcp.median();
+    println!();
+    println!("{}", machine());
+    println!(
+        "Archive: {} MiB of pseudo-random bytes; {runs} runs per method, interleaved; \
+         data under {} ({fs_type}); the source is in the page cache for every method.",
+        size / MIB,
+        dir.path().display()
+    );
+    println!();
+    println!(
+        "| method | throughput MiB/s: median (min–max) | ratio to TCP copy | CPU s per GiB: sender + receiver | sender peak RSS MiB | receiver peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| plain TCP copy, loopback, 1 MiB buffers, receiver fsyncs | {} | 1.00 | {} (both threads) | – | – |",
+        tcp.cell(),
+        tcp.cpu_cell(size, false)
+    );
+    let rows = [
+        (
+            "ferry Replicate A→B, mTLS, receiver sha256-verifies, fsyncs and publishes",
+            &ferry,
+            &a,
+            &b,
+        ),
+        (
+            "ferry Replicate A→B with `--zstd` (level 1; pseudo-random data does not compress)",
+            &ferry_zstd,
+            &a_zstd,
+            &b_zstd,
+        ),
+    ];
+    for (method, samples, sender, receiver) in &rows {
+        println!(
+            "| {method} | {} | {:.2} | {} | {:.1} | {:.1} |",
+            samples.cell(),
+            samples.median() / tcp_median,
+            samples.cpu_cell(size, true),
+            rss(sender),
+            rss(receiver)
+        );
+    }
+    println!();
+    let ratio = ferry.median() / tcp_median;
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "- Target ratio >= {TARGET_RATIO} (mTLS and hashing on): {} ({ratio:.2})",
+        met(ratio >= TARGET_RATIO)
+    );
+    let peak = [&a, &b, &a_zstd, &b_zstd]
+        .into_iter()
+        .map(rss)
+        .fold(0.0, f64::max);
+    println!(
+        "- Target agent peak RSS <= {TARGET_RSS_MIB} MiB: {} (highest {peak:.1} MiB)",
+        met(peak <= TARGET_RSS_MIB)
+    );
+}
+
+/// Reads `source` and sends it over a loopback TCP connection to a receiver
+/// thread that writes it to `target` and fsyncs. Timed from the connect to
+/// the receiver being done.
+fn tcp_copy(source: &Path, target: &Path, size: u64) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let target = target.to_owned();
+    let receiver = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut file = File::create(&target).unwrap();
+        let mut buffer = vec![0u8; BUFFER];
+        let mut total = 0u64;
+        loop {
+            let read = socket.read(&mut buffer).unwrap();
+            if read == 0 {
+                break;
+            }
+            file.write_all(&buffer[..read]).unwrap();
+            total += read as u64;
+        }
+        file.sync_all().unwrap();
+        total
+    });
+    let started = Instant::now();
+    let mut socket = TcpStream::connect(address).unwrap();
+    let mut file = File::open(source).unwrap();
+    let mut buffer = vec![0u8; BUFFER];
+    loop {
+        let read = file.read(&mut buffer).unwrap();
+        if read == 0 {
+            break;
+        }
+        socket.write_all(&buffer[..read]).unwrap();
+    }
+    socket.shutdown(Shutdown::Write).unwrap();
+    let received = receiver.join().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(received, size, "the TCP copy received every byte");
+    elapsed
+}
+
+/// One `Replicate` call from `sender` to `receiver`, timed from the call to
+/// its return (the receiver has verified and published). Deletes the replica
+/// afterwards so the next run starts from nothing.
+async fn replicate(pki: &Pki, sender: &AgentProcess, receiver: &AgentProcess, id: &str) -> Run {
+    let mut client = pki.controller(&sender.endpoint).await;
+    let cpu_before = (cpu_seconds(sender.pid()), cpu_seconds(receiver.pid()));
+    let started = Instant::now();
+    let response = client
+        .replicate(pb::ReplicateRequest {
+            archive_id: id.to_owned(),
+            peers: vec![receiver.peer()],
+        })
+        .await;
+    let elapsed = started.elapsed();
+    let cpu = (
+        cpu_seconds(sender.pid()) - cpu_before.0,
+        cpu_seconds(receiver.pid()) - cpu_before.1,
+    );
+    let outcome = response
+        .unwrap_or_else(|s| panic!("replicate: {s}\n{}", sender.log_text()))
+        .into_inner()
+        .replicas
+        .remove(0);
+    assert!(
+        outcome.ok,
+        "replication {} → {} failed: {}\nsender log:\n{}\nreceiver log:\n{}",
+        sender.name,
+        receiver.name,
+        outcome.error,
+        sender.log_text(),
+        receiver.log_text()
+    );
+    assert_eq!(outcome.resumed_from, 0, "every run starts from nothing");
+    assert_eq!(listed(pki, receiver).await, vec![id.to_owned()]);
+    pki.controller(&receiver.endpoint)
+        .await
+        .delete_archives(pb::DeleteArchivesRequest {
+            archive_ids: vec![id.to_owned()],
+            policy: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(listed(pki, receiver).await.is_empty());
+    Run { elapsed, cpu }
+}
+
+/// The file system type of the mount holding `path`, from /proc/mounts.
+fn filesystem_type(path: &Path) -> String {
+    let path = path.canonicalize().unwrap();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _device = fields.next()?;
+            let mount_point = fields.next()?;
+            let fs_type = fields.next()?;
+            path.starts_with(mount_point)
+                .then(|| (mount_point.len(), fs_type.to_owned()))
+        })
+        .max()
+        .map(|(_, fs_type)| fs_type)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// nproc, CPU model (with the flags that matter here) and kernel.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let present: Vec<&str> = ["sha_ni", "aes", "vaes", "avx2"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "Machine: nproc {cpus}, CPU {} (flags: {}), kernel {}",
+        field("model name"),
+        present.join(" "),
+        kernel.trim()
+    )
+}
