@@ -29,6 +29,10 @@ use crate::{Error, names};
 /// Size of the buffer archives are copied and hashed through; bounds memory.
 const COPY_BUFFER: usize = 1 << 20;
 
+/// Written bytes are handed to the kernel's writeback in steps this large,
+/// so the final fsync does not have to flush a whole archive at once.
+const WRITEBACK_STEP: u64 = 32 << 20;
+
 /// Incoming replicas untouched for this long are abandoned at start-up.
 const STALE_INCOMING: Duration = Duration::from_secs(3600);
 
@@ -511,6 +515,7 @@ impl Store {
             header,
             hasher,
             received: offset,
+            flushed: offset,
             archives: self.archives.clone(),
             tmp: self.tmp.clone(),
             _guard: guard,
@@ -528,6 +533,8 @@ pub struct Incoming {
     header: PathBuf,
     hasher: Sha256,
     received: u64,
+    /// Bytes already handed to writeback.
+    flushed: u64,
     archives: PathBuf,
     tmp: PathBuf,
     _guard: ReceivingGuard,
@@ -564,6 +571,10 @@ impl Incoming {
         }
         self.hasher.update(data);
         self.received = total;
+        if self.received - self.flushed >= WRITEBACK_STEP {
+            crate::sys::start_writeback(&self.file, self.flushed, self.received - self.flushed);
+            self.flushed = self.received;
+        }
         Ok(())
     }
 
