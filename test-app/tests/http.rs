@@ -25,6 +25,9 @@ async fn counts_serves_state_verifies_and_dies_on_kill() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    // Workspace feature unification may give reqwest rustls without a
+    // default provider; plain HTTP still needs the client to build.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let mut up = false;
     for _ in 0..100 {
