@@ -222,7 +222,7 @@ impl Agent for AgentService {
         _: Request<pb::GetNodeInfoRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
         let node = &self.inner.node;
-        let free = free_bytes(&self.inner.images_dir);
+        let free = self.inner.store.free_bytes();
         Ok(Response::new(pb::NodeInfo {
             node_name: node.node_name.clone(),
             runtime: node.runtime.clone(),
@@ -617,9 +617,4 @@ impl Agent for AgentService {
             archive_path: path.display().to_string(),
         }))
     }
-}
-
-/// Free bytes on the file system holding `path`; 0 when unknown.
-fn free_bytes(path: &std::path::Path) -> u64 {
-    crate::sys::available_bytes(path).unwrap_or(0)
 }

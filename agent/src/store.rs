@@ -275,11 +275,12 @@ impl Store {
     }
 
     fn temp_file(&self) -> Result<tempfile::NamedTempFile, Error> {
-        tempfile::Builder::new()
-            .prefix("import-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .tempfile_in(&self.tmp)
-            .map_err(|e| Error::io("creating a file in", &self.tmp, e))
+        private_temp_file(&self.tmp, "import-")
+    }
+
+    /// Bytes free for new archives on the store's file system; 0 when unknown.
+    pub fn free_bytes(&self) -> u64 {
+        crate::sys::available_bytes(&self.archives).unwrap_or(0)
     }
 
     /// Writes metadata with the temp-fsync-rename dance; this is the moment
@@ -647,11 +648,7 @@ fn write_json_atomically(tmp_dir: &Path, path: &Path, value: &impl Serialize) ->
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    let mut temp = tempfile::Builder::new()
-        .prefix("meta-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(tmp_dir)
-        .map_err(|e| Error::io("creating a file in", tmp_dir, e))?;
+    let mut temp = private_temp_file(tmp_dir, "meta-")?;
     temp.write_all(&bytes)
         .map_err(|e| Error::io("writing", temp.path(), e))?;
     temp.as_file()
@@ -660,6 +657,16 @@ fn write_json_atomically(tmp_dir: &Path, path: &Path, value: &impl Serialize) ->
     temp.persist(path)
         .map_err(|e| Error::io("renaming into", path, e.error))?;
     Ok(())
+}
+
+/// A temporary file only the agent can read (0600) in `dir`; removed on
+/// drop unless persisted.
+fn private_temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile, Error> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("creating a file in", dir, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {

@@ -258,6 +258,10 @@ async fn callers_without_a_valid_certificate_are_refused() {
         .into_inner();
     assert_eq!(info.node_name, "node-a");
     assert_eq!(info.runtime, "synthetic");
+    assert!(
+        info.store_free_bytes > 0,
+        "free bytes of the store's file system"
+    );
 }
 
 #[tokio::test]
