@@ -13,14 +13,10 @@ use crate::service::NodeFacts;
 
 /// Field manager of everything the agent writes.
 pub const FIELD_MANAGER: &str = "ferry-agent";
-/// Label on every agent Lease, for the controller's watch.
-pub const COMPONENT_LABEL: (&str, &str) = ("app.kubernetes.io/component", "ferry-agent");
-/// Label naming the node.
-pub const NODE_LABEL: &str = "ferry.dev/node";
-/// `host:port` of the agent's gRPC API.
-pub const ENDPOINT_ANNOTATION: &str = "ferry.dev/grpc-endpoint";
-/// JSON of the node's runtime facts (runtime, architecture, kernel, CRIU).
-pub const NODE_INFO_ANNOTATION: &str = "ferry.dev/node-info";
+pub use ferry_api::names::{
+    AGENT_COMPONENT_LABEL as COMPONENT_LABEL, AGENT_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION,
+    AGENT_NODE_INFO_ANNOTATION as NODE_INFO_ANNOTATION, AGENT_NODE_LABEL as NODE_LABEL,
+};
 
 /// Where and how the Lease is kept.
 #[derive(Clone, Debug)]
@@ -36,7 +32,7 @@ pub struct LeaseConfig {
 
 /// Name of the Lease of `node`.
 pub fn lease_name(node: &str) -> String {
-    format!("ferry-agent-{node}")
+    format!("{}{node}", ferry_api::names::AGENT_LEASE_PREFIX)
 }
 
 /// The Lease as applied at `now`.

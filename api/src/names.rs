@@ -20,3 +20,26 @@ pub const CRIO_CHECKPOINT_ANNOTATION: &str = "io.kubernetes.cri-o.annotations.ch
 /// OCI image annotation that containerd reads to restore a container from a
 /// checkpoint image.
 pub const CONTAINERD_CHECKPOINT_ANNOTATION: &str = "org.criu.checkpoint.container.name";
+
+/// Pod annotation the admission webhook sets on a replacement pod: the UID of
+/// the failed pod whose failover it carries out.
+pub const FAILOVER_ANNOTATION: &str = "ferry.dev/failover-of";
+
+/// Pod annotation naming the archive each restored container starts from
+/// (`container=archive,...`).
+pub const RESTORED_FROM_ANNOTATION: &str = "ferry.dev/restored-from";
+
+/// Prefix of the Lease each node agent renews (`ferry-agent-<node>`).
+pub const AGENT_LEASE_PREFIX: &str = "ferry-agent-";
+
+/// Lease annotation with the agent's gRPC endpoint (`host:port`).
+pub const AGENT_ENDPOINT_ANNOTATION: &str = "ferry.dev/grpc-endpoint";
+
+/// Lease annotation with the agent's node facts (JSON).
+pub const AGENT_NODE_INFO_ANNOTATION: &str = "ferry.dev/node-info";
+
+/// Label on every agent Lease, for the controller's watch.
+pub const AGENT_COMPONENT_LABEL: (&str, &str) = ("app.kubernetes.io/component", "ferry-agent");
+
+/// Label on an agent Lease naming its node.
+pub const AGENT_NODE_LABEL: &str = "ferry.dev/node";

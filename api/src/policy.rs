@@ -281,9 +281,16 @@ pub struct CheckpointPolicyStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["pod".into(), "container".into()]))]
     pub checkpoints: Vec<CheckpointRecord>,
 
-    /// The most recent failover.
+    /// The most recent finished failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+
+    /// Failovers in progress, one per failed pod. A failover is recorded
+    /// here before anything is done about it, so a restarted controller
+    /// finishes it instead of starting a second one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["podUid".into()]))]
+    pub failovers: Vec<FailoverRecord>,
 
     /// Ready, Protected and the reasons behind them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -324,6 +331,13 @@ impl Phase {
 pub struct CheckpointRecord {
     pub pod: String,
     pub container: String,
+    /// UID of the pod the checkpoint was taken of.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_uid: String,
+    /// The container's restart count when it was checkpointed; a higher
+    /// count later means the container failed.
+    #[serde(default)]
+    pub restart_count: i32,
     /// Node the checkpoint was taken on.
     pub node: String,
     /// Archive id (sha256 of its content).
@@ -342,13 +356,31 @@ pub struct CheckpointRecord {
 #[serde(rename_all = "camelCase")]
 pub struct FailoverRecord {
     pub reason: FailureTrigger,
+    /// The failed pod.
     pub pod: String,
+    /// UID of the failed pod; identifies the failover.
+    #[serde(default)]
+    pub pod_uid: String,
+    /// Controller of the failed pod (`ReplicaSet/counter-7d9c`); empty for a
+    /// bare pod, which ferry recreates itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
     pub from_node: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_node: Option<String>,
-    /// Archive restored from; absent for a cold start.
+    /// How far the failover got; each stage is recorded before the next
+    /// action.
+    #[serde(default)]
+    pub stage: FailoverStage,
+    /// Archive restored from (the first container's); absent for a cold start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<String>,
+    /// What each container restores from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerRestore>,
+    /// The pod that took over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement_pod: Option<String>,
     /// Age of that archive when the failover started (Go duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_age: Option<String>,
@@ -360,6 +392,38 @@ pub struct FailoverRecord {
     pub restored_at: Option<Time>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+/// Steps of a failover, in order.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum FailoverStage {
+    /// The failure is recorded and the restore target chosen.
+    #[default]
+    Detected,
+    /// The target agent made the archives restorable (checkpoint images).
+    Prepared,
+    /// The failed pod was removed; its owner (or ferry, for a bare pod)
+    /// creates the replacement, which the admission webhook points at the
+    /// checkpoint.
+    Fenced,
+    /// The replacement pod runs.
+    Completed,
+    /// Nothing could be restored; `message` says why.
+    Failed,
+}
+
+/// The restore of one container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRestore {
+    pub container: String,
+    pub archive: String,
+    /// Image the replacement container runs: a local checkpoint image on the
+    /// target node (pulled never). Set once the target agent prepared it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Schema of a byte quantity such as `2Gi` or `500M`: what `Quantity`
