@@ -378,6 +378,9 @@ pub struct FailoverRecord {
     /// What each container restores from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<ContainerRestore>,
+    /// Annotations the replacement pod gets (from the target agent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
     /// The pod that took over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacement_pod: Option<String>,
