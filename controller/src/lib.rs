@@ -6,6 +6,7 @@
 //! from what is stored, so the controller's own writes never re-trigger work.
 
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
