@@ -10,6 +10,7 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+pub mod webhook;
 
 use std::sync::Arc;
 

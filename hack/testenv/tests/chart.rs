@@ -238,6 +238,9 @@ async fn rendered_chart_is_accepted_by_the_api_server() -> TestResult {
         "role.rbac.authorization.k8s.io/ferry-agent",
         "rolebinding.rbac.authorization.k8s.io/ferry-controller",
         "rolebinding.rbac.authorization.k8s.io/ferry-agent",
+        "service/ferry-webhook",
+        "secret/ferry-webhook-tls",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/ferry-failover",
     ] {
         assert!(
             stdout.contains(expected),
@@ -1090,9 +1093,13 @@ async fn tls_secret_can_be_provided_by_the_user() -> TestResult {
         ])
         .await?,
     )?;
+    // (The webhook's serving certificate has a switch of its own.)
     let secrets: Vec<&str> = docs
         .iter()
-        .filter(|d| kind(d) == "Secret")
+        .filter(|d| {
+            kind(d) == "Secret"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] != "webhook"
+        })
         .map(name)
         .collect();
     assert!(
@@ -1189,5 +1196,327 @@ async fn generated_tls_secret_is_kept_across_upgrades() -> TestResult {
             "{key} changed on upgrade although the Secret exists"
         );
     }
+    Ok(())
+}
+
+/// `--set` arguments for `helm template`, with "--set" between them.
+fn sets<'a>(values: &[&'a str]) -> Vec<&'a str> {
+    values.iter().flat_map(|v| ["--set", *v]).collect()
+}
+
+#[tokio::test]
+async fn webhook_is_registered_with_the_ca_that_signed_its_serving_certificate() -> TestResult {
+    let docs = documents(&render(&[]).await?)?;
+    let config = find(&docs, "MutatingWebhookConfiguration", "ferry-failover")
+        .ok_or("no MutatingWebhookConfiguration ferry-failover")?;
+    let hooks = config["webhooks"]
+        .as_array()
+        .ok_or("MutatingWebhookConfiguration without webhooks")?;
+    assert_eq!(hooks.len(), 1, "{config}");
+    let hook = &hooks[0];
+    assert_eq!(hook["name"], "failover.ferry.dev");
+    // A down controller must never block pod creation.
+    assert_eq!(hook["failurePolicy"], "Ignore", "{hook}");
+    assert_eq!(hook["sideEffects"], "None", "{hook}");
+    assert_eq!(hook["timeoutSeconds"], 5, "{hook}");
+    assert_eq!(hook["reinvocationPolicy"], "Never", "{hook}");
+    assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(
+        hook["rules"],
+        serde_json::json!([{
+            "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+            "resources": ["pods"], "scope": "Namespaced"
+        }])
+    );
+    assert_eq!(
+        hook["namespaceSelector"],
+        serde_json::json!({"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+            "values": ["kube-system", NAMESPACE]
+        }]})
+    );
+    let service_ref = &hook["clientConfig"]["service"];
+    assert_eq!(
+        service_ref,
+        &serde_json::json!({"name": "ferry-webhook", "namespace": NAMESPACE, "path": "/mutate", "port": 443})
+    );
+
+    // The Service reaches the controller's webhook port.
+    let service = find(&docs, "Service", "ferry-webhook").ok_or("no Service ferry-webhook")?;
+    assert_eq!(
+        service["spec"]["ports"],
+        serde_json::json!([{"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}])
+    );
+    let controller =
+        find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
+    let pod = &controller["spec"]["template"]["spec"];
+    assert_eq!(
+        service["spec"]["selector"], controller["spec"]["selector"]["matchLabels"],
+        "the webhook Service must select the controller pods"
+    );
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    for expected in [
+        "--webhook-addr=0.0.0.0:9443",
+        "--webhook-cert=/etc/ferry/webhook-tls/tls.crt",
+        "--webhook-key=/etc/ferry/webhook-tls/tls.key",
+    ] {
+        assert!(
+            args.contains(&expected),
+            "controller args lack {expected}: {args:?}"
+        );
+    }
+    assert!(
+        c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["name"] == "webhook" && p["containerPort"] == 9443),
+        "controller ports: {c}"
+    );
+    let mount = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"] == "/etc/ferry/webhook-tls")
+        .ok_or_else(|| format!("controller mounts nothing at /etc/ferry/webhook-tls: {c}"))?;
+    assert_eq!(mount["readOnly"], true, "{mount}");
+    let vol =
+        volume(pod, mount["name"].as_str().unwrap_or_default()).ok_or("no webhook-tls volume")?;
+    assert_eq!(vol["secret"]["secretName"], "ferry-webhook-tls", "{vol}");
+    assert_eq!(vol["secret"]["defaultMode"], 0o440, "{vol}");
+
+    // caBundle is the CA in the Secret, and that CA signed the serving
+    // certificate for the Service's DNS names.
+    let secret = find(&docs, "Secret", "ferry-webhook-tls").ok_or("no Secret ferry-webhook-tls")?;
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let ca = secret_data(secret, "ca.crt")?;
+    let cert = secret_data(secret, "tls.crt")?;
+    let key = secret_data(secret, "tls.key")?;
+    let bundle = base64::engine::general_purpose::STANDARD.decode(
+        hook["clientConfig"]["caBundle"]
+            .as_str()
+            .ok_or("no caBundle")?,
+    )?;
+    assert_eq!(bundle, ca, "caBundle is not the Secret's ca.crt");
+
+    let dir = TempDir::new("webhook")?;
+    for (file, pem) in [("ca.crt", &ca), ("tls.crt", &cert), ("tls.key", &key)] {
+        std::fs::write(dir.0.join(file), pem)?;
+    }
+    let out = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "ca.crt",
+            "-purpose",
+            "sslserver",
+            "tls.crt",
+        ],
+        &dir.0,
+    )
+    .await?;
+    assert!(out.contains("tls.crt: OK"), "openssl verify: {out}");
+    let text = openssl(&["x509", "-in", "tls.crt", "-noout", "-text"], &dir.0).await?;
+    for expected in [
+        "DNS:ferry-webhook.ferry-system.svc,",
+        "DNS:ferry-webhook.ferry-system.svc.cluster.local",
+        "TLS Web Server Authentication",
+    ] {
+        assert!(text.contains(expected), "tls.crt lacks {expected}:\n{text}");
+    }
+    let cert_pub = openssl(&["x509", "-in", "tls.crt", "-noout", "-pubkey"], &dir.0).await?;
+    let key_pub = openssl(&["pkey", "-in", "tls.key", "-pubout"], &dir.0).await?;
+    assert_eq!(cert_pub, key_pub, "tls.key does not match tls.crt");
+    // rustls accepts it under the name the API server dials.
+    mutual_handshake(&bundle, &cert, &key, "ferry-webhook.ferry-system.svc")
+        .map_err(|e| format!("TLS as ferry-webhook.ferry-system.svc: {e}"))?;
+    assert!(
+        mutual_handshake(&bundle, &cert, &key, "ferry-controller.ferry-system.svc").is_err(),
+        "a name the certificate does not carry was accepted"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn webhook_values_reach_the_objects() -> TestResult {
+    // Disabled: no webhook object, flag, port or mount.
+    let yaml = render(&sets(&["webhook.enabled=false"])).await?;
+    assert!(
+        !yaml.contains("webhook"),
+        "webhook.enabled=false still renders webhook parts:\n{yaml}"
+    );
+
+    let docs =
+        documents(&render(&sets(&["webhook.port=10443", "webhook.timeoutSeconds=2"])).await?)?;
+    let controller =
+        find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
+    let c = &controller["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        strings(&c["args"]).contains(&"--webhook-addr=0.0.0.0:10443"),
+        "controller args: {c}"
+    );
+    assert!(
+        c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["name"] == "webhook" && p["containerPort"] == 10443),
+        "controller ports: {c}"
+    );
+    let config = find(&docs, "MutatingWebhookConfiguration", "ferry-failover")
+        .ok_or("no MutatingWebhookConfiguration")?;
+    assert_eq!(config["webhooks"][0]["timeoutSeconds"], 2);
+
+    // A certificate from elsewhere: no Secret rendered, the given CA used.
+    let out = helm_template(&sets(&["webhook.tls.generate=false"])).await?;
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("webhook.tls.caBundle"),
+        "webhook.tls.generate=false without caBundle must fail naming it:\n{}",
+        describe(&out)
+    );
+    let docs = documents(
+        &render(&sets(&[
+            "webhook.tls.generate=false",
+            "webhook.tls.secretName=my-webhook-cert",
+            "webhook.tls.caBundle=Q0E=",
+        ]))
+        .await?,
+    )?;
+    assert!(
+        find(&docs, "Secret", "my-webhook-cert").is_none()
+            && find(&docs, "Secret", "ferry-webhook-tls").is_none(),
+        "webhook.tls.generate=false still renders a webhook Secret"
+    );
+    let config = find(&docs, "MutatingWebhookConfiguration", "ferry-failover")
+        .ok_or("no MutatingWebhookConfiguration")?;
+    assert_eq!(config["webhooks"][0]["clientConfig"]["caBundle"], "Q0E=");
+    let controller =
+        find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
+    let vol = volume(&controller["spec"]["template"]["spec"], "webhook-tls")
+        .ok_or("no webhook-tls volume")?;
+    assert_eq!(vol["secret"]["secretName"], "my-webhook-cert", "{vol}");
+
+    // Schema.
+    let cases: &[(&str, &str)] = &[
+        ("webhook.enabled=yes", "webhook.enabled"),
+        ("webhook.port=80", "webhook.port"),
+        ("webhook.port=8080", "webhook.port"),
+        ("webhook.port=70000", "webhook.port"),
+        ("webhook.timeoutSeconds=0", "webhook.timeoutSeconds"),
+        ("webhook.timeoutSeconds=31", "webhook.timeoutSeconds"),
+        ("webhook.tls.caBundle=not base64!", "webhook.tls.caBundle"),
+        (
+            "webhook.tls.secretName=Not_A_Name",
+            "webhook.tls.secretName",
+        ),
+        ("webhook.failurePolicy=Fail", "failurePolicy"),
+    ];
+    for (value, needle) in cases {
+        let out = helm_template(&["--set", value]).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("schema") && stderr.contains(needle),
+            "helm template --set {value} must fail schema validation naming {needle:?}:\n{}",
+            describe(&out)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn webhook_certificate_is_kept_across_upgrades_while_its_names_stay() -> TestResult {
+    const NS: &str = "ferry-webhook-reuse";
+    let cp = ControlPlane::shared().await?;
+    ensure_namespace(cp, NS).await?;
+
+    // What `helm upgrade` renders (lookup answered by the cluster): the
+    // webhook Secret and the caBundle.
+    let render_against_cluster = |extra: &'static [&'static str]| async move {
+        let mut cmd = Command::new(helm().await?);
+        cmd.args(["template", RELEASE])
+            .arg(chart_dir())
+            .args(["--namespace", NS, "--dry-run=server"])
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig_path())
+            .args(extra);
+        let out = run(cmd, None).await?;
+        if !out.status.success() {
+            return Err(format!(
+                "helm template --dry-run=server failed:\n{}",
+                describe(&out)
+            ));
+        }
+        let docs = documents(&String::from_utf8_lossy(&out.stdout))?;
+        let secret = docs
+            .iter()
+            .find(|d| {
+                kind(d) == "Secret"
+                    && d["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook"
+            })
+            .cloned()
+            .ok_or_else(|| "no webhook Secret".to_owned())?;
+        let bundle = docs
+            .iter()
+            .find(|d| kind(d) == "MutatingWebhookConfiguration")
+            .and_then(|d| d["webhooks"][0]["clientConfig"]["caBundle"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| "no caBundle".to_owned())?;
+        Ok::<_, String>((secret, bundle))
+    };
+    let fixed: &'static [&'static str] = &["--set", "webhook.tls.secretName=ferry-webhook-fixed"];
+
+    let (first, first_bundle) = render_against_cluster(fixed).await?;
+    let mut apply = cp.kubectl();
+    apply.args([
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=ferry-chart-test",
+        "-f",
+        "-",
+    ]);
+    let out = run(apply, Some(serde_json::to_vec(&first)?)).await?;
+    assert!(
+        out.status.success(),
+        "creating the webhook Secret failed:\n{}",
+        describe(&out)
+    );
+
+    // Upgrade: the same certificate, and caBundle still its CA.
+    let (second, second_bundle) = render_against_cluster(fixed).await?;
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        assert_eq!(
+            secret_data(&second, key)?,
+            secret_data(&first, key)?,
+            "{key} changed on upgrade although the Secret exists"
+        );
+    }
+    assert_eq!(second_bundle, first_bundle, "caBundle changed on upgrade");
+    assert_eq!(
+        second["data"]["ca.crt"].as_str(),
+        Some(second_bundle.as_str()),
+        "caBundle is not the kept CA"
+    );
+
+    // Another Service name (renamed release): the kept certificate would
+    // not match it, so a new one is issued, with a matching caBundle.
+    let (renamed, renamed_bundle) = render_against_cluster(&[
+        "--set",
+        "webhook.tls.secretName=ferry-webhook-fixed",
+        "--set",
+        "fullnameOverride=other",
+    ])
+    .await?;
+    assert_ne!(
+        secret_data(&renamed, "tls.crt")?,
+        secret_data(&first, "tls.crt")?,
+        "a certificate for other DNS names was reused"
+    );
+    assert_eq!(
+        renamed["data"]["ca.crt"].as_str(),
+        Some(renamed_bundle.as_str())
+    );
     Ok(())
 }

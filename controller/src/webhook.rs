@@ -1,0 +1,1463 @@
+//! Mutating admission webhook that points a replacement pod at its checkpoint.
+//!
+//! When a protected pod fails, the controller records a failover in the
+//! CheckpointPolicy's status and, once the target agent has prepared the
+//! checkpoint images, fences the failed pod. Its owner (ReplicaSet or
+//! StatefulSet controller) then creates a replacement, and this webhook
+//! rewrites that replacement on CREATE: the restored containers run the
+//! local checkpoint image (never pulled), the pod is pinned to the target
+//! node and carries the annotations the container runtime restores from.
+//!
+//! The webhook never blocks pod creation: every answer is "allowed", with a
+//! patch only when a pending failover matches, and the chart registers it
+//! with `failurePolicy: Ignore`. A replacement that is not rewritten starts
+//! cold, which the controller notices (no pod carries
+//! [`FAILOVER_ANNOTATION`]) and reports.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use ferry_api::names::{FAILOVER_ANNOTATION, RESTORED_FROM_ANNOTATION};
+use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, Selector, SelectorExt};
+use kube::runtime::reflector::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+
+/// Path the API server posts AdmissionReviews to.
+pub const MUTATE_PATH: &str = "/mutate";
+
+/// A TLS handshake that takes longer is abandoned (slow or stuck client).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight at once; further connections are dropped.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+/// How long a request waits for the first CheckpointPolicy list at start-up;
+/// well inside the API server's 5 s webhook timeout.
+const STORE_READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A Pod (at most ~1.5 MB in etcd) wrapped in an AdmissionReview.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Everything that can go wrong while setting up or running the webhook
+/// server. Problems with single admission requests are not errors: the pod
+/// is allowed unmodified and the problem logged and counted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading webhook {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("webhook {what} {path} is not valid PEM: {source}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("webhook certificate {0} holds no PEM CERTIFICATE block")]
+    NoCertificate(PathBuf),
+    #[error(
+        "webhook key {0} holds no PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+    )]
+    NoKey(PathBuf),
+    #[error("webhook certificate {cert} and key {key} do not make a TLS configuration: {source}")]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("binding the webhook to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("serving the webhook: {0}")]
+    Serve(#[source] io::Error),
+}
+
+/// PEM files of the webhook's serving certificate (followed by any
+/// intermediates) and its private key; read once at start-up.
+#[derive(Clone, Debug)]
+pub struct WebhookTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+// ---------------------------------------------------------------------------
+// Decision
+
+/// What the webhook does to one replacement pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestorePlan {
+    /// The CheckpointPolicy whose status holds the failover.
+    pub policy: String,
+    /// Name and UID of the failed pod (the failover's key).
+    pub failed_pod: String,
+    pub failed_pod_uid: String,
+    /// Node the replacement is pinned to.
+    pub node: String,
+    /// Containers that restore from a checkpoint; the others start cold.
+    pub containers: Vec<String>,
+    /// RFC 6902 patch against the pod as the API server sent it.
+    pub patch: Patch,
+}
+
+/// Finds the pending failover a newly created pod carries out, if any, and
+/// the patch that points the pod at its checkpoint. Pure: no I/O, no clock.
+///
+/// `claimed` holds the failed-pod UIDs already handed to another
+/// replacement, so one failure is restored into one pod only.
+pub fn plan_restore(
+    pod: &Pod,
+    policies: &[CheckpointPolicy],
+    claimed: &HashSet<String>,
+) -> Option<RestorePlan> {
+    let meta = &pod.metadata;
+    let namespace = meta.namespace.as_deref()?;
+    // Already rewritten (reinvocation, or a pod created from a copy).
+    if meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(FAILOVER_ANNOTATION))
+    {
+        return None;
+    }
+    let owner = controller_owner(pod)?;
+    let spec = pod.spec.as_ref()?;
+    let empty = BTreeMap::new();
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+
+    let mut best: Option<(&CheckpointPolicy, &FailoverRecord)> = None;
+    for policy in policies {
+        if policy.metadata.namespace.as_deref() != Some(namespace)
+            // A policy being deleted is removing its archives.
+            || policy.metadata.deletion_timestamp.is_some()
+            || !selects(&policy.spec.selector, labels)
+        {
+            continue;
+        }
+        let Some(status) = &policy.status else {
+            continue;
+        };
+        for failover in &status.failovers {
+            if !carries_out(failover, pod, spec, &owner, claimed) {
+                continue;
+            }
+            let older = best.is_none_or(|(_, b)| {
+                (failover.started_at.0, &failover.pod_uid) < (b.started_at.0, &b.pod_uid)
+            });
+            if older {
+                best = Some((policy, failover));
+            }
+        }
+    }
+    let (policy, failover) = best?;
+    Some(build_plan(pod, spec, policy, failover))
+}
+
+/// `Kind/name` of the pod's controller ownerReference.
+fn controller_owner(pod: &Pod) -> Option<(String, String)> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| (r.kind.clone(), r.name.clone()))
+}
+
+/// Label selector matching (matchLabels AND every matchExpression). An
+/// empty or unparsable selector selects nothing here: the CRD refuses
+/// both, and a policy must never capture every pod of a namespace.
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    match Selector::try_from(selector.clone()) {
+        Ok(selector) => !selector.selects_all() && selector.matches(labels),
+        Err(_) => false,
+    }
+}
+
+/// Whether `failover` is pending and `pod` is the replacement its owner
+/// creates for it.
+fn carries_out(
+    failover: &FailoverRecord,
+    pod: &Pod,
+    spec: &PodSpec,
+    (kind, name): &(String, String),
+    claimed: &HashSet<String>,
+) -> bool {
+    let pending = matches!(
+        failover.stage,
+        FailoverStage::Prepared | FailoverStage::Fenced
+    ) && failover.replacement_pod.is_none()
+        && !failover.cold_start
+        && !failover.pod_uid.is_empty()
+        && failover.to_node.as_deref().is_some_and(|n| !n.is_empty());
+    if !pending {
+        return false;
+    }
+    // Bare pods (empty owner) are recreated by the controller itself.
+    if failover.owner.is_empty() || failover.owner != format!("{kind}/{name}") {
+        return false;
+    }
+    // A StatefulSet recreates the pod under the same name; a different name
+    // is another replica (scale-up), which must start cold.
+    if kind == "StatefulSet" && pod.metadata.name.as_deref() != Some(failover.pod.as_str()) {
+        return false;
+    }
+    if claimed.contains(&failover.pod_uid)
+        || pod.metadata.uid.as_deref() == Some(failover.pod_uid.as_str())
+    {
+        return false;
+    }
+    // Every restore needs its prepared image and a container to run it in.
+    !failover.containers.is_empty()
+        && failover.containers.iter().all(|r| {
+            r.image.as_deref().is_some_and(|i| !i.is_empty())
+                && spec.containers.iter().any(|c| c.name == r.container)
+        })
+}
+
+fn build_plan(
+    pod: &Pod,
+    spec: &PodSpec,
+    policy: &CheckpointPolicy,
+    failover: &FailoverRecord,
+) -> RestorePlan {
+    // Parents are looked up in the pod's JSON form, which is what the patch
+    // applies to; absent and null both need the parent to be added.
+    let doc = serde_json::to_value(pod).unwrap_or(Value::Null);
+    let node = failover.to_node.clone().unwrap_or_default();
+    let mut ops = Vec::new();
+
+    let mut containers = Vec::new();
+    for restore in &failover.containers {
+        let (Some(index), Some(image)) = (
+            spec.containers
+                .iter()
+                .position(|c| c.name == restore.container),
+            restore.image.as_deref(),
+        ) else {
+            continue;
+        };
+        let index = index.to_string();
+        let index = index.as_str();
+        ops.push(add(&["spec", "containers", index, "image"], json!(image)));
+        // The checkpoint image exists only in the target node's store.
+        ops.push(add(
+            &["spec", "containers", index, "imagePullPolicy"],
+            json!("Never"),
+        ));
+        containers.push(restore.container.clone());
+    }
+
+    let mut annotations = failover.pod_annotations.clone();
+    annotations.insert(FAILOVER_ANNOTATION.to_owned(), failover.pod_uid.clone());
+    let restored_from = failover
+        .containers
+        .iter()
+        .map(|r| format!("{}={}", r.container, r.archive))
+        .collect::<Vec<_>>()
+        .join(",");
+    annotations.insert(RESTORED_FROM_ANNOTATION.to_owned(), restored_from);
+    add_entries(&doc, &mut ops, &["metadata", "annotations"], annotations);
+
+    pin_to_node(&doc, &mut ops, &node);
+
+    let wanted = &policy.spec.placement.tolerations;
+    let existing = spec.tolerations.as_deref().unwrap_or_default();
+    let mut missing: Vec<&Toleration> = Vec::new();
+    for toleration in wanted {
+        if !existing.contains(toleration) && !missing.contains(&toleration) {
+            missing.push(toleration);
+        }
+    }
+    if !missing.is_empty() {
+        if doc["spec"]["tolerations"].is_array() {
+            for toleration in missing {
+                ops.push(add(&["spec", "tolerations", "-"], to_json(toleration)));
+            }
+        } else {
+            ops.push(add_creating_parents(
+                &doc,
+                &["spec", "tolerations"],
+                to_json(&missing),
+            ));
+        }
+    }
+
+    RestorePlan {
+        policy: policy.metadata.name.clone().unwrap_or_default(),
+        failed_pod: failover.pod.clone(),
+        failed_pod_uid: failover.pod_uid.clone(),
+        node,
+        containers,
+        patch: Patch(ops),
+    }
+}
+
+/// Requires `metadata.name In [node]` the way DaemonSet pods are pinned.
+/// Required node selector terms are ORed, so the requirement is added to
+/// every existing term: the pod keeps its own constraints and can only go
+/// to `node`.
+fn pin_to_node(doc: &Value, ops: &mut Vec<PatchOperation>, node: &str) {
+    let requirement = json!({"key": "metadata.name", "operator": "In", "values": [node]});
+    const REQUIRED: [&str; 4] = [
+        "spec",
+        "affinity",
+        "nodeAffinity",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+    ];
+    let terms = doc["spec"]["affinity"]["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        .as_array()
+        .filter(|t| !t.is_empty());
+    match terms {
+        Some(terms) => {
+            for (i, term) in terms.iter().enumerate() {
+                let i = i.to_string();
+                let mut path: Vec<&str> = REQUIRED.to_vec();
+                path.extend(["nodeSelectorTerms", i.as_str(), "matchFields"]);
+                if term["matchFields"].is_array() {
+                    path.push("-");
+                    ops.push(add(&path, requirement.clone()));
+                } else {
+                    ops.push(add(&path, json!([requirement])));
+                }
+            }
+        }
+        None => {
+            let mut path: Vec<&str> = REQUIRED.to_vec();
+            path.push("nodeSelectorTerms");
+            ops.push(add_creating_parents(
+                doc,
+                &path,
+                json!([{"matchFields": [requirement]}]),
+            ));
+        }
+    }
+}
+
+/// Adds each entry under the object at `parent`, or the whole object when
+/// `parent` is absent (one add per key would each replace the last).
+fn add_entries(
+    doc: &Value,
+    ops: &mut Vec<PatchOperation>,
+    parent: &[&str],
+    entries: BTreeMap<String, String>,
+) {
+    let exists = parent
+        .iter()
+        .try_fold(doc, |v, token| v.get(token))
+        .is_some_and(Value::is_object);
+    if exists {
+        for (key, value) in entries {
+            let mut path = parent.to_vec();
+            path.push(&key);
+            ops.push(add(&path, json!(value)));
+        }
+    } else {
+        ops.push(add_creating_parents(doc, parent, to_json(&entries)));
+    }
+}
+
+/// An `add` of `value` at `path` (object keys only) that also works when
+/// parents are missing or null: the add goes to the first absent level and
+/// carries the nested objects down to `value`.
+fn add_creating_parents(doc: &Value, path: &[&str], value: Value) -> PatchOperation {
+    let mut depth = 0;
+    let mut current = doc;
+    for token in path.iter().take(path.len().saturating_sub(1)) {
+        match current.get(token) {
+            Some(next) if next.is_object() => {
+                current = next;
+                depth += 1;
+            }
+            _ => break,
+        }
+    }
+    let mut value = value;
+    for token in path.iter().skip(depth + 1).rev() {
+        value = json!({ *token: value });
+    }
+    add(&path[..(depth + 1).min(path.len())], value)
+}
+
+fn add(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(path.iter().copied()),
+        value,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    // Serializing k8s-openapi types and string maps cannot fail.
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `restored`, `unchanged` or `error`.
+    pub result: &'static str,
+}
+
+/// Counters of the webhook; register them with [`register_metrics`].
+#[derive(Clone, Debug, Default)]
+pub struct WebhookMetrics {
+    pub admissions: Family<AdmissionLabels, Counter>,
+}
+
+impl WebhookMetrics {
+    fn count(&self, result: &'static str) {
+        self.admissions
+            .get_or_create(&AdmissionLabels { result })
+            .inc();
+    }
+
+    /// How many admissions ended with `result` (for tests and logs).
+    pub fn admissions(&self, result: &'static str) -> u64 {
+        self.admissions
+            .get_or_create(&AdmissionLabels { result })
+            .get()
+    }
+}
+
+/// Registers `webhook_admissions{result}` (exposed as
+/// `<prefix>_webhook_admissions_total`) and returns the handle to pass to
+/// [`WebhookState::new`].
+pub fn register_metrics(registry: &mut Registry) -> WebhookMetrics {
+    let metrics = WebhookMetrics::default();
+    registry.register(
+        "webhook_admissions",
+        "Pod CREATE admissions by the failover webhook, by result (restored, unchanged, error); every pod is allowed",
+        metrics.admissions.clone(),
+    );
+    metrics
+}
+
+// ---------------------------------------------------------------------------
+// Handler
+
+/// Shared state of the webhook handler.
+#[derive(Clone, Debug)]
+pub struct WebhookState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    policies: Store<CheckpointPolicy>,
+    /// Failed-pod UIDs already given to a replacement, so two pods created
+    /// at once never restore the same failure. Entries leave once the
+    /// failover is no longer pending in any status.
+    claimed: Mutex<HashSet<String>>,
+    metrics: WebhookMetrics,
+}
+
+impl WebhookState {
+    /// `policies` is a reflector store of all CheckpointPolicies (the
+    /// controller's own store works).
+    pub fn new(policies: Store<CheckpointPolicy>, metrics: WebhookMetrics) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                policies,
+                claimed: Mutex::new(HashSet::new()),
+                metrics,
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &WebhookMetrics {
+        &self.inner.metrics
+    }
+
+    /// Answers one admission request: always allowed, patched when a
+    /// failover matches.
+    pub async fn admit(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let response = AdmissionResponse::from(request);
+        let is_pod_create = request.operation == Operation::Create
+            && request.kind.group.is_empty()
+            && request.kind.version == "v1"
+            && request.kind.kind == "Pod"
+            && request.sub_resource.is_none();
+        if !is_pod_create {
+            self.inner.metrics.count("unchanged");
+            return response;
+        }
+        match self.plan(request).await {
+            Ok(Some((plan, pod))) => match response.clone().with_patch(plan.patch.clone()) {
+                Ok(patched) => {
+                    tracing::info!(
+                        policy = %plan.policy,
+                        namespace = request.namespace.as_deref().unwrap_or_default(),
+                        failed_pod = %plan.failed_pod,
+                        failed_pod_uid = %plan.failed_pod_uid,
+                        replacement = pod.metadata.name.as_deref().unwrap_or_default(),
+                        replacement_generate_name = pod.metadata.generate_name.as_deref().unwrap_or_default(),
+                        node = %plan.node,
+                        containers = ?plan.containers,
+                        dry_run = request.dry_run,
+                        "replacement pod restores from checkpoint"
+                    );
+                    self.inner.metrics.count("restored");
+                    patched
+                }
+                Err(err) => self.failed(request, &err.to_string(), response),
+            },
+            Ok(None) => {
+                self.inner.metrics.count("unchanged");
+                response
+            }
+            Err(problem) => self.failed(request, &problem, response),
+        }
+    }
+
+    fn failed(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        problem: &str,
+        response: AdmissionResponse,
+    ) -> AdmissionResponse {
+        tracing::warn!(
+            namespace = request.namespace.as_deref().unwrap_or_default(),
+            name = %request.name,
+            uid = %request.uid,
+            problem,
+            "admitting pod unmodified: the webhook could not decide"
+        );
+        self.inner.metrics.count("error");
+        response
+    }
+
+    async fn plan(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+    ) -> Result<Option<(RestorePlan, Pod)>, String> {
+        let object = request
+            .object
+            .as_ref()
+            .ok_or("CREATE request without object")?;
+        let raw = serde_json::to_value(object).map_err(|e| format!("pod to JSON: {e}"))?;
+        let mut pod: Pod =
+            serde_json::from_value(raw.clone()).map_err(|e| format!("not a v1 Pod: {e}"))?;
+        if pod.metadata.namespace.is_none() {
+            pod.metadata.namespace = request.namespace.clone();
+        }
+        if pod.metadata.owner_references.is_none() {
+            // Only pods with an owner can be replacements; skip the store.
+            return Ok(None);
+        }
+        match tokio::time::timeout(STORE_READY_TIMEOUT, self.inner.policies.wait_until_ready())
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err("CheckpointPolicy cache writer is gone".into()),
+            Err(_) => return Err("CheckpointPolicy cache not synced yet".into()),
+        }
+        let all = self.inner.policies.state();
+        let namespace = pod.metadata.namespace.as_deref();
+        let candidates: Vec<CheckpointPolicy> = all
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == namespace)
+            .filter(|p| p.status.as_ref().is_some_and(|s| !s.failovers.is_empty()))
+            .map(|p| (**p).clone())
+            .collect();
+
+        // One lock from lookup to claim, so concurrent CREATEs serialise.
+        let mut claimed = self
+            .inner
+            .claimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let pending: HashSet<&str> = all
+            .iter()
+            .filter_map(|p| p.status.as_ref())
+            .flat_map(|s| &s.failovers)
+            .filter(|f| {
+                f.replacement_pod.is_none()
+                    && !matches!(f.stage, FailoverStage::Completed | FailoverStage::Failed)
+            })
+            .map(|f| f.pod_uid.as_str())
+            .collect();
+        claimed.retain(|uid| pending.contains(uid.as_str()));
+
+        let Some(plan) = plan_restore(&pod, &candidates, &claimed) else {
+            return Ok(None);
+        };
+        // The patch was built from the typed pod; make sure it applies to
+        // what the API server sent before promising it.
+        let mut check = raw;
+        json_patch::patch(&mut check, &plan.patch.0)
+            .map_err(|e| format!("restore patch does not apply: {e}"))?;
+        // A dry run must not use up the failover.
+        if !request.dry_run {
+            claimed.insert(plan.failed_pod_uid.clone());
+        }
+        Ok(Some((plan, pod)))
+    }
+}
+
+/// The webhook's routes: `POST /mutate`.
+pub fn router(state: WebhookState) -> Router {
+    Router::new()
+        .route(MUTATE_PATH, post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(err) => {
+            tracing::warn!(error = %err, "webhook body is not JSON");
+            state.inner.metrics.count("error");
+            return (StatusCode::BAD_REQUEST, "body is not an AdmissionReview").into_response();
+        }
+    };
+    let uid = value["request"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let request: Result<AdmissionRequest<DynamicObject>, String> =
+        serde_json::from_value::<AdmissionReview<DynamicObject>>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|review| {
+                review
+                    .try_into()
+                    .map_err(|_| "no request in review".to_owned())
+            });
+    match request {
+        Ok(request) => axum::Json(state.admit(&request).await.into_review()).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, uid, "unreadable AdmissionReview; allowing");
+            state.inner.metrics.count("error");
+            // Still answer "allowed" for the uid we could read.
+            axum::Json(json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {"uid": uid, "allowed": true},
+            }))
+            .into_response()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS server
+
+/// Binds `addr` and serves the webhook over TLS until the process ends.
+pub async fn serve(addr: SocketAddr, tls: WebhookTls, state: WebhookState) -> Result<(), Error> {
+    let listener = WebhookListener::bind(addr, &tls).await?;
+    serve_listener(listener, state, std::future::pending()).await
+}
+
+/// Serves on an already bound listener until `shutdown` completes, then
+/// finishes in-flight requests and closes every connection.
+pub async fn serve_listener(
+    listener: WebhookListener,
+    state: WebhookState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, path = MUTATE_PATH, "admission webhook listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::Serve)
+}
+
+/// TLS configuration from PEM files: TLS 1.2 and 1.3, HTTP/1.1, the
+/// process's default rustls provider (ring when none is installed).
+pub fn server_config(tls: &WebhookTls) -> Result<rustls::ServerConfig, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let cert_pem = read(&tls.cert, "certificate")?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::Pem {
+            what: "certificate",
+            path: tls.cert.clone(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(Error::NoCertificate(tls.cert.clone()));
+    }
+    let key_pem = read(&tls.key, "key")?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => Error::NoKey(tls.key.clone()),
+        source => Error::Pem {
+            what: "key",
+            path: tls.key.clone(),
+            source,
+        },
+    })?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let tls_error = |source| Error::Tls {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        source,
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(tls_error)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(tls_error)?;
+    // axum serves HTTP/1.1 only; the API server's client accepts that.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A finished handshake is boxed: a TLS stream is large.
+type Handshake =
+    Pin<Box<dyn Future<Output = Option<Box<(TlsStream<TcpStream>, SocketAddr)>>> + Send>>;
+
+/// A TCP listener that hands out TLS streams to `axum::serve`. Handshakes
+/// run concurrently while `accept` waits, so one slow client cannot hold up
+/// the others.
+pub struct WebhookListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    handshakes: FuturesUnordered<Handshake>,
+}
+
+impl std::fmt::Debug for WebhookListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookListener")
+            .field("addr", &self.tcp.local_addr().ok())
+            .field("handshakes", &self.handshakes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookListener {
+    /// Loads the certificate and key and binds `addr` (port 0 picks one;
+    /// see [`WebhookListener::local_addr`]).
+    pub async fn bind(addr: SocketAddr, tls: &WebhookTls) -> Result<Self, Error> {
+        let config = server_config(tls)?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Self {
+            tcp,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            handshakes: FuturesUnordered::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    fn start_handshake(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
+            tracing::warn!(%peer, "too many TLS handshakes in flight; dropping connection");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let acceptor = self.acceptor.clone();
+        self.handshakes.push(Box::pin(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Some(Box::new((tls, peer))),
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "webhook TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "webhook TLS handshake timed out");
+                    None
+                }
+            }
+        }));
+    }
+}
+
+enum Accepted {
+    Tcp(io::Result<(TcpStream, SocketAddr)>),
+    Tls(Option<Box<(TlsStream<TcpStream>, SocketAddr)>>),
+}
+
+impl axum::serve::Listener for WebhookListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // Both futures are cancel-safe: axum may drop this one on shutdown.
+            let next = tokio::select! {
+                accepted = self.tcp.accept() => Accepted::Tcp(accepted),
+                Some(done) = self.handshakes.next(), if !self.handshakes.is_empty() => Accepted::Tls(done),
+            };
+            match next {
+                Accepted::Tcp(Ok((stream, peer))) => self.start_handshake(stream, peer),
+                Accepted::Tcp(Err(err)) => {
+                    // Out of file descriptors and the like: back off, retry.
+                    tracing::warn!(error = %err, "webhook accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Accepted::Tls(Some(done)) => return *done,
+                Accepted::Tls(None) => {}
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    const NS: &str = "shop";
+    const FAILED_UID: &str = "0000-failed";
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// A ReplicaSet replacement as the API server shows it to the webhook:
+    /// generateName, no name, no uid yet.
+    fn replacement() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": "counter-7d9c-",
+                "namespace": NS,
+                "labels": {"app": "counter", "tier": "backend"},
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "counter-7d9c",
+                    "uid": "rs-uid", "controller": true, "blockOwnerDeletion": true
+                }]
+            },
+            "spec": {
+                "containers": [
+                    {"name": "app", "image": "counter:1", "imagePullPolicy": "IfNotPresent"},
+                    {"name": "sidecar", "image": "proxy:2"}
+                ]
+            }
+        })
+    }
+
+    fn failover(uid: &str, owner: &str, stage: &str, started: &str) -> FailoverRecord {
+        serde_json::from_value(json!({
+            "reason": "NodeLoss",
+            "pod": format!("pod-{uid}"),
+            "podUid": uid,
+            "owner": owner,
+            "fromNode": "node-a",
+            "toNode": "node-b",
+            "stage": stage,
+            "containers": [{"container": "app", "archive": format!("sha256:{uid}"), "image": format!("localhost/ferry/checkpoint:{uid}")}],
+            "podAnnotations": {"io.kubernetes.cri-o.annotations.checkpoint.name": "app"},
+            "startedAt": started,
+        }))
+        .unwrap()
+    }
+
+    fn pending() -> FailoverRecord {
+        failover(
+            FAILED_UID,
+            "ReplicaSet/counter-7d9c",
+            "Prepared",
+            "2025-01-01T00:00:10Z",
+        )
+    }
+
+    fn policy(name: &str, failovers: Vec<FailoverRecord>) -> CheckpointPolicy {
+        let mut policy: CheckpointPolicy = serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1",
+            "kind": "CheckpointPolicy",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "selector": {
+                    "matchLabels": {"app": "counter"},
+                    "matchExpressions": [{"key": "tier", "operator": "In", "values": ["backend", "db"]}]
+                },
+                "placement": {"tolerations": [
+                    {"key": "ferry.dev/standby", "operator": "Exists", "effect": "NoSchedule"}
+                ]}
+            }
+        }))
+        .unwrap();
+        policy.status = Some(ferry_api::CheckpointPolicyStatus {
+            failovers,
+            ..Default::default()
+        });
+        policy
+    }
+
+    fn plan(pod_json: &Value, policies: &[CheckpointPolicy]) -> Option<RestorePlan> {
+        plan_restore(&pod(pod_json.clone()), policies, &HashSet::new())
+    }
+
+    fn patched(pod_json: &Value, plan: &RestorePlan) -> Value {
+        let mut doc = pod_json.clone();
+        json_patch::patch(&mut doc, &plan.patch.0)
+            .unwrap_or_else(|e| panic!("patch {:?} does not apply: {e}", plan.patch));
+        doc
+    }
+
+    fn pin(node: &str) -> Value {
+        json!({"key": "metadata.name", "operator": "In", "values": [node]})
+    }
+
+    #[test]
+    fn replicaset_replacement_restores_only_the_listed_containers() {
+        let input = replacement();
+        let plan = plan(&input, &[policy("counter", vec![pending()])]).expect("a plan");
+        assert_eq!(plan.policy, "counter");
+        assert_eq!(plan.failed_pod, format!("pod-{FAILED_UID}"));
+        assert_eq!(plan.failed_pod_uid, FAILED_UID);
+        assert_eq!(plan.node, "node-b");
+        assert_eq!(plan.containers, ["app"]);
+
+        let expected = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": "counter-7d9c-",
+                "namespace": NS,
+                "labels": {"app": "counter", "tier": "backend"},
+                "ownerReferences": input["metadata"]["ownerReferences"],
+                "annotations": {
+                    "io.kubernetes.cri-o.annotations.checkpoint.name": "app",
+                    FAILOVER_ANNOTATION: FAILED_UID,
+                    RESTORED_FROM_ANNOTATION: format!("app=sha256:{FAILED_UID}"),
+                }
+            },
+            "spec": {
+                "containers": [
+                    {"name": "app", "image": format!("localhost/ferry/checkpoint:{FAILED_UID}"), "imagePullPolicy": "Never"},
+                    // Not in the failover: starts cold from its own image.
+                    {"name": "sidecar", "image": "proxy:2"}
+                ],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchFields": [pin("node-b")]}]
+                }}},
+                "tolerations": [{"key": "ferry.dev/standby", "operator": "Exists", "effect": "NoSchedule"}]
+            }
+        });
+        assert_eq!(patched(&input, &plan), expected);
+        // The result is still a valid Pod.
+        let _: Pod = serde_json::from_value(expected).unwrap();
+    }
+
+    #[test]
+    fn several_containers_restore_in_one_pod() {
+        let mut f = pending();
+        f.containers.push(ferry_api::ContainerRestore {
+            container: "sidecar".into(),
+            archive: "sha256:side".into(),
+            image: Some("localhost/ferry/checkpoint:side".into()),
+        });
+        let input = replacement();
+        let plan = plan(&input, &[policy("counter", vec![f])]).expect("a plan");
+        assert_eq!(plan.containers, ["app", "sidecar"]);
+        let out = patched(&input, &plan);
+        assert_eq!(
+            out["spec"]["containers"][1],
+            json!({"name": "sidecar", "image": "localhost/ferry/checkpoint:side", "imagePullPolicy": "Never"})
+        );
+        assert_eq!(
+            out["metadata"]["annotations"][RESTORED_FROM_ANNOTATION],
+            format!("app=sha256:{FAILED_UID},sidecar=sha256:side")
+        );
+    }
+
+    #[test]
+    fn other_owners_do_not_match() {
+        let policies = [policy("counter", vec![pending()])];
+        let mut other_rs = replacement();
+        other_rs["metadata"]["ownerReferences"][0]["name"] = json!("counter-55f1");
+        assert_eq!(plan(&other_rs, &policies), None, "other ReplicaSet");
+
+        let mut other_kind = replacement();
+        other_kind["metadata"]["ownerReferences"][0]["kind"] = json!("Job");
+        assert_eq!(plan(&other_kind, &policies), None, "other kind");
+
+        let mut not_controller = replacement();
+        not_controller["metadata"]["ownerReferences"][0]["controller"] = json!(false);
+        assert_eq!(plan(&not_controller, &policies), None, "no controller ref");
+
+        let mut bare = replacement();
+        bare["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ownerReferences");
+        assert_eq!(plan(&bare, &policies), None, "bare pod");
+
+        // A bare pod's failover (no owner) is the controller's to recreate.
+        let mut f = pending();
+        f.owner = String::new();
+        assert_eq!(plan(&bare, &[policy("counter", vec![f.clone()])]), None);
+        assert_eq!(plan(&replacement(), &[policy("counter", vec![f])]), None);
+    }
+
+    #[test]
+    fn only_prepared_and_fenced_failovers_without_replacement_match() {
+        for (stage, matches) in [
+            ("Detected", false),
+            ("Prepared", true),
+            ("Fenced", true),
+            ("Completed", false),
+            ("Failed", false),
+        ] {
+            let mut f = pending();
+            f.stage = serde_json::from_value(json!(stage)).unwrap();
+            let got = plan(&replacement(), &[policy("counter", vec![f])]);
+            assert_eq!(got.is_some(), matches, "stage {stage}");
+        }
+        let mut f = pending();
+        f.replacement_pod = Some("counter-7d9c-abcde".into());
+        assert_eq!(plan(&replacement(), &[policy("counter", vec![f])]), None);
+
+        let mut f = pending();
+        f.containers[0].image = None;
+        assert_eq!(
+            plan(&replacement(), &[policy("counter", vec![f])]),
+            None,
+            "image not prepared yet"
+        );
+
+        let mut f = pending();
+        f.containers[0].container = "gone".into();
+        assert_eq!(
+            plan(&replacement(), &[policy("counter", vec![f])]),
+            None,
+            "container not in the pod"
+        );
+
+        let mut f = pending();
+        f.to_node = None;
+        assert_eq!(plan(&replacement(), &[policy("counter", vec![f])]), None);
+    }
+
+    #[test]
+    fn statefulset_replacement_must_keep_the_failed_pods_name() {
+        let mut f = pending();
+        f.owner = "StatefulSet/db".into();
+        f.pod = "db-1".into();
+        let policies = [policy("db", vec![f])];
+        let mut input = replacement();
+        input["metadata"]["ownerReferences"][0]["kind"] = json!("StatefulSet");
+        input["metadata"]["ownerReferences"][0]["name"] = json!("db");
+        input["metadata"]["name"] = json!("db-2");
+        assert_eq!(plan(&input, &policies), None, "another replica");
+        input["metadata"]["name"] = json!("db-1");
+        let plan = plan(&input, &policies).expect("same name restores");
+        assert_eq!(plan.failed_pod, "db-1");
+    }
+
+    #[test]
+    fn claimed_own_and_annotated_failovers_are_skipped_and_the_oldest_wins() {
+        let older = failover(
+            "uid-older",
+            "ReplicaSet/counter-7d9c",
+            "Fenced",
+            "2025-01-01T00:00:05Z",
+        );
+        let policies = [policy("counter", vec![pending(), older])];
+        let input = pod(replacement());
+
+        let first = plan_restore(&input, &policies, &HashSet::new()).unwrap();
+        assert_eq!(first.failed_pod_uid, "uid-older", "oldest startedAt first");
+
+        let claimed: HashSet<String> = ["uid-older".to_owned()].into();
+        let second = plan_restore(&input, &policies, &claimed).unwrap();
+        assert_eq!(second.failed_pod_uid, FAILED_UID);
+
+        let claimed: HashSet<String> = ["uid-older".to_owned(), FAILED_UID.to_owned()].into();
+        assert_eq!(plan_restore(&input, &policies, &claimed), None);
+
+        // The failed pod itself (same uid) is never its own replacement.
+        let mut same = replacement();
+        same["metadata"]["uid"] = json!("uid-older");
+        let got = plan(&same, &policies).unwrap();
+        assert_eq!(got.failed_pod_uid, FAILED_UID);
+
+        let mut annotated = replacement();
+        annotated["metadata"]["annotations"] = json!({FAILOVER_ANNOTATION: "x"});
+        assert_eq!(plan(&annotated, &policies), None);
+    }
+
+    #[test]
+    fn selector_and_namespace_decide_which_policies_apply() {
+        let policies = [policy("counter", vec![pending()])];
+        let mut wrong_label = replacement();
+        wrong_label["metadata"]["labels"]["tier"] = json!("frontend");
+        assert_eq!(plan(&wrong_label, &policies), None, "matchExpressions In");
+        let mut no_labels = replacement();
+        no_labels["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("labels");
+        assert_eq!(plan(&no_labels, &policies), None);
+        let mut other_ns = replacement();
+        other_ns["metadata"]["namespace"] = json!("elsewhere");
+        assert_eq!(plan(&other_ns, &policies), None);
+
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let selector: LabelSelector = serde_json::from_value(json!({
+            "matchLabels": {"app": "counter"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "NotIn", "values": ["frontend"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+                {"key": "team", "operator": "Exists"}
+            ]
+        }))
+        .unwrap();
+        assert!(selects(
+            &selector,
+            &labels(&[("app", "counter"), ("team", "a")])
+        ));
+        assert!(!selects(
+            &selector,
+            &labels(&[("app", "counter"), ("team", "a"), ("tier", "frontend")])
+        ));
+        assert!(!selects(
+            &selector,
+            &labels(&[("app", "counter"), ("team", "a"), ("canary", "1")])
+        ));
+        assert!(!selects(&selector, &labels(&[("app", "counter")])));
+        assert!(!selects(
+            &selector,
+            &labels(&[("app", "other"), ("team", "a")])
+        ));
+        assert!(
+            !selects(&LabelSelector::default(), &labels(&[("app", "counter")])),
+            "an empty selector selects nothing"
+        );
+
+        let mut deleting = policy("counter", vec![pending()]);
+        deleting.metadata.deletion_timestamp = Some(failover_time());
+        assert_eq!(plan(&replacement(), &[deleting]), None);
+    }
+
+    fn failover_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+        pending().started_at
+    }
+
+    #[test]
+    fn existing_required_node_affinity_is_anded_into_every_term() {
+        let mut input = replacement();
+        input["spec"]["affinity"] = json!({
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                    {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["node-a"]}]}
+                ]},
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 1, "preference": {"matchExpressions": [{"key": "ssd", "operator": "Exists"}]}}
+                ]
+            },
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
+        });
+        input["spec"]["tolerations"] = json!([
+            {"key": "ferry.dev/standby", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "other", "operator": "Exists"}
+        ]);
+        let plan = plan(&input, &[policy("counter", vec![pending()])]).unwrap();
+        let out = patched(&input, &plan);
+        assert_eq!(
+            out["spec"]["affinity"],
+            json!({
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}],
+                            "matchFields": [pin("node-b")]
+                        },
+                        {"matchFields": [
+                            {"key": "metadata.name", "operator": "NotIn", "values": ["node-a"]},
+                            pin("node-b")
+                        ]}
+                    ]},
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {"weight": 1, "preference": {"matchExpressions": [{"key": "ssd", "operator": "Exists"}]}}
+                    ]
+                },
+                "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
+            })
+        );
+        // The policy's toleration is there already: not added twice.
+        assert_eq!(out["spec"]["tolerations"], input["spec"]["tolerations"]);
+    }
+
+    #[test]
+    fn missing_or_null_parents_are_created() {
+        let policies = [policy("counter", vec![pending()])];
+        // Affinity without nodeAffinity, null annotations, existing
+        // annotations, tolerations present but without the policy's.
+        let cases = [
+            json!({"podAffinity": {}}),
+            json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}),
+        ];
+        for affinity in cases {
+            let mut input = replacement();
+            input["spec"]["affinity"] = affinity.clone();
+            input["metadata"]["annotations"] = json!({"keep": "me"});
+            input["spec"]["tolerations"] = json!([{"key": "other", "operator": "Exists"}]);
+            let plan = plan(&input, &policies).unwrap();
+            let out = patched(&input, &plan);
+            assert_eq!(
+                out["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+                json!({"nodeSelectorTerms": [{"matchFields": [pin("node-b")]}]}),
+                "affinity {affinity}"
+            );
+            let mut kept = affinity.clone();
+            if let Some(obj) = kept.get_mut("nodeAffinity").and_then(Value::as_object_mut) {
+                obj.remove("requiredDuringSchedulingIgnoredDuringExecution");
+            }
+            for (key, value) in kept.as_object().unwrap() {
+                if key != "nodeAffinity" {
+                    assert_eq!(&out["spec"]["affinity"][key], value, "{affinity}");
+                }
+            }
+            assert_eq!(out["metadata"]["annotations"]["keep"], "me");
+            assert_eq!(
+                out["metadata"]["annotations"][FAILOVER_ANNOTATION],
+                FAILED_UID
+            );
+            assert_eq!(
+                out["spec"]["tolerations"],
+                json!([
+                    {"key": "other", "operator": "Exists"},
+                    {"key": "ferry.dev/standby", "operator": "Exists", "effect": "NoSchedule"}
+                ])
+            );
+        }
+
+        // JSON null where objects are expected.
+        let mut input = replacement();
+        input["metadata"]["annotations"] = Value::Null;
+        input["spec"]["affinity"] = Value::Null;
+        input["spec"]["tolerations"] = Value::Null;
+        let plan = plan(&input, &policies).unwrap();
+        let out = patched(&input, &plan);
+        assert_eq!(
+            out["metadata"]["annotations"][FAILOVER_ANNOTATION],
+            FAILED_UID
+        );
+        assert_eq!(
+            out["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"][0]["matchFields"][0],
+            pin("node-b")
+        );
+        assert_eq!(out["spec"]["tolerations"][0]["key"], "ferry.dev/standby");
+    }
+
+    #[test]
+    fn add_creating_parents_adds_at_the_first_missing_level() {
+        let doc = json!({"a": {"b": null}, "x": 1});
+        let op = add_creating_parents(&doc, &["a", "b", "c", "d"], json!(1));
+        let PatchOperation::Add(op) = op else {
+            panic!("not an add")
+        };
+        assert_eq!(op.path.to_string(), "/a/b");
+        assert_eq!(op.value, json!({"c": {"d": 1}}));
+        let op = add_creating_parents(&json!({}), &["metadata", "annotations"], json!({}));
+        let PatchOperation::Add(op) = op else {
+            panic!("not an add")
+        };
+        assert_eq!(op.path.to_string(), "/metadata");
+        // Keys with '/' are escaped.
+        let op = add(
+            &["metadata", "annotations", "ferry.dev/failover-of"],
+            json!("u"),
+        );
+        assert_eq!(
+            op.path().to_string(),
+            "/metadata/annotations/ferry.dev~1failover-of"
+        );
+    }
+
+    fn request(pod_json: &Value, dry_run: bool) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "req-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": NS,
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod_json,
+                "dryRun": dry_run
+            }
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    fn state_with(
+        policies: Vec<CheckpointPolicy>,
+    ) -> (WebhookState, reflector::store::Writer<CheckpointPolicy>) {
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        for p in policies {
+            writer.apply_watcher_event(&Event::InitApply(p));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let mut registry = Registry::default();
+        let metrics = register_metrics(&mut registry);
+        (WebhookState::new(reader, metrics), writer)
+    }
+
+    #[tokio::test]
+    async fn handler_claims_a_failover_once_and_never_on_dry_run() {
+        let (state, _writer) = state_with(vec![policy("counter", vec![pending()])]);
+        let input = replacement();
+
+        let dry = state.admit(&request(&input, true)).await;
+        assert!(dry.allowed && dry.patch.is_some(), "dry run gets the patch");
+
+        let first = state.admit(&request(&input, false)).await;
+        assert!(first.allowed);
+        assert_eq!(first.uid, "req-1");
+        let patch: Patch = serde_json::from_slice(first.patch.as_deref().unwrap()).unwrap();
+        let mut out = input.clone();
+        json_patch::patch(&mut out, &patch.0).unwrap();
+        assert_eq!(
+            out["metadata"]["annotations"][FAILOVER_ANNOTATION],
+            FAILED_UID
+        );
+
+        let second = state.admit(&request(&input, false)).await;
+        assert!(second.allowed && second.patch.is_none(), "claimed already");
+        assert_eq!(state.metrics().admissions("restored"), 2);
+        assert_eq!(state.metrics().admissions("unchanged"), 1);
+    }
+
+    #[tokio::test]
+    async fn claims_are_released_when_the_failover_is_no_longer_pending() {
+        let (state, mut writer) = state_with(vec![policy("counter", vec![pending()])]);
+        let input = replacement();
+        assert!(state.admit(&request(&input, false)).await.patch.is_some());
+        // The controller records the replacement: the claim is dropped.
+        let mut done = pending();
+        done.replacement_pod = Some("counter-7d9c-x1".into());
+        writer.apply_watcher_event(&Event::Apply(policy("counter", vec![done])));
+        assert!(state.admit(&request(&input, false)).await.patch.is_none());
+        assert!(state.inner.claimed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn other_requests_are_allowed_unchanged() {
+        let (state, _writer) = state_with(vec![policy("counter", vec![pending()])]);
+        let mut update = request(&replacement(), false);
+        update.operation = Operation::Update;
+        let response = state.admit(&update).await;
+        assert!(response.allowed && response.patch.is_none());
+
+        // Not a pod at all.
+        let mut weird = request(&replacement(), false);
+        weird.object.as_mut().unwrap().data["spec"] = json!("not a spec");
+        let response = state.admit(&weird).await;
+        assert!(response.allowed && response.patch.is_none());
+        assert_eq!(state.metrics().admissions("error"), 1);
+    }
+
+    #[tokio::test]
+    async fn unsynced_store_allows_and_counts_an_error() {
+        let (reader, _writer) = reflector::store::<CheckpointPolicy>();
+        let state = WebhookState::new(reader, WebhookMetrics::default());
+        tokio::time::pause();
+        let response = state.admit(&request(&replacement(), false)).await;
+        assert!(response.allowed && response.patch.is_none());
+        assert_eq!(state.metrics().admissions("error"), 1);
+    }
+
+    #[tokio::test]
+    async fn unreadable_reviews_are_answered_allowed() {
+        let (state, _writer) = state_with(vec![]);
+        let body = Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"abc","operation":7}}"#);
+        let response = mutate(State(state.clone()), body).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["response"], json!({"uid": "abc", "allowed": true}));
+        assert_eq!(state.metrics().admissions("error"), 1);
+    }
+
+    #[test]
+    fn pem_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-webhook-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not pem at all").unwrap();
+        let missing = dir.join("missing.pem");
+        let err = server_config(&WebhookTls {
+            cert: missing.clone(),
+            key: garbage.clone(),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let err = server_config(&WebhookTls {
+            cert: garbage.clone(),
+            key: garbage.clone(),
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::NoCertificate(_)) && err.to_string().contains("garbage.pem"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
