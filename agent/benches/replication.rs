@@ -6,7 +6,9 @@
 //! and whether the targets are met. It fails only when replication breaks,
 //! never on speed. `FERRY_BENCH_MIB` (default 1024), `FERRY_BENCH_RUNS`
 //! (default 3) and `FERRY_BENCH_DIR` (default /var/tmp; must not be a tmpfs)
-//! change the setup. CPU seconds come from /proc/<pid>/stat (user + system):
+//! change the setup; `FERRY_BENCH_ENCRYPT=1` gives every agent its own
+//! encryption key (archives encrypted at rest: the sender decrypts, the
+//! receiver encrypts; the TCP copy copies the encrypted file). CPU seconds come from /proc/<pid>/stat (user + system):
 //! the two agents' for a replication, this process's for the TCP copy.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures, the table is the output
@@ -20,7 +22,8 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{AgentProcess, Pki, import_archive, listed};
+use common::{AgentProcess, Pki, import_archive_with, key_flag, listed, write_key};
+use ferry_agent::encryption::{ArchiveKey, encrypted_len};
 use ferry_proto::v1 as pb;
 
 const MIB: u64 = 1 << 20;
@@ -128,6 +131,7 @@ async fn run() {
     common::install_crypto_provider();
     let size = env_number("FERRY_BENCH_MIB", 1024) * MIB;
     let runs = env_number("FERRY_BENCH_RUNS", 3).max(1);
+    let encrypt = std::env::var("FERRY_BENCH_ENCRYPT").is_ok_and(|v| v == "1");
     let base = PathBuf::from(std::env::var("FERRY_BENCH_DIR").unwrap_or("/var/tmp".into()));
     let dir = tempfile::Builder::new()
         .prefix("ferry-bench-")
@@ -145,7 +149,22 @@ async fn run() {
     // sender, gets the same files as hard links.
     let started = Instant::now();
     let (a_dir, a_zstd_dir) = (dir.path().join("a"), dir.path().join("a2"));
-    let archive = import_archive(&a_dir, size, 42);
+    // A and A2 share the archive file, so they share a key.
+    let key_files = encrypt.then(|| {
+        [
+            write_key(dir.path(), "a.key", 0xA1),
+            write_key(dir.path(), "b.key", 0xB1),
+            write_key(dir.path(), "b2.key", 0xB2),
+        ]
+    });
+    let flags: [Vec<String>; 3] = match &key_files {
+        Some(files) => files.clone().map(|f| vec![key_flag(&f)]),
+        None => Default::default(),
+    };
+    let key_a = key_files
+        .as_ref()
+        .map(|files| ArchiveKey::load(&files[0]).unwrap());
+    let archive = import_archive_with(&a_dir, size, 42, key_a);
     let archives = |data_dir: &Path| data_dir.join("archives");
     std::fs::create_dir_all(archives(&a_zstd_dir)).unwrap();
     for ext in ["tar", "json"] {
@@ -162,14 +181,32 @@ async fn run() {
         started.elapsed().as_secs_f64()
     );
     let source = archives(&a_dir).join(format!("{}.tar", archive.id));
-    assert_eq!(std::fs::metadata(&source).unwrap().len(), size);
+    let stored_size = if encrypt { encrypted_len(size) } else { size };
+    assert_eq!(std::fs::metadata(&source).unwrap().len(), stored_size);
     let copy = dir.path().join("tcp-copy.bin");
 
     let pki = Pki::new(dir.path());
-    let a = AgentProcess::start(&pki, "node-a", &a_dir, 0, &[]).await;
-    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
-    let a_zstd = AgentProcess::start(&pki, "node-a2", &a_zstd_dir, 0, &["--zstd"]).await;
-    let b_zstd = AgentProcess::start(&pki, "node-b2", &dir.path().join("b2"), 0, &[]).await;
+    let args = |extra: &[&'static str], keys: &Vec<String>| -> Vec<String> {
+        extra
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(keys.iter().cloned())
+            .collect()
+    };
+    let (a_args, a2_args, b_args, b2_args) = (
+        args(&[], &flags[0]),
+        args(&["--zstd"], &flags[0]),
+        args(&[], &flags[1]),
+        args(&[], &flags[2]),
+    );
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let a = AgentProcess::start(&pki, "node-a", &a_dir, 0, &refs(&a_args)).await;
+    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &refs(&b_args)).await;
+    let a_zstd = AgentProcess::start(&pki, "node-a2", &a_zstd_dir, 0, &refs(&a2_args)).await;
+    let b_zstd =
+        AgentProcess::start(&pki, "node-b2", &dir.path().join("b2"), 0, &refs(&b2_args)).await;
     for sender in [&a, &a_zstd] {
         assert_eq!(
             listed(&pki, sender).await,
@@ -186,7 +223,7 @@ async fn run() {
     for round in 1..=runs {
         let (source, target) = (source.clone(), copy.clone());
         let own_cpu = cpu_seconds(std::process::id());
-        let elapsed = tokio::task::spawn_blocking(move || tcp_copy(&source, &target, size))
+        let elapsed = tokio::task::spawn_blocking(move || tcp_copy(&source, &target, stored_size))
             .await
             .unwrap();
         let cpu = (cpu_seconds(std::process::id()) - own_cpu, 0.0);
@@ -209,9 +246,15 @@ async fn run() {
     println!("{}", machine());
     println!(
         "Archive: {} MiB of pseudo-random bytes; {runs} runs per method, interleaved; \
-         data under {} ({fs_type}); the source is in the page cache for every method.",
+         data under {} ({fs_type}); the source is in the page cache for every method; \
+         encryption at rest {}.",
         size / MIB,
-        dir.path().display()
+        dir.path().display(),
+        if encrypt {
+            "on (AES-256-GCM, a key per agent; the TCP copy moves the encrypted file)"
+        } else {
+            "off"
+        }
     );
     println!();
     println!(

@@ -49,6 +49,8 @@ pub fn archive_from_proto(archive: pb::Archive) -> Result<ArchiveMeta, Error> {
         taken_at_millis: archive.taken_at_millis,
         size_bytes: archive.size_bytes,
         container_image: archive.container_image,
+        // How the bytes are stored is each agent's own business.
+        encrypted: false,
         runtime: RuntimeInfo {
             runtime: source.runtime,
             architecture: source.architecture,
@@ -67,13 +69,18 @@ impl From<Error> for tonic::Status {
         match err {
             Error::InvalidName { .. } | Error::TooLarge { .. } => Self::invalid_argument(message),
             Error::ArchiveNotFound { .. } => Self::not_found(message),
-            Error::HashMismatch { .. } | Error::SizeMismatch { .. } => Self::data_loss(message),
+            Error::HashMismatch { .. }
+            | Error::SizeMismatch { .. }
+            | Error::SegmentCorrupt { .. }
+            | Error::EncryptedSize { .. } => Self::data_loss(message),
             Error::StoreFull { .. } => Self::resource_exhausted(message),
             Error::OffsetMismatch { .. } | Error::TransferInProgress { .. } => {
                 Self::aborted(message)
             }
             Error::Kubelet { .. } | Error::Peer { .. } => Self::unavailable(message),
-            Error::Unsupported { .. } => Self::failed_precondition(message),
+            Error::Unsupported { .. } | Error::SealedArchive { .. } => {
+                Self::failed_precondition(message)
+            }
             _ => Self::internal(message),
         }
     }

@@ -6,6 +6,7 @@
 //! The gRPC API is `ferry.agent.v1` from `ferry-proto`.
 
 pub mod convert;
+pub mod encryption;
 pub mod image;
 pub mod kubelet;
 pub mod lease;
@@ -46,6 +47,35 @@ pub enum Error {
     /// Bytes received or read back do not hash to the archive's id.
     #[error("archive {id} is corrupt: its content hashes to {actual}")]
     HashMismatch { id: String, actual: String },
+
+    /// A segment of an encrypted archive was altered, reordered, spliced in
+    /// from another file, or is missing its successors.
+    #[error("archive {id} is corrupt: segment {segment} fails authentication")]
+    SegmentCorrupt { id: String, segment: u64 },
+
+    /// An encrypted archive file does not have the length its size implies.
+    #[error(
+        "archive {id} is corrupt: {path} is {actual} bytes but an encrypted archive of {size} bytes takes {expected} (truncated or extended)"
+    )]
+    EncryptedSize {
+        id: String,
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+        actual: u64,
+    },
+
+    /// An encrypted archive this agent cannot decrypt (no key, another key).
+    #[error("archive {id} ({path}) cannot be read: {reason}")]
+    SealedArchive {
+        id: String,
+        path: PathBuf,
+        reason: String,
+    },
+
+    /// The encryption key file is unusable; the message never holds key bytes.
+    #[error("encryption key file {path} {reason}")]
+    EncryptionKey { path: PathBuf, reason: String },
 
     /// The archive is larger or smaller than announced.
     #[error("archive {id}: expected {expected} bytes, got {actual}")]
@@ -114,6 +144,25 @@ pub enum Error {
 
 impl Error {
     /// An I/O error, turned into [`Error::StoreFull`] when the disk is full.
+    /// Like [`Error::io`] for errors of a reader that may carry an agent
+    /// error inside (an [`crate::store::ArchiveReader`] reports a corrupt
+    /// segment that way).
+    pub fn from_read(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        if !source.get_ref().is_some_and(|inner| inner.is::<Self>()) {
+            return Self::io(action, path, source);
+        }
+        let kind = source.kind();
+        match source.into_inner().map(|inner| inner.downcast::<Self>()) {
+            Some(Ok(agent_error)) => *agent_error,
+            Some(Err(other)) => Self::io(action, path, std::io::Error::new(kind, other)),
+            None => Self::io(action, path, std::io::Error::from(kind)),
+        }
+    }
+
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.raw_os_error() == Some(libc::ENOSPC)

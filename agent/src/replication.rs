@@ -21,7 +21,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{ArchiveReader, Store};
 use crate::tls::MutualTls;
 use crate::{Error, convert};
 use ferry_telemetry::error_chain;
@@ -196,7 +196,7 @@ impl Replicator {
                 resumed_from: offset.offset,
             });
         }
-        let (meta, file) = {
+        let (meta, reader) = {
             let store = self.store.clone();
             let id = id.to_owned();
             let start = offset.offset;
@@ -231,7 +231,7 @@ impl Replicator {
             .await
             .map_err(|_| (peer_error("sending", "stream closed".into()), 0))?;
         let zstd = self.config.zstd;
-        let reader = tokio::task::spawn_blocking(move || stream_file(file, zstd, &sender));
+        let reader = tokio::task::spawn_blocking(move || stream_file(reader, zstd, &sender));
         let response = client.push_replica(ReceiverStream::new(receiver)).await;
         // The reader stops by itself once the stream is dropped.
         let sent = reader.await.unwrap_or(Ok(0));
@@ -276,10 +276,12 @@ pub async fn connect(
         .max_encoding_message_size(4 * CHUNK_BYTES))
 }
 
-/// Reads the file (from its current position) into chunk messages until the
-/// end or until the receiving side hangs up. Returns the bytes read.
+/// Reads the archive (from where the reader starts; decrypted when stored
+/// encrypted: replicas travel in plaintext inside mutual TLS and each agent
+/// encrypts with its own key) into chunk messages until the end or until the
+/// receiving side hangs up. Returns the bytes read.
 fn stream_file(
-    file: std::fs::File,
+    file: ArchiveReader,
     zstd: bool,
     sender: &mpsc::Sender<PushReplicaRequest>,
 ) -> Result<u64, Error> {
@@ -298,7 +300,7 @@ fn stream_file(
         while filled < CHUNK_BYTES {
             let read = source
                 .read(&mut chunk[filled..])
-                .map_err(|e| Error::io("reading", "archive", e))?;
+                .map_err(|e| Error::from_read("reading", "archive", e))?;
             if read == 0 {
                 break;
             }

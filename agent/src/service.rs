@@ -291,6 +291,7 @@ impl Agent for AgentService {
             taken_at_millis: jiff::Timestamp::now().as_millisecond(),
             size_bytes: 0,
             container_image: String::new(),
+            encrypted: false,
             runtime: RuntimeInfo {
                 runtime: node.runtime.clone(),
                 architecture: node.architecture.clone(),
@@ -590,21 +591,31 @@ impl Agent for AgentService {
         let images_dir = self.inner.images_dir.clone();
         let (meta, path, built) = self
             .blocking(move |store| {
-                // A restore must never start from bytes that changed on disk.
-                let meta = store.verify(&id)?;
-                let path = store.archive_path(&id)?;
+                // A restore must never start from bytes that changed on disk:
+                // the archive is verified (an encrypted one decrypted to a
+                // private temporary copy, verified while written).
+                let plaintext = store.plaintext_archive(&id)?;
+                let meta = plaintext.meta().clone();
                 let reference = format!(
                     "localhost/ferry/checkpoint-{}:{}",
                     meta.container,
                     &id[..16]
                 );
                 let built = image::build_checkpoint_image(
-                    &path,
+                    plaintext.path(),
                     &id,
                     &reference,
                     &images_dir.join(&id),
                     true,
                 )?;
+                // The decrypted copy goes when `plaintext` drops; the image's
+                // layer is the same plaintext archive and stays as the file
+                // to restore from.
+                let path = if plaintext.is_copy() {
+                    built.layout_dir.join("blobs").join("sha256").join(&id)
+                } else {
+                    plaintext.path().to_owned()
+                };
                 Ok((meta, path, built))
             })
             .await?;

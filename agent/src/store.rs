@@ -2,7 +2,7 @@
 //! directory.
 //!
 //! ```text
-//! <root>/archives/<sha256>.tar    archive bytes (0600)
+//! <root>/archives/<sha256>.tar    archive bytes (0600), encrypted when a key is configured
 //! <root>/archives/<sha256>.json   metadata; its presence makes the archive visible
 //! <root>/incoming/<sha256>.part   replica being received (kept across restarts to resume)
 //! <root>/incoming/<sha256>.json   what that replica will be
@@ -12,6 +12,11 @@
 //! Bytes are written to a temporary file, fsynced and renamed; the metadata
 //! is written the same way only afterwards. A crash at any point leaves
 //! either nothing visible or a complete, verified archive.
+//!
+//! With an [`ArchiveKey`] new archives and incoming replicas are encrypted
+//! (format in [`crate::encryption`]); the id stays the sha256 of the
+//! plaintext and `size_bytes` its length. Archives stored in plaintext
+//! before the key was configured stay readable.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -24,6 +29,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::encryption::{
+    self, ArchiveKey, Format, HEADER_LEN, Opener, SEALED_SEGMENT, SEGMENT, Sealer,
+};
 use crate::{Error, names};
 
 /// Size of the buffer archives are copied and hashed through; bounds memory.
@@ -65,6 +73,10 @@ pub struct ArchiveMeta {
     pub size_bytes: u64,
     pub container_image: String,
     pub runtime: RuntimeInfo,
+    /// The stored file is encrypted (this agent's own storage, not sent to
+    /// peers). Absent in metadata written before encryption existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 impl ArchiveMeta {
@@ -152,6 +164,8 @@ pub struct Store {
     incoming: PathBuf,
     tmp: PathBuf,
     max_archive_bytes: u64,
+    /// New archives are encrypted with this key; `None`: stored in plaintext.
+    key: Option<ArchiveKey>,
     /// Ids with a replica transfer in progress: one writer per partial file.
     receiving: Arc<Mutex<HashSet<String>>>,
 }
@@ -161,11 +175,21 @@ impl Store {
     /// interrupted writes. Archives larger than `max_archive_bytes` are
     /// refused.
     pub fn open(root: &Path, max_archive_bytes: u64) -> Result<Self, Error> {
+        Self::open_with(root, max_archive_bytes, None)
+    }
+
+    /// Like [`Store::open`]; with a key, new archives are encrypted at rest.
+    pub fn open_with(
+        root: &Path,
+        max_archive_bytes: u64,
+        key: Option<ArchiveKey>,
+    ) -> Result<Self, Error> {
         let store = Self {
             archives: root.join("archives"),
             incoming: root.join("incoming"),
             tmp: root.join("tmp"),
             max_archive_bytes,
+            key,
             receiving: Arc::default(),
         };
         for dir in [root, &store.archives, &store.incoming, &store.tmp] {
@@ -224,10 +248,61 @@ impl Store {
         self.archives.join(format!("{id}.json"))
     }
 
-    /// Path of a stored archive's bytes, for runtimes that restore from a file.
+    /// Whether new archives are encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Path of a stored archive's file: ciphertext when `meta.encrypted`
+    /// (see [`Store::plaintext_archive`] for a file a runtime can read).
     pub fn archive_path(&self, id: &str) -> Result<PathBuf, Error> {
         self.get(id)?;
         Ok(self.content_path(id))
+    }
+
+    /// A verified plaintext file of a stored archive: the stored file itself,
+    /// or for an encrypted archive a decrypted private (0600) copy in tmp/,
+    /// hashed while written and removed when the result is dropped.
+    pub fn plaintext_archive(&self, id: &str) -> Result<PlaintextArchive, Error> {
+        let meta = self.get(id)?;
+        if !meta.encrypted {
+            let meta = self.verify(id)?;
+            return Ok(PlaintextArchive {
+                meta,
+                path: self.content_path(id),
+                _copy: None,
+            });
+        }
+        let (meta, mut reader) = self.open_archive(id, 0)?;
+        let mut temp = private_temp_file(&self.tmp, "plaintext-")?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; COPY_BUFFER];
+        loop {
+            let read = reader
+                .read(&mut buffer)
+                .map_err(|e| Error::from_read("reading", self.content_path(id), e))?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+            temp.write_all(&buffer[..read])
+                .map_err(|e| Error::io("writing", temp.path(), e))?;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != id {
+            return Err(Error::HashMismatch {
+                id: id.to_owned(),
+                actual,
+            });
+        }
+        temp.flush()
+            .map_err(|e| Error::io("writing", temp.path(), e))?;
+        let copy = temp.into_temp_path();
+        Ok(PlaintextArchive {
+            meta,
+            path: copy.to_path_buf(),
+            _copy: Some(copy),
+        })
     }
 
     /// Copies `source` into the store, hashing it on the way, and records
@@ -236,6 +311,11 @@ impl Store {
         meta.validate_owner()?;
         let mut input = File::open(source).map_err(|e| Error::io("opening", source, e))?;
         let mut temp = self.temp_file()?;
+        let mut sealer = self.key.as_ref().map(Sealer::new).transpose()?;
+        if let Some(sealer) = &sealer {
+            temp.write_all(sealer.header())
+                .map_err(|e| Error::io("writing", temp.path(), e))?;
+        }
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; COPY_BUFFER];
         let mut size = 0u64;
@@ -255,7 +335,15 @@ impl Store {
                 });
             }
             hasher.update(&buffer[..read]);
-            temp.write_all(&buffer[..read])
+            match &mut sealer {
+                Some(sealer) => sealer.write(&buffer[..read], temp.as_file_mut()).map(drop),
+                None => temp.write_all(&buffer[..read]),
+            }
+            .map_err(|e| Error::io("writing", temp.path(), e))?;
+        }
+        if let Some(sealer) = &mut sealer {
+            sealer
+                .finish(temp.as_file_mut())
                 .map_err(|e| Error::io("writing", temp.path(), e))?;
         }
         temp.as_file()
@@ -263,6 +351,7 @@ impl Store {
             .map_err(|e| Error::io("syncing", temp.path(), e))?;
         meta.id = hex::encode(hasher.finalize());
         meta.size_bytes = size;
+        meta.encrypted = sealer.is_some();
         if let Ok(existing) = self.get(&meta.id) {
             // Identical bytes are stored once.
             return Ok(existing);
@@ -340,8 +429,13 @@ impl Store {
         Ok(archives)
     }
 
-    /// Opens a stored archive for reading, positioned at `offset`.
-    pub fn open_archive(&self, id: &str, offset: u64) -> Result<(ArchiveMeta, File), Error> {
+    /// Opens a stored archive for reading from archive byte `offset`;
+    /// encrypted archives are decrypted (and authenticated) on the way.
+    pub fn open_archive(
+        &self,
+        id: &str,
+        offset: u64,
+    ) -> Result<(ArchiveMeta, ArchiveReader), Error> {
         let meta = self.get(id)?;
         let path = self.content_path(id);
         let mut file = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
@@ -349,27 +443,70 @@ impl Store {
             .metadata()
             .map_err(|e| Error::io("inspecting", &path, e))?
             .len();
-        if actual != meta.size_bytes {
-            return Err(Error::SizeMismatch {
+        if !meta.encrypted {
+            if actual != meta.size_bytes {
+                return Err(Error::SizeMismatch {
+                    id: id.to_owned(),
+                    expected: meta.size_bytes,
+                    actual,
+                });
+            }
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| Error::io("seeking in", &path, e))?;
+            return Ok((meta, ArchiveReader(Reader::Plain(file))));
+        }
+        let expected = encryption::encrypted_len(meta.size_bytes);
+        let mut header = [0u8; HEADER_LEN];
+        if actual >= HEADER_LEN as u64 {
+            file.read_exact(&mut header)
+                .map_err(|e| Error::io("reading", &path, e))?;
+            // The key first: a wrong key explains more than a length.
+            encryption::check_header(&header, self.key.as_ref(), id, &path)?;
+        }
+        if actual != expected {
+            return Err(Error::EncryptedSize {
                 id: id.to_owned(),
-                expected: meta.size_bytes,
+                path,
+                size: meta.size_bytes,
+                expected,
                 actual,
             });
         }
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::io("seeking in", &path, e))?;
-        Ok((meta, file))
+        let segments = encryption::segments(meta.size_bytes);
+        let (next, skip) = if offset >= meta.size_bytes {
+            (segments, 0)
+        } else {
+            (offset / SEGMENT as u64, (offset % SEGMENT as u64) as usize)
+        };
+        if next < segments {
+            file.seek(SeekFrom::Start(HEADER_LEN as u64 + next * SEALED_SEGMENT))
+                .map_err(|e| Error::io("seeking in", &path, e))?;
+        }
+        let key = encryption::check_header(&header, self.key.as_ref(), id, &path)?;
+        let reader = SealedReader {
+            file,
+            path,
+            opener: Opener::new(key, header, id),
+            size: meta.size_bytes,
+            segments,
+            next,
+            skip,
+            buffer: Vec::new(),
+            start: 0,
+            end: 0,
+        };
+        Ok((meta, ArchiveReader(Reader::Sealed(Box::new(reader)))))
     }
 
     /// Re-reads an archive and checks its hash (before a restore trusts it).
     pub fn verify(&self, id: &str) -> Result<ArchiveMeta, Error> {
-        let (meta, mut file) = self.open_archive(id, 0)?;
+        let (meta, mut reader) = self.open_archive(id, 0)?;
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; COPY_BUFFER];
         loop {
-            let read = file
+            let read = reader
                 .read(&mut buffer)
-                .map_err(|e| Error::io("reading", self.content_path(id), e))?;
+                .map_err(|e| Error::from_read("reading", self.content_path(id), e))?;
             if read == 0 {
                 break;
             }
@@ -431,17 +568,47 @@ impl Store {
     }
 
     /// How much of an incoming replica is already here: `(offset, complete)`.
+    /// The offset counts archive (plaintext) bytes a resumed transfer can
+    /// build on: for an encrypted partial file its complete segments.
     pub fn incoming_offset(&self, id: &str) -> Result<(u64, bool), Error> {
         names::archive_id("archive_id", id)?;
         if let Ok(meta) = self.get(id) {
             return Ok((meta.size_bytes, true));
         }
+        // Without its header a partial file cannot be resumed (`receive`
+        // would refuse any offset but 0).
+        let header = self.incoming.join(format!("{id}.json"));
+        let Some(expected) = read_incoming_header(&header) else {
+            return Ok((0, false));
+        };
         let part = self.incoming.join(format!("{id}.part"));
-        match fs::metadata(&part) {
-            Ok(meta) => Ok((meta.len(), false)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok((0, false)),
-            Err(err) => Err(Error::io("inspecting", &part, err)),
-        }
+        Ok((self.resumable_bytes(&part, expected.size_bytes)?, false))
+    }
+
+    /// Archive bytes of the partial file `part` (of an archive of `size`
+    /// bytes) that a transfer can continue from; 0 when the file was written
+    /// in another form than the store writes now (the key changed since).
+    fn resumable_bytes(&self, part: &Path, size: u64) -> Result<u64, Error> {
+        let mut file = match File::open(part) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(Error::io("opening", part, err)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("inspecting", part, e))?
+            .len();
+        let mut header = [0u8; HEADER_LEN];
+        let got = read_up_to(&mut file, &mut header).map_err(|e| Error::io("reading", part, e))?;
+        Ok(match (&self.key, encryption::format_of(&header[..got])) {
+            (None, Format::Plain) => len,
+            (Some(key), Format::Encrypted { key_id }) if key_id == key.id() => {
+                // The last segment is sealed only by `finish`: never resume past it.
+                let usable = encryption::complete_segments(len).min(encryption::segments(size) - 1);
+                usable * SEGMENT as u64
+            }
+            _ => 0,
+        })
     }
 
     /// Starts (or resumes at `offset`) receiving the archive `meta`.
@@ -463,16 +630,17 @@ impl Store {
         let header = self.incoming.join(format!("{}.json", meta.id));
 
         // A partial file only continues the transfer it was started for.
-        let previous: Option<ArchiveMeta> = fs::read(&header)
-            .ok()
-            .and_then(|t| serde_json::from_slice(&t).ok());
-        let held = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        let resumable = previous.as_ref() == Some(&meta);
-        if offset > 0 && (!resumable || offset != held) {
+        let resumable = read_incoming_header(&header).as_ref() == Some(&meta);
+        let held = if resumable {
+            self.resumable_bytes(&part, meta.size_bytes)?
+        } else {
+            0
+        };
+        if offset > 0 && offset != held {
             return Err(Error::OffsetMismatch {
                 id: meta.id.clone(),
                 requested: offset,
-                held: if resumable { held } else { 0 },
+                held,
             });
         }
         if offset > meta.size_bytes {
@@ -495,19 +663,42 @@ impl Store {
             .map_err(|e| Error::io("opening", &part, e))?;
         // The hash covers the whole archive: re-read what an earlier attempt wrote.
         let mut hasher = Sha256::new();
-        if offset > 0 {
-            let mut buffer = vec![0u8; COPY_BUFFER];
-            let mut remaining = offset;
-            while remaining > 0 {
-                let want =
-                    usize::try_from(remaining.min(COPY_BUFFER as u64)).unwrap_or(COPY_BUFFER);
-                file.read_exact(&mut buffer[..want])
-                    .map_err(|e| Error::io("re-reading", &part, e))?;
-                hasher.update(&buffer[..want]);
-                remaining -= want as u64;
+        let (sealer, written) = match &self.key {
+            None => {
+                rehash_plain(&mut file, &part, offset, &mut hasher)?;
+                (None, offset)
             }
-        }
-        file.seek(SeekFrom::Start(offset))
+            Some(key) if offset == 0 => {
+                let sealer = Sealer::new(key)?;
+                if let Err(err) = file.write_all(sealer.header()) {
+                    return Err(discard_on_full(
+                        Error::io("writing", &part, err),
+                        &part,
+                        &header,
+                    ));
+                }
+                (Some(sealer), HEADER_LEN as u64)
+            }
+            Some(key) => {
+                let segments = offset / SEGMENT as u64;
+                match rehash_sealed(&mut file, &part, key, &meta.id, segments, &mut hasher) {
+                    Ok(sealer) => (Some(sealer), HEADER_LEN as u64 + segments * SEALED_SEGMENT),
+                    Err(err @ Error::SegmentCorrupt { .. }) => {
+                        // Not worth keeping: the sender's retry starts from 0.
+                        tracing::warn!(archive = %meta.id, error = %err, "discarding a corrupt partial replica");
+                        let _ = fs::remove_file(&part);
+                        let _ = fs::remove_file(&header);
+                        return Err(Error::OffsetMismatch {
+                            id: meta.id.clone(),
+                            requested: offset,
+                            held: 0,
+                        });
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        };
+        file.seek(SeekFrom::Start(written))
             .map_err(|e| Error::io("seeking in", &part, e))?;
         Ok(Some(Incoming {
             meta,
@@ -516,7 +707,9 @@ impl Store {
             header,
             hasher,
             received: offset,
-            flushed: offset,
+            written,
+            flushed: written,
+            sealer,
             archives: self.archives.clone(),
             tmp: self.tmp.clone(),
             _guard: guard,
@@ -524,8 +717,197 @@ impl Store {
     }
 }
 
-/// A replica being received. Bytes go to `incoming/<id>.part`; `finish`
-/// checks size and hash and only then makes the archive visible.
+/// The header of an incoming replica, if there is a readable one.
+fn read_incoming_header(path: &Path) -> Option<ArchiveMeta> {
+    fs::read(path)
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+}
+
+/// Hashes the first `offset` bytes of a plaintext partial file.
+fn rehash_plain(
+    file: &mut File,
+    part: &Path,
+    offset: u64,
+    hasher: &mut Sha256,
+) -> Result<(), Error> {
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    let mut remaining = offset;
+    while remaining > 0 {
+        let want = usize::try_from(remaining.min(COPY_BUFFER as u64)).unwrap_or(COPY_BUFFER);
+        file.read_exact(&mut buffer[..want])
+            .map_err(|e| Error::io("re-reading", part, e))?;
+        hasher.update(&buffer[..want]);
+        remaining -= want as u64;
+    }
+    Ok(())
+}
+
+/// Drops a torn segment after the first `segments` of an encrypted partial
+/// file, decrypts those into `hasher` and returns the sealer to go on with.
+fn rehash_sealed(
+    file: &mut File,
+    part: &Path,
+    key: &ArchiveKey,
+    id: &str,
+    segments: u64,
+    hasher: &mut Sha256,
+) -> Result<Sealer, Error> {
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io("re-reading", part, e))?;
+    file.set_len(HEADER_LEN as u64 + segments * SEALED_SEGMENT)
+        .map_err(|e| Error::io("truncating", part, e))?;
+    let opener = Opener::new(key.clone(), header, id);
+    let mut buffer = vec![0u8; SEALED_SEGMENT as usize];
+    for index in 0..segments {
+        file.read_exact(&mut buffer)
+            .map_err(|e| Error::io("re-reading", part, e))?;
+        let len = opener.open(index, false, &mut buffer)?;
+        hasher.update(&buffer[..len]);
+    }
+    Ok(Sealer::resume(key, header, segments))
+}
+
+/// A full disk: the partial replica cannot finish here and holds the space
+/// others need, so it goes.
+fn discard_on_full(err: Error, part: &Path, header: &Path) -> Error {
+    if matches!(err, Error::StoreFull { .. }) {
+        let _ = fs::remove_file(part);
+        let _ = fs::remove_file(header);
+    }
+    err
+}
+
+/// A stored archive as a plaintext file (see [`Store::plaintext_archive`]).
+#[derive(Debug)]
+pub struct PlaintextArchive {
+    meta: ArchiveMeta,
+    path: PathBuf,
+    /// The decrypted copy, removed on drop.
+    _copy: Option<tempfile::TempPath>,
+}
+
+impl PlaintextArchive {
+    pub fn meta(&self) -> &ArchiveMeta {
+        &self.meta
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether `path` is a temporary decrypted copy (gone on drop).
+    pub fn is_copy(&self) -> bool {
+        self._copy.is_some()
+    }
+}
+
+/// Reads a stored archive's bytes, decrypting an encrypted one. A segment
+/// that fails authentication ends the read with an error that
+/// [`Error::from_read`] turns back into [`Error::SegmentCorrupt`].
+#[derive(Debug)]
+pub struct ArchiveReader(Reader);
+
+#[derive(Debug)]
+enum Reader {
+    Plain(File),
+    Sealed(Box<SealedReader>),
+}
+
+impl Read for ArchiveReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            Reader::Plain(file) => file.read(out),
+            Reader::Sealed(sealed) => sealed.read(out),
+        }
+    }
+}
+
+struct SealedReader {
+    file: File,
+    path: PathBuf,
+    opener: Opener,
+    size: u64,
+    segments: u64,
+    /// The segment to load next.
+    next: u64,
+    /// Bytes of the next loaded segment before the requested offset.
+    skip: usize,
+    /// The current segment, decrypted in `buffer[start..end]`.
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl std::fmt::Debug for SealedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedReader")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SealedReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        // A loop because an empty archive has one empty (but authenticated) segment.
+        while self.start == self.end {
+            if self.next >= self.segments {
+                return Ok(0);
+            }
+            self.load()?;
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buffer[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+
+    fn load(&mut self) -> std::io::Result<()> {
+        let index = self.next;
+        let last = index + 1 == self.segments;
+        let plain = if last {
+            self.size - index * SEGMENT as u64
+        } else {
+            SEGMENT as u64
+        };
+        let sealed = usize::try_from(plain).unwrap_or(SEGMENT) + encryption::TAG;
+        self.buffer.resize(sealed, 0);
+        self.file.read_exact(&mut self.buffer[..sealed])?;
+        let len = self
+            .opener
+            .open(index, last, &mut self.buffer[..sealed])
+            .map_err(std::io::Error::other)?;
+        self.next += 1;
+        self.start = self.skip.min(len);
+        self.skip = 0;
+        self.end = len;
+        Ok(())
+    }
+}
+
+/// Reads until `buffer` is full or the end; returns the bytes read.
+fn read_up_to(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buffer.len() {
+        match file.read(&mut buffer[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(got)
+}
+
+/// A replica being received. Bytes go to `incoming/<id>.part` (encrypted
+/// segment by segment when the store has a key); `finish` checks size and
+/// hash and only then makes the archive visible.
 #[derive(Debug)]
 pub struct Incoming {
     meta: ArchiveMeta,
@@ -533,9 +915,14 @@ pub struct Incoming {
     part: PathBuf,
     header: PathBuf,
     hasher: Sha256,
+    /// Archive bytes received (including an earlier attempt's).
     received: u64,
-    /// Bytes already handed to writeback.
+    /// Bytes in the file.
+    written: u64,
+    /// Bytes of the file already handed to writeback.
     flushed: u64,
+    /// Holds at most one segment not yet written.
+    sealer: Option<Sealer>,
     archives: PathBuf,
     tmp: PathBuf,
     _guard: ReceivingGuard,
@@ -561,27 +948,34 @@ impl Incoming {
                 actual: total,
             });
         }
-        if let Err(err) = self.file.write_all(data) {
-            let err = Error::io("writing", &self.part, err);
-            if matches!(err, Error::StoreFull { .. }) {
-                // It cannot finish here and holds the space others need.
-                let _ = fs::remove_file(&self.part);
-                let _ = fs::remove_file(&self.header);
-            }
-            return Err(err);
+        let written = match &mut self.sealer {
+            Some(sealer) => sealer.write(data, &mut self.file),
+            None => self.file.write_all(data).map(|()| data.len() as u64),
+        };
+        match written {
+            Ok(bytes) => self.written += bytes,
+            Err(err) => return Err(self.write_failed(err)),
         }
         self.hasher.update(data);
         self.received = total;
-        if self.received - self.flushed >= WRITEBACK_STEP {
-            crate::sys::start_writeback(&self.file, self.flushed, self.received - self.flushed);
-            self.flushed = self.received;
+        if self.written - self.flushed >= WRITEBACK_STEP {
+            crate::sys::start_writeback(&self.file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
         }
         Ok(())
     }
 
+    fn write_failed(&self, err: std::io::Error) -> Error {
+        discard_on_full(
+            Error::io("writing", &self.part, err),
+            &self.part,
+            &self.header,
+        )
+    }
+
     /// Verifies and publishes the archive. A hash mismatch deletes the
     /// partial file: its bytes cannot be trusted for a resume either.
-    pub fn finish(self) -> Result<ArchiveMeta, Error> {
+    pub fn finish(mut self) -> Result<ArchiveMeta, Error> {
         if self.received != self.meta.size_bytes {
             return Err(Error::SizeMismatch {
                 id: self.meta.id.clone(),
@@ -589,7 +983,7 @@ impl Incoming {
                 actual: self.received,
             });
         }
-        let actual = hex::encode(self.hasher.finalize());
+        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
         if actual != self.meta.id {
             let _ = fs::remove_file(&self.part);
             let _ = fs::remove_file(&self.header);
@@ -598,11 +992,17 @@ impl Incoming {
                 actual,
             });
         }
+        if let Some(sealer) = &mut self.sealer
+            && let Err(err) = sealer.finish(&mut self.file)
+        {
+            return Err(self.write_failed(err));
+        }
         self.file
             .sync_all()
             .map_err(|e| Error::io("syncing", &self.part, e))?;
         let content = self.archives.join(format!("{}.tar", self.meta.id));
         fs::rename(&self.part, &content).map_err(|e| Error::io("renaming into", &content, e))?;
+        self.meta.encrypted = self.sealer.is_some();
         let metadata = self.archives.join(format!("{}.json", self.meta.id));
         write_json_atomically(&self.tmp, &metadata, &self.meta)?;
         sync_dir(&self.archives)?;
@@ -721,6 +1121,7 @@ mod tests {
             size_bytes,
             container_image: "counter:1".into(),
             runtime: RuntimeInfo::default(),
+            encrypted: false,
         }
     }
 
@@ -756,5 +1157,455 @@ mod tests {
             retention_victims(&archives, rules(10, None, Some(5)), 100_000),
             vec![hex::encode([1; 32])]
         );
+    }
+
+    // Encryption at rest, on real files.
+
+    const SEG: u64 = SEGMENT as u64;
+    const MARKER: &[u8] = b"ferry-plaintext-marker";
+
+    fn key(seed: u8) -> ArchiveKey {
+        ArchiveKey::from_bytes(&[seed; 32])
+    }
+
+    /// Deterministic archive bytes with a marker at the start of every MiB.
+    fn archive_bytes(size: u64, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        let mut bytes: Vec<u8> = (0..size)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        for start in (0..bytes.len()).step_by(SEGMENT) {
+            let end = (start + MARKER.len()).min(bytes.len());
+            bytes[start..end].copy_from_slice(&MARKER[..end - start]);
+        }
+        bytes
+    }
+
+    fn import(store: &Store, dir: &Path, bytes: &[u8]) -> ArchiveMeta {
+        let source = dir.join("source");
+        fs::write(&source, bytes).unwrap();
+        let imported = store.import_file(&source, meta(0, 1, 0)).unwrap();
+        fs::remove_file(&source).unwrap();
+        imported
+    }
+
+    fn read_from(store: &Store, id: &str, offset: u64) -> Result<Vec<u8>, Error> {
+        let (_, mut reader) = store.open_archive(id, offset)?;
+        let mut out = Vec::new();
+        reader
+            .read_to_end(&mut out)
+            .map_err(|e| Error::from_read("reading", "test", e))?;
+        Ok(out)
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// An encrypted store under a fresh directory, with one archive.
+    fn encrypted_archive(size: u64) -> (tempfile::TempDir, Store, ArchiveMeta, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(&dir.path().join("store"), u64::MAX, Some(key(1))).unwrap();
+        let bytes = archive_bytes(size, size + 7);
+        let meta = import(&store, dir.path(), &bytes);
+        (dir, store, meta, bytes)
+    }
+
+    #[test]
+    fn encrypted_archives_round_trip_at_segment_edges() {
+        for size in [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG + 5] {
+            let (_dir, store, meta, bytes) = encrypted_archive(size);
+            assert!(meta.encrypted);
+            assert_eq!(meta.size_bytes, size);
+            assert_eq!(
+                meta.id,
+                hex::encode(Sha256::digest(&bytes)),
+                "id = sha256 of the plaintext"
+            );
+            let path = store.content_path(&meta.id);
+            let stored = fs::read(&path).unwrap();
+            assert_eq!(
+                stored.len() as u64,
+                encryption::encrypted_len(size),
+                "size {size}"
+            );
+            assert!(stored.starts_with(encryption::MAGIC));
+            if size >= MARKER.len() as u64 {
+                assert!(!contains(&stored, MARKER), "size {size}: plaintext on disk");
+            }
+            let mode = fs::metadata(&path).unwrap().permissions();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600
+            );
+            assert_eq!(
+                read_from(&store, &meta.id, 0).unwrap(),
+                bytes,
+                "size {size}"
+            );
+            assert_eq!(store.verify(&meta.id).unwrap(), meta);
+            // The metadata records it, and a reopened store agrees.
+            let json = fs::read_to_string(store.metadata_path(&meta.id)).unwrap();
+            assert!(json.contains("\"encrypted\": true"), "{json}");
+        }
+    }
+
+    #[test]
+    fn encrypted_archives_read_from_any_offset() {
+        let size = 3 * SEG + 5;
+        let (_dir, store, meta, bytes) = encrypted_archive(size);
+        for offset in [
+            0,
+            1,
+            4095,
+            SEG - 1,
+            SEG,
+            SEG + 1,
+            2 * SEG + 7,
+            3 * SEG,
+            3 * SEG + 4,
+            size,
+            size + 10,
+        ] {
+            let expected = &bytes[(offset.min(size) as usize)..];
+            assert_eq!(
+                read_from(&store, &meta.id, offset).unwrap(),
+                expected,
+                "offset {offset}"
+            );
+        }
+        // Small reads across segment boundaries.
+        let (_, mut reader) = store.open_archive(&meta.id, SEG - 3).unwrap();
+        let mut small = [0u8; 5];
+        reader.read_exact(&mut small).unwrap();
+        assert_eq!(small, bytes[(SEG - 3) as usize..(SEG + 2) as usize]);
+    }
+
+    fn corrupt_segment(err: Error) -> (String, u64) {
+        match err {
+            Error::SegmentCorrupt { id, segment } => (id, segment),
+            other => panic!("expected a corrupt segment, got: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_flipped_ciphertext_byte_names_its_segment() {
+        let (_dir, store, meta, _) = encrypted_archive(3 * SEG + 5);
+        let path = store.content_path(&meta.id);
+        let mut stored = fs::read(&path).unwrap();
+        stored[HEADER_LEN + 2 * SEALED_SEGMENT as usize + 1000] ^= 0x40;
+        fs::write(&path, &stored).unwrap();
+        let err = store.verify(&meta.id).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "archive {} is corrupt: segment 2 fails authentication",
+                meta.id
+            )
+        );
+        assert_eq!(corrupt_segment(err), (meta.id.clone(), 2));
+        // Reading before the bad segment works; reading into it does not.
+        assert_eq!(read_from(&store, &meta.id, 3 * SEG).unwrap().len(), 5);
+        assert_eq!(
+            corrupt_segment(read_from(&store, &meta.id, SEG + 9).unwrap_err()).1,
+            2
+        );
+        // A flipped tag byte of the last segment, too.
+        stored[HEADER_LEN + 2 * SEALED_SEGMENT as usize + 1000] ^= 0x40;
+        let last = stored.len() - 1;
+        stored[last] ^= 0x01;
+        fs::write(&path, &stored).unwrap();
+        assert_eq!(corrupt_segment(store.verify(&meta.id).unwrap_err()).1, 3);
+        // And a flipped header byte (the nonce) breaks every segment.
+        stored[last] ^= 0x01;
+        stored[HEADER_LEN - 1] ^= 0x01;
+        fs::write(&path, &stored).unwrap();
+        assert_eq!(corrupt_segment(store.verify(&meta.id).unwrap_err()).1, 0);
+    }
+
+    #[test]
+    fn a_file_cut_at_a_segment_boundary_is_refused() {
+        let size = 3 * SEG;
+        let (_dir, store, meta, _) = encrypted_archive(size);
+        let path = store.content_path(&meta.id);
+        let cut = HEADER_LEN as u64 + 2 * SEALED_SEGMENT;
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        match store.verify(&meta.id).unwrap_err() {
+            err @ Error::EncryptedSize { .. } => {
+                let text = err.to_string();
+                assert!(
+                    text.contains("is corrupt") && text.contains("truncated"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected a size error, got: {other}"),
+        }
+        // Even when the metadata is shortened to match, the segment that is
+        // now last was not sealed as the last one.
+        let mut shortened = meta.clone();
+        shortened.size_bytes = 2 * SEG;
+        write_json_atomically(&store.tmp, &store.metadata_path(&meta.id), &shortened).unwrap();
+        assert_eq!(corrupt_segment(store.verify(&meta.id).unwrap_err()).1, 1);
+        // Cut inside the header: still a corrupt archive, not a key problem.
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        assert!(matches!(
+            store.verify(&meta.id).unwrap_err(),
+            Error::EncryptedSize { actual: 10, .. }
+        ));
+    }
+
+    #[test]
+    fn swapped_or_spliced_segments_are_refused() {
+        let (dir, store, meta, _) = encrypted_archive(3 * SEG + 5);
+        let path = store.content_path(&meta.id);
+        let original = fs::read(&path).unwrap();
+        let segment = |i: usize| {
+            HEADER_LEN + i * SEALED_SEGMENT as usize..HEADER_LEN + (i + 1) * SEALED_SEGMENT as usize
+        };
+        let mut swapped = original.clone();
+        swapped[segment(0)].copy_from_slice(&original[segment(1)]);
+        swapped[segment(1)].copy_from_slice(&original[segment(0)]);
+        fs::write(&path, &swapped).unwrap();
+        assert_eq!(corrupt_segment(store.verify(&meta.id).unwrap_err()).1, 0);
+        assert_eq!(
+            corrupt_segment(read_from(&store, &meta.id, SEG).unwrap_err()).1,
+            1
+        );
+
+        // Segment 1 of another archive under the same key.
+        let other = import(&store, dir.path(), &archive_bytes(3 * SEG + 5, 99));
+        let foreign = fs::read(store.content_path(&other.id)).unwrap();
+        let mut spliced = original.clone();
+        spliced[segment(1)].copy_from_slice(&foreign[segment(1)]);
+        fs::write(&path, &spliced).unwrap();
+        assert_eq!(corrupt_segment(store.verify(&meta.id).unwrap_err()).1, 1);
+        fs::write(&path, &original).unwrap();
+        store.verify(&meta.id).unwrap();
+    }
+
+    #[test]
+    fn encrypted_archives_need_the_same_key() {
+        let (dir, store, meta, _) = encrypted_archive(SEG + 1);
+        drop(store);
+        let root = dir.path().join("store");
+        let other = Store::open_with(&root, u64::MAX, Some(key(2))).unwrap();
+        match other.verify(&meta.id).unwrap_err() {
+            err @ Error::SealedArchive { .. } => {
+                let text = err.to_string();
+                assert!(
+                    text.contains(&meta.id) && text.contains("encrypted with another key"),
+                    "{text}"
+                );
+                assert!(
+                    text.contains(&key(1).id_hex()) && text.contains(&key(2).id_hex()),
+                    "{text}"
+                );
+            }
+            other => panic!("expected a wrong-key error, got: {other}"),
+        }
+        let keyless = Store::open(&root, u64::MAX).unwrap();
+        match keyless.open_archive(&meta.id, 0).unwrap_err() {
+            err @ Error::SealedArchive { .. } => {
+                let text = err.to_string();
+                assert!(text.contains("no encryption key"), "{text}");
+            }
+            other => panic!("expected a missing-key error, got: {other}"),
+        }
+        assert!(keyless.plaintext_archive(&meta.id).is_err());
+        // Listing and metadata still work without the key.
+        assert_eq!(keyless.list().unwrap(), vec![meta]);
+    }
+
+    #[test]
+    fn plaintext_archives_stay_readable_with_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let bytes = archive_bytes(2 * SEG + 3, 5);
+        let meta = import(&Store::open(&root, u64::MAX).unwrap(), dir.path(), &bytes);
+        assert!(!meta.encrypted);
+        let json =
+            fs::read_to_string(root.join("archives").join(format!("{}.json", meta.id))).unwrap();
+        assert!(
+            !json.contains("encrypted"),
+            "plaintext metadata stays as before: {json}"
+        );
+        let store = Store::open_with(&root, u64::MAX, Some(key(1))).unwrap();
+        assert_eq!(store.verify(&meta.id).unwrap(), meta);
+        assert_eq!(
+            read_from(&store, &meta.id, SEG + 1).unwrap(),
+            &bytes[SEGMENT + 1..]
+        );
+        // Its restore file is the archive itself, no copy.
+        let plaintext = store.plaintext_archive(&meta.id).unwrap();
+        assert!(!plaintext.is_copy());
+        assert_eq!(plaintext.path(), store.content_path(&meta.id));
+        // New archives of that store are encrypted.
+        let new = import(&store, dir.path(), &archive_bytes(10, 6));
+        assert!(new.encrypted);
+    }
+
+    #[test]
+    fn restores_get_a_private_decrypted_copy_that_goes_away() {
+        let (_dir, store, meta, bytes) = encrypted_archive(SEG + 77);
+        let plaintext = store.plaintext_archive(&meta.id).unwrap();
+        assert!(plaintext.is_copy());
+        let path = plaintext.path().to_owned();
+        assert!(path.starts_with(&store.tmp), "{}", path.display());
+        let mode = fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        drop(plaintext);
+        assert!(!path.exists());
+        assert_eq!(fs::read_dir(&store.tmp).unwrap().count(), 0);
+    }
+
+    fn receive_all(
+        store: &Store,
+        meta: &ArchiveMeta,
+        bytes: &[u8],
+        offset: u64,
+        pieces: usize,
+    ) -> ArchiveMeta {
+        let mut incoming = store.receive(meta.clone(), offset).unwrap().unwrap();
+        for piece in bytes[offset as usize..].chunks(pieces) {
+            incoming.write(piece).unwrap();
+        }
+        incoming.finish().unwrap()
+    }
+
+    #[test]
+    fn encrypted_replicas_are_received_in_any_piece_sizes() {
+        for (size, piece) in [
+            (0, 7),
+            (5, 2),
+            (SEG, SEGMENT),
+            (2 * SEG + 1, 65_536),
+            (3 * SEG + 5, 1_000_003),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open_with(dir.path(), u64::MAX, Some(key(3))).unwrap();
+            let bytes = archive_bytes(size, 11);
+            let mut wire = meta(0, 5, size);
+            wire.id = hex::encode(Sha256::digest(&bytes));
+            let stored = receive_all(&store, &wire, &bytes, 0, piece.max(1));
+            assert!(stored.encrypted);
+            assert_eq!(
+                read_from(&store, &wire.id, 0).unwrap(),
+                bytes,
+                "size {size}"
+            );
+            assert_eq!(
+                fs::metadata(store.content_path(&wire.id)).unwrap().len(),
+                encryption::encrypted_len(size)
+            );
+            assert_eq!(store.incoming_offset(&wire.id).unwrap(), (size, true));
+        }
+    }
+
+    #[test]
+    fn an_interrupted_encrypted_replica_resumes_after_its_complete_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), u64::MAX, Some(key(4))).unwrap();
+        let size = 4 * SEG + 123;
+        let bytes = archive_bytes(size, 12);
+        let mut wire = meta(0, 5, size);
+        wire.id = hex::encode(Sha256::digest(&bytes));
+        let part = store.incoming.join(format!("{}.part", wire.id));
+
+        // 2.5 segments arrive, then the transfer dies: the half segment was
+        // only in memory.
+        let mut incoming = store.receive(wire.clone(), 0).unwrap().unwrap();
+        incoming.write(&bytes[..(5 * SEG / 2) as usize]).unwrap();
+        drop(incoming);
+        assert_eq!(
+            fs::metadata(&part).unwrap().len(),
+            HEADER_LEN as u64 + 2 * SEALED_SEGMENT
+        );
+        assert!(
+            !contains(&fs::read(&part).unwrap(), MARKER),
+            "plaintext in the partial file"
+        );
+        assert_eq!(store.incoming_offset(&wire.id).unwrap(), (2 * SEG, false));
+
+        // A torn write of the third segment (a crash mid-write) is dropped.
+        let mut file = OpenOptions::new().append(true).open(&part).unwrap();
+        file.write_all(&[0xAB; 1000]).unwrap();
+        drop(file);
+        assert_eq!(store.incoming_offset(&wire.id).unwrap(), (2 * SEG, false));
+        // Only the offset the store holds is accepted.
+        assert!(matches!(
+            store.receive(wire.clone(), 3 * SEG).unwrap_err(),
+            Error::OffsetMismatch { held, .. } if held == 2 * SEG
+        ));
+        let stored = receive_all(&store, &wire, &bytes, 2 * SEG, 300_000);
+        assert!(stored.encrypted);
+        assert!(!part.exists());
+        store.verify(&wire.id).unwrap();
+        assert_eq!(read_from(&store, &wire.id, 0).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_partial_replica_of_another_key_or_form_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 3 * SEG;
+        let bytes = archive_bytes(size, 13);
+        let mut wire = meta(0, 5, size);
+        wire.id = hex::encode(Sha256::digest(&bytes));
+        {
+            let store = Store::open_with(dir.path(), u64::MAX, Some(key(5))).unwrap();
+            let mut incoming = store.receive(wire.clone(), 0).unwrap().unwrap();
+            incoming.write(&bytes[..(2 * SEG + 1) as usize]).unwrap();
+            assert_eq!(store.incoming_offset(&wire.id).unwrap(), (2 * SEG, false));
+        }
+        // The key changed (or was removed): nothing to build on.
+        let rekeyed = Store::open_with(dir.path(), u64::MAX, Some(key(6))).unwrap();
+        assert_eq!(rekeyed.incoming_offset(&wire.id).unwrap(), (0, false));
+        let keyless = Store::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(keyless.incoming_offset(&wire.id).unwrap(), (0, false));
+        receive_all(&rekeyed, &wire, &bytes, 0, SEGMENT);
+        rekeyed.verify(&wire.id).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_partial_replica_is_discarded_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), u64::MAX, Some(key(7))).unwrap();
+        let size = 3 * SEG;
+        let bytes = archive_bytes(size, 14);
+        let mut wire = meta(0, 5, size);
+        wire.id = hex::encode(Sha256::digest(&bytes));
+        let part = store.incoming.join(format!("{}.part", wire.id));
+        let mut incoming = store.receive(wire.clone(), 0).unwrap().unwrap();
+        incoming.write(&bytes[..(2 * SEG + 1) as usize]).unwrap();
+        drop(incoming);
+        let mut held = fs::read(&part).unwrap();
+        held[HEADER_LEN + 10] ^= 1;
+        fs::write(&part, held).unwrap();
+        // The sender's retry (the error is retryable) starts from 0.
+        assert!(matches!(
+            store.receive(wire.clone(), 2 * SEG).unwrap_err(),
+            Error::OffsetMismatch { held: 0, .. }
+        ));
+        assert_eq!(store.incoming_offset(&wire.id).unwrap(), (0, false));
+        receive_all(&store, &wire, &bytes, 0, SEGMENT);
+        store.verify(&wire.id).unwrap();
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_agent::encryption::ArchiveKey;
 use ferry_agent::store::{ArchiveMeta, RuntimeInfo, Store};
 use ferry_proto::v1::agent_client::AgentClient;
 use rcgen::{
@@ -289,9 +290,37 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Starts every MiB of the archives `import_archive` writes, so a test can
+/// look for plaintext on disk.
+pub const PLAINTEXT_MARKER: &[u8] = b"ferry-test-plaintext-marker";
+
+/// Writes an encryption key file (64 hex digits and a newline, as a person
+/// would) whose key bytes are all `seed`, and returns its path.
+pub fn write_key(dir: &Path, name: &str, seed: u8) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{}\n", hex::encode([seed; 32]))).unwrap();
+    path
+}
+
+/// `--encryption-key-file=<path>`.
+pub fn key_flag(path: &Path) -> String {
+    format!("--encryption-key-file={}", path.display())
+}
+
 /// Puts an archive of `size` pseudo-random bytes into the store under
 /// `data_dir` (as if a checkpoint had been taken there) and returns it.
 pub fn import_archive(data_dir: &Path, size: u64, seed: u64) -> ArchiveMeta {
+    import_archive_with(data_dir, size, seed, None)
+}
+
+/// Like `import_archive`, encrypted with `key` when given (as an agent
+/// started with that key would store it).
+pub fn import_archive_with(
+    data_dir: &Path,
+    size: u64,
+    seed: u64,
+    key: Option<ArchiveKey>,
+) -> ArchiveMeta {
     let source = data_dir.with_extension(format!("source-{seed}"));
     {
         use std::io::Write;
@@ -306,12 +335,13 @@ pub fn import_archive(data_dir: &Path, size: u64, seed: u64) -> ArchiveMeta {
                 state ^= state << 17;
                 word.copy_from_slice(&state.to_le_bytes());
             }
+            block[..PLAINTEXT_MARKER.len()].copy_from_slice(PLAINTEXT_MARKER);
             let n = left.min(block.len() as u64) as usize;
             file.write_all(&block[..n]).unwrap();
             left -= n as u64;
         }
     }
-    let store = Store::open(data_dir, u64::MAX).unwrap();
+    let store = Store::open_with(data_dir, u64::MAX, key).unwrap();
     let meta = store
         .import_file(
             &source,
@@ -327,6 +357,7 @@ pub fn import_archive(data_dir: &Path, size: u64, seed: u64) -> ArchiveMeta {
                 size_bytes: 0,
                 container_image: "counter:1".into(),
                 runtime: RuntimeInfo::default(),
+                encrypted: false,
             },
         )
         .unwrap();

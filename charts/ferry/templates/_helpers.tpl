@@ -135,6 +135,15 @@ name, else "<fullname>-tls".
 {{- end }}
 
 {{/*
+Name of the Secret holding the key archives are encrypted with at rest
+(agent.encryption): the existing one named in the values, else the generated
+"<fullname>-encryption-key".
+*/}}
+{{- define "ferry.encryption.secretName" -}}
+{{- default (printf "%s-encryption-key" (include "ferry.fullname" .)) .Values.agent.encryption.existingSecret }}
+{{- end }}
+
+{{/*
 Pod volume of that Secret, named "tls". Call with (dict "mode" <int> "root" $).
 Keys are listed explicitly so a Secret that lacks one fails the pod start with
 a clear event instead of an agent that cannot load its certificate.

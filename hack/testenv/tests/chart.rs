@@ -357,6 +357,14 @@ async fn schema_refuses_invalid_values() -> TestResult {
         (&["--set", "tls.generate=yes"], "tls.generate"),
         (&["--set", "tls.secretName=Not_A_Name"], "tls.secretName"),
         (&["--set", "tls.generat=false"], "generat"),
+        (
+            &["--set", "agent.encryption.enabled=yes"],
+            "agent.encryption.enabled",
+        ),
+        (
+            &["--set", "agent.encryption.existingSecret=Not_A_Name"],
+            "agent.encryption.existingSecret",
+        ),
         (&["--set", "typo=1"], "typo"),
     ];
     for (args, needle) in cases {
@@ -1196,6 +1204,151 @@ async fn generated_tls_secret_is_kept_across_upgrades() -> TestResult {
             "{key} changed on upgrade although the Secret exists"
         );
     }
+    Ok(())
+}
+
+/// The agent DaemonSet's pod spec in a render.
+fn agent_pod(docs: &[Value]) -> Result<&Value, String> {
+    find(docs, "DaemonSet", "ferry-agent")
+        .map(|agent| &agent["spec"]["template"]["spec"])
+        .ok_or_else(|| "no DaemonSet ferry-agent".to_owned())
+}
+
+#[tokio::test]
+async fn agent_encrypts_archives_at_rest_only_when_enabled() -> TestResult {
+    const FLAG: &str = "--encryption-key-file=/etc/ferry/encryption/key";
+
+    // Off by default: no flag, no key, no mount.
+    let docs = documents(&render(&[]).await?)?;
+    let pod = agent_pod(&docs)?;
+    let args = strings(&pod["containers"][0]["args"]);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--encryption-key-file")),
+        "agent args: {args:?}"
+    );
+    assert!(volume(pod, "encryption-key").is_none(), "agent: {pod}");
+    assert!(find(&docs, "Secret", "ferry-encryption-key").is_none());
+
+    // On: a generated 32-byte key, mounted read-only where the flag points.
+    let yaml = render(&["--set", "agent.encryption.enabled=true"]).await?;
+    let docs = documents(&yaml)?;
+    let secret =
+        find(&docs, "Secret", "ferry-encryption-key").ok_or("no Secret ferry-encryption-key")?;
+    assert_eq!(secret["type"], "Opaque", "{secret}");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "the key outlives the release like the archives do: {secret}"
+    );
+    let key = secret_data(secret, "key")?;
+    assert_eq!(key.len(), 32, "the key is 32 random bytes");
+    assert_ne!(key, vec![0u8; 32]);
+    let pod = agent_pod(&docs)?;
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    assert!(args.contains(&FLAG), "agent args lack {FLAG}: {args:?}");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "encryption-key")
+        .ok_or_else(|| format!("agent mounts no encryption-key volume: {c}"))?;
+    assert_eq!(mount["mountPath"], "/etc/ferry/encryption", "{mount}");
+    assert_eq!(mount["readOnly"], true, "{mount}");
+    let vol = volume(pod, "encryption-key").ok_or("agent has no encryption-key volume")?;
+    assert_eq!(vol["secret"]["secretName"], "ferry-encryption-key", "{vol}");
+    assert_eq!(
+        vol["secret"]["items"],
+        serde_json::json!([{"key": "key", "path": "key"}]),
+        "{vol}"
+    );
+    assert_eq!(vol["secret"]["defaultMode"], 0o400, "{vol}");
+
+    // The API server accepts it.
+    let cp = ControlPlane::shared().await?;
+    ensure_namespace(cp, NAMESPACE).await?;
+    let mut cmd = cp.kubectl();
+    cmd.args([
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager=ferry-chart-test",
+        "-f",
+        "-",
+    ]);
+    let out = run(cmd, Some(yaml.into_bytes())).await?;
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("secret/ferry-encryption-key"),
+        "server-side dry run with encryption enabled:\n{}",
+        describe(&out)
+    );
+
+    // A Secret of the user's: mounted, none generated.
+    let docs = documents(
+        &render(&[
+            "--set",
+            "agent.encryption.enabled=true",
+            "--set",
+            "agent.encryption.existingSecret=my-ferry-key",
+        ])
+        .await?,
+    )?;
+    assert!(find(&docs, "Secret", "ferry-encryption-key").is_none());
+    let pod = agent_pod(&docs)?;
+    let vol = volume(pod, "encryption-key").ok_or("agent has no encryption-key volume")?;
+    assert_eq!(vol["secret"]["secretName"], "my-ferry-key", "{vol}");
+    assert!(strings(&pod["containers"][0]["args"]).contains(&FLAG));
+    Ok(())
+}
+
+#[tokio::test]
+async fn generated_encryption_key_is_kept_across_upgrades() -> TestResult {
+    // Its own namespace, so the other tests' dry runs are unaffected.
+    const NS: &str = "ferry-key-reuse";
+    let cp = ControlPlane::shared().await?;
+    ensure_namespace(cp, NS).await?;
+    let render_against_cluster = || async {
+        let mut cmd = Command::new(helm().await?);
+        cmd.args(["template", RELEASE])
+            .arg(chart_dir())
+            .args(["--namespace", NS, "--dry-run=server"])
+            .args(["--set", "agent.encryption.enabled=true"])
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig_path());
+        let out = run(cmd, None).await?;
+        if !out.status.success() {
+            return Err(format!(
+                "helm template --dry-run=server failed:\n{}",
+                describe(&out)
+            ));
+        }
+        let docs = documents(&String::from_utf8_lossy(&out.stdout))?;
+        find(&docs, "Secret", "ferry-encryption-key")
+            .cloned()
+            .ok_or_else(|| "no Secret ferry-encryption-key".to_owned())
+    };
+    let first = render_against_cluster().await?;
+    let mut apply = cp.kubectl();
+    apply.args([
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=ferry-chart-test",
+        "-f",
+        "-",
+    ]);
+    let out = run(apply, Some(serde_json::to_vec(&first)?)).await?;
+    assert!(
+        out.status.success(),
+        "creating the Secret failed:\n{}",
+        describe(&out)
+    );
+    let second = render_against_cluster().await?;
+    assert_eq!(
+        secret_data(&second, "key")?,
+        secret_data(&first, "key")?,
+        "the key changed on upgrade although the Secret exists: every archive would become unreadable"
+    );
     Ok(())
 }
 
