@@ -1,11 +1,21 @@
 //! `ferry-controller`: see the crate documentation of `ferry_controller`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use ferry_controller::{Error, Metrics};
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+use ferry_api::CheckpointPolicy;
+use ferry_controller::agents::AgentPool;
+use ferry_controller::leader::{LeaderElection, LeaderElectionConfig};
+use ferry_controller::webhook::{WebhookState, WebhookTls};
+use ferry_controller::{Config, Error, Metrics};
+use ferry_proto::tls::{MutualTls, TlsFiles};
 use ferry_telemetry::{Endpoints, LogFormat, Readiness};
 
 /// ferry controller: keeps stateful containers protected by CheckpointPolicies.
@@ -18,43 +28,177 @@ struct Args {
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// CA that signed the agents' certificates (PEM).
+    #[arg(long, env = "FERRY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// The controller's client certificate for calling agents (PEM).
+    #[arg(long, env = "FERRY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "FERRY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Call agents without TLS. Only for tests with agents started the same
+    /// way; production agents refuse such callers.
+    #[arg(long, conflicts_with = "tls_ca")]
+    insecure_agents: bool,
+    /// Namespace of the agents' Leases (the chart's release namespace);
+    /// empty: all namespaces.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    agent_namespace: String,
+    /// Name of this controller instance (its pod name).
+    #[arg(long, env = "POD_NAME", default_value = "ferry-controller")]
+    identity: String,
+    /// Bound on one kubelet checkpoint call.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    checkpoint_timeout: Duration,
+    /// Checkpoints in progress at once, overall.
+    #[arg(long, default_value_t = 32)]
+    max_concurrent_checkpoints: usize,
+    /// Checkpoints in progress at once on one node.
+    #[arg(long, default_value_t = 2)]
+    max_checkpoints_per_node: usize,
+    /// Elect a leader on a Lease, so several replicas can run and only one acts.
+    #[arg(long)]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease (default: the agent namespace).
+    #[arg(long, env = "FERRY_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Address of the admission webhook (HTTPS); off when not given.
+    #[arg(long, requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_addr: Option<SocketAddr>,
+    /// The webhook's serving certificate (PEM).
+    #[arg(long)]
+    webhook_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    webhook_key: Option<PathBuf>,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    ferry_api::parse_duration("duration", value).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     ferry_telemetry::init_logging(args.log_format);
-    // Several TLS backends are linked; kube needs one chosen.
+    // Several TLS backends are linked; kube, tonic and the webhook need one chosen.
     if rustls::crypto::ring::default_provider()
         .install_default()
         .is_err()
     {
         tracing::warn!("a rustls crypto provider was already installed");
     }
-
-    let client = match kube::Client::try_default().await {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::error!(error = %err, "no Kubernetes configuration (in-cluster or kubeconfig)");
-            return ExitCode::FAILURE;
-        }
-    };
-    let metrics = Arc::new(Metrics::default());
-    let readiness = Arc::new(Readiness::default());
-    let endpoints = Endpoints {
-        registry: metrics.registry.clone(),
-        readiness: readiness.clone(),
-        not_ready_message: "waiting for the CheckpointPolicy CRD and cache",
-    };
-    let outcome = tokio::select! {
-        result = ferry_controller::run(client, metrics, readiness) => result,
-        served = ferry_telemetry::serve(args.http_addr, endpoints) => served.map_err(Error::Http),
-    };
-    match outcome {
+    match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "controller failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|source| Error::Kube {
+            action: "loading the Kubernetes configuration (in-cluster or kubeconfig) for",
+            object: "the controller".into(),
+            source,
+        })?;
+    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(MutualTls::load(&TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })?),
+        _ if args.insecure_agents => None,
+        _ => {
+            return Err(Error::Tls(ferry_proto::tls::TlsError::Missing(
+                "--tls-ca, --tls-cert and --tls-key (or --insecure-agents for tests)",
+            )));
+        }
+    };
+    let agents = Arc::new(AgentPool::new(tls, Duration::from_secs(5)));
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(Readiness::default());
+    let endpoints = Endpoints {
+        registry: metrics.registry.clone(),
+        readiness: readiness.clone(),
+        not_ready_message: "waiting for the CheckpointPolicy CRD and caches",
+    };
+    let http = tokio::spawn(ferry_telemetry::serve(args.http_addr, endpoints));
+
+    // Every replica serves the webhook (the API server may call any of
+    // them); only the leader reconciles.
+    if let Some(addr) = args.webhook_addr {
+        let (store, writer) = reflector::store();
+        let policies = watcher(
+            kube::Api::<CheckpointPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(()));
+        tokio::spawn(policies);
+        let tls = WebhookTls {
+            cert: args.webhook_cert.clone().unwrap_or_default(),
+            key: args.webhook_key.clone().unwrap_or_default(),
+        };
+        let state = WebhookState::new(store, metrics.webhook.clone());
+        let listener = ferry_controller::webhook::WebhookListener::bind(addr, &tls).await?;
+        tokio::spawn(async move {
+            if let Err(err) =
+                ferry_controller::webhook::serve_listener(listener, state, std::future::pending())
+                    .await
+            {
+                tracing::error!(error = %err, "admission webhook stopped");
+            }
+        });
+    }
+
+    let config = Config {
+        checkpoint_timeout: args.checkpoint_timeout,
+        max_concurrent_checkpoints: args.max_concurrent_checkpoints,
+        max_checkpoints_per_node: args.max_checkpoints_per_node,
+        agent_namespace: Some(args.agent_namespace.clone()).filter(|n| !n.is_empty()),
+        identity: args.identity.clone(),
+    };
+    let controller = ferry_controller::run(client.clone(), config, agents, metrics, readiness);
+    if args.leader_election {
+        let namespace = args
+            .leader_election_namespace
+            .clone()
+            .unwrap_or_else(|| args.agent_namespace.clone());
+        let election = LeaderElection::new(
+            client.clone(),
+            LeaderElectionConfig::new(namespace, "ferry-controller", args.identity.clone()),
+        )?;
+        let leadership = election.acquire().await?;
+        tracing::info!(identity = %args.identity, lease = %leadership.lease(), "became the leader");
+        let outcome = tokio::select! {
+            result = controller => result,
+            lost = leadership.lost() => Err(Error::LostLeadership(lost.to_string())),
+            served = http => Err(served_error(served)),
+        };
+        if leadership.is_leader()
+            && let Err(err) = leadership.release().await
+        {
+            tracing::warn!(error = %err, "releasing the leader Lease failed; a successor waits for it to expire");
+        }
+        outcome
+    } else {
+        tokio::select! {
+            result = controller => result,
+            served = http => Err(served_error(served)),
+        }
+    }
+}
+
+fn served_error(served: Result<Result<(), std::io::Error>, tokio::task::JoinError>) -> Error {
+    match served {
+        Ok(Err(err)) => Error::Http(err),
+        Ok(Ok(())) => Error::Http(std::io::Error::other("the HTTP server stopped")),
+        Err(join) => Error::Http(std::io::Error::other(join.to_string())),
     }
 }

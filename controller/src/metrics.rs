@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -21,6 +22,26 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckpointLabels {
+    /// `ok`, `agent_unreachable`, `checkpoint_failed` or `replication_incomplete`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// `ContainerFailure`, `PodLoss` or `NodeLoss`.
+    pub reason: &'static str,
+    /// `restored`, `cold_start` or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `namespace/name`.
+    pub policy: String,
+}
+
 /// The controller's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -29,6 +50,13 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub status_writes: Counter,
+    pub checkpoints: Family<CheckpointLabels, Counter>,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_lateness: Histogram,
+    pub checkpoint_age: Family<PolicyLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub failovers: Family<FailoverLabels, Counter>,
+    pub failover_duration: Histogram,
+    pub webhook: crate::webhook::WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -59,8 +87,55 @@ impl Default for Metrics {
             "CheckpointPolicy status patches sent (only when the status changed)",
             status_writes.clone(),
         );
+        let checkpoints = Family::<CheckpointLabels, Counter>::default();
+        // 10 ms to ~160 s.
+        let checkpoint_duration = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        // 1 ms to ~65 s.
+        let checkpoint_lateness = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        let checkpoint_age = Family::default();
+        let failovers = Family::<FailoverLabels, Counter>::default();
+        // 100 ms to ~27 min.
+        let failover_duration = Histogram::new(exponential_buckets(0.1, 2.0, 15));
+        registry.register(
+            "checkpoints",
+            "Checkpoint jobs by result (a checkpoint missing a standby replica is replication_incomplete)",
+            checkpoints.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "Time from asking an agent for a checkpoint to it being stored and replicated",
+            checkpoint_duration.clone(),
+        );
+        registry.register(
+            "checkpoint_lateness_seconds",
+            "How long after its scheduled time a checkpoint started",
+            checkpoint_lateness.clone(),
+        );
+        registry.register(
+            "checkpoint_age_seconds",
+            "Age of the oldest newest-checkpoint among a policy's containers",
+            checkpoint_age.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Failovers by trigger and result",
+            failovers.clone(),
+        );
+        registry.register(
+            "failover_duration_seconds",
+            "Time from detecting a failure to the replacement pod running",
+            failover_duration.clone(),
+        );
+        let webhook = crate::webhook::register_metrics(&mut registry);
         Self {
+            webhook,
             registry: Arc::new(registry),
+            checkpoints,
+            checkpoint_duration,
+            checkpoint_lateness,
+            checkpoint_age,
+            failovers,
+            failover_duration,
             reconciliations,
             reconcile_errors,
             reconcile_duration,
@@ -70,6 +145,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn observe_checkpoint(
+        &self,
+        elapsed: Duration,
+        result: &Result<crate::checkpointer::Done, crate::checkpointer::Failure>,
+    ) {
+        use crate::checkpointer::Failure;
+        self.checkpoint_duration.observe(elapsed.as_secs_f64());
+        let result = match result {
+            Ok(done) if done.replica_errors.is_empty() => "ok",
+            Ok(_) => "replication_incomplete",
+            Err(Failure::AgentUnreachable(_)) => "agent_unreachable",
+            Err(Failure::CheckpointFailed(_)) => "checkpoint_failed",
+        };
+        self.checkpoints
+            .get_or_create(&CheckpointLabels { result })
+            .inc();
+    }
+
     pub fn observe(&self, elapsed: Duration, ok: bool) {
         self.reconcile_duration.observe(elapsed.as_secs_f64());
         let result = if ok { "ok" } else { "error" };

@@ -1,38 +1,79 @@
-//! One reconciliation of a CheckpointPolicy: validate → desired status →
-//! apply when changed.
+//! One reconciliation of a CheckpointPolicy, as a pipeline:
+//! dereference (pods, nodes, agents) → validate → fold finished checkpoints
+//! into status → detect failures and advance failovers → schedule due
+//! checkpoints → compute conditions → write status only when it changed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
 
-use ferry_api::CheckpointPolicy;
-use ferry_api::names::CONTROLLER_FIELD_MANAGER;
+use ferry_api::names::{CONTROLLER_FIELD_MANAGER, POLICY_FINALIZER};
+use ferry_api::{
+    CheckpointPolicy, CheckpointPolicyStatus, ConditionStatus, FailoverStage, Phase, Strategy,
+    set_condition,
+};
+use ferry_proto::v1 as pb;
 
-use crate::metrics::ErrorLabels;
-use crate::status::desired_status;
+use crate::agents::{AgentIndex, status_message};
+use crate::checkpointer::{Failure as CheckpointFailure, Job};
+use crate::detect::{self, World};
+use crate::metrics::{ErrorLabels, FailoverLabels, PolicyLabels};
+use crate::placement::{choose_standbys, node_ready};
+use crate::schedule::{Target, due_at, selects, targets_of};
+use crate::status::{ValidSpec, desired_status, validate};
 use crate::{Context, Error};
 
 /// How often a policy is looked at even when nothing changed, so a status
 /// edited or wiped by hand is repaired.
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// How often a protected policy is re-checked for failures that no watch
+/// reports (an agent Lease running out).
+const FAILURE_POLL: Duration = Duration::from_secs(2);
+
+/// Condition: every protected container has a recent, replicated checkpoint.
+pub const PROTECTED: &str = "Protected";
+
+/// Condition: some selected pods are also selected by another policy.
+pub const OVERLAP: &str = "Overlapping";
+
 pub async fn reconcile(
     policy: Arc<CheckpointPolicy>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = apply_status(&policy, &context).await;
+    let namespace = policy
+        .namespace()
+        .ok_or(Error::MissingMetadata("metadata.namespace"))?;
+    let api: Api<CheckpointPolicy> = Api::namespaced(context.client.clone(), &namespace);
+    let object = format!("CheckpointPolicy {namespace}/{}", policy.name_any());
+    let result = finalizer(&api, POLICY_FINALIZER, policy, |event| async {
+        match event {
+            Event::Apply(policy) => apply(&policy, &context).await,
+            Event::Cleanup(policy) => cleanup(&policy, &context).await,
+        }
+    })
+    .await
+    .map_err(|source| Error::Finalizer {
+        object,
+        source: Box::new(source),
+    });
     context.metrics.observe(started.elapsed(), result.is_ok());
-    result.map(|()| Action::requeue(RESYNC))
+    result
 }
 
 pub fn error_policy(policy: Arc<CheckpointPolicy>, error: &Error, context: Arc<Context>) -> Action {
     let reason = match error {
-        Error::Kube { .. } => "kube",
+        Error::Kube { .. } | Error::Finalizer { .. } => "kube",
         Error::MissingMetadata(_) => "invalid_object",
         _ => "other",
     };
@@ -50,7 +91,42 @@ pub fn error_policy(policy: Arc<CheckpointPolicy>, error: &Error, context: Arc<C
     Action::requeue(Duration::from_secs(5))
 }
 
-async fn apply_status(policy: &CheckpointPolicy, context: &Context) -> Result<(), Error> {
+/// Everything one reconciliation sees, taken from the caches at once.
+struct Snapshot {
+    pods: Vec<Arc<Pod>>,
+    nodes: Vec<Arc<Node>>,
+    agents: AgentIndex,
+    policies: Vec<Arc<CheckpointPolicy>>,
+    now: jiff::Timestamp,
+}
+
+impl Snapshot {
+    fn take(context: &Context, namespace: &str) -> Self {
+        Self {
+            pods: context
+                .pods
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace().as_deref() == Some(namespace))
+                .collect(),
+            nodes: context.nodes.state(),
+            agents: AgentIndex::from_leases(context.leases.state().iter().map(AsRef::as_ref)),
+            policies: context
+                .policies()
+                .map(|s| s.state())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.namespace().as_deref() == Some(namespace))
+                .collect(),
+            now: jiff::Timestamp::now(),
+        }
+    }
+}
+
+/// Events to publish once the status that explains them is written.
+type PendingEvents = Vec<(EventType, &'static str, String)>;
+
+async fn apply(policy: &CheckpointPolicy, context: &Context) -> Result<Action, Error> {
     let namespace = policy
         .namespace()
         .ok_or(Error::MissingMetadata("metadata.namespace"))?;
@@ -59,20 +135,650 @@ async fn apply_status(policy: &CheckpointPolicy, context: &Context) -> Result<()
         .name
         .clone()
         .ok_or(Error::MissingMetadata("metadata.name"))?;
-    let now = Time(jiff::Timestamp::now());
-    let desired = desired_status(policy, now);
-    if policy.status.as_ref() == Some(&desired) {
-        tracing::debug!(policy = %name, %namespace, "status up to date");
-        return Ok(());
+    let policy_ref = ObjectRef::from_obj(policy);
+    let snapshot = Snapshot::take(context, &namespace);
+    let now = snapshot.now;
+    let mut status = desired_status(policy, Time(now));
+    let mut events = PendingEvents::new();
+    let results = context.checkpointer.results(&policy_ref);
+    let mut requeue = RESYNC;
+
+    if let Ok(valid) = validate(&policy.spec) {
+        let (owned, overlapping) = owned_pods(policy, &snapshot);
+        set_overlap_condition(&mut status, policy, &overlapping, now);
+        let targets: Vec<Target> = owned.iter().flat_map(|p| targets_of(policy, p)).collect();
+        let mut problems = fold_results(&mut status, &results, &mut events);
+        prune_records(&mut status, &targets, &snapshot, policy);
+        if !policy.spec.suspend {
+            let busy = advance_failovers(
+                policy,
+                &namespace,
+                &mut status,
+                &snapshot,
+                context,
+                &mut events,
+            )
+            .await;
+            if busy {
+                requeue = Duration::from_millis(200);
+            }
+            if policy.spec.strategy == Strategy::Checkpoint {
+                let next = schedule(
+                    policy,
+                    &policy_ref,
+                    &namespace,
+                    &valid,
+                    &status,
+                    &targets,
+                    &snapshot,
+                    context,
+                    &mut problems,
+                );
+                requeue = requeue.min(next);
+            } else {
+                problems.push((
+                    "StrategyNotSupported".into(),
+                    "strategy StateApi is measured by hack/ scripts only; the controller checkpoints with strategy Checkpoint".into(),
+                ));
+            }
+            if !status.checkpoints.is_empty() || !status.failovers.is_empty() {
+                requeue = requeue.min(FAILURE_POLL);
+            }
+        }
+        set_protection(
+            &mut status,
+            policy,
+            &valid,
+            &targets,
+            &problems,
+            &snapshot,
+            context,
+        );
     }
-    let api: Api<CheckpointPolicy> = Api::namespaced(context.client.clone(), &namespace);
+
+    if policy.status.as_ref() != Some(&status) {
+        write_status(context, &namespace, &name, &status).await?;
+    }
+    context.checkpointer.consumed(&policy_ref, results.len());
+    for (type_, reason, note) in events {
+        publish(context, policy, type_, reason, note).await;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Selected pods this policy protects, and the pods it leaves to an older
+/// policy that selects them too (with that policy's name).
+fn owned_pods(
+    policy: &CheckpointPolicy,
+    snapshot: &Snapshot,
+) -> (Vec<Arc<Pod>>, Vec<(String, String)>) {
+    let rank = |p: &CheckpointPolicy| (p.creation_timestamp().map(|t| t.0), p.name_any());
+    let mine = rank(policy);
+    let mut owned = Vec::new();
+    let mut overlapping = Vec::new();
+    for pod in snapshot.pods.iter().filter(|p| selects(policy, p)) {
+        let older = snapshot
+            .policies
+            .iter()
+            .filter(|other| other.uid() != policy.uid() && selects(other, pod))
+            .min_by_key(|other| rank(other));
+        if let Some(other) = older {
+            overlapping.push((pod.name_any(), other.name_any()));
+            if rank(other) < mine {
+                continue;
+            }
+        }
+        owned.push(pod.clone());
+    }
+    (owned, overlapping)
+}
+
+fn set_overlap_condition(
+    status: &mut CheckpointPolicyStatus,
+    policy: &CheckpointPolicy,
+    overlapping: &[(String, String)],
+    now: jiff::Timestamp,
+) {
+    let generation = policy.metadata.generation;
+    if overlapping.is_empty() {
+        if status.conditions.iter().any(|c| c.type_ == OVERLAP) {
+            set_condition(
+                &mut status.conditions,
+                OVERLAP,
+                ConditionStatus::False,
+                "NoOverlap",
+                "no other policy selects these pods".into(),
+                generation,
+                Time(now),
+            );
+        }
+        return;
+    }
+    let listed: Vec<String> = overlapping
+        .iter()
+        .take(5)
+        .map(|(pod, other)| format!("{pod} (also {other})"))
+        .collect();
+    set_condition(
+        &mut status.conditions,
+        OVERLAP,
+        ConditionStatus::True,
+        "OverlappingPolicies",
+        format!(
+            "{} pods are selected by more than one policy; the oldest policy protects them: {}",
+            overlapping.len(),
+            listed.join(", ")
+        ),
+        generation,
+        Time(now),
+    );
+}
+
+/// Writes finished checkpoints into `status.checkpoints` and returns the
+/// problems they reported, as (reason, message).
+fn fold_results(
+    status: &mut CheckpointPolicyStatus,
+    results: &[crate::checkpointer::Outcome],
+    events: &mut PendingEvents,
+) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for outcome in results {
+        match &outcome.result {
+            Ok(done) => {
+                let record = done.record.clone();
+                match status
+                    .checkpoints
+                    .iter_mut()
+                    .find(|r| r.pod == record.pod && r.container == record.container)
+                {
+                    Some(existing) if existing.taken_at.0 > record.taken_at.0 => {}
+                    Some(existing) => *existing = record,
+                    None => status.checkpoints.push(record),
+                }
+                for (node, error) in &done.replica_errors {
+                    problems.push((
+                        "ReplicationFailed".into(),
+                        format!(
+                            "replica of {}/{} to node {node}: {error}",
+                            outcome.target.pod, outcome.target.container
+                        ),
+                    ));
+                }
+            }
+            Err(failure) => {
+                let (reason, message) = match failure {
+                    CheckpointFailure::AgentUnreachable(m) => ("AgentUnreachable", m),
+                    CheckpointFailure::CheckpointFailed(m) => ("CheckpointFailed", m),
+                };
+                let message = format!(
+                    "{}/{}: {message}",
+                    outcome.target.pod, outcome.target.container
+                );
+                events.push((EventType::Warning, reason, message.clone()));
+                problems.push((reason.into(), message));
+            }
+        }
+    }
+    status
+        .checkpoints
+        .sort_by(|a, b| (&a.pod, &a.container).cmp(&(&b.pod, &b.container)));
+    problems
+}
+
+/// Drops records of pods that are gone once nothing needs them any more:
+/// a gone pod's record stays until its failover is recorded.
+fn prune_records(
+    status: &mut CheckpointPolicyStatus,
+    targets: &[Target],
+    snapshot: &Snapshot,
+    policy: &CheckpointPolicy,
+) {
+    let failover_known = |uid: &str| {
+        status.failovers.iter().any(|f| f.pod_uid == uid)
+            || status
+                .last_failover
+                .as_ref()
+                .is_some_and(|f| f.pod_uid == uid)
+    };
+    let pod_exists = |uid: &str| {
+        snapshot
+            .pods
+            .iter()
+            .any(|p| p.uid().as_deref() == Some(uid))
+    };
+    let watched_for_loss = !policy.spec.failover.triggers.is_empty() && !policy.spec.suspend;
+    let keep: Vec<bool> = status
+        .checkpoints
+        .iter()
+        .map(|r| {
+            let current = targets
+                .iter()
+                .any(|t| t.pod_uid == r.pod_uid && t.container == r.container);
+            let in_failover = status.failovers.iter().any(|f| f.pod_uid == r.pod_uid);
+            current
+                || in_failover
+                || (pod_exists(&r.pod_uid) && !failover_known(&r.pod_uid))
+                || (!pod_exists(&r.pod_uid) && watched_for_loss && !failover_known(&r.pod_uid))
+        })
+        .collect();
+    let mut flags = keep.into_iter();
+    status.checkpoints.retain(|_| flags.next().unwrap_or(true));
+}
+
+/// Detects new failures, records them, and moves recorded failovers one
+/// stage on. Returns whether a failover is in progress.
+async fn advance_failovers(
+    policy: &CheckpointPolicy,
+    namespace: &str,
+    status: &mut CheckpointPolicyStatus,
+    snapshot: &Snapshot,
+    context: &Context,
+    events: &mut PendingEvents,
+) -> bool {
+    let Ok(valid) = validate(&policy.spec) else {
+        return false;
+    };
+    let pods: BTreeMap<String, &Pod> = snapshot
+        .pods
+        .iter()
+        .filter_map(|p| Some((p.uid()?, p.as_ref())))
+        .collect();
+    let nodes: BTreeMap<String, &Node> = snapshot
+        .nodes
+        .iter()
+        .map(|n| (n.name_any(), n.as_ref()))
+        .collect();
+    let world = World {
+        pods: &pods,
+        nodes: &nodes,
+        agents: &snapshot.agents,
+        now: snapshot.now,
+    };
+    // Advance what was recorded by an earlier reconciliation first: a new
+    // failover is only acted on after its record is written.
+    let mut still_running = Vec::new();
+    for mut failover in std::mem::take(&mut status.failovers) {
+        let step = crate::failover::advance(
+            &mut failover,
+            policy,
+            namespace,
+            &snapshot.pods,
+            &snapshot.agents,
+            context,
+            snapshot.now,
+        )
+        .await;
+        if let Some(note) = &step.note {
+            tracing::info!(policy = %policy.name_any(), %namespace, pod = %failover.pod,
+                stage = ?failover.stage, "{note}");
+        }
+        if step.finished {
+            let result = match (failover.stage, failover.cold_start) {
+                (FailoverStage::Completed, false) => "restored",
+                (FailoverStage::Completed, true) => "cold_start",
+                _ => "failed",
+            };
+            context
+                .metrics
+                .failovers
+                .get_or_create(&FailoverLabels {
+                    reason: trigger_name(failover.reason),
+                    result,
+                })
+                .inc();
+            let took = snapshot.now.duration_since(failover.started_at.0);
+            context
+                .metrics
+                .failover_duration
+                .observe(took.as_secs_f64().max(0.0));
+            let (type_, reason) = if result == "failed" {
+                (EventType::Warning, "FailoverFailed")
+            } else {
+                (EventType::Normal, "FailoverCompleted")
+            };
+            events.push((
+                type_,
+                reason,
+                format!(
+                    "{}: {} in {:.1}s",
+                    failover.pod,
+                    step.note.clone().unwrap_or_default(),
+                    took.as_secs_f64()
+                ),
+            ));
+            status.checkpoints.retain(|r| r.pod_uid != failover.pod_uid);
+            status.last_failover = Some(failover);
+        } else {
+            still_running.push(failover);
+        }
+    }
+    status.failovers = still_running;
+    for failure in detect::detect(
+        status,
+        &policy.spec.failover.triggers,
+        valid.node_loss_grace_period,
+        world,
+    ) {
+        let record = detect::plan_failover(
+            &failure,
+            status,
+            valid.max_checkpoint_age,
+            status.restore_target.as_deref(),
+            world,
+        );
+        let message = match (&record.to_node, record.cold_start) {
+            (Some(node), false) => format!(
+                "{}: {}; restoring from {} (age {}) on node {node}",
+                failure.pod,
+                failure.detail,
+                short(record.archive.as_deref().unwrap_or_default()),
+                record.checkpoint_age.as_deref().unwrap_or("?"),
+            ),
+            _ => format!("{}: {}", failure.pod, record.message),
+        };
+        tracing::warn!(policy = %policy.name_any(), %namespace, pod = %failure.pod,
+            reason = trigger_name(failure.reason), "{message}");
+        events.push((EventType::Warning, "FailoverStarted", message));
+        status.failovers.push(record);
+    }
+    !status.failovers.is_empty()
+}
+
+fn trigger_name(trigger: ferry_api::FailureTrigger) -> &'static str {
+    match trigger {
+        ferry_api::FailureTrigger::ContainerFailure => "ContainerFailure",
+        ferry_api::FailureTrigger::PodLoss => "PodLoss",
+        ferry_api::FailureTrigger::NodeLoss => "NodeLoss",
+    }
+}
+
+fn short(archive: &str) -> String {
+    format!("{}…", archive.chars().take(12).collect::<String>())
+}
+
+/// Submits due checkpoints; returns how long until the next one is due.
+#[allow(clippy::too_many_arguments)]
+fn schedule(
+    policy: &CheckpointPolicy,
+    policy_ref: &ObjectRef<CheckpointPolicy>,
+    namespace: &str,
+    valid: &ValidSpec,
+    status: &CheckpointPolicyStatus,
+    targets: &[Target],
+    snapshot: &Snapshot,
+    context: &Context,
+    problems: &mut Vec<(String, String)>,
+) -> Duration {
+    let policy_key = format!("{namespace}/{}", policy.name_any());
+    let nodes: Vec<&Node> = snapshot.nodes.iter().map(AsRef::as_ref).collect();
+    let mut next = RESYNC;
+    let failing: std::collections::HashSet<&str> = status
+        .failovers
+        .iter()
+        .map(|f| f.pod_uid.as_str())
+        .collect();
+    for target in targets {
+        if failing.contains(target.pod_uid.as_str()) {
+            continue;
+        }
+        let last = status
+            .checkpoints
+            .iter()
+            .find(|r| r.pod == target.pod && r.container == target.container);
+        let first_seen = context.first_seen(&policy_key, &target.pod_uid, snapshot.now);
+        let due = due_at(target, last, valid.interval, first_seen);
+        if due > snapshot.now {
+            let wait: Duration = snapshot.now.duration_until(due).try_into().unwrap_or(next);
+            next = next.min(wait);
+            continue;
+        }
+        if !target.healthy {
+            problems.push((
+                "ContainerNotReady".into(),
+                format!(
+                    "{}/{} is not Ready (failing probes?); not checkpointed so a bad state does not replace a good one",
+                    target.pod, target.container
+                ),
+            ));
+            next = next.min(valid.interval);
+            continue;
+        }
+        if context.checkpointer.is_in_flight(&policy_key, target) {
+            continue;
+        }
+        let node_ok = snapshot
+            .nodes
+            .iter()
+            .any(|n| n.name_any() == target.node && node_ready(n));
+        let Some(agent) = snapshot
+            .agents
+            .live(&target.node, snapshot.now)
+            .filter(|_| node_ok)
+        else {
+            problems.push((
+                "AgentUnreachable".into(),
+                format!(
+                    "no live ferry agent on node {} (pod {})",
+                    target.node, target.pod
+                ),
+            ));
+            next = next.min(valid.interval);
+            continue;
+        };
+        let previous = last.map(|r| r.replicas.clone()).unwrap_or_default();
+        let standbys = choose_standbys(
+            &policy.spec.placement,
+            usize::try_from(policy.spec.standbys).unwrap_or(0),
+            &target.node,
+            &nodes,
+            &snapshot.agents,
+            &previous,
+            snapshot.now,
+        );
+        let peers = standbys
+            .iter()
+            .filter_map(|node| {
+                let agent = snapshot.agents.get(node)?;
+                Some((node.clone(), agent.endpoint.clone()))
+            })
+            .collect();
+        context.checkpointer.submit(Job {
+            policy: policy_ref.clone(),
+            target: target.clone(),
+            namespace: namespace.to_owned(),
+            endpoint: agent.endpoint.clone(),
+            peers,
+            retention: retention(policy),
+            timeout: context.checkpoint_timeout,
+            due,
+        });
+        next = next.min(valid.interval);
+    }
+    next
+}
+
+fn retention(policy: &CheckpointPolicy) -> pb::Retention {
+    let spec = &policy.spec.retention;
+    pb::Retention {
+        keep: u32::try_from(spec.keep).unwrap_or(1),
+        max_bytes: spec
+            .max_bytes
+            .as_ref()
+            .and_then(|q| crate::status::quantity_bytes(&q.0))
+            .unwrap_or(0),
+        max_age_seconds: spec
+            .max_age
+            .as_deref()
+            .and_then(|age| ferry_api::parse_duration("spec.retention.maxAge", age).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
+}
+
+/// The Protected condition, phase, restore target and last checkpoint time.
+fn set_protection(
+    status: &mut CheckpointPolicyStatus,
+    policy: &CheckpointPolicy,
+    valid: &ValidSpec,
+    targets: &[Target],
+    problems: &[(String, String)],
+    snapshot: &Snapshot,
+    context: &Context,
+) {
+    let generation = policy.metadata.generation;
+    let now = snapshot.now;
+    let wanted = usize::try_from(policy.spec.standbys).unwrap_or(0);
+    let mut reasons: Vec<(String, String)> = problems.to_vec();
+    let mut oldest_age: Option<Duration> = None;
+    for target in targets {
+        let record = status
+            .checkpoints
+            .iter()
+            .find(|r| r.pod_uid == target.pod_uid && r.container == target.container);
+        match record {
+            None => {}
+            Some(r) => {
+                let age: Duration = now
+                    .duration_since(r.taken_at.0)
+                    .try_into()
+                    .unwrap_or_default();
+                oldest_age = Some(oldest_age.map_or(age, |o| o.max(age)));
+                if r.replicas.len() < wanted {
+                    reasons.push((
+                        "NoStandbyNode".into(),
+                        format!(
+                            "{}/{} has {} of {wanted} standby replicas",
+                            r.pod,
+                            r.container,
+                            r.replicas.len()
+                        ),
+                    ));
+                }
+                if age > valid.max_checkpoint_age {
+                    reasons.push((
+                        "CheckpointTooOld".into(),
+                        format!(
+                            "newest checkpoint of {}/{} is {}s old",
+                            r.pod,
+                            r.container,
+                            age.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(age) = oldest_age {
+        let key = format!(
+            "{}/{}",
+            policy.namespace().unwrap_or_default(),
+            policy.name_any()
+        );
+        context
+            .metrics
+            .checkpoint_age
+            .get_or_create(&PolicyLabels { policy: key })
+            .set(age.as_secs_f64());
+    }
+    let unprotected = targets.iter().filter(|t| {
+        !status
+            .checkpoints
+            .iter()
+            .any(|r| r.pod_uid == t.pod_uid && r.container == t.container)
+    });
+    let waiting = unprotected.count();
+    status.last_checkpoint_time = status
+        .checkpoints
+        .iter()
+        .map(|r| r.taken_at.clone())
+        .max_by_key(|t| t.0);
+    status.restore_target = status
+        .checkpoints
+        .iter()
+        .max_by_key(|r| r.taken_at.0)
+        .and_then(|r| r.replicas.first().cloned());
+    reasons.sort();
+    reasons.dedup();
+    let (state, reason, message, phase) = if policy.spec.suspend {
+        (
+            ConditionStatus::False,
+            "Suspended".to_owned(),
+            "spec.suspend is set".to_owned(),
+            Phase::Suspended,
+        )
+    } else if !status.failovers.is_empty() {
+        let pods: Vec<&str> = status.failovers.iter().map(|f| f.pod.as_str()).collect();
+        (
+            ConditionStatus::False,
+            "FailingOver".to_owned(),
+            format!("restoring {}", pods.join(", ")),
+            Phase::FailingOver,
+        )
+    } else if let Some((reason, _)) = reasons.first() {
+        let message = reasons
+            .iter()
+            .take(5)
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        (
+            ConditionStatus::False,
+            reason.clone(),
+            message,
+            Phase::Degraded,
+        )
+    } else if targets.is_empty() {
+        (
+            ConditionStatus::False,
+            "NoPods".to_owned(),
+            format!("no running pod matches {}", valid.target),
+            Phase::Pending,
+        )
+    } else if waiting > 0 {
+        (
+            ConditionStatus::False,
+            "WaitingForCheckpoint".to_owned(),
+            format!("{waiting} containers have no checkpoint yet"),
+            Phase::Pending,
+        )
+    } else {
+        (
+            ConditionStatus::True,
+            "Protected".to_owned(),
+            format!(
+                "{} containers checkpointed every {} with {wanted} standby replicas",
+                targets.len(),
+                policy.spec.interval
+            ),
+            Phase::Protected,
+        )
+    };
+    status.phase = Some(phase);
+    set_condition(
+        &mut status.conditions,
+        PROTECTED,
+        state,
+        &reason,
+        message,
+        generation,
+        Time(now),
+    );
+}
+
+async fn write_status(
+    context: &Context,
+    namespace: &str,
+    name: &str,
+    status: &CheckpointPolicyStatus,
+) -> Result<(), Error> {
+    let api: Api<CheckpointPolicy> = Api::namespaced(context.client.clone(), namespace);
     let patch = serde_json::json!({
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "CheckpointPolicy",
-        "status": desired,
+        "status": status,
     });
     api.patch_status(
-        &name,
+        name,
         &PatchParams::apply(CONTROLLER_FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
@@ -83,12 +789,129 @@ async fn apply_status(policy: &CheckpointPolicy, context: &Context) -> Result<()
         source,
     })?;
     context.metrics.status_writes.inc();
-    tracing::info!(
-        policy = %name,
-        %namespace,
-        generation = desired.observed_generation,
-        phase = desired.phase.map(|p| p.as_str()),
-        "status updated"
-    );
+    tracing::debug!(policy = %name, %namespace, phase = status.phase.map(|p| p.as_str()), "status updated");
     Ok(())
+}
+
+async fn publish(
+    context: &Context,
+    policy: &CheckpointPolicy,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = context
+        .recorder
+        .publish(&event, &policy.object_ref(&()))
+        .await
+    {
+        tracing::warn!(policy = %policy.name_any(), error = %err, "publishing an Event failed");
+    }
+}
+
+/// Removes the policy's archives from every agent. Agents that cannot be
+/// reached do not block the deletion: the policy is going away either way,
+/// and their archives are named in the log.
+async fn cleanup(policy: &CheckpointPolicy, context: &Context) -> Result<Action, Error> {
+    let namespace = policy.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", policy.name_any());
+    let agents = AgentIndex::from_leases(context.leases.state().iter().map(AsRef::as_ref));
+    let now = jiff::Timestamp::now();
+    let calls = agents.by_node.values().map(|agent| {
+        let key = key.clone();
+        async move {
+            if !agent.live(now) {
+                return (agent.node.clone(), Err("agent lease expired".to_owned()));
+            }
+            let result = async {
+                let mut client = context.agents.client(&agent.endpoint)?;
+                let mut request = tonic::Request::new(pb::DeleteArchivesRequest {
+                    archive_ids: Vec::new(),
+                    policy: key.clone(),
+                });
+                request.set_timeout(Duration::from_secs(10));
+                client
+                    .delete_archives(request)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| status_message(&s))
+            }
+            .await;
+            (agent.node.clone(), result)
+        }
+    });
+    for (node, result) in futures::future::join_all(calls).await {
+        match result {
+            Ok(deleted) => tracing::info!(policy = %key, %node, archives = deleted.deleted.len(),
+                freed_bytes = deleted.freed_bytes, "deleted the policy's archives"),
+            Err(error) => tracing::warn!(policy = %key, %node, %error,
+                "could not delete the policy's archives on this node; they stay until removed by hand or by retention"),
+        }
+    }
+    context.forget_policy(&key);
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::CheckpointRecord;
+
+    fn record(pod: &str, uid: &str) -> CheckpointRecord {
+        serde_json::from_value(serde_json::json!({
+            "pod": pod, "podUid": uid, "container": "app", "node": "a", "archive": "x",
+            "sizeBytes": 1, "durationMs": 1, "takenAt": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn newer_results_replace_older_records_and_failures_become_problems() {
+        let mut status = CheckpointPolicyStatus {
+            checkpoints: vec![record("p", "u")],
+            ..Default::default()
+        };
+        let mut newer = record("p", "u");
+        newer.taken_at = Time("2026-01-01T00:00:10Z".parse().unwrap());
+        newer.archive = "y".into();
+        let target = Target {
+            pod: "p".into(),
+            pod_uid: "u".into(),
+            node: "a".into(),
+            container: "app".into(),
+            restart_count: 0,
+            healthy: true,
+            owner: String::new(),
+        };
+        let results = vec![
+            crate::checkpointer::Outcome {
+                target: target.clone(),
+                result: Ok(crate::checkpointer::Done {
+                    record: newer,
+                    replica_errors: vec![("b".into(), "refused".into())],
+                }),
+            },
+            crate::checkpointer::Outcome {
+                target,
+                result: Err(CheckpointFailure::CheckpointFailed(
+                    "kubelet said 500".into(),
+                )),
+            },
+        ];
+        let mut events = PendingEvents::new();
+        let problems = fold_results(&mut status, &results, &mut events);
+        assert_eq!(status.checkpoints.len(), 1);
+        assert_eq!(status.checkpoints[0].archive, "y");
+        assert_eq!(problems[0].0, "ReplicationFailed");
+        assert_eq!(problems[1].0, "CheckpointFailed");
+        assert!(problems[1].1.contains("kubelet said 500"));
+        assert_eq!(events.len(), 1);
+    }
 }

@@ -153,6 +153,34 @@ pub fn desired_status(policy: &CheckpointPolicy, now: Time) -> CheckpointPolicyS
     status
 }
 
+/// Bytes of a Kubernetes quantity such as `2Gi`, `500M` or `1000`; `None`
+/// for forms the CRD schema does not admit for byte counts.
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0_f64.powi(4),
+        "Pi" => 1024.0_f64.powi(5),
+        "Ei" => 1024.0_f64.powi(6),
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    let bytes = (value * factor).ceil();
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +209,15 @@ mod tests {
             condition.reason.as_str(),
             condition.message.as_str(),
         )
+    }
+
+    #[test]
+    fn byte_quantities_parse() {
+        assert_eq!(quantity_bytes("2Gi"), Some(2 << 30));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("1.5Ki"), Some(1536));
+        assert_eq!(quantity_bytes("1000"), Some(1000));
+        assert_eq!(quantity_bytes("1m"), None, "milli-bytes make no sense");
     }
 
     #[test]

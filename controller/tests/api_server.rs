@@ -296,6 +296,8 @@ impl ControllerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_ferry-controller"))
             .arg(format!("--http-addr=127.0.0.1:{port}"))
             .arg("--log-format=text")
+            // No agents in this test.
+            .arg("--insecure-agents")
             .env("KUBECONFIG", plane.kubeconfig_path())
             .env("RUST_LOG", "info,ferry_controller=debug")
             .stdin(Stdio::null())
@@ -468,7 +470,7 @@ async fn controller_without_crd_exits_with_a_clear_message() {
         .await
         .expect("control plane");
     let output = Command::new(env!("CARGO_BIN_EXE_ferry-controller"))
-        .args(["--http-addr=127.0.0.1:0", "--log-format=text"])
+        .args(["--http-addr=127.0.0.1:0", "--log-format=text", "--insecure-agents"])
         .env("KUBECONFIG", plane.kubeconfig_path())
         .env("NO_COLOR", "1")
         .output()

@@ -7,31 +7,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::CheckpointPolicy;
+use ferry_controller::agents::AgentPool;
 use ferry_controller::reconcile::reconcile;
-use ferry_controller::status::desired_status;
-use ferry_controller::{Context, Metrics};
+use ferry_controller::{Config, Context, Metrics};
 use http::{Method, Request, Response};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::client::Body;
+use kube::runtime::reflector;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 fn context() -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let context = Arc::new(Context {
+    let (context, _finished) = Context::new(
         client,
-        metrics: Arc::new(Metrics::default()),
-    });
-    (context, handle)
+        &Config::default(),
+        Arc::new(AgentPool::new(None, Duration::from_secs(1))),
+        Arc::new(Metrics::default()),
+        (
+            reflector::store().0,
+            reflector::store().0,
+            reflector::store().0,
+        ),
+    );
+    (Arc::new(context), handle)
 }
 
 fn policy() -> CheckpointPolicy {
     let mut policy: CheckpointPolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "CheckpointPolicy",
-        "metadata": {"name": "counter", "namespace": "shop", "generation": 7},
+        // The finalizer is in place, so reconcile goes straight to the status.
+        "metadata": {"name": "counter", "namespace": "shop", "generation": 7,
+            "finalizers": [ferry_api::names::POLICY_FINALIZER]},
         "spec": {"selector": {"matchLabels": {"app": "counter"}}},
     }))
     .expect("policy");
@@ -39,19 +48,38 @@ fn policy() -> CheckpointPolicy {
     policy
 }
 
+/// Answers one status patch by storing what was applied; returns the object.
+async fn answer_status_patch(mut handle: Handle, mut served: CheckpointPolicy) -> CheckpointPolicy {
+    let (request, send) = handle.next_request().await.expect("a request");
+    let body = request.into_body().collect_bytes().await.expect("body");
+    let patch: serde_json::Value = serde_json::from_slice(&body).expect("json patch");
+    served.status = serde_json::from_value(patch["status"].clone()).expect("status");
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&served).expect("reply")))
+            .expect("response"),
+    );
+    served
+}
+
 #[tokio::test]
 async fn unchanged_status_sends_no_request() {
-    let (context, mut handle) = context();
-    let mut policy = policy();
-    policy.status = Some(desired_status(&policy, Time(jiff::Timestamp::now())));
-
+    let (context, handle) = context();
+    let policy = policy();
+    let server = tokio::spawn(answer_status_patch(handle, policy.clone()));
     reconcile(Arc::new(policy), context.clone())
         .await
-        .expect("reconcile");
+        .expect("first reconcile");
+    let written = server.await.expect("scripted API server");
+    assert_eq!(context.metrics.status_writes.get(), 1);
 
+    let (second, mut handle) = self::context();
+    reconcile(Arc::new(written), second.clone())
+        .await
+        .expect("second reconcile");
     let request = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
     assert!(request.is_err(), "an unchanged status must not be written");
-    assert_eq!(context.metrics.status_writes.get(), 0);
+    assert_eq!(second.metrics.status_writes.get(), 0);
 }
 
 #[tokio::test]

@@ -13,3 +13,5 @@
 pub mod v1 {
     include!("gen/ferry.agent.v1.rs");
 }
+
+pub mod tls;

@@ -1,0 +1,250 @@
+//! Node agents as the controller sees them: who is alive (from the agents'
+//! Leases, a pure index) and a pool of mutual-TLS gRPC channels to call them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use tonic::transport::{Channel, Endpoint};
+
+use ferry_api::names::{
+    AGENT_ENDPOINT_ANNOTATION, AGENT_LEASE_PREFIX, AGENT_NODE_INFO_ANNOTATION, AGENT_NODE_LABEL,
+};
+use ferry_proto::tls::MutualTls;
+use ferry_proto::v1::agent_client::AgentClient;
+
+/// What an agent's Lease says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentInfo {
+    pub node: String,
+    /// `host:port` of its gRPC API.
+    pub endpoint: String,
+    pub renewed: jiff::Timestamp,
+    pub lease_duration: Duration,
+    pub architecture: String,
+    pub criu_version: String,
+    pub kernel_version: String,
+}
+
+impl AgentInfo {
+    /// Reads an agent Lease; `None` for Leases that are not (complete) agent Leases.
+    pub fn from_lease(lease: &Lease) -> Option<Self> {
+        let name = lease.metadata.name.as_deref()?;
+        let node = match lease
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(AGENT_NODE_LABEL))
+        {
+            Some(node) => node.clone(),
+            None => name.strip_prefix(AGENT_LEASE_PREFIX)?.to_owned(),
+        };
+        let annotations = lease.metadata.annotations.as_ref()?;
+        let endpoint = annotations.get(AGENT_ENDPOINT_ANNOTATION)?.clone();
+        let spec = lease.spec.as_ref()?;
+        let renewed = spec.renew_time.as_ref()?.0;
+        let lease_duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds?).ok()?);
+        let facts: serde_json::Value = annotations
+            .get(AGENT_NODE_INFO_ANNOTATION)
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
+        let fact = |key: &str| facts[key].as_str().unwrap_or_default().to_owned();
+        Some(Self {
+            node,
+            endpoint,
+            renewed,
+            lease_duration,
+            architecture: fact("architecture"),
+            criu_version: fact("criuVersion"),
+            kernel_version: fact("kernelVersion"),
+        })
+    }
+
+    /// When the Lease runs out unless renewed.
+    pub fn expires(&self) -> jiff::Timestamp {
+        self.renewed
+            .checked_add(self.lease_duration)
+            .unwrap_or(self.renewed)
+    }
+
+    pub fn live(&self, now: jiff::Timestamp) -> bool {
+        self.expires() > now
+    }
+
+    /// Whether a checkpoint taken where `source` runs can be restored here.
+    /// Unknown facts (an agent that does not report them) do not block.
+    pub fn can_restore_from(&self, source: &AgentInfo) -> Result<(), String> {
+        let differs = |a: &str, b: &str| !a.is_empty() && !b.is_empty() && a != b;
+        if differs(&self.architecture, &source.architecture) {
+            return Err(format!(
+                "node {} is {}, the checkpoint was taken on {}",
+                self.node, self.architecture, source.architecture
+            ));
+        }
+        if differs(&self.criu_version, &source.criu_version) {
+            return Err(format!(
+                "node {} has CRIU {}, the checkpoint was taken with CRIU {}",
+                self.node, self.criu_version, source.criu_version
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every known agent by node name.
+#[derive(Clone, Debug, Default)]
+pub struct AgentIndex {
+    pub by_node: BTreeMap<String, AgentInfo>,
+}
+
+impl AgentIndex {
+    pub fn from_leases<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> Self {
+        let mut by_node = BTreeMap::new();
+        for info in leases.into_iter().filter_map(AgentInfo::from_lease) {
+            // Two Leases for one node (a renamed namespace): the fresher wins.
+            let fresher = by_node
+                .get(&info.node)
+                .is_none_or(|known: &AgentInfo| known.renewed < info.renewed);
+            if fresher {
+                by_node.insert(info.node.clone(), info);
+            }
+        }
+        Self { by_node }
+    }
+
+    pub fn get(&self, node: &str) -> Option<&AgentInfo> {
+        self.by_node.get(node)
+    }
+
+    /// The agent of `node` if its Lease is current.
+    pub fn live(&self, node: &str, now: jiff::Timestamp) -> Option<&AgentInfo> {
+        self.get(node).filter(|a| a.live(now))
+    }
+}
+
+/// Channels to agents, reused across calls (one HTTP/2 connection each).
+#[derive(Debug)]
+pub struct AgentPool {
+    tls: Option<MutualTls>,
+    connect_timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl AgentPool {
+    /// `tls: None` only for tests that run agents without TLS; production
+    /// agents refuse such callers.
+    pub fn new(tls: Option<MutualTls>, connect_timeout: Duration) -> Self {
+        Self {
+            tls,
+            connect_timeout,
+            channels: Mutex::default(),
+        }
+    }
+
+    /// A client for the agent at `endpoint`. Connecting is lazy: errors
+    /// surface on the first call, naming the endpoint there.
+    pub fn client(&self, endpoint: &str) -> Result<AgentClient<Channel>, String> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let channel = match channels.get(endpoint) {
+            Some(channel) => channel.clone(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut builder = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
+                    .map_err(|e| format!("agent endpoint {endpoint:?}: {e}"))?
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true);
+                if let Some(tls) = &self.tls {
+                    builder = builder
+                        .tls_config(tls.client())
+                        .map_err(|e| format!("TLS for agent {endpoint}: {e}"))?;
+                }
+                let channel = builder.connect_lazy();
+                channels.insert(endpoint.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(AgentClient::new(channel))
+    }
+
+    /// Drops the channel of an endpoint after a transport error, so the
+    /// next call reconnects (an agent that restarted on the same address).
+    pub fn forget(&self, endpoint: &str) {
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(endpoint);
+    }
+}
+
+/// `status.message()` with the code when the message is empty.
+pub fn status_message(status: &tonic::Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(node: &str, renewed_secs: i64, endpoint: Option<&str>) -> Lease {
+        let mut annotations = serde_json::json!({
+            AGENT_NODE_INFO_ANNOTATION: r#"{"architecture":"amd64","criuVersion":"4.2"}"#,
+        });
+        if let Some(endpoint) = endpoint {
+            annotations[AGENT_ENDPOINT_ANNOTATION] = endpoint.into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": format!("ferry-agent-{node}"),
+                "namespace": "ferry-system",
+                "labels": {AGENT_NODE_LABEL: node},
+                "annotations": annotations,
+            },
+            "spec": {
+                "holderIdentity": "agent",
+                "leaseDurationSeconds": 15,
+                "renewTime": jiff::Timestamp::from_second(renewed_secs).unwrap().to_string(),
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn leases_become_agents_with_liveness() {
+        let index = AgentIndex::from_leases(&[
+            lease("a", 100, Some("10.0.0.1:7443")),
+            lease("b", 50, Some("10.0.0.2:7443")),
+            lease("c", 100, None),
+        ]);
+        let now = jiff::Timestamp::from_second(110).unwrap();
+        assert_eq!(
+            index.by_node.len(),
+            2,
+            "a Lease without endpoint is no agent"
+        );
+        assert_eq!(index.live("a", now).unwrap().endpoint, "10.0.0.1:7443");
+        assert_eq!(index.live("a", now).unwrap().architecture, "amd64");
+        assert!(index.get("b").is_some());
+        assert!(index.live("b", now).is_none(), "expired at 65");
+    }
+
+    #[test]
+    fn compatibility_checks_known_facts_only() {
+        let a = AgentInfo::from_lease(&lease("a", 1, Some("x:1"))).unwrap();
+        let mut b = a.clone();
+        b.node = "b".into();
+        assert!(b.can_restore_from(&a).is_ok());
+        b.criu_version = "3.17".into();
+        assert!(b.can_restore_from(&a).unwrap_err().contains("CRIU 3.17"));
+        b.criu_version.clear();
+        b.architecture = "arm64".into();
+        assert!(b.can_restore_from(&a).unwrap_err().contains("arm64"));
+    }
+}

@@ -1,0 +1,313 @@
+//! Which nodes hold the replicas of a container's archives: a pure function
+//! of the nodes, the live agents and the previous choice.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+
+use ferry_api::Placement;
+
+use crate::agents::AgentIndex;
+
+/// Whether the node's Ready condition is True.
+pub fn node_ready(node: &Node) -> bool {
+    node_ready_condition(node).is_some_and(|c| c.status == "True")
+}
+
+pub fn node_ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+fn node_name(node: &Node) -> &str {
+    node.metadata.name.as_deref().unwrap_or_default()
+}
+
+fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Kubernetes' toleration rule: an empty key with `Exists` tolerates
+/// everything; an empty effect matches every effect.
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
+        && effect != taint.effect
+    {
+        return false;
+    }
+    let key = toleration.key.as_deref().unwrap_or_default();
+    let exists = toleration.operator.as_deref() == Some("Exists");
+    if key.is_empty() {
+        return exists;
+    }
+    if key != taint.key {
+        return false;
+    }
+    exists
+        || toleration.value.as_deref().unwrap_or_default()
+            == taint.value.as_deref().unwrap_or_default()
+}
+
+/// Why a node cannot be a standby, or `None` when it can.
+pub fn unsuitable(
+    node: &Node,
+    placement: &Placement,
+    agents: &AgentIndex,
+    now: jiff::Timestamp,
+) -> Option<&'static str> {
+    if !node_ready(node) {
+        return Some("not Ready");
+    }
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        return Some("unschedulable");
+    }
+    if agents.live(node_name(node), now).is_none() {
+        return Some("no live agent");
+    }
+    let labels_match = placement
+        .node_selector
+        .iter()
+        .all(|(key, value)| label(node, key) == Some(value.as_str()));
+    if !labels_match {
+        return Some("nodeSelector does not match");
+    }
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default();
+    let untolerated = taints.iter().any(|taint| {
+        matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+            && !placement.tolerations.iter().any(|t| tolerates(t, taint))
+    });
+    if untolerated {
+        return Some("has a taint the placement does not tolerate");
+    }
+    None
+}
+
+/// Up to `count` standby nodes for a container running on `source`.
+///
+/// Nodes chosen before stay chosen while suitable, so replicas accumulate on
+/// the same nodes from one checkpoint to the next. New ones are picked to
+/// spread over `topologySpreadKey` values (the source's value last), then by
+/// name, so the choice is deterministic.
+pub fn choose_standbys(
+    placement: &Placement,
+    count: usize,
+    source: &str,
+    nodes: &[&Node],
+    agents: &AgentIndex,
+    previous: &[String],
+    now: jiff::Timestamp,
+) -> Vec<String> {
+    let suitable: BTreeMap<&str, &Node> = nodes
+        .iter()
+        .copied()
+        .filter(|n| node_name(n) != source && unsuitable(n, placement, agents, now).is_none())
+        .map(|n| (node_name(n), n))
+        .collect();
+    let zone_of = |name: &str| -> Option<&str> {
+        let key = placement.topology_spread_key.as_deref()?;
+        let node = nodes.iter().find(|n| node_name(n) == name)?;
+        label(node, key)
+    };
+    let source_zone = zone_of(source);
+    let mut chosen: Vec<String> = previous
+        .iter()
+        .filter(|name| suitable.contains_key(name.as_str()))
+        .take(count)
+        .cloned()
+        .collect();
+    while chosen.len() < count {
+        let mut used: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+        for name in &chosen {
+            *used.entry(zone_of(name)).or_default() += 1;
+        }
+        let next = suitable
+            .keys()
+            .filter(|name| !chosen.iter().any(|c| c == *name))
+            .min_by_key(|name| {
+                let zone = zone_of(name);
+                let in_source_zone = source_zone.is_some() && zone == source_zone;
+                (
+                    used.get(&zone).copied().unwrap_or(0),
+                    in_source_zone,
+                    **name,
+                )
+            });
+        match next {
+            Some(name) => chosen.push((*name).to_owned()),
+            None => break,
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    fn node(name: &str, zone: &str, ready: bool, extra: serde_json::Value) -> Node {
+        let mut node = serde_json::json!({
+            "metadata": {"name": name, "labels": {"zone": zone, "disk": "ssd"}},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
+        });
+        if let Some(spec) = extra.get("spec") {
+            node["spec"] = spec.clone();
+        }
+        serde_json::from_value(node).unwrap()
+    }
+
+    fn agents(nodes: &[&str]) -> AgentIndex {
+        let leases: Vec<Lease> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("ferry-agent-{n}"),
+                        "annotations": {"ferry.dev/grpc-endpoint": "127.0.0.1:1"}},
+                    "spec": {"leaseDurationSeconds": 15, "renewTime": "2026-01-01T00:00:00.000000Z"},
+                }))
+                .unwrap()
+            })
+            .collect();
+        AgentIndex::from_leases(&leases)
+    }
+
+    fn now() -> jiff::Timestamp {
+        "2026-01-01T00:00:05Z".parse().unwrap()
+    }
+
+    fn placement(json: serde_json::Value) -> Placement {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn never_the_source_and_only_ready_nodes_with_agents() {
+        let nodes = [
+            node("a", "z1", true, serde_json::json!({})),
+            node("b", "z1", false, serde_json::json!({})),
+            node("c", "z2", true, serde_json::json!({})),
+            node("d", "z2", true, serde_json::json!({})),
+        ];
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let chosen = choose_standbys(
+            &Placement::default(),
+            3,
+            "a",
+            &refs,
+            &agents(&["a", "b", "c"]),
+            &[],
+            now(),
+        );
+        assert_eq!(
+            chosen,
+            ["c"],
+            "b is NotReady, d has no agent, a is the source"
+        );
+    }
+
+    #[test]
+    fn previous_choice_is_kept_and_new_ones_spread_over_zones() {
+        let nodes = [
+            node("a", "z1", true, serde_json::json!({})),
+            node("b", "z1", true, serde_json::json!({})),
+            node("c", "z2", true, serde_json::json!({})),
+            node("d", "z3", true, serde_json::json!({})),
+        ];
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let all = agents(&["a", "b", "c", "d"]);
+        let spread = placement(serde_json::json!({"topologySpreadKey": "zone"}));
+        assert_eq!(
+            choose_standbys(&spread, 2, "a", &refs, &all, &[], now()),
+            ["c", "d"],
+            "other zones than the source's first"
+        );
+        assert_eq!(
+            choose_standbys(&spread, 2, "a", &refs, &all, &["b".into()], now()),
+            ["b", "c"],
+            "a suitable previous standby stays"
+        );
+        assert_eq!(
+            choose_standbys(&Placement::default(), 1, "a", &refs, &all, &[], now()),
+            ["b"],
+            "without a spread key: by name"
+        );
+    }
+
+    #[test]
+    fn node_selector_taints_and_cordons_are_respected() {
+        let nodes = [
+            node("a", "z1", true, serde_json::json!({})),
+            node(
+                "b",
+                "z1",
+                true,
+                serde_json::json!({"spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}}),
+            ),
+            node(
+                "c",
+                "z1",
+                true,
+                serde_json::json!({"spec": {"unschedulable": true}}),
+            ),
+            node(
+                "d",
+                "z1",
+                true,
+                serde_json::json!({"spec": {"taints": [{"key": "soft", "effect": "PreferNoSchedule"}]}}),
+            ),
+        ];
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let all = agents(&["a", "b", "c", "d"]);
+        assert_eq!(
+            choose_standbys(&Placement::default(), 3, "a", &refs, &all, &[], now()),
+            ["d"]
+        );
+        let tolerant = placement(serde_json::json!({
+            "tolerations": [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}],
+            "nodeSelector": {"disk": "ssd"},
+        }));
+        assert_eq!(
+            choose_standbys(&tolerant, 3, "a", &refs, &all, &[], now()),
+            ["b", "d"]
+        );
+        let picky = placement(serde_json::json!({"nodeSelector": {"disk": "hdd"}}));
+        assert!(choose_standbys(&picky, 3, "a", &refs, &all, &[], now()).is_empty());
+    }
+
+    #[test]
+    fn toleration_matching_follows_kubernetes() {
+        let taint: Taint = serde_json::from_value(
+            serde_json::json!({"key": "k", "value": "v", "effect": "NoExecute"}),
+        )
+        .unwrap();
+        let t = |json| -> Toleration { serde_json::from_value(json).unwrap() };
+        assert!(tolerates(
+            &t(serde_json::json!({"operator": "Exists"})),
+            &taint
+        ));
+        assert!(tolerates(
+            &t(serde_json::json!({"key": "k", "operator": "Exists"})),
+            &taint
+        ));
+        assert!(tolerates(
+            &t(serde_json::json!({"key": "k", "value": "v"})),
+            &taint
+        ));
+        assert!(!tolerates(
+            &t(serde_json::json!({"key": "k", "value": "w"})),
+            &taint
+        ));
+        assert!(!tolerates(
+            &t(serde_json::json!({"key": "k", "operator": "Exists", "effect": "NoSchedule"})),
+            &taint
+        ));
+    }
+}

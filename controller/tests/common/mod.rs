@@ -1,0 +1,439 @@
+//! A small ferry installation for tests: a real control plane with kwok
+//! nodes, one real agent process per node (mutual TLS; the `synthetic`
+//! runtime, a named kubelet test double that writes real archives), the real
+//! controller binary with its admission webhook.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use ferry_testenv::{ControlPlane, Options};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
+pub const AGENT_NAMESPACE: &str = "ferry-system";
+
+/// CA, agent and controller certificates, and the webhook's serving cert.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub ca_pem: String,
+    pub agent_cert: PathBuf,
+    pub agent_key: PathBuf,
+    pub controller_cert: PathBuf,
+    pub controller_key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ferry-test-ca");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |name: &str, sans: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (agent_cert, agent_key) = leaf(
+            "ferry-agent",
+            vec![ferry_proto::tls::AGENT_SERVER_NAME.into()],
+        );
+        // The controller's certificate also serves the webhook on 127.0.0.1.
+        let (controller_cert, controller_key) = leaf(
+            "ferry-controller",
+            vec!["ferry-controller".into(), "127.0.0.1".into()],
+        );
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        Self {
+            dir: dir.to_owned(),
+            ca: write("ca.crt", &ca_cert.pem()),
+            ca_pem: ca_cert.pem(),
+            agent_cert: write("agent.crt", &agent_cert),
+            agent_key: write("agent.key", &agent_key),
+            controller_cert: write("controller.crt", &controller_cert),
+            controller_key: write("controller.key", &controller_key),
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A binary of another workspace package, built next to this test binary by
+/// `cargo test --workspace` (hack/test.sh).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p {name}` first (hack/test.sh builds the whole workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A child process whose output goes to a log file; killed on drop.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    command: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl Process {
+    pub fn spawn(
+        name: &str,
+        dir: &Path,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+    ) -> Self {
+        let mut process = Self {
+            name: name.to_owned(),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+            command: std::iter::once(program.display().to_string())
+                .chain(args.iter().cloned())
+                .collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        };
+        process.start();
+        process
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A control plane with `nodes` kwok nodes, an agent on each, and the
+/// controller with its webhook.
+pub struct Installation {
+    pub plane: ControlPlane,
+    pub client: Client,
+    pub pki: Pki,
+    pub dir: PathBuf,
+    pub agents: Vec<(String, Process, String)>,
+    pub controller: Process,
+    pub controller_http: String,
+}
+
+pub async fn install(nodes: usize, archive_bytes: u64, namespaces: &[&str]) -> Installation {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let plane = ControlPlane::start(Options::full(nodes))
+        .await
+        .expect("control plane");
+    let client = plane.client().await.unwrap();
+    let dir = plane.dir().join("ferry");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = Pki::new(&dir);
+    for namespace in std::iter::once(AGENT_NAMESPACE).chain(namespaces.iter().copied()) {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": namespace, "labels": {"ferry-test": "yes"}},
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    let crd: serde_json::Value = serde_yaml::from_str(&ferry_api::crd_yaml().unwrap()).unwrap();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.patch(
+        ferry_api::CRD_NAME,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+
+    let agent_bin = workspace_binary("ferry-agent");
+    let mut agents = Vec::new();
+    for index in 0..nodes {
+        let node = format!("kwok-node-{index}");
+        let grpc = free_port();
+        let args = vec![
+            format!("--node-name={node}"),
+            format!("--grpc-addr=127.0.0.1:{grpc}"),
+            format!("--http-addr=127.0.0.1:{}", free_port()),
+            format!("--data-dir={}", dir.join(&node).display()),
+            format!("--tls-ca={}", pki.ca.display()),
+            format!("--tls-cert={}", pki.agent_cert.display()),
+            format!("--tls-key={}", pki.agent_key.display()),
+            "--runtime=synthetic".into(),
+            format!("--synthetic-archive-bytes={archive_bytes}"),
+            format!("--lease-namespace={AGENT_NAMESPACE}"),
+            format!("--advertise-endpoint=127.0.0.1:{grpc}"),
+            format!("--pod-name=ferry-agent-{index}"),
+            "--log-format=text".into(),
+        ];
+        let process = Process::spawn(
+            &format!("agent-{node}"),
+            &dir,
+            &agent_bin,
+            &args,
+            &[
+                ("KUBECONFIG", plane.kubeconfig_path().display().to_string()),
+                ("RUST_LOG", "info".into()),
+            ],
+        );
+        agents.push((node, process, format!("127.0.0.1:{grpc}")));
+    }
+    let http_port = free_port();
+    let webhook_port = free_port();
+    let controller = Process::spawn(
+        "controller",
+        &dir,
+        Path::new(env!("CARGO_BIN_EXE_ferry-controller")),
+        &controller_args(&pki, http_port, webhook_port),
+        &[
+            ("KUBECONFIG", plane.kubeconfig_path().display().to_string()),
+            ("RUST_LOG", "info,ferry_controller=debug".into()),
+            ("POD_NAMESPACE", AGENT_NAMESPACE.into()),
+            ("POD_NAME", "ferry-controller-test".into()),
+        ],
+    );
+    register_webhook(&client, &pki, webhook_port).await;
+    let installation = Installation {
+        plane,
+        client,
+        pki,
+        dir,
+        agents,
+        controller,
+        controller_http: format!("http://127.0.0.1:{http_port}"),
+    };
+    installation.wait_ready().await;
+    installation
+}
+
+fn controller_args(pki: &Pki, http_port: u16, webhook_port: u16) -> Vec<String> {
+    vec![
+        format!("--http-addr=127.0.0.1:{http_port}"),
+        "--log-format=text".into(),
+        format!("--tls-ca={}", pki.ca.display()),
+        format!("--tls-cert={}", pki.controller_cert.display()),
+        format!("--tls-key={}", pki.controller_key.display()),
+        format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+        format!("--webhook-cert={}", pki.controller_cert.display()),
+        format!("--webhook-key={}", pki.controller_key.display()),
+        "--leader-election".into(),
+    ]
+}
+
+/// The webhook as the chart registers it, but reached by URL and limited
+/// to the test's namespaces.
+async fn register_webhook(client: &Client, pki: &Pki, port: u16) {
+    let config = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "ferry-test"},
+        "webhooks": [{
+            "name": "restore.ferry.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "Never",
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}/mutate"),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(&pki.ca_pem),
+            },
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"ferry-test": "yes"}},
+        }],
+    });
+    let api: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    api.patch(
+        "ferry-test",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&config),
+    )
+    .await
+    .unwrap();
+}
+
+impl Installation {
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = reqwest::get(format!("{}/readyz", self.controller_http))
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+                Api::namespaced(self.client.clone(), AGENT_NAMESPACE);
+            let agent_leases = leases
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|l| {
+                            l.metadata
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| n.starts_with("ferry-agent-"))
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            if ready && agent_leases == self.agents.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "installation not ready (controller ready: {ready}, agent leases: {agent_leases}); controller log:\n{}",
+                self.controller.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn agent(&self, node: &str) -> &(String, Process, String) {
+        self.agents.iter().find(|(n, _, _)| n == node).unwrap()
+    }
+
+    pub fn agent_mut(&mut self, node: &str) -> &mut Process {
+        &mut self
+            .agents
+            .iter_mut()
+            .find(|(n, _, _)| n == node)
+            .unwrap()
+            .1
+    }
+
+    /// Archive ids an agent holds for `policy` (`namespace/name`).
+    pub async fn archives(&self, node: &str, policy: &str) -> Vec<String> {
+        let (_, _, endpoint) = self.agent(node);
+        let tls = ferry_proto::tls::MutualTls::load(&ferry_proto::tls::TlsFiles {
+            ca: self.pki.ca.clone(),
+            cert: self.pki.controller_cert.clone(),
+            key: self.pki.controller_key.clone(),
+        })
+        .unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{endpoint}"))
+            .unwrap()
+            .tls_config(tls.client())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = ferry_proto::v1::agent_client::AgentClient::new(channel);
+        client
+            .list_archives(ferry_proto::v1::ListArchivesRequest {
+                policy: policy.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .archives
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    }
+
+    pub fn logs(&self) -> String {
+        let mut text = format!("--- controller\n{}", self.controller.log_text());
+        for (node, process, _) in &self.agents {
+            let log = process.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            text += &format!("\n--- agent {node} (last lines)\n");
+            for line in tail.into_iter().rev() {
+                text += line;
+                text += "\n";
+            }
+        }
+        text
+    }
+}
+
+/// Polls `check` every 200 ms until it yields a value or `limit` passes.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    logs: impl Fn() -> String,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,560 @@
+//! Tier 3: the controller on a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok nodes) with real agent
+//! processes. kwok simulates kubelets, so the agents run the `synthetic`
+//! runtime (a named test double of the kubelet checkpoint API that writes
+//! real archives); everything else — scheduling, owners recreating pods, the
+//! webhook rewriting them, replication over mutual TLS — is real.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Installation, eventually, install};
+use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage, FailureTrigger, Phase};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn create(client: &kube::Client, namespace: &str, object: serde_json::Value) {
+    let kind = object["kind"].as_str().unwrap().to_owned();
+    let api_version = object["apiVersion"].as_str().unwrap().to_owned();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, &kind);
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &resource);
+    let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
+fn policy(name: &str, app: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = serde_json::json!({
+        "selector": {"matchLabels": {"app": app}},
+        "interval": "2s",
+        "standbys": 1,
+        "failover": {"nodeLossGracePeriod": "3s", "maxCheckpointAge": "1m"},
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "CheckpointPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+fn deployment(app: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": app},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": app}},
+            "template": {
+                "metadata": {"labels": {"app": app}},
+                "spec": {
+                    "containers": [{"name": "app", "image": "registry.invalid/counter:1"}],
+                    "tolerations": [{"operator": "Exists"}],
+                },
+            },
+        },
+    })
+}
+
+async fn get_policy(client: &kube::Client, namespace: &str, name: &str) -> CheckpointPolicy {
+    Api::<CheckpointPolicy>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+async fn pods(client: &kube::Client, namespace: &str, app: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap()
+        .items
+}
+
+/// Waits until the policy protects `pod` (a replicated checkpoint of it)
+/// and returns (its node, the standby).
+async fn protected(
+    ferry: &Installation,
+    namespace: &str,
+    name: &str,
+    pod_uid: &str,
+) -> (String, String) {
+    eventually(
+        "a replicated checkpoint",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let policy = get_policy(&ferry.client, namespace, name).await;
+            let status = policy.status?;
+            let record = status.checkpoints.iter().find(|r| r.pod_uid == pod_uid)?;
+            (status.phase == Some(Phase::Protected) && !record.replicas.is_empty())
+                .then(|| (record.node.clone(), record.replicas[0].clone()))
+        },
+    )
+    .await
+}
+
+async fn running_pod(ferry: &Installation, namespace: &str, app: &str) -> Pod {
+    eventually(
+        "one running pod",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let pods = pods(&ferry.client, namespace, app).await;
+            let running: Vec<Pod> = pods
+                .into_iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            (running.len() == 1).then(|| running[0].clone())
+        },
+    )
+    .await
+}
+
+/// Waits for the failover of `failed_uid` to complete and checks its
+/// outcome: one pod, created by the owner, restored on the standby.
+async fn failed_over(
+    ferry: &Installation,
+    namespace: &str,
+    name: &str,
+    app: &str,
+    failed_uid: &str,
+    standby: &str,
+    reason: FailureTrigger,
+) -> (FailoverRecord, Pod) {
+    let record = eventually(
+        "the failover to complete",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let policy = get_policy(&ferry.client, namespace, name).await;
+            let last = policy.status?.last_failover?;
+            (last.pod_uid == failed_uid).then_some(last)
+        },
+    )
+    .await;
+    assert_eq!(record.stage, FailoverStage::Completed, "{record:?}");
+    assert_eq!(record.reason, reason);
+    assert!(!record.cold_start, "{record:?}");
+    assert_eq!(record.to_node.as_deref(), Some(standby));
+    assert!(record.restored_at.is_some());
+    let replacement_name = record
+        .replacement_pod
+        .clone()
+        .expect("replacement recorded");
+    // Exactly one pod remains once cold racers are gone.
+    let pod = eventually(
+        "exactly one pod of the app",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let all = pods(&ferry.client, namespace, app).await;
+            (all.len() == 1 && all[0].name_any() == replacement_name).then(|| all[0].clone())
+        },
+    )
+    .await;
+    let annotations = pod.annotations();
+    assert_eq!(
+        annotations[ferry_api::names::FAILOVER_ANNOTATION],
+        failed_uid
+    );
+    assert!(annotations[ferry_api::names::RESTORED_FROM_ANNOTATION].starts_with("app="));
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.node_name.as_deref(),
+        Some(standby),
+        "pinned to the standby"
+    );
+    let container = &spec.containers[0];
+    assert!(
+        container
+            .image
+            .as_deref()
+            .unwrap()
+            .starts_with("localhost/ferry/checkpoint-app:"),
+        "{:?}",
+        container.image
+    );
+    assert_eq!(container.image_pull_policy.as_deref(), Some("Never"));
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .unwrap();
+    assert!(
+        matches!(owner.kind.as_str(), "ReplicaSet" | "StatefulSet"),
+        "{owner:?}"
+    );
+    (record, pod)
+}
+
+/// How many times an Event with `reason` was reported (the recorder folds
+/// repeats into a series).
+async fn events(client: &kube::Client, namespace: &str, reason: &str) -> i32 {
+    Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.series.and_then(|s| s.count).unwrap_or(1))
+        .sum()
+}
+
+#[tokio::test]
+async fn deployment_fails_over_on_pod_deletion_container_failure_and_node_loss() {
+    let ferry = install(3, 1 << 20, &["apps"]).await;
+    let client = &ferry.client;
+    create(client, "apps", deployment("counter")).await;
+    create(
+        client,
+        "apps",
+        policy("counter", "counter", serde_json::json!({})),
+    )
+    .await;
+
+    let pod = running_pod(&ferry, "apps", "counter").await;
+    let uid = pod.uid().unwrap();
+    let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+    assert_ne!(node, standby);
+    // Checkpoints keep coming at the interval, and both nodes hold them.
+    let first = get_policy(client, "apps", "counter")
+        .await
+        .status
+        .unwrap()
+        .checkpoints[0]
+        .clone();
+    eventually(
+        "a newer checkpoint",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(client, "apps", "counter").await.status?;
+            (status.checkpoints.first()?.taken_at.0 > first.taken_at.0).then_some(())
+        },
+    )
+    .await;
+    let source_archives = ferry.archives(&node, "apps/counter").await;
+    let standby_archives = ferry.archives(&standby, "apps/counter").await;
+    assert!(source_archives.len() >= 2, "{source_archives:?}");
+    assert!(!standby_archives.is_empty());
+    // The newest archive, as the status names it, is on both nodes.
+    let newest = get_policy(client, "apps", "counter")
+        .await
+        .status
+        .unwrap()
+        .checkpoints[0]
+        .archive
+        .clone();
+    let source_now = ferry.archives(&node, "apps/counter").await;
+    let standby_now = ferry.archives(&standby, "apps/counter").await;
+    assert!(
+        source_now.contains(&newest),
+        "{newest} on {node}: {source_now:?}"
+    );
+    assert!(
+        standby_now.contains(&newest),
+        "{newest} on {standby}: {standby_now:?}"
+    );
+    let table = ferry
+        .plane
+        .kubectl()
+        .args(["get", "checkpointpolicies", "-n", "apps"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        table.contains("app=counter") && table.contains(&standby) && table.contains("Protected"),
+        "{table}"
+    );
+    println!("{table}");
+
+    // 1. Pod deletion.
+    Api::<Pod>::namespaced(client.clone(), "apps")
+        .delete(&pod.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let (record, pod) = failed_over(
+        &ferry,
+        "apps",
+        "counter",
+        "counter",
+        &uid,
+        &standby,
+        FailureTrigger::PodLoss,
+    )
+    .await;
+    println!("pod deletion: {record:?}");
+
+    // 2. Container failure: the kubelet (kwok here) reports a restart.
+    let uid = pod.uid().unwrap();
+    let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+    let mut statuses = pod.status.clone().unwrap().container_statuses.unwrap();
+    statuses[0].restart_count = 1;
+    Api::<Pod>::namespaced(client.clone(), "apps")
+        .patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"containerStatuses": statuses}})),
+        )
+        .await
+        .unwrap();
+    let (record, pod) = failed_over(
+        &ferry,
+        "apps",
+        "counter",
+        "counter",
+        &uid,
+        &standby,
+        FailureTrigger::ContainerFailure,
+    )
+    .await;
+    assert_eq!(record.from_node, node);
+    println!("container failure: {record:?}");
+
+    // 3. Node loss: the pod's node turns NotReady and stays so.
+    let uid = pod.uid().unwrap();
+    let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {ferry_testenv::KWOK_STATUS_ANNOTATION: "custom"}}})),
+        )
+        .await
+        .unwrap();
+    let now = jiff::Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            &node,
+            &PatchParams::default(),
+            &Patch::Strategic(serde_json::json!({"status": {"conditions": [
+                {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                 "message": "test: kubelet stopped posting", "lastHeartbeatTime": now, "lastTransitionTime": now}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    let (record, _pod) = failed_over(
+        &ferry,
+        "apps",
+        "counter",
+        "counter",
+        &uid,
+        &standby,
+        FailureTrigger::NodeLoss,
+    )
+    .await;
+    assert_eq!(record.from_node, node);
+    println!("node loss: {record:?}");
+    let started = events(client, "apps", "FailoverStarted").await;
+    let completed = events(client, "apps", "FailoverCompleted").await;
+    assert_eq!(started, 3, "one FailoverStarted per failure");
+    assert_eq!(completed, 3, "one FailoverCompleted per failure");
+}
+
+#[tokio::test]
+async fn statefulset_pod_deletion_restores_under_the_same_name() {
+    let ferry = install(3, 256 << 10, &["db"]).await;
+    let client = &ferry.client;
+    create(
+        client,
+        "db",
+        serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "store"},
+            "spec": {
+                "replicas": 1,
+                "serviceName": "store",
+                "selector": {"matchLabels": {"app": "store"}},
+                "template": {
+                    "metadata": {"labels": {"app": "store"}},
+                    "spec": {
+                        "containers": [{"name": "app", "image": "registry.invalid/store:1"}],
+                        "tolerations": [{"operator": "Exists"}],
+                    },
+                },
+            },
+        }),
+    )
+    .await;
+    create(
+        client,
+        "db",
+        policy("store", "store", serde_json::json!({})),
+    )
+    .await;
+    let pod = running_pod(&ferry, "db", "store").await;
+    let uid = pod.uid().unwrap();
+    let (_node, standby) = protected(&ferry, "db", "store", &uid).await;
+    Api::<Pod>::namespaced(client.clone(), "db")
+        .delete("store-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (record, pod) = failed_over(
+        &ferry,
+        "db",
+        "store",
+        "store",
+        &uid,
+        &standby,
+        FailureTrigger::PodLoss,
+    )
+    .await;
+    assert_eq!(pod.name_any(), "store-0");
+    println!("statefulset: {record:?}");
+}
+
+#[tokio::test]
+async fn a_controller_killed_mid_failover_finishes_it_once_after_restart() {
+    let mut ferry = install(3, 256 << 10, &["apps"]).await;
+    let client = ferry.client.clone();
+    create(&client, "apps", deployment("counter")).await;
+    create(
+        &client,
+        "apps",
+        policy("counter", "counter", serde_json::json!({})),
+    )
+    .await;
+    let pod = running_pod(&ferry, "apps", "counter").await;
+    let uid = pod.uid().unwrap();
+    let (_node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+
+    // The standby's agent is down (its Lease still current), so the
+    // failover stops after being recorded, before any replacement exists.
+    ferry.agent_mut(&standby).kill();
+    Api::<Pod>::namespaced(client.clone(), "apps")
+        .delete(&pod.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let recorded = eventually(
+        "the failover recorded",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(&client, "apps", "counter").await.status?;
+            status.failovers.iter().find(|f| f.pod_uid == uid).cloned()
+        },
+    )
+    .await;
+    assert_eq!(recorded.stage, FailoverStage::Detected);
+    ferry.controller.kill();
+    let restored: BTreeSet<String> = pods(&client, "apps", "counter")
+        .await
+        .iter()
+        .filter(|p| {
+            p.annotations()
+                .contains_key(ferry_api::names::FAILOVER_ANNOTATION)
+        })
+        .map(|p| p.name_any())
+        .collect();
+    assert!(
+        restored.is_empty(),
+        "no replacement before the restart: {restored:?}"
+    );
+
+    ferry.agent_mut(&standby).start();
+    ferry.controller.start();
+    failed_over(
+        &ferry,
+        "apps",
+        "counter",
+        "counter",
+        &uid,
+        &standby,
+        FailureTrigger::PodLoss,
+    )
+    .await;
+    let started = events(&client, "apps", "FailoverStarted").await;
+    assert_eq!(started, 1, "recorded once, not detected again");
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_degrades_the_policy_and_deletion_removes_archives_everywhere() {
+    let mut ferry = install(3, 256 << 10, &["apps"]).await;
+    let client = ferry.client.clone();
+    create(&client, "apps", deployment("counter")).await;
+    // No automatic failover: this test is about reporting.
+    create(
+        &client,
+        "apps",
+        policy(
+            "counter",
+            "counter",
+            serde_json::json!({"failover": {"triggers": []}}),
+        ),
+    )
+    .await;
+    let pod = running_pod(&ferry, "apps", "counter").await;
+    let (node, standby) = protected(&ferry, "apps", "counter", &pod.uid().unwrap()).await;
+
+    ferry.agent_mut(&node).kill();
+    let condition = eventually(
+        "Degraded with AgentUnreachable",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(&client, "apps", "counter").await.status?;
+            let protected = status.conditions.iter().find(|c| c.type_ == "Protected")?;
+            (status.phase == Some(Phase::Degraded) && protected.reason == "AgentUnreachable")
+                .then(|| protected.clone())
+        },
+    )
+    .await;
+    assert!(condition.message.contains(&node), "{}", condition.message);
+    ferry.agent_mut(&node).start();
+    eventually(
+        "Protected again",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(&client, "apps", "counter").await.status?;
+            (status.phase == Some(Phase::Protected)).then_some(())
+        },
+    )
+    .await;
+    assert!(!ferry.archives(&node, "apps/counter").await.is_empty());
+    assert!(!ferry.archives(&standby, "apps/counter").await.is_empty());
+
+    Api::<CheckpointPolicy>::namespaced(client.clone(), "apps")
+        .delete("counter", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the policy gone",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            Api::<CheckpointPolicy>::namespaced(client.clone(), "apps")
+                .get_opt("counter")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    for (name, _, _) in &ferry.agents {
+        assert!(
+            ferry.archives(name, "apps/counter").await.is_empty(),
+            "archives left on {name}"
+        );
+    }
+}
