@@ -120,6 +120,10 @@ pub enum Error {
     #[error("TLS {what}: {message}")]
     Tls { what: String, message: String },
 
+    /// A certificate or key file is unreadable or not PEM.
+    #[error(transparent)]
+    TlsFile(#[from] crate::tls::TlsError),
+
     /// A peer agent could not be reached or refused a request.
     #[error("peer {peer} ({endpoint}): {step}: {message}")]
     Peer {
