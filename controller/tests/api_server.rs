@@ -470,7 +470,11 @@ async fn controller_without_crd_exits_with_a_clear_message() {
         .await
         .expect("control plane");
     let output = Command::new(env!("CARGO_BIN_EXE_ferry-controller"))
-        .args(["--http-addr=127.0.0.1:0", "--log-format=text", "--insecure-agents"])
+        .args([
+            "--http-addr=127.0.0.1:0",
+            "--log-format=text",
+            "--insecure-agents",
+        ])
         .env("KUBECONFIG", plane.kubeconfig_path())
         .env("NO_COLOR", "1")
         .output()
