@@ -12,25 +12,13 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Installation, eventually, install};
+use common::{Installation, create, eventually, install};
 use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage, FailureTrigger, Phase};
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-async fn create(client: &kube::Client, namespace: &str, object: serde_json::Value) {
-    let kind = object["kind"].as_str().unwrap().to_owned();
-    let api_version = object["apiVersion"].as_str().unwrap().to_owned();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, &kind);
-    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
-    let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &resource);
-    let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
-    api.create(&PostParams::default(), &object).await.unwrap();
-}
 
 fn policy(name: &str, app: &str, extra: serde_json::Value) -> serde_json::Value {
     let mut spec = serde_json::json!({
@@ -330,27 +318,7 @@ async fn deployment_fails_over_on_pod_deletion_container_failure_and_node_loss()
     // 3. Node loss: the pod's node turns NotReady and stays so.
     let uid = pod.uid().unwrap();
     let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .patch(
-            &node,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {ferry_testenv::KWOK_STATUS_ANNOTATION: "custom"}}})),
-        )
-        .await
-        .unwrap();
-    let now = jiff::Timestamp::now().to_string();
-    nodes
-        .patch_status(
-            &node,
-            &PatchParams::default(),
-            &Patch::Strategic(serde_json::json!({"status": {"conditions": [
-                {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                 "message": "test: kubelet stopped posting", "lastHeartbeatTime": now, "lastTransitionTime": now}
-            ]}})),
-        )
-        .await
-        .unwrap();
+    common::lose_node(client, &node).await;
     let (record, _pod) = failed_over(
         &ferry,
         "apps",

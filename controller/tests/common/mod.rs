@@ -87,14 +87,15 @@ pub fn free_port() -> u16 {
 }
 
 /// A binary of another workspace package, built next to this test binary by
-/// `cargo test --workspace` (hack/test.sh).
+/// `cargo test --workspace` (hack/test.sh); for a bench, by
+/// `cargo build --release` (the bench profile builds into target/release).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let path = exe.parent().unwrap().parent().unwrap().join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build -p {name}` first (hack/test.sh builds the whole workspace)",
+        "{} is missing: run `cargo build -p {name}` first (hack/test.sh builds the whole workspace; benches need `cargo build --release -p {name}`)",
         path.display()
     );
     path
@@ -161,6 +162,35 @@ impl Process {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The running child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap()
+    }
+
+    /// CPU seconds (user + system) the process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // The command name (field 2) may hold spaces; utime and stime are the
+        // 12th and 13th fields after it, in USER_HZ (100 per second on Linux).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| fields[i].parse::<f64>().unwrap();
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// A `Vm…:` line of /proc/<pid>/status in KiB (`VmHWM`: peak resident
+    /// memory, `VmRSS`: resident now).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
 }
 
 impl Drop for Process {
@@ -181,7 +211,38 @@ pub struct Installation {
     pub controller_http: String,
 }
 
+/// What to install; [`install`] takes the defaults of the tests.
+pub struct Setup<'a> {
+    pub nodes: usize,
+    /// Size of each archive the agents' synthetic runtime writes.
+    pub archive_bytes: u64,
+    /// Namespaces to create (the webhook acts on these).
+    pub namespaces: &'a [&'a str],
+    /// `--log-format` of the controller (`text` or `json`).
+    pub controller_log_format: &'a str,
+    pub controller_rust_log: &'a str,
+    pub agent_rust_log: &'a str,
+}
+
+impl<'a> Setup<'a> {
+    pub fn new(nodes: usize, archive_bytes: u64, namespaces: &'a [&'a str]) -> Self {
+        Self {
+            nodes,
+            archive_bytes,
+            namespaces,
+            controller_log_format: "text",
+            controller_rust_log: "info,ferry_controller=debug",
+            agent_rust_log: "info",
+        }
+    }
+}
+
 pub async fn install(nodes: usize, archive_bytes: u64, namespaces: &[&str]) -> Installation {
+    install_with(&Setup::new(nodes, archive_bytes, namespaces)).await
+}
+
+pub async fn install_with(setup: &Setup<'_>) -> Installation {
+    let (nodes, archive_bytes, namespaces) = (setup.nodes, setup.archive_bytes, setup.namespaces);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let plane = ControlPlane::start(Options::full(nodes))
         .await
@@ -238,7 +299,7 @@ pub async fn install(nodes: usize, archive_bytes: u64, namespaces: &[&str]) -> I
             &args,
             &[
                 ("KUBECONFIG", plane.kubeconfig_path().display().to_string()),
-                ("RUST_LOG", "info".into()),
+                ("RUST_LOG", setup.agent_rust_log.into()),
             ],
         );
         agents.push((node, process, format!("127.0.0.1:{grpc}")));
@@ -248,11 +309,11 @@ pub async fn install(nodes: usize, archive_bytes: u64, namespaces: &[&str]) -> I
     let controller = Process::spawn(
         "controller",
         &dir,
-        Path::new(env!("CARGO_BIN_EXE_ferry-controller")),
-        &controller_args(&pki, http_port, webhook_port),
+        &workspace_binary("ferry-controller"),
+        &controller_args(&pki, http_port, webhook_port, setup.controller_log_format),
         &[
             ("KUBECONFIG", plane.kubeconfig_path().display().to_string()),
-            ("RUST_LOG", "info,ferry_controller=debug".into()),
+            ("RUST_LOG", setup.controller_rust_log.into()),
             ("POD_NAMESPACE", AGENT_NAMESPACE.into()),
             ("POD_NAME", "ferry-controller-test".into()),
         ],
@@ -271,10 +332,10 @@ pub async fn install(nodes: usize, archive_bytes: u64, namespaces: &[&str]) -> I
     installation
 }
 
-fn controller_args(pki: &Pki, http_port: u16, webhook_port: u16) -> Vec<String> {
+fn controller_args(pki: &Pki, http_port: u16, webhook_port: u16, log_format: &str) -> Vec<String> {
     vec![
         format!("--http-addr=127.0.0.1:{http_port}"),
-        "--log-format=text".into(),
+        format!("--log-format={log_format}"),
         format!("--tls-ca={}", pki.ca.display()),
         format!("--tls-cert={}", pki.controller_cert.display()),
         format!("--tls-key={}", pki.controller_key.display()),
@@ -413,6 +474,19 @@ impl Installation {
     }
 }
 
+/// Creates any namespaced object given as JSON (its kind is looked up).
+pub async fn create(client: &Client, namespace: &str, object: serde_json::Value) {
+    let kind = object["kind"].as_str().unwrap().to_owned();
+    let api_version = object["apiVersion"].as_str().unwrap().to_owned();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, &kind);
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &resource);
+    let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
 /// Polls `check` every 200 ms until it yields a value or `limit` passes.
 pub async fn eventually<T, F, Fut>(
     what: &str,
@@ -436,4 +510,49 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Makes a kwok node look lost: kwok stops managing its status and Ready
+/// turns Unknown. Repeated until it sticks, because a heartbeat kwok had
+/// already scheduled may overwrite the first patch.
+pub async fn lose_node(client: &Client, node: &str) -> jiff::Timestamp {
+    use k8s_openapi::api::core::v1::Node;
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {ferry_testenv::KWOK_STATUS_ANNOTATION: "custom"}}})),
+        )
+        .await
+        .unwrap();
+    let lost_at = jiff::Timestamp::now();
+    let mut stable_since: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stable_since.is_none_or(|since| since.elapsed() < Duration::from_secs(3)) {
+        assert!(
+            Instant::now() < deadline,
+            "node {node} does not stay NotReady"
+        );
+        let current = nodes.get(node).await.unwrap();
+        if ferry_testenv::node_is_ready(&current) {
+            stable_since = None;
+            let now = jiff::Timestamp::now().to_string();
+            nodes
+                .patch_status(
+                    node,
+                    &PatchParams::default(),
+                    &Patch::Strategic(serde_json::json!({"status": {"conditions": [
+                        {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                         "message": "kubelet stopped posting node status", "lastHeartbeatTime": now, "lastTransitionTime": lost_at.to_string()}
+                    ]}})),
+                )
+                .await
+                .unwrap();
+        } else if stable_since.is_none() {
+            stable_since = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    lost_at
 }
