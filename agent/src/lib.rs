@@ -13,6 +13,7 @@ pub mod lease;
 pub mod metrics;
 pub mod names;
 pub mod replication;
+pub mod runc;
 pub mod runtime;
 pub mod service;
 pub mod store;
@@ -140,6 +141,10 @@ pub enum Error {
     /// The request needs something this agent was not set up for.
     #[error("{what} is not available on this agent: {reason}")]
     Unsupported { what: &'static str, reason: String },
+
+    /// runc or CRIU failed; the message quotes their own words.
+    #[error("{what}: {message}")]
+    Runtime { what: &'static str, message: String },
 
     /// Building a checkpoint image from an archive failed.
     #[error("checkpoint image from archive {archive}: {message}")]

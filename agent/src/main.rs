@@ -12,6 +12,7 @@ use ferry_agent::kubelet::{KubeletClient, KubeletConfig};
 use ferry_agent::lease::{LeaseConfig, keep_lease};
 use ferry_agent::metrics::Metrics;
 use ferry_agent::replication::{ReplicationConfig, Replicator};
+use ferry_agent::runc::{RuncConfig, RuncRuntime};
 use ferry_agent::runtime::{Runtime, SyntheticRuntime};
 use ferry_agent::service::{AgentService, NodeFacts};
 use ferry_agent::store::Store;
@@ -24,6 +25,9 @@ use ferry_telemetry::{Endpoints, LogFormat, Readiness};
 enum RuntimeKind {
     /// The kubelet checkpoint API (production).
     Kubelet,
+    /// CRIU through runc on a host that is not a Kubernetes node: the agent
+    /// runs the containers itself (local demo, tier-4 tests, benchmarks).
+    Runc,
     /// Test double for the kubelet: writes archives of pseudo-random bytes.
     Synthetic,
     /// No runtime: this agent only stores and serves replicas.
@@ -79,6 +83,20 @@ struct Args {
     kubelet_server_name: Option<String>,
     #[arg(long, default_value = "/var/lib/kubelet/checkpoints")]
     kubelet_checkpoint_dir: PathBuf,
+    /// With `--runtime runc`: the runc binary.
+    #[arg(long, default_value = "runc")]
+    runc_binary: PathBuf,
+    /// With `--runtime runc`: directory of the `criu` binary runc uses
+    /// (hack/criu.sh builds one); default: criu on PATH.
+    #[arg(long, env = "FERRY_CRIU_DIR")]
+    criu_dir: Option<PathBuf>,
+    /// With `--runtime runc`: directory of OCI bundles containers run from.
+    #[arg(long, default_value = "/var/lib/ferry/bundles")]
+    runc_bundles: PathBuf,
+    /// With `--runtime runc`: network namespace (e.g. /run/netns/node-a)
+    /// this "node"'s containers join.
+    #[arg(long)]
+    runc_netns: Option<PathBuf>,
     /// With `--runtime synthetic`: bytes of page data per archive.
     #[arg(long, default_value_t = 16 << 20)]
     synthetic_archive_bytes: u64,
@@ -182,6 +200,14 @@ async fn run(args: Args) -> Result<(), Error> {
             tls_server_name: args.kubelet_server_name.clone(),
             checkpoint_dir: args.kubelet_checkpoint_dir.clone(),
         })?)),
+        RuntimeKind::Runc => Some(Runtime::Runc(RuncRuntime::new(RuncConfig {
+            runc: args.runc_binary.clone(),
+            criu_dir: args.criu_dir.clone(),
+            bundles: args.runc_bundles.clone(),
+            netns: args.runc_netns.clone(),
+            work: args.data_dir.join("runc"),
+            timeout: Duration::from_secs(120),
+        })?)),
         RuntimeKind::Synthetic => Some(Runtime::Synthetic(SyntheticRuntime::new(
             &args.data_dir.join("synthetic-checkpoints"),
             args.synthetic_archive_bytes,
@@ -194,8 +220,11 @@ async fn run(args: Args) -> Result<(), Error> {
         runtime: runtime.as_ref().map_or("none", Runtime::name).to_owned(),
         architecture: sys::architecture().to_owned(),
         kernel_version: sys::kernel_release(),
-        criu_version: sys::criu_version(),
-        container_runtime: String::new(),
+        criu_version: sys::criu_version(args.criu_dir.as_deref()),
+        container_runtime: match args.runtime {
+            RuntimeKind::Runc => "runc".to_owned(),
+            _ => String::new(),
+        },
     };
     let replicator = Arc::new(Replicator::new(
         store.clone(),

@@ -2,6 +2,8 @@
 //!
 //! - `kubelet` (production): the kubelet's checkpoint API (CRIU through the
 //!   container runtime).
+//! - `runc`: CRIU through runc on hosts that are not Kubernetes nodes (see
+//!   [`crate::runc`]).
 //! - `synthetic`: a **test double for the kubelet**, for tiers where no
 //!   kubelet runs (API-server tests with kwok nodes, benchmarks). It writes
 //!   a real archive of a configured size in the kubelet's layout
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::kubelet::KubeletClient;
+use crate::runc::RuncRuntime;
 
 /// An archive a runtime wrote, not yet imported into the store.
 #[derive(Clone, Debug)]
@@ -26,6 +29,7 @@ pub struct TakenCheckpoint {
 #[derive(Debug)]
 pub enum Runtime {
     Kubelet(KubeletClient),
+    Runc(RuncRuntime),
     Synthetic(SyntheticRuntime),
 }
 
@@ -33,6 +37,7 @@ impl Runtime {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Kubelet(_) => "kubelet",
+            Self::Runc(_) => "runc",
             Self::Synthetic(_) => "synthetic",
         }
     }
@@ -54,7 +59,16 @@ impl Runtime {
                     elapsed: taken.elapsed,
                 })
             }
+            Self::Runc(runc) => runc.checkpoint(namespace, pod, container).await,
             Self::Synthetic(synthetic) => synthetic.checkpoint(namespace, pod, container).await,
+        }
+    }
+
+    /// The runc runtime, for the requests only it serves.
+    pub fn runc(&self) -> Option<&RuncRuntime> {
+        match self {
+            Self::Runc(runc) => Some(runc),
+            _ => None,
         }
     }
 
@@ -62,7 +76,7 @@ impl Runtime {
     pub async fn discard(&self, taken: &TakenCheckpoint) -> Result<(), Error> {
         match self {
             Self::Kubelet(kubelet) => kubelet.remove_kubelet_copy(&taken.path).await,
-            Self::Synthetic(_) => tokio::fs::remove_file(&taken.path)
+            Self::Runc(_) | Self::Synthetic(_) => tokio::fs::remove_file(&taken.path)
                 .await
                 .map_err(|e| Error::io("removing", &taken.path, e)),
         }

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::{Metrics, ResultLabels};
 use crate::replication::{PeerTarget, Replicator};
+use crate::runc::RuncRuntime;
 use crate::runtime::Runtime;
 use crate::store::{ArchiveMeta, Incoming, Retention, RuntimeInfo, Store};
 use crate::{Error, convert, image, names};
@@ -628,4 +629,92 @@ impl Agent for AgentService {
             archive_path: path.display().to_string(),
         }))
     }
+
+    async fn run_container(
+        &self,
+        request: Request<pb::RunContainerRequest>,
+    ) -> Result<Response<pb::RunContainerResponse>, Status> {
+        let request = request.into_inner();
+        let container = container_ref(request.container)?;
+        let runc = self.runc("RunContainer")?;
+        let id =
+            RuncRuntime::container_id(&container.namespace, &container.pod, &container.container);
+        let pid = runc.run(&id, &request.bundle).await?;
+        tracing::info!(container = %id, bundle = %request.bundle, pid, "container running");
+        Ok(Response::new(pb::RunContainerResponse {
+            container_id: id,
+            pid,
+        }))
+    }
+
+    async fn restore(
+        &self,
+        request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        names::archive_id("archive_id", &request.archive_id)?;
+        let container = container_ref(request.container)?;
+        let runc = self.runc("Restore")?;
+        let id =
+            RuncRuntime::container_id(&container.namespace, &container.pod, &container.container);
+        let archive_id = request.archive_id.clone();
+        // Verified (and decrypted) before CRIU ever sees it.
+        let plaintext = self
+            .blocking(move |store| store.plaintext_archive(&archive_id))
+            .await?;
+        let restored = runc.restore(plaintext.path(), &id, &request.bundle).await;
+        drop(plaintext);
+        let restored = restored?;
+        let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            archive = %request.archive_id, container = %id, pid = restored.pid, restore_ms = millis,
+            criu_ms = restored.criu.as_millis() as u64, "container restored"
+        );
+        Ok(Response::new(pb::RestoreResponse {
+            container_id: restored.container_id,
+            pid: restored.pid,
+            restore_millis: millis,
+            criu_millis: u64::try_from(restored.criu.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+
+    async fn delete_container(
+        &self,
+        request: Request<pb::DeleteContainerRequest>,
+    ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
+        let container = container_ref(request.into_inner().container)?;
+        let runc = self.runc("DeleteContainer")?;
+        let id =
+            RuncRuntime::container_id(&container.namespace, &container.pod, &container.container);
+        runc.delete(&id).await?;
+        Ok(Response::new(pb::DeleteContainerResponse {}))
+    }
+}
+
+impl AgentService {
+    fn runc(&self, what: &'static str) -> Result<&RuncRuntime, Status> {
+        self.inner
+            .runtime
+            .as_ref()
+            .and_then(Runtime::runc)
+            .ok_or_else(|| {
+                Status::unimplemented(
+                    Error::Unsupported {
+                        what,
+                        reason: "only the runc runtime runs containers itself; under the kubelet the container runtime restores pods".into(),
+                    }
+                    .to_string(),
+                )
+            })
+    }
+}
+
+/// A validated container reference.
+fn container_ref(container: Option<pb::ContainerRef>) -> Result<pb::ContainerRef, Status> {
+    let container = container.ok_or_else(|| Status::invalid_argument("container is required"))?;
+    names::dns_label("container.namespace", &container.namespace)?;
+    names::dns_subdomain("container.pod", &container.pod)?;
+    names::dns_label("container.container", &container.container)?;
+    Ok(container)
 }

@@ -52,8 +52,9 @@ pub fn architecture() -> &'static str {
 }
 
 /// `criu --version`'s version, or empty when CRIU is not installed.
-pub fn criu_version() -> String {
-    std::process::Command::new("criu")
+pub fn criu_version(dir: Option<&std::path::Path>) -> String {
+    let criu = dir.map_or_else(|| std::path::PathBuf::from("criu"), |d| d.join("criu"));
+    std::process::Command::new(criu)
         .arg("--version")
         .output()
         .ok()

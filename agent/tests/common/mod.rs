@@ -180,10 +180,13 @@ impl AgentProcess {
             format!("--tls-ca={}", pki.ca.display()),
             format!("--tls-cert={}", pki.agent_cert.display()),
             format!("--tls-key={}", pki.agent_key.display()),
-            "--runtime=synthetic".into(),
-            format!("--synthetic-archive-bytes={synthetic_bytes}"),
             "--log-format=text".into(),
         ];
+        // The synthetic runtime unless the test picks one.
+        if !extra.iter().any(|a| a.starts_with("--runtime")) {
+            args.push("--runtime=synthetic".into());
+            args.push(format!("--synthetic-archive-bytes={synthetic_bytes}"));
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut agent = Self {
             name: name.to_owned(),

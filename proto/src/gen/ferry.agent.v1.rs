@@ -268,6 +268,62 @@ pub struct PrepareRestoreResponse {
     #[prost(string, tag = "4")]
     pub archive_path: ::prost::alloc::string::String,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RunContainerRequest {
+    #[prost(message, optional, tag = "1")]
+    pub container: ::core::option::Option<ContainerRef>,
+    /// Name of an OCI bundle (config.json + rootfs/) in the agent's bundle
+    /// directory; never a path.
+    #[prost(string, tag = "2")]
+    pub bundle: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RunContainerResponse {
+    /// runc's id of the container.
+    #[prost(string, tag = "1")]
+    pub container_id: ::prost::alloc::string::String,
+    /// Host pid of the container's init process.
+    #[prost(uint32, tag = "2")]
+    pub pid: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestoreRequest {
+    #[prost(string, tag = "1")]
+    pub archive_id: ::prost::alloc::string::String,
+    /// Who the restored container is (its runc id derives from it).
+    #[prost(message, optional, tag = "2")]
+    pub container: ::core::option::Option<ContainerRef>,
+    /// Bundle (as in RunContainerRequest) whose rootfs the container restores on.
+    #[prost(string, tag = "3")]
+    pub bundle: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestoreResponse {
+    #[prost(string, tag = "1")]
+    pub container_id: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub pid: u32,
+    /// Time from the request to the restored process running, including
+    /// verifying and unpacking the archive.
+    #[prost(uint64, tag = "3")]
+    pub restore_millis: u64,
+    /// Time CRIU (runc restore) alone took.
+    #[prost(uint64, tag = "4")]
+    pub criu_millis: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteContainerRequest {
+    #[prost(message, optional, tag = "1")]
+    pub container: ::core::option::Option<ContainerRef>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteContainerResponse {}
 /// Generated client implementations.
 pub mod agent_client {
     #![allow(
@@ -586,6 +642,88 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("ferry.agent.v1.Agent", "PrepareRestore"));
             self.inner.unary(req, path, codec).await
         }
+        /// The `runc` runtime only (hosts that are not Kubernetes nodes: the local
+        /// demo, tier-4 tests, benchmarks); the kubelet runtime answers
+        /// UNIMPLEMENTED, since there the kubelet owns containers.
+        ///
+        /// Runs a container from an OCI bundle on this host, named after the
+        /// container reference, so it can be checkpointed like a pod's container.
+        pub async fn run_container(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RunContainerRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RunContainerResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ferry.agent.v1.Agent/RunContainer",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "RunContainer"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Restores a stored archive as a running container on this host (CRIU
+        /// through runc, in this node's network namespace). The archive's hash is
+        /// verified before CRIU runs.
+        pub async fn restore(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RestoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RestoreResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ferry.agent.v1.Agent/Restore",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "Restore"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Stops and removes a container this agent runs.
+        pub async fn delete_container(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteContainerRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteContainerResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ferry.agent.v1.Agent/DeleteContainer",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "DeleteContainer"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -671,6 +809,34 @@ pub mod agent_server {
             request: tonic::Request<super::PrepareRestoreRequest>,
         ) -> std::result::Result<
             tonic::Response<super::PrepareRestoreResponse>,
+            tonic::Status,
+        >;
+        /// The `runc` runtime only (hosts that are not Kubernetes nodes: the local
+        /// demo, tier-4 tests, benchmarks); the kubelet runtime answers
+        /// UNIMPLEMENTED, since there the kubelet owns containers.
+        ///
+        /// Runs a container from an OCI bundle on this host, named after the
+        /// container reference, so it can be checkpointed like a pod's container.
+        async fn run_container(
+            &self,
+            request: tonic::Request<super::RunContainerRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RunContainerResponse>,
+            tonic::Status,
+        >;
+        /// Restores a stored archive as a running container on this host (CRIU
+        /// through runc, in this node's network namespace). The archive's hash is
+        /// verified before CRIU runs.
+        async fn restore(
+            &self,
+            request: tonic::Request<super::RestoreRequest>,
+        ) -> std::result::Result<tonic::Response<super::RestoreResponse>, tonic::Status>;
+        /// Stops and removes a container this agent runs.
+        async fn delete_container(
+            &self,
+            request: tonic::Request<super::DeleteContainerRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteContainerResponse>,
             tonic::Status,
         >;
     }
@@ -1134,6 +1300,139 @@ pub mod agent_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PrepareRestoreSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ferry.agent.v1.Agent/RunContainer" => {
+                    #[allow(non_camel_case_types)]
+                    struct RunContainerSvc<T: Agent>(pub Arc<T>);
+                    impl<
+                        T: Agent,
+                    > tonic::server::UnaryService<super::RunContainerRequest>
+                    for RunContainerSvc<T> {
+                        type Response = super::RunContainerResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RunContainerRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::run_container(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RunContainerSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ferry.agent.v1.Agent/Restore" => {
+                    #[allow(non_camel_case_types)]
+                    struct RestoreSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::UnaryService<super::RestoreRequest>
+                    for RestoreSvc<T> {
+                        type Response = super::RestoreResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RestoreRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::restore(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RestoreSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ferry.agent.v1.Agent/DeleteContainer" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteContainerSvc<T: Agent>(pub Arc<T>);
+                    impl<
+                        T: Agent,
+                    > tonic::server::UnaryService<super::DeleteContainerRequest>
+                    for DeleteContainerSvc<T> {
+                        type Response = super::DeleteContainerResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteContainerRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::delete_container(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteContainerSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
