@@ -12,190 +12,24 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{AgentProcess, Pki};
+use common::Pki;
+use common::nodes::{Node, container, criu, test_app_bundle};
 use ferry_proto::v1 as pb;
 
 const BALLAST_MIB: u64 = 32;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn script(name: &str, args: &[&str]) -> String {
-    let output = Command::new("bash")
-        .arg(repo().join("hack").join(name))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running hack/{name}: {e}"));
-    assert!(
-        output.status.success(),
-        "hack/{name} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
-/// A network namespace standing in for a node; removed on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: &str) -> Self {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip netns add {name}");
-        let netns = Self { name: name.into() };
-        assert!(
-            netns
-                .run(&["ip", "link", "set", "lo", "up"])
-                .status
-                .success()
-        );
-        netns
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// `nsenter --net=` rather than `ip netns exec`, which remounts /sys.
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path()))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn get(&self, path: &str) -> Option<serde_json::Value> {
-        let output = self.run(&[
-            "curl",
-            "-sf",
-            "--max-time",
-            "5",
-            &format!("http://127.0.0.1:8080{path}"),
-        ]);
-        output
-            .status
-            .success()
-            .then(|| serde_json::from_slice(&output.stdout).ok())
-            .flatten()
-    }
-
-    fn wait_serving(&self) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(state) = self.get("/state") {
-                return state;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "test-app in {} does not answer",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn nft_tables(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["nft", "list", "tables"]).stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
-fn container(pod: &str) -> pb::ContainerRef {
-    pb::ContainerRef {
-        namespace: "tier4".into(),
-        pod: pod.into(),
-        pod_uid: "00000000-0000-0000-0000-000000000004".into(),
-        container: "app".into(),
-    }
-}
-
-struct Node {
-    netns: Netns,
-    agent: AgentProcess,
-}
-
-impl Drop for Node {
-    /// Containers outlive their agent: a failed test must not leave any.
-    fn drop(&mut self) {
-        let state = self.agent.data_dir.join("runc").join("state");
-        let Ok(entries) = std::fs::read_dir(&state) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&state)
-                .args(["delete", "--force"])
-                .arg(entry.file_name())
-                .output();
-        }
-    }
-}
-
-async fn node(pki: &Pki, dir: &Path, name: &str, criu: &Path, bundles: &Path) -> Node {
-    let netns = Netns::new(&format!("ferry-t4-{name}-{}", std::process::id()));
-    let data = dir.join(name);
-    let agent = AgentProcess::start(
-        pki,
-        name,
-        &data,
-        0,
-        &[
-            "--runtime=runc",
-            &format!("--criu-dir={}", criu.parent().unwrap().display()),
-            &format!("--runc-bundles={}", bundles.display()),
-            &format!("--runc-netns={}", netns.path()),
-        ],
-    )
-    .await;
-    Node { netns, agent }
-}
-
 #[tokio::test]
 async fn a_container_checkpointed_on_a_continues_on_b_with_its_memory() {
     common::install_crypto_provider();
-    let criu = PathBuf::from(script("criu.sh", &[]));
+    let criu = criu();
     let dir = tempfile::tempdir().unwrap();
     let bundles = dir.path().join("bundles");
-    script(
-        "test-app-bundle.sh",
-        &[
-            "--ballast-mib",
-            &BALLAST_MIB.to_string(),
-            "--id",
-            "counter",
-            bundles.join("counter").to_str().unwrap(),
-        ],
-    );
+    test_app_bundle(&bundles, "counter", BALLAST_MIB);
     let pki = Pki::new(dir.path());
-    let a = node(&pki, dir.path(), "node-a", &criu, &bundles).await;
-    let b = node(&pki, dir.path(), "node-b", &criu, &bundles).await;
+    let a = Node::start(&pki, dir.path(), "node-a", &criu, &bundles).await;
+    let b = Node::start(&pki, dir.path(), "node-b", &criu, &bundles).await;
     let mut a_client = pki.controller(&a.agent.endpoint).await;
     let mut b_client = pki.controller(&b.agent.endpoint).await;
 
@@ -214,7 +48,7 @@ async fn a_container_checkpointed_on_a_continues_on_b_with_its_memory() {
         })
         .await
         .unwrap();
-    a.netns.wait_serving();
+    a.netns.wait_serving(Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = a.netns.get("/state").unwrap()["counter"].as_u64().unwrap();
     assert!(before >= 5, "counter runs: {before}");
@@ -322,21 +156,12 @@ async fn a_container_checkpointed_on_a_continues_on_b_with_its_memory() {
 #[tokio::test]
 async fn criu_failures_quote_criu() {
     common::install_crypto_provider();
-    let criu = PathBuf::from(script("criu.sh", &[]));
+    let criu = criu();
     let dir = tempfile::tempdir().unwrap();
     let bundles = dir.path().join("bundles");
-    script(
-        "test-app-bundle.sh",
-        &[
-            "--ballast-mib",
-            "1",
-            "--id",
-            "quote",
-            bundles.join("counter").to_str().unwrap(),
-        ],
-    );
+    test_app_bundle(&bundles, "counter", 1);
     let pki = Pki::new(dir.path());
-    let a = node(&pki, dir.path(), "node-q", &criu, &bundles).await;
+    let a = Node::start(&pki, dir.path(), "node-q", &criu, &bundles).await;
     let mut client = pki.controller(&a.agent.endpoint).await;
     client
         .run_container(pb::RunContainerRequest {
@@ -345,7 +170,7 @@ async fn criu_failures_quote_criu() {
         })
         .await
         .unwrap();
-    a.netns.wait_serving();
+    a.netns.wait_serving(Duration::from_secs(30));
     let taken = client
         .checkpoint(pb::CheckpointRequest {
             policy: "tier4/quote".into(),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod nodes;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,6 +126,22 @@ impl Pki {
     }
 }
 
+/// The ferry-agent binary: cargo names it for tests and benches; examples
+/// find it next to their own directory (target/<profile>/examples/..).
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_ferry-agent") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("ferry-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p ferry-agent)",
+        path.display()
+    );
+    path
+}
+
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -211,7 +229,7 @@ impl AgentProcess {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+        let child = Command::new(agent_binary())
             .args(&self.args)
             .env("RUST_LOG", "info")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
