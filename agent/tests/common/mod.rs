@@ -147,11 +147,7 @@ pub fn install_crypto_provider() {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ferry_testenv::free_ports(1)[0]
 }
 
 /// One agent process.

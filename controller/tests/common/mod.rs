@@ -79,11 +79,7 @@ impl Pki {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ferry_testenv::free_ports(1)[0]
 }
 
 /// A binary of another workspace package, built next to this test binary by
@@ -273,14 +269,16 @@ pub async fn install_with(setup: &Setup<'_>) -> Installation {
     .unwrap();
 
     let agent_bin = workspace_binary("ferry-agent");
+    let ports = ferry_testenv::free_ports(nodes + 2);
     let mut agents = Vec::new();
-    for index in 0..nodes {
+    for (index, &grpc) in ports.iter().enumerate().take(nodes) {
         let node = format!("kwok-node-{index}");
-        let grpc = free_port();
+
         let args = vec![
             format!("--node-name={node}"),
             format!("--grpc-addr=127.0.0.1:{grpc}"),
-            format!("--http-addr=127.0.0.1:{}", free_port()),
+            // Nobody scrapes the agents here: any free port.
+            "--http-addr=127.0.0.1:0".into(),
             format!("--data-dir={}", dir.join(&node).display()),
             format!("--tls-ca={}", pki.ca.display()),
             format!("--tls-cert={}", pki.agent_cert.display()),
@@ -304,8 +302,8 @@ pub async fn install_with(setup: &Setup<'_>) -> Installation {
         );
         agents.push((node, process, format!("127.0.0.1:{grpc}")));
     }
-    let http_port = free_port();
-    let webhook_port = free_port();
+    let http_port = ports[nodes];
+    let webhook_port = ports[nodes + 1];
     let controller = Process::spawn(
         "controller",
         &dir,
@@ -388,29 +386,35 @@ impl Installation {
                 .is_ok_and(|r| r.status().is_success());
             let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
                 Api::namespaced(self.client.clone(), AGENT_NAMESPACE);
-            let agent_leases = leases
+            let lease_names: Vec<String> = leases
                 .list(&Default::default())
                 .await
                 .map(|l| {
                     l.items
-                        .iter()
-                        .filter(|l| {
-                            l.metadata
-                                .name
-                                .as_deref()
-                                .is_some_and(|n| n.starts_with("ferry-agent-"))
-                        })
-                        .count()
+                        .into_iter()
+                        .filter_map(|l| l.metadata.name)
+                        .collect()
                 })
-                .unwrap_or(0);
-            if ready && agent_leases == self.agents.len() {
+                .unwrap_or_default();
+            let missing: Vec<&(String, Process, String)> = self
+                .agents
+                .iter()
+                .filter(|(node, _, _)| !lease_names.contains(&format!("ferry-agent-{node}")))
+                .collect();
+            if ready && missing.is_empty() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "installation not ready (controller ready: {ready}, agent leases: {agent_leases}); controller log:\n{}",
-                self.controller.log_text()
-            );
+            if Instant::now() >= deadline {
+                let agent_logs: String = missing
+                    .iter()
+                    .map(|(node, process, _)| format!("--- agent {node}\n{}", process.log_text()))
+                    .collect();
+                panic!(
+                    "installation not ready (controller ready: {ready}, agents without a lease: {}); controller log:\n{}\n{agent_logs}",
+                    missing.len(),
+                    self.controller.log_text()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -515,3 +515,35 @@ async fn create_kwok_nodes(client: &Client, count: usize) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// `count` distinct free TCP ports on 127.0.0.1 for processes a test starts.
+///
+/// They come from below the kernel's ephemeral range (32768 and up here):
+/// a port picked there with `bind(:0)` and released can be taken by any
+/// outgoing connection before the process that should listen on it starts,
+/// which happened with 50 agents and a busy API server. All listeners are
+/// held until every port is chosen, so the ports also differ from each other.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let mut held = Vec::with_capacity(count);
+    let mut candidate = seed % SPAN;
+    for _ in 0..SPAN {
+        if held.len() == count {
+            break;
+        }
+        let port = u16::try_from(FIRST + candidate).unwrap_or(u16::MAX);
+        candidate = (candidate + 7_919) % SPAN;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    held.iter()
+        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+        .collect()
+}
