@@ -182,6 +182,14 @@ impl RuncRuntime {
         spec["linux"]["cgroupsPath"] = format!("/ferry/{id}").into();
         let dir = self.config.work.join("containers").join(id);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        // runc has no flag for CRIU's network lock; CRIU reads it from the
+        // config file this annotation names. nftables freezes the container
+        // ~70 ms shorter than the iptables default (docs/checkpoint-restore.md)
+        // and leaves no rules behind in other processes' way.
+        let criu_conf = dir.join("criu.conf");
+        std::fs::write(&criu_conf, "network-lock nftables\n")
+            .map_err(|e| Error::io("writing", &criu_conf, e))?;
+        spec["annotations"]["org.criu.config"] = criu_conf.display().to_string().into();
         let target = dir.join("config.json");
         let bytes = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         std::fs::write(&target, bytes).map_err(|e| Error::io("writing", &target, e))?;
