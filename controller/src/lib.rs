@@ -127,6 +127,8 @@ pub struct Context {
     pub checkpoint_timeout: Duration,
     /// When each container was first seen, to spread first checkpoints.
     first_seen: Mutex<HashMap<(String, String), jiff::Timestamp>>,
+    /// When each policy's status was last written (`namespace/name`).
+    status_writes: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -174,6 +176,7 @@ impl Context {
             recorder,
             checkpoint_timeout: config.checkpoint_timeout,
             first_seen: Mutex::default(),
+            status_writes: Mutex::default(),
         };
         (context, finished)
     }
@@ -191,7 +194,27 @@ impl Context {
             .or_insert(now)
     }
 
+    /// Time since the policy's status was last written by this process.
+    pub fn since_status_write(&self, policy: &str) -> Option<Duration> {
+        self.status_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(policy)
+            .map(std::time::Instant::elapsed)
+    }
+
+    pub fn status_written(&self, policy: &str) {
+        self.status_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(policy.to_owned(), std::time::Instant::now());
+    }
+
     pub fn forget_policy(&self, policy: &str) {
+        self.status_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(policy);
         self.first_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

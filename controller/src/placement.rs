@@ -90,16 +90,21 @@ pub fn unsuitable(
     None
 }
 
-/// Up to `count` standby nodes for a container running on `source`.
+/// Up to `count` standby nodes for the container `key` (pod UID and
+/// container name) running on `source`.
 ///
 /// Nodes chosen before stay chosen while suitable, so replicas accumulate on
 /// the same nodes from one checkpoint to the next. New ones are picked to
 /// spread over `topologySpreadKey` values (the source's value last), then by
-/// name, so the choice is deterministic.
+/// rendezvous hashing of `key` and the node name: deterministic for one
+/// container, and spread evenly over the nodes across containers (choosing
+/// by name sent every replica of a 1000-container benchmark to one node).
+#[allow(clippy::too_many_arguments)] // plain data in, plain data out
 pub fn choose_standbys(
     placement: &Placement,
     count: usize,
     source: &str,
+    key: &str,
     nodes: &[&Node],
     agents: &AgentIndex,
     previous: &[String],
@@ -137,6 +142,7 @@ pub fn choose_standbys(
                 (
                     used.get(&zone).copied().unwrap_or(0),
                     in_source_zone,
+                    std::cmp::Reverse(rendezvous(key, name)),
                     **name,
                 )
             });
@@ -146,6 +152,14 @@ pub fn choose_standbys(
         }
     }
     chosen
+}
+
+/// The rendezvous (highest random weight) score of `node` for `key`.
+fn rendezvous(key: &str, node: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (key, node).hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -180,6 +194,11 @@ mod tests {
         AgentIndex::from_leases(&leases)
     }
 
+    fn sorted(mut nodes: Vec<String>) -> Vec<String> {
+        nodes.sort();
+        nodes
+    }
+
     fn now() -> jiff::Timestamp {
         "2026-01-01T00:00:05Z".parse().unwrap()
     }
@@ -201,6 +220,7 @@ mod tests {
             &Placement::default(),
             3,
             "a",
+            "uid/app",
             &refs,
             &agents(&["a", "b", "c"]),
             &[],
@@ -225,19 +245,44 @@ mod tests {
         let all = agents(&["a", "b", "c", "d"]);
         let spread = placement(serde_json::json!({"topologySpreadKey": "zone"}));
         assert_eq!(
-            choose_standbys(&spread, 2, "a", &refs, &all, &[], now()),
+            sorted(choose_standbys(
+                &spread,
+                2,
+                "a",
+                "uid/app",
+                &refs,
+                &all,
+                &[],
+                now()
+            )),
             ["c", "d"],
             "other zones than the source's first"
         );
-        assert_eq!(
-            choose_standbys(&spread, 2, "a", &refs, &all, &["b".into()], now()),
-            ["b", "c"],
-            "a suitable previous standby stays"
+        let kept = choose_standbys(
+            &spread,
+            2,
+            "a",
+            "uid/app",
+            &refs,
+            &all,
+            &["b".into()],
+            now(),
         );
+        assert_eq!(kept[0], "b", "a suitable previous standby stays: {kept:?}");
+        assert!(
+            kept[1] == "c" || kept[1] == "d",
+            "then another zone: {kept:?}"
+        );
+        let one = |key: &str| {
+            choose_standbys(&Placement::default(), 1, "a", key, &refs, &all, &[], now())
+        };
+        assert_eq!(one("uid/app"), one("uid/app"), "stable for one container");
+        let chosen: std::collections::BTreeSet<Vec<String>> =
+            (0..60).map(|i| one(&format!("uid-{i}/app"))).collect();
         assert_eq!(
-            choose_standbys(&Placement::default(), 1, "a", &refs, &all, &[], now()),
-            ["b"],
-            "without a spread key: by name"
+            chosen.len(),
+            3,
+            "containers spread over b, c and d: {chosen:?}"
         );
     }
 
@@ -267,7 +312,16 @@ mod tests {
         let refs: Vec<&Node> = nodes.iter().collect();
         let all = agents(&["a", "b", "c", "d"]);
         assert_eq!(
-            choose_standbys(&Placement::default(), 3, "a", &refs, &all, &[], now()),
+            choose_standbys(
+                &Placement::default(),
+                3,
+                "a",
+                "uid/app",
+                &refs,
+                &all,
+                &[],
+                now()
+            ),
             ["d"]
         );
         let tolerant = placement(serde_json::json!({
@@ -275,11 +329,20 @@ mod tests {
             "nodeSelector": {"disk": "ssd"},
         }));
         assert_eq!(
-            choose_standbys(&tolerant, 3, "a", &refs, &all, &[], now()),
+            sorted(choose_standbys(
+                &tolerant,
+                3,
+                "a",
+                "uid/app",
+                &refs,
+                &all,
+                &[],
+                now()
+            )),
             ["b", "d"]
         );
         let picky = placement(serde_json::json!({"nodeSelector": {"disk": "hdd"}}));
-        assert!(choose_standbys(&picky, 3, "a", &refs, &all, &[], now()).is_empty());
+        assert!(choose_standbys(&picky, 3, "a", "uid/app", &refs, &all, &[], now()).is_empty());
     }
 
     #[test]

@@ -40,6 +40,12 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// reports (an agent Lease running out).
 const FAILURE_POLL: Duration = Duration::from_secs(2);
 
+/// Status writes that only record new checkpoints come at most this often
+/// per policy: with many pods per policy every finished checkpoint would
+/// otherwise be a write of its own. Anything else (a failure, a failover
+/// stage, a condition) is written at once.
+const STATUS_PROGRESS_PERIOD: Duration = Duration::from_secs(5);
+
 /// Condition: every protected container has a recent, replicated checkpoint.
 pub const PROTECTED: &str = "Protected";
 
@@ -197,13 +203,45 @@ async fn apply(policy: &CheckpointPolicy, context: &Context) -> Result<Action, E
     }
 
     if policy.status.as_ref() != Some(&status) {
+        let key = format!("{namespace}/{name}");
+        let since_write = context.since_status_write(&key);
+        let wait =
+            STATUS_PROGRESS_PERIOD.saturating_sub(since_write.unwrap_or(STATUS_PROGRESS_PERIOD));
+        if only_progress(policy.status.as_ref(), &status) && !wait.is_zero() && events.is_empty() {
+            // New checkpoints alone are folded into one write per period;
+            // the results stay queued until then.
+            return Ok(Action::requeue(requeue.min(wait)));
+        }
         write_status(context, &namespace, &name, &status).await?;
+        context.status_written(&key);
     }
     context.checkpointer.consumed(&policy_ref, results.len());
     for (type_, reason, note) in events {
         publish(context, policy, type_, reason, note).await;
     }
     Ok(Action::requeue(requeue))
+}
+
+/// Whether `new` differs from `old` only by checkpoint progress (newer
+/// records, last checkpoint time, restore target).
+fn only_progress(old: Option<&CheckpointPolicyStatus>, new: &CheckpointPolicyStatus) -> bool {
+    let Some(old) = old else {
+        return false;
+    };
+    let strip = |status: &CheckpointPolicyStatus| {
+        let mut status = status.clone();
+        status.last_checkpoint_time = None;
+        status.restore_target = None;
+        for record in &mut status.checkpoints {
+            record.archive.clear();
+            record.size_bytes = 0;
+            record.duration_ms = 0;
+            record.taken_at = Time(jiff::Timestamp::UNIX_EPOCH);
+            record.replicas.sort();
+        }
+        status
+    };
+    strip(old) == strip(new)
 }
 
 /// Selected pods this policy protects, and the pods it leaves to an older
@@ -570,6 +608,7 @@ fn schedule(
             &policy.spec.placement,
             usize::try_from(policy.spec.standbys).unwrap_or(0),
             &target.node,
+            &format!("{}/{}", target.pod_uid, target.container),
             &nodes,
             &snapshot.agents,
             &previous,
