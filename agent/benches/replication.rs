@@ -10,6 +10,17 @@
 //! encryption key (archives encrypted at rest: the sender decrypts, the
 //! receiver encrypts; the TCP copy copies the encrypted file). CPU seconds come from /proc/<pid>/stat (user + system):
 //! the two agents' for a replication, this process's for the TCP copy.
+//!
+//! A third comparator, "TLS copy + sha256", does only the work the issue
+//! requires and nothing of ferry's: the same bytes over a rustls (ring)
+//! mutual-TLS connection with the agents' certificates, 1 MiB buffers, the
+//! receiver hashing with sha2, writing and fsyncing (one thread receives and
+//! decrypts, another hashes and writes with early writeback, as ferry
+//! does). Its gap to ferry is ferry's own overhead (gRPC/HTTP/2, copies,
+//! the store); its gap to the TCP copy is the price of TLS and hashing. Its
+//! CPU seconds are those of its threads (getrusage RUSAGE_THREAD); compare
+//! CPU seconds too: on 2 cores the throughput also depends on how well the
+//! threads share them.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures, the table is the output
 
@@ -20,15 +31,21 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{AgentProcess, Pki, import_archive_with, key_flag, listed, write_key};
 use ferry_agent::encryption::{ArchiveKey, encrypted_len};
 use ferry_proto::v1 as pb;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1 << 20;
 /// Read and write buffer of the TCP copy, the size of ferry's chunks.
 const BUFFER: usize = 1 << 20;
+/// How often the TLS copy starts writeback, as the store does.
+const WRITEBACK_STEP: u64 = 32 << 20;
 const TARGET_RATIO: f64 = 0.8;
 const TARGET_RSS_MIB: f64 = 64.0;
 
@@ -216,25 +233,43 @@ async fn run() {
         );
     }
 
+    let tls = TlsCopy::new(&pki);
+    let tls_target = dir.path().join("tls-copy.bin");
     let mut tcp = Samples::default();
+    let mut secure = Samples::default();
+    let mut suite = String::new();
     let mut ferry = Samples::default();
     let mut ferry_zstd = Samples::default();
     // Interleaved rounds, so drift on a shared machine hits every method.
     for round in 1..=runs {
-        let (source, target) = (source.clone(), copy.clone());
+        let (from, to) = (source.clone(), copy.clone());
         let own_cpu = cpu_seconds(std::process::id());
-        let elapsed = tokio::task::spawn_blocking(move || tcp_copy(&source, &target, stored_size))
+        let elapsed = tokio::task::spawn_blocking(move || tcp_copy(&from, &to, stored_size))
             .await
             .unwrap();
         let cpu = (cpu_seconds(std::process::id()) - own_cpu, 0.0);
         std::fs::remove_file(&copy).unwrap();
         tcp.add(size, Run { elapsed, cpu });
 
+        let (copier, from, to) = (tls.clone(), source.clone(), tls_target.clone());
+        // The receiver hashes what it stores; with encryption at rest on, that
+        // is the encrypted file, not the archive id.
+        let expected = (!encrypt).then(|| archive.id.clone());
+        let (run, negotiated) = tokio::task::spawn_blocking(move || {
+            copier.copy(&from, &to, stored_size, expected.as_deref())
+        })
+        .await
+        .unwrap();
+        std::fs::remove_file(&tls_target).unwrap();
+        secure.add(size, run);
+        suite = negotiated;
+
         ferry.add(size, replicate(&pki, &a, &b, &archive.id).await);
         ferry_zstd.add(size, replicate(&pki, &a_zstd, &b_zstd, &archive.id).await);
         eprintln!(
-            "round {round}/{runs}: tcp {:.0}, ferry {:.0}, ferry --zstd {:.0} MiB/s",
+            "round {round}/{runs}: tcp {:.0}, tls+sha256 {:.0}, ferry {:.0}, ferry --zstd {:.0} MiB/s",
             tcp.last(),
+            secure.last(),
             ferry.last(),
             ferry_zstd.last()
         );
@@ -266,6 +301,13 @@ async fn run() {
         tcp.cell(),
         tcp.cpu_cell(size, false)
     );
+    println!(
+        "| TLS copy + sha256 (the required work, no gRPC): rustls/ring mutual TLS ({}), 1 MiB buffers; receiver: a TLS thread, a thread that hashes, writes (early writeback), fsyncs | {} | {:.2} | {} (threads) | – | – |",
+        suite,
+        secure.cell(),
+        secure.median() / tcp_median,
+        secure.cpu_cell(size, true)
+    );
     let rows = [
         (
             "ferry Replicate A→B, mTLS, receiver sha256-verifies, fsyncs and publishes",
@@ -296,6 +338,11 @@ async fn run() {
     println!(
         "- Target ratio >= {TARGET_RATIO} (mTLS and hashing on): {} ({ratio:.2})",
         met(ratio >= TARGET_RATIO)
+    );
+    println!(
+        "- ferry to the TLS + sha256 floor: {:.2} (the rest is ferry's own overhead); the floor to the TCP copy: {:.2} (the price of TLS and hashing)",
+        ferry.median() / secure.median(),
+        secure.median() / tcp_median
     );
     let peak = [&a, &b, &a_zstd, &b_zstd]
         .into_iter()
@@ -346,6 +393,186 @@ fn tcp_copy(source: &Path, target: &Path, size: u64) -> Duration {
     let elapsed = started.elapsed();
     assert_eq!(received, size, "the TCP copy received every byte");
     elapsed
+}
+
+/// The agents' mutual-TLS setup (same CA and agent certificate, ring) for a
+/// bare rustls connection.
+#[derive(Clone)]
+struct TlsCopy {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl TlsCopy {
+    fn new(pki: &Pki) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(&pki.ca).unwrap())
+            .unwrap();
+        let roots = Arc::new(roots);
+        let chain = || {
+            CertificateDer::pem_file_iter(&pki.agent_cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+        };
+        let key = || PrivateKeyDer::from_pem_file(&pki.agent_key).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain(), key())
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain(), key())
+            .unwrap();
+        Self {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        }
+    }
+
+    /// Sends `source` from one thread to receiver threads over loopback
+    /// mutual TLS; the receiver sha256-hashes, writes `target` and fsyncs,
+    /// then checks the hash against `expected`. Timed from the connect
+    /// (handshake included) to the receiver being done; CPU per thread.
+    /// Also returns the negotiated cipher suite (the agents, with the same
+    /// provider on both sides, negotiate the same).
+    fn copy(
+        &self,
+        source: &Path,
+        target: &Path,
+        size: u64,
+        expected: Option<&str>,
+    ) -> (Run, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let (server, target) = (self.server.clone(), target.to_owned());
+        let receiver = std::thread::spawn(move || {
+            let cpu = thread_cpu_seconds();
+            let (socket, _) = listener.accept().unwrap();
+            let connection = rustls::ServerConnection::new(server).unwrap();
+            let mut tls = rustls::StreamOwned::new(connection, socket);
+            // Two threads, as two cores allow: this one receives and
+            // decrypts, the other hashes, writes and fsyncs. Buffers go
+            // round between them (QUEUED of them), nothing is allocated.
+            const QUEUED: usize = 4;
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(QUEUED);
+            let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUED);
+            for _ in 0..QUEUED {
+                empty_tx.send(vec![0u8; BUFFER]).unwrap();
+            }
+            let writer = std::thread::spawn(move || {
+                let cpu = thread_cpu_seconds();
+                let mut file = File::create(&target).unwrap();
+                let mut hasher = Sha256::new();
+                let (mut total, mut flushed) = (0u64, 0u64);
+                for (buffer, filled) in full_rx {
+                    hasher.update(&buffer[..filled]);
+                    file.write_all(&buffer[..filled]).unwrap();
+                    total += filled as u64;
+                    // Early writeback, as the store does, so the fsync at the
+                    // end does not wait for the whole file.
+                    if total - flushed >= WRITEBACK_STEP {
+                        ferry_agent::sys::start_writeback(&file, flushed, total - flushed);
+                        flushed = total;
+                    }
+                    // The reader may be gone after the last buffer.
+                    let _ = empty_tx.send(buffer);
+                }
+                file.sync_all().unwrap();
+                (
+                    total,
+                    hex::encode(hasher.finalize()),
+                    thread_cpu_seconds() - cpu,
+                )
+            });
+            loop {
+                let mut buffer = empty_rx.recv().unwrap();
+                // Fill the whole buffer: rustls hands out one record (16 KiB)
+                // per read.
+                let mut filled = 0;
+                while filled < buffer.len() {
+                    let read = tls.read(&mut buffer[filled..]).unwrap();
+                    if read == 0 {
+                        break;
+                    }
+                    filled += read;
+                }
+                if filled == 0 {
+                    break;
+                }
+                full_tx.send((buffer, filled)).unwrap();
+            }
+            drop(full_tx);
+            let reader_cpu = thread_cpu_seconds() - cpu;
+            let (total, hash, writer_cpu) = writer.join().unwrap();
+            (total, hash, reader_cpu + writer_cpu)
+        });
+        let client = self.client.clone();
+        let source = source.to_owned();
+        let started = Instant::now();
+        let sender = std::thread::spawn(move || {
+            let cpu = thread_cpu_seconds();
+            let socket = TcpStream::connect(address).unwrap();
+            socket.set_nodelay(true).unwrap();
+            let name = ServerName::try_from(ferry_agent::tls::AGENT_SERVER_NAME).unwrap();
+            let connection = rustls::ClientConnection::new(client, name).unwrap();
+            let mut tls = rustls::StreamOwned::new(connection, socket);
+            let mut file = File::open(source).unwrap();
+            let mut buffer = vec![0u8; BUFFER];
+            loop {
+                let read = file.read(&mut buffer).unwrap();
+                if read == 0 {
+                    break;
+                }
+                tls.write_all(&buffer[..read]).unwrap();
+            }
+            tls.conn.send_close_notify();
+            tls.flush().unwrap();
+            tls.sock.shutdown(Shutdown::Write).unwrap();
+            // Read until the receiver closes: a socket closed with unread
+            // bytes (the server's session tickets) resets the connection.
+            std::io::copy(&mut tls.sock, &mut std::io::sink()).unwrap();
+            let suite = tls.conn.negotiated_cipher_suite().unwrap().suite();
+            (thread_cpu_seconds() - cpu, format!("{suite:?}"))
+        });
+        let (sender_cpu, suite) = sender.join().unwrap();
+        let (received, hash, receiver_cpu) = receiver.join().unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(received, size, "the TLS copy received every byte");
+        if let Some(expected) = expected {
+            assert_eq!(hash, expected, "the TLS copy hashed the archive");
+        }
+        let run = Run {
+            elapsed,
+            cpu: (sender_cpu, receiver_cpu),
+        };
+        (run, suite)
+    }
+}
+
+/// CPU seconds (user + system) the calling thread has used so far.
+fn thread_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the memory we pass.
+    #[allow(unsafe_code)]
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// One `Replicate` call from `sender` to `receiver`, timed from the call to
