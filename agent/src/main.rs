@@ -137,6 +137,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    ferry_agent::sys::tune_allocator();
     let args = Args::parse();
     ferry_telemetry::init_logging(args.log_format);
     if rustls::crypto::ring::default_provider()
