@@ -72,7 +72,12 @@ impl Netns {
             .unwrap();
         assert!(ok.success(), "ip netns add {name}");
         let netns = Self { name: name.into() };
-        assert!(netns.run(&["ip", "link", "set", "lo", "up"]).status.success());
+        assert!(
+            netns
+                .run(&["ip", "link", "set", "lo", "up"])
+                .status
+                .success()
+        );
         netns
     }
 

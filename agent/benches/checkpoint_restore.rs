@@ -1,0 +1,393 @@
+//! Checkpoint/restore benchmark (issue 5): the test-app with a ballast of
+//! 16, 64, 256 and 1024 MiB in a runc container on node A (a network
+//! namespace with its agent), checkpointed with CRIU, replicated over mutual
+//! TLS to node B and restored there — side by side, in the same run, with
+//! the two things a user could do instead on node B: a cold restart (the
+//! state is lost: the counter starts again) and pulling the state through
+//! the application's own API (GET /state on A, a fresh instance on B, PUT
+//! /state into it).
+//!
+//! ```sh
+//! cargo build --release -p ferry-agent
+//! cargo bench -p ferry-agent --bench checkpoint_restore
+//! ```
+//!
+//! Needs root (hack/criu.sh, runc, network namespaces). Prints a Markdown
+//! table, writes it to docs/bench-cr.md and plots it to docs/bench-cr.png
+//! (gnuplot from Debian, installed when missing). `FERRY_BENCH_BALLASTS`
+//! (comma-separated MiB, default 16,64,256,1024) changes the sizes. It
+//! fails only when checkpoint/restore breaks, never on a number.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures, the table is the output
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Pki;
+use common::nodes::{Node, container, criu, repo, test_app_bundle};
+use ferry_proto::v1 as pb;
+
+/// CRIU's statistics of the dump that made a stored archive.
+fn archive_stats(data_dir: &Path, id: &str) -> Option<ferry_agent::image::CriuDumpStats> {
+    let path = data_dir.join("archives").join(format!("{id}.tar"));
+    ferry_agent::image::read_checkpoint_metadata(&path)
+        .ok()?
+        .dump_stats
+}
+
+/// The largest gap between two consecutive counter lines the app logged
+/// between `from` and `to`: the pause as the application saw it.
+fn largest_gap(log: &Path, from: jiff::Timestamp, to: jiff::Timestamp) -> Option<Duration> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let times: Vec<jiff::Timestamp> = text
+        .lines()
+        .filter(|l| l.contains("counter="))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
+    times
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .and_then(|d| Duration::try_from(d).ok())
+}
+
+struct Row {
+    ballast_mib: u64,
+    archive_mib: f64,
+    frozen_ms: f64,
+    app_pause_ms: f64,
+    checkpoint_ms: u64,
+    replication_ms: u64,
+    restore_ms: u64,
+    criu_restore_ms: u64,
+    restore_serving_ms: u64,
+    counter_kept: bool,
+    ballast_ok: bool,
+    cold_serving_ms: u64,
+    cold_counter: u64,
+    pull_get_ms: u64,
+    pull_put_ms: u64,
+    pull_total_ms: u64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[allow(clippy::too_many_lines)] // one scenario, step by step
+async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
+    let mut a_client = pki.controller(&a.agent.endpoint).await;
+    let mut b_client = pki.controller(&b.agent.endpoint).await;
+    let bundle = format!("b{ballast_mib}");
+    let pod = format!("cr-{ballast_mib}");
+    a_client
+        .run_container(pb::RunContainerRequest {
+            container: Some(container(&pod)),
+            bundle: bundle.clone(),
+        })
+        .await
+        .unwrap();
+    a.netns.wait_serving(Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Checkpoint on A, replicated to B.
+    let before = jiff::Timestamp::now();
+    let taken = a_client
+        .checkpoint(pb::CheckpointRequest {
+            policy: "tier4/bench".into(),
+            container: Some(container(&pod)),
+            peers: vec![b.agent.peer()],
+            timeout_seconds: 300,
+            retention: Some(pb::Retention {
+                keep: 1,
+                max_bytes: 0,
+                max_age_seconds: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = jiff::Timestamp::now();
+    let archive = taken.archive.unwrap();
+    let replica = &taken.replicas[0];
+    assert!(replica.ok, "replication: {}", replica.error);
+    let id = format!("tier4.{pod}.app");
+    let log = a
+        .agent
+        .data_dir
+        .join("runc")
+        .join("logs")
+        .join(format!("{id}.log"));
+    let app_pause = largest_gap(&log, before, after).unwrap_or_default();
+    let stats = archive_stats(&a.agent.data_dir, &archive.id).unwrap_or_default();
+
+    // The pull-state baseline, step one: read the state from A.
+    let started = Instant::now();
+    let state = a.netns.get("/state").unwrap();
+    let pull_get = started.elapsed();
+    let at_failure = state["counter"].as_u64().unwrap();
+
+    // Node A fails; B restores.
+    a_client
+        .delete_container(pb::DeleteContainerRequest {
+            container: Some(container(&pod)),
+        })
+        .await
+        .unwrap();
+    let failed = Instant::now();
+    let restored = b_client
+        .restore(pb::RestoreRequest {
+            archive_id: archive.id.clone(),
+            container: Some(container(&pod)),
+            bundle: bundle.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let resumed = b.netns.wait_serving(Duration::from_secs(120));
+    let restore_serving = failed.elapsed();
+    let verified = b.netns.get("/verify").unwrap();
+    let counter_kept = resumed["counter"].as_u64().unwrap() > 0
+        && resumed["counter"].as_u64().unwrap() <= at_failure + 50;
+    b_client
+        .delete_container(pb::DeleteContainerRequest {
+            container: Some(container(&pod)),
+        })
+        .await
+        .unwrap();
+
+    // A cold restart on B: serving again, but from zero.
+    let cold = format!("cold-{ballast_mib}");
+    let started = Instant::now();
+    b_client
+        .run_container(pb::RunContainerRequest {
+            container: Some(container(&cold)),
+            bundle: bundle.clone(),
+        })
+        .await
+        .unwrap();
+    let fresh = b.netns.wait_serving(Duration::from_secs(120));
+    let cold_serving = started.elapsed();
+    let cold_counter = fresh["counter"].as_u64().unwrap();
+
+    // Pull-state, step two: the fresh instance gets the state by PUT.
+    let started = Instant::now();
+    b.netns
+        .request("PUT", "/state", Some(&state.to_string()))
+        .expect("PUT /state");
+    let pull_put = started.elapsed();
+    b_client
+        .delete_container(pb::DeleteContainerRequest {
+            container: Some(container(&cold)),
+        })
+        .await
+        .unwrap();
+    // Both stores keep only what the next size needs.
+    for client in [&mut a_client, &mut b_client] {
+        client
+            .delete_archives(pb::DeleteArchivesRequest {
+                archive_ids: vec![],
+                policy: "tier4/bench".into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    Row {
+        ballast_mib,
+        archive_mib: archive.size_bytes as f64 / f64::from(1 << 20),
+        frozen_ms: stats.frozen_time_us as f64 / 1000.0,
+        app_pause_ms: app_pause.as_secs_f64() * 1000.0,
+        checkpoint_ms: taken.checkpoint_millis,
+        replication_ms: replica.millis,
+        restore_ms: restored.restore_millis,
+        criu_restore_ms: restored.criu_millis,
+        restore_serving_ms: millis(restore_serving),
+        counter_kept,
+        ballast_ok: verified["ballast_ok"] == true,
+        cold_serving_ms: millis(cold_serving),
+        cold_counter,
+        pull_get_ms: millis(pull_get),
+        pull_put_ms: millis(pull_put),
+        pull_total_ms: millis(pull_get + cold_serving + pull_put),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| ballast MiB | archive MiB | CRIU frozen ms | app's largest pause ms | checkpoint ms | replication A→B ms | restore on B ms (CRIU) | failure → serving on B ms | counter continues | ballast verified | cold restart: serving ms, counter | pull-state: GET + fresh start + PUT ms |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.0} | {:.0} | {} | {} | {} ({}) | {} | {} | {} | {}, counter {} (state lost) | {} + {} + {} = {} (counter only; memory lost) |",
+            r.ballast_mib,
+            r.archive_mib,
+            r.frozen_ms,
+            r.app_pause_ms,
+            r.checkpoint_ms,
+            r.replication_ms,
+            r.restore_ms,
+            r.criu_restore_ms,
+            r.restore_serving_ms,
+            if r.counter_kept { "yes" } else { "NO" },
+            if r.ballast_ok { "yes" } else { "NO" },
+            r.cold_serving_ms,
+            r.cold_counter,
+            r.pull_get_ms,
+            r.cold_serving_ms,
+            r.pull_put_ms,
+            r.pull_total_ms,
+        );
+    }
+    out
+}
+
+/// docs/bench-cr.png with gnuplot (installed from Debian when missing).
+fn plot(rows: &[Row], docs: &Path) -> Result<(), String> {
+    if Command::new("gnuplot").arg("--version").output().is_err() {
+        let installed = Command::new("apt-get")
+            .args(["install", "-y", "-q", "gnuplot-nox"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !installed.status.success() {
+            return Err(String::from_utf8_lossy(&installed.stderr).into_owned());
+        }
+    }
+    let data = docs.join("bench-cr.dat");
+    let mut text = String::from(
+        "# ballast_mib frozen_ms checkpoint_ms replication_ms restore_ms failure_to_serving_ms cold_ms pull_ms\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            text,
+            "{} {:.1} {} {} {} {} {} {}",
+            r.ballast_mib,
+            r.frozen_ms,
+            r.checkpoint_ms,
+            r.replication_ms,
+            r.restore_ms,
+            r.restore_serving_ms,
+            r.cold_serving_ms,
+            r.pull_total_ms
+        );
+    }
+    std::fs::write(&data, text).map_err(|e| e.to_string())?;
+    let script = format!(
+        "set terminal pngcairo size 1000,600\n\
+         set output '{png}'\n\
+         set title 'ferry checkpoint/restore of the test-app by memory ballast (runc + CRIU, two network-namespace nodes)'\n\
+         set xlabel 'ballast (MiB)'\n set ylabel 'milliseconds'\n\
+         set logscale x 2\n set logscale y 10\n set key left top\n set grid\n\
+         plot '{dat}' using 1:2 with linespoints title 'CRIU frozen (app paused)', \
+         '' using 1:3 with linespoints title 'checkpoint', \
+         '' using 1:4 with linespoints title 'replication A->B', \
+         '' using 1:5 with linespoints title 'restore on B', \
+         '' using 1:6 with linespoints title 'failure -> serving on B (state kept)', \
+         '' using 1:7 with linespoints title 'cold restart (state lost)', \
+         '' using 1:8 with linespoints title 'pull-state GET+start+PUT (counter only)'\n",
+        png = docs.join("bench-cr.png").display(),
+        dat = data.display(),
+    );
+    let script_path = docs.join("bench-cr.gp");
+    std::fs::write(&script_path, script).map_err(|e| e.to_string())?;
+    let output = Command::new("gnuplot")
+        .arg(&script_path)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
+
+async fn run() {
+    let ballasts: Vec<u64> = std::env::var("FERRY_BENCH_BALLASTS")
+        .unwrap_or_else(|_| "16,64,256,1024".into())
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .expect("FERRY_BENCH_BALLASTS: MiB, comma-separated")
+        })
+        .collect();
+    common::install_crypto_provider();
+    let criu = criu();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let bundles = dir.path().join("bundles");
+    for mib in &ballasts {
+        test_app_bundle(&bundles, &format!("b{mib}"), *mib);
+    }
+    let pki = Pki::new(dir.path());
+    let a = Node::start(&pki, dir.path(), "node-a", &criu, &bundles).await;
+    let b = Node::start(&pki, dir.path(), "node-b", &criu, &bundles).await;
+    let mut rows = Vec::new();
+    for mib in &ballasts {
+        println!("ballast {mib} MiB …");
+        rows.push(measure(&pki, &a, &b, *mib).await);
+    }
+    let machine = format!(
+        "Machine: {} vCPUs, {}, kernel {}; CRIU {}; runc from Debian; agents are release builds; archives on {} (ext4).",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l
+                .strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+            .unwrap_or_default(),
+        String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout).trim(),
+        String::from_utf8_lossy(
+            &Command::new(&criu)
+                .arg("--version")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .lines()
+        .next()
+        .unwrap_or_default(),
+        dir.path().display()
+    );
+    let table = table(&rows);
+    println!("\n{machine}\n\n{table}");
+    let docs = repo().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let doc = format!(
+        "# Checkpoint/restore benchmark\n\n`cargo bench -p ferry-agent --bench checkpoint_restore` (after `cargo build --release -p ferry-agent`), {}.\n\n{machine}\n\n\
+         Columns: CRIU frozen = the time CRIU kept the process frozen (from its stats-dump); app's largest pause = the largest gap between two counter lines the app logged (every 100 ms) around the checkpoint; checkpoint = the agent's time from the request to the archive stored (dump, archive, import); replication = mutual-TLS transfer to node B, verified there; restore = verify the archive, unpack, `runc restore` (CRIU's part in brackets); failure → serving = from deleting the container on A to the restored app answering on B (no failure detection in this setup). The alternatives: a cold restart on B serves quickly but from counter 0 with its memory rebuilt; pulling the state through the app's API (GET /state on A, a fresh instance on B, PUT /state) carries only what the API exposes.\n\n{table}\n![plot](bench-cr.png)\n",
+        jiff::Timestamp::now()
+    );
+    std::fs::write(docs.join("bench-cr.md"), doc).unwrap();
+    match plot(&rows, &docs) {
+        Ok(()) => println!("wrote docs/bench-cr.md and docs/bench-cr.png"),
+        Err(err) => println!("wrote docs/bench-cr.md; no plot: {err}"),
+    }
+    assert!(
+        rows.iter().all(|r| r.counter_kept && r.ballast_ok),
+        "a restore lost state"
+    );
+}
