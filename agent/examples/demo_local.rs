@@ -23,7 +23,10 @@ fn arg(name: &str, default: u64) -> u64 {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} {v}: not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} {v}: not a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -104,7 +107,11 @@ async fn main() {
             archive.size_bytes >> 20,
             response.checkpoint_millis,
             replica.millis,
-            if replica.ok { "verified" } else { replica.error.as_str() },
+            if replica.ok {
+                "verified"
+            } else {
+                replica.error.as_str()
+            },
             started.elapsed().as_millis()
         );
         newest = Some((archive, response.checkpoint_millis, replica.millis));
@@ -112,11 +119,18 @@ async fn main() {
     let (archive, checkpoint_ms, replication_ms) = newest.expect("at least one checkpoint");
 
     say("Node A fails: its agent and its container are killed");
-    let at_kill = a.netns.get("/state").map(|s| counter(&s)).unwrap_or_default();
+    let at_kill = a
+        .netns
+        .get("/state")
+        .map(|s| counter(&s))
+        .unwrap_or_default();
     let killed = Instant::now();
     a.agent.kill();
     a.kill_containers();
-    println!("counter at the failure: {at_kill}; A serves: {}", a.netns.get("/state").is_some());
+    println!(
+        "counter at the failure: {at_kill}; A serves: {}",
+        a.netns.get("/state").is_some()
+    );
 
     say("Node B restores the newest replicated checkpoint");
     let restored = b_client
