@@ -60,6 +60,7 @@ fn largest_gap(log: &Path, from: jiff::Timestamp, to: jiff::Timestamp) -> Option
 struct Row {
     ballast_mib: u64,
     archive_mib: f64,
+    freezing_ms: f64,
     frozen_ms: f64,
     app_pause_ms: f64,
     checkpoint_ms: u64,
@@ -125,7 +126,12 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
         .join("runc")
         .join("logs")
         .join(format!("{id}.log"));
-    let app_pause = largest_gap(&log, before, after).unwrap_or_default();
+    // The line before the freeze is older than `before`: look back two
+    // counter periods so the gap that spans the start is counted.
+    let look_back = before
+        .checked_sub(jiff::SignedDuration::from_millis(200))
+        .unwrap_or(before);
+    let app_pause = largest_gap(&log, look_back, after).unwrap_or_default();
     let stats = archive_stats(&a.agent.data_dir, &archive.id).unwrap_or_default();
 
     // The pull-state baseline, step one: read the state from A.
@@ -203,6 +209,7 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
     Row {
         ballast_mib,
         archive_mib: archive.size_bytes as f64 / f64::from(1 << 20),
+        freezing_ms: stats.freezing_time_us as f64 / 1000.0,
         frozen_ms: stats.frozen_time_us as f64 / 1000.0,
         app_pause_ms: app_pause.as_secs_f64() * 1000.0,
         checkpoint_ms: taken.checkpoint_millis,
@@ -224,15 +231,16 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| ballast MiB | archive MiB | CRIU frozen ms | app's largest pause ms | checkpoint ms | replication A→B ms | restore on B ms (CRIU) | failure → serving on B ms | counter continues | ballast verified | cold restart: serving ms, counter | pull-state: GET + fresh start + PUT ms |"
+        "| ballast MiB | archive MiB | CRIU freezing ms | CRIU frozen ms | app's largest gap between counter lines ms (period 100) | checkpoint ms | replication A→B ms | restore on B ms (CRIU) | failure → serving on B ms | counter continues | ballast verified | cold restart: serving ms, counter | pull-state: GET + fresh start + PUT ms |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.0} | {:.0} | {} | {} | {} ({}) | {} | {} | {} | {}, counter {} (state lost) | {} + {} + {} = {} (counter only; memory lost) |",
+            "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} ({}) | {} | {} | {} | {}, counter {} (state lost) | {} + {} + {} = {} (counter only; memory lost) |",
             r.ballast_mib,
             r.archive_mib,
+            r.freezing_ms,
             r.frozen_ms,
             r.app_pause_ms,
             r.checkpoint_ms,
@@ -378,7 +386,7 @@ async fn run() {
     std::fs::create_dir_all(&docs).unwrap();
     let doc = format!(
         "# Checkpoint/restore benchmark\n\n`cargo bench -p ferry-agent --bench checkpoint_restore` (after `cargo build --release -p ferry-agent`), {}.\n\n{machine}\n\n\
-         Columns: CRIU frozen = the time CRIU kept the process frozen (from its stats-dump); app's largest pause = the largest gap between two counter lines the app logged (every 100 ms) around the checkpoint; checkpoint = the agent's time from the request to the archive stored (dump, archive, import); replication = mutual-TLS transfer to node B, verified there; restore = verify the archive, unpack, `runc restore` (CRIU's part in brackets); failure → serving = from deleting the container on A to the restored app answering on B (no failure detection in this setup). The alternatives: a cold restart on B serves quickly but from counter 0 with its memory rebuilt; pulling the state through the app's API (GET /state on A, a fresh instance on B, PUT /state) carries only what the API exposes.\n\n{table}\n![plot](bench-cr.png)\n",
+         Columns: CRIU freezing = the time CRIU took to freeze the container (with cgroup v1 it polls the freezer in 100 ms steps), CRIU frozen = the time it then kept it frozen (both from its stats-dump); app's largest gap = the largest gap between two counter lines the app logged (every 100 ms) around the checkpoint, so the pause the app saw is this minus up to one period; checkpoint = the agent's time from the request to the archive stored (dump, archive, import); replication = mutual-TLS transfer to node B, verified there; restore = verify the archive, unpack, `runc restore` (CRIU's part in brackets); failure → serving = from deleting the container on A to the restored app answering on B (no failure detection in this setup). The alternatives: a cold restart on B serves quickly but from counter 0 with its memory rebuilt; pulling the state through the app's API (GET /state on A, a fresh instance on B, PUT /state) carries only what the API exposes.\n\n{table}\n![plot](bench-cr.png)\n",
         jiff::Timestamp::now()
     );
     std::fs::write(docs.join("bench-cr.md"), doc).unwrap();
