@@ -114,33 +114,19 @@ impl RuncRuntime {
         let output = match tokio::time::timeout(self.config.timeout, child.wait_with_output()).await
         {
             Ok(output) => output.map_err(|e| Error::io("running", &self.config.runc, e))?,
-            Err(_elapsed) => {
-                kill_group(pid).await;
-                return Err(Error::Runtime {
-                    what,
-                    message: format!(
-                        "runc {what} did not finish within {}s and was killed{}",
-                        self.config.timeout.as_secs(),
-                        criu_log
-                            .and_then(criu_error)
-                            .map(|l| format!("; CRIU: {l}"))
-                            .unwrap_or_default()
-                    ),
-                });
-            }
+            Err(_elapsed) => return Err(self.timed_out(what, what, pid, criu_log).await),
         };
         if output.status.success() {
             return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
         }
-        let mut message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        if let Some(log) = criu_log
-            && let Some(line) = criu_error(log)
-        {
-            message = format!("{message}; CRIU: {line}");
-        }
+        let message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         Err(Error::Runtime {
             what,
-            message: format!("runc {what} failed ({}): {message}", output.status),
+            message: format!(
+                "runc {what} failed ({}): {message}{}",
+                output.status,
+                criu_says(criu_log)
+            ),
         })
     }
 
@@ -249,20 +235,9 @@ impl RuncRuntime {
         let status = match tokio::time::timeout(self.config.timeout, child.wait()).await {
             Ok(status) => status.map_err(|e| Error::io("waiting for", &self.config.runc, e))?,
             Err(_elapsed) => {
-                // A CRIU that hangs (it loops on some broken images) must
-                // not hold the node, nor fill its disk with its log.
-                kill_group(pid).await;
-                return Err(Error::Runtime {
-                    what,
-                    message: format!(
-                        "runc {what} of {id} did not finish within {}s and was killed{}",
-                        self.config.timeout.as_secs(),
-                        criu_log
-                            .and_then(criu_error)
-                            .map(|l| format!("; CRIU: {l}"))
-                            .unwrap_or_default()
-                    ),
-                });
+                return Err(self
+                    .timed_out(what, &format!("{what} of {id}"), pid, criu_log)
+                    .await);
             }
         };
         if status.success() {
@@ -274,16 +249,35 @@ impl RuncRuntime {
         }
         let said = std::fs::read_to_string(&log_path).unwrap_or_default();
         let last: Vec<&str> = said.lines().rev().take(3).collect();
-        let mut message = last.into_iter().rev().collect::<Vec<_>>().join(" | ");
-        if let Some(log) = criu_log
-            && let Some(line) = criu_error(log)
-        {
-            message = format!("{message}; CRIU: {line}");
-        }
+        let message = last.into_iter().rev().collect::<Vec<_>>().join(" | ");
         Err(Error::Runtime {
             what,
-            message: format!("runc {what} of {id} failed ({status}): {message}"),
+            message: format!(
+                "runc {what} of {id} failed ({status}): {message}{}",
+                criu_says(criu_log)
+            ),
         })
+    }
+
+    /// Kills runc and the CRIU it started once `self.config.timeout` has
+    /// passed: a CRIU that hangs (it loops on some broken images) must not
+    /// hold the node, nor fill its disk with its log.
+    async fn timed_out(
+        &self,
+        what: &'static str,
+        subject: &str,
+        pid: Option<u32>,
+        criu_log: Option<&Path>,
+    ) -> Error {
+        kill_group(pid).await;
+        Error::Runtime {
+            what,
+            message: format!(
+                "runc {subject} did not finish within {}s and was killed{}",
+                self.config.timeout.as_secs(),
+                criu_says(criu_log)
+            ),
+        }
     }
 
     /// The pid of a running container's init process.
@@ -548,6 +542,13 @@ async fn unmount_below(dir: &Path) {
     for mount in below {
         let _ = Command::new("umount").args(["-l", mount]).output().await;
     }
+}
+
+/// `; CRIU: <why>` from CRIU's log, or nothing when there is no log.
+fn criu_says(log: Option<&Path>) -> String {
+    log.and_then(criu_error)
+        .map(|line| format!("; CRIU: {line}"))
+        .unwrap_or_default()
 }
 
 /// The `Error` lines of a CRIU log that say why it failed: the last two
