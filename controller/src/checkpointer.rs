@@ -59,11 +59,18 @@ pub struct Done {
 
 type JobKey = (String, String, String);
 
-fn key(job: &Job) -> JobKey {
+impl Job {
+    /// `namespace/name` of the policy, as agents group archives.
+    fn policy_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.policy.name)
+    }
+}
+
+fn key(policy: &str, target: &Target) -> JobKey {
     (
-        format!("{}/{}", job.namespace, job.policy.name),
-        job.target.pod_uid.clone(),
-        job.target.container.clone(),
+        policy.to_owned(),
+        target.pod_uid.clone(),
+        target.container.clone(),
     )
 }
 
@@ -107,16 +114,12 @@ impl Checkpointer {
     }
 
     pub fn is_in_flight(&self, policy: &str, target: &Target) -> bool {
-        lock(&self.in_flight).contains(&(
-            policy.to_owned(),
-            target.pod_uid.clone(),
-            target.container.clone(),
-        ))
+        lock(&self.in_flight).contains(&key(policy, target))
     }
 
     /// Starts `job` unless the same container is already being checkpointed.
     pub fn submit(self: &Arc<Self>, job: Job) -> bool {
-        if !lock(&self.in_flight).insert(key(&job)) {
+        if !lock(&self.in_flight).insert(key(&job.policy_key(), &job.target)) {
             return false;
         }
         let node_limit = lock(&self.per_node)
@@ -161,7 +164,7 @@ impl Checkpointer {
                     target: job.target.clone(),
                     result,
                 });
-            lock(&this.in_flight).remove(&key(&job));
+            lock(&this.in_flight).remove(&key(&job.policy_key(), &job.target));
             let _ = this.wake.send(job.policy);
         });
         true
@@ -173,7 +176,7 @@ impl Checkpointer {
             .client(&job.endpoint)
             .map_err(Failure::AgentUnreachable)?;
         let request = pb::CheckpointRequest {
-            policy: format!("{}/{}", job.namespace, job.policy.name),
+            policy: job.policy_key(),
             container: Some(pb::ContainerRef {
                 namespace: job.namespace.clone(),
                 pod: job.target.pod.clone(),

@@ -74,6 +74,15 @@ pub fn node_loss(node_name: &str, world: World<'_>, grace: Duration) -> Option<S
     None
 }
 
+/// Whether a failover of the pod `uid` is in progress or was the last one.
+pub fn failover_recorded(status: &CheckpointPolicyStatus, uid: &str) -> bool {
+    status.failovers.iter().any(|f| f.pod_uid == uid)
+        || status
+            .last_failover
+            .as_ref()
+            .is_some_and(|f| f.pod_uid == uid)
+}
+
 /// Failed pods among those with checkpoints, skipping pods whose failover
 /// is already recorded. One failure per pod.
 pub fn detect(
@@ -82,20 +91,13 @@ pub fn detect(
     grace: Duration,
     world: World<'_>,
 ) -> Vec<Failure> {
-    let handled = |uid: &str| {
-        status.failovers.iter().any(|f| f.pod_uid == uid)
-            || status
-                .last_failover
-                .as_ref()
-                .is_some_and(|f| f.pod_uid == uid)
-    };
     let mut by_pod: BTreeMap<&str, Vec<&CheckpointRecord>> = BTreeMap::new();
     for record in status.checkpoints.iter().filter(|r| !r.pod_uid.is_empty()) {
         by_pod.entry(&record.pod_uid).or_default().push(record);
     }
     let mut failures = Vec::new();
     for (uid, records) in by_pod {
-        if handled(uid) {
+        if failover_recorded(status, uid) {
             continue;
         }
         let first = records[0];

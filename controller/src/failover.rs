@@ -234,21 +234,10 @@ async fn recreate_bare_pod(
 /// Points a pod ferry creates itself at the checkpoint: restore images
 /// (never pulled), the failover annotations, and the target node.
 fn apply_restore(pod: &mut Pod, failover: &FailoverRecord, policy: &CheckpointPolicy) {
-    let annotations = pod.metadata.annotations.get_or_insert_default();
-    annotations.insert(
-        ferry_api::names::FAILOVER_ANNOTATION.to_owned(),
-        failover.pod_uid.clone(),
-    );
-    annotations.extend(failover.pod_annotations.clone());
-    let restored: Vec<String> = failover
-        .containers
-        .iter()
-        .map(|c| format!("{}={}", c.container, c.archive))
-        .collect();
-    annotations.insert(
-        ferry_api::names::RESTORED_FROM_ANNOTATION.to_owned(),
-        restored.join(","),
-    );
+    pod.metadata
+        .annotations
+        .get_or_insert_default()
+        .extend(crate::webhook::restore_annotations(failover));
     let Some(spec) = pod.spec.as_mut() else {
         return;
     };

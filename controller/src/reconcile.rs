@@ -158,6 +158,7 @@ async fn apply(policy: &CheckpointPolicy, context: &Context) -> Result<Action, E
         if !policy.spec.suspend {
             let busy = advance_failovers(
                 policy,
+                &valid,
                 &namespace,
                 &mut status,
                 &snapshot,
@@ -371,13 +372,7 @@ fn prune_records(
     snapshot: &Snapshot,
     policy: &CheckpointPolicy,
 ) {
-    let failover_known = |uid: &str| {
-        status.failovers.iter().any(|f| f.pod_uid == uid)
-            || status
-                .last_failover
-                .as_ref()
-                .is_some_and(|f| f.pod_uid == uid)
-    };
+    let failover_known = |uid: &str| detect::failover_recorded(status, uid);
     let pod_exists = |uid: &str| {
         snapshot
             .pods
@@ -407,15 +402,13 @@ fn prune_records(
 /// stage on. Returns whether a failover is in progress.
 async fn advance_failovers(
     policy: &CheckpointPolicy,
+    valid: &ValidSpec,
     namespace: &str,
     status: &mut CheckpointPolicyStatus,
     snapshot: &Snapshot,
     context: &Context,
     events: &mut PendingEvents,
 ) -> bool {
-    let Ok(valid) = validate(&policy.spec) else {
-        return false;
-    };
     let pods: BTreeMap<String, &Pod> = snapshot
         .pods
         .iter()

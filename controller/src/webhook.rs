@@ -132,6 +132,22 @@ pub struct RestorePlan {
     pub patch: Patch,
 }
 
+/// The annotations a replacement pod carries: the target agent's, the
+/// failed pod's UID and the archive each container restores from. Used for
+/// pods the webhook rewrites and for bare pods ferry recreates itself.
+pub fn restore_annotations(failover: &FailoverRecord) -> BTreeMap<String, String> {
+    let mut annotations = failover.pod_annotations.clone();
+    annotations.insert(FAILOVER_ANNOTATION.to_owned(), failover.pod_uid.clone());
+    let restored_from = failover
+        .containers
+        .iter()
+        .map(|r| format!("{}={}", r.container, r.archive))
+        .collect::<Vec<_>>()
+        .join(",");
+    annotations.insert(RESTORED_FROM_ANNOTATION.to_owned(), restored_from);
+    annotations
+}
+
 /// Finds the pending failover a newly created pod carries out, if any, and
 /// the patch that points the pod at its checkpoint. Pure: no I/O, no clock.
 ///
@@ -279,16 +295,12 @@ fn build_plan(
         containers.push(restore.container.clone());
     }
 
-    let mut annotations = failover.pod_annotations.clone();
-    annotations.insert(FAILOVER_ANNOTATION.to_owned(), failover.pod_uid.clone());
-    let restored_from = failover
-        .containers
-        .iter()
-        .map(|r| format!("{}={}", r.container, r.archive))
-        .collect::<Vec<_>>()
-        .join(",");
-    annotations.insert(RESTORED_FROM_ANNOTATION.to_owned(), restored_from);
-    add_entries(&doc, &mut ops, &["metadata", "annotations"], annotations);
+    add_entries(
+        &doc,
+        &mut ops,
+        &["metadata", "annotations"],
+        restore_annotations(failover),
+    );
 
     pin_to_node(&doc, &mut ops, &node);
 
