@@ -517,8 +517,11 @@ where
 }
 
 /// Makes a kwok node look lost: kwok stops managing its status and Ready
-/// turns Unknown. Repeated until it sticks, because a heartbeat kwok had
-/// already scheduled may overwrite the first patch.
+/// turns Unknown. A heartbeat kwok had already scheduled (up to ~22 s
+/// ahead) can still set Ready=True after that, so a background task keeps
+/// the node lost for the rest of the process, re-applying Unknown with the
+/// same transition time whenever it reads Ready. Returns once the node was
+/// seen NotReady.
 pub async fn lose_node(client: &Client, node: &str) -> jiff::Timestamp {
     use k8s_openapi::api::core::v1::Node;
     let nodes: Api<Node> = Api::all(client.clone());
@@ -531,32 +534,47 @@ pub async fn lose_node(client: &Client, node: &str) -> jiff::Timestamp {
         .await
         .unwrap();
     let lost_at = jiff::Timestamp::now();
-    let mut stable_since: Option<Instant> = None;
+    // Returns whether the node read NotReady (after patching it if not).
+    let keep_lost = {
+        let nodes = nodes.clone();
+        let node = node.to_owned();
+        move || {
+            let (nodes, node) = (nodes.clone(), node.clone());
+            async move {
+                let Ok(current) = nodes.get(&node).await else {
+                    return false;
+                };
+                if !ferry_testenv::node_is_ready(&current) {
+                    return true;
+                }
+                let now = jiff::Timestamp::now().to_string();
+                let _ = nodes
+                    .patch_status(
+                        &node,
+                        &PatchParams::default(),
+                        &Patch::Strategic(serde_json::json!({"status": {"conditions": [
+                            {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                             "message": "kubelet stopped posting node status", "lastHeartbeatTime": now, "lastTransitionTime": lost_at.to_string()}
+                        ]}})),
+                    )
+                    .await;
+                false
+            }
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while stable_since.is_none_or(|since| since.elapsed() < Duration::from_secs(3)) {
+    while !keep_lost().await {
         assert!(
             Instant::now() < deadline,
-            "node {node} does not stay NotReady"
+            "node {node} does not turn NotReady"
         );
-        let current = nodes.get(node).await.unwrap();
-        if ferry_testenv::node_is_ready(&current) {
-            stable_since = None;
-            let now = jiff::Timestamp::now().to_string();
-            nodes
-                .patch_status(
-                    node,
-                    &PatchParams::default(),
-                    &Patch::Strategic(serde_json::json!({"status": {"conditions": [
-                        {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                         "message": "kubelet stopped posting node status", "lastHeartbeatTime": now, "lastTransitionTime": lost_at.to_string()}
-                    ]}})),
-                )
-                .await
-                .unwrap();
-        } else if stable_since.is_none() {
-            stable_since = Some(Instant::now());
-        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    tokio::spawn(async move {
+        loop {
+            keep_lost().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
     lost_at
 }
