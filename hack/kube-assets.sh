@@ -5,13 +5,25 @@
 # binary; otherwise builds the Kubernetes components with Go from the module
 # proxy at the pinned version, installs etcd from Debian, and caches the result
 # under $FERRY_CACHE so a second run takes seconds.
+#
+#   hack/kube-assets.sh                 # the KUBEBUILDER_ASSETS set above
+#   hack/kube-assets.sh --with-kubelet  # the same directory, with kubelet built
+#                                       # into it too (hack/cluster.sh uses it)
 set -euo pipefail
+
+WITH_KUBELET=0
+case "${1:-}" in
+  --with-kubelet) WITH_KUBELET=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--with-kubelet]" >&2; exit 2 ;;
+esac
 
 # Must match the k8s-openapi feature in Cargo.toml (v1_34).
 KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 FERRY_CACHE="${FERRY_CACHE:-/var/cache/ferry}"
 BINARIES=(kube-apiserver etcd kube-controller-manager kube-scheduler kwok kubectl)
+((WITH_KUBELET == 0)) || BINARIES+=(kubelet)
 
 log() { printf 'kube-assets: %s\n' "$*" >&2; }
 
@@ -85,6 +97,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
 export GOFLAGS=-mod=mod CGO_ENABLED=0
@@ -94,7 +107,9 @@ if [[ ! -f go.sum ]] || ! go list -tags tools ./... >/dev/null 2>&1; then
   go mod tidy >&2
 fi
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor%%.*}"
-for component in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+components=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+((WITH_KUBELET == 0)) || components+=(kubelet)
+for component in "${components[@]}"; do
   if [[ ! -x "$ASSETS/$component" ]]; then
     log "building $component $KUBE_VERSION (a few minutes on first run)"
     go build -trimpath -ldflags "$ldflags" -o "$ASSETS/$component.tmp" "k8s.io/kubernetes/cmd/$component" >&2
