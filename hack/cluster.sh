@@ -522,9 +522,10 @@ cmd_up() {
   local ip node
   ip="$(host_ip)"
   mkdir -p "$STATE" "$RUN" "$LOGS" "$PIDS"
-  if [[ ! -f "$RUN/ip_forward.orig" ]]; then
-    cat /proc/sys/net/ipv4/ip_forward >"$RUN/ip_forward.orig"
-  fi
+  # What `down` restores or removes: the ip_forward setting, and nft tables
+  # that the kubelet's iptables-nft calls create.
+  [[ -f "$RUN/ip_forward.orig" ]] || cat /proc/sys/net/ipv4/ip_forward >"$RUN/ip_forward.orig"
+  [[ -f "$RUN/nft-tables.orig" ]] || nft list tables >"$RUN/nft-tables.orig" 2>/dev/null || true
   # Pod-to-pod across nodes: both bridges are on this host; it routes.
   sysctl -qw net.ipv4.ip_forward=1
   pki "$ip"
@@ -612,6 +613,33 @@ sweep() {
       umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true
     done <<<"$mounts"
   done
+  # The kubelet's own chains (it creates them whatever the config says):
+  # KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY, KUBE-FIREWALL (+ INPUT/OUTPUT jumps).
+  local ipt tbl chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    while "$ipt" -w -t filter -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    while "$ipt" -w -t filter -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    for tbl in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        if "$ipt" -w -t "$tbl" -F "$chain" 2>/dev/null; then
+          "$ipt" -w -t "$tbl" -X "$chain" 2>/dev/null || true
+        fi
+      done
+    done
+  done
+  # nft tables that iptables-nft created for them (not there before `up`) and
+  # that now hold no rule.
+  if [[ -f "$RUN/nft-tables.orig" ]]; then
+    local fam name
+    while read -r _ fam name; do
+      [[ -n "$name" ]] || continue
+      grep -qxF "table $fam $name" "$RUN/nft-tables.orig" && continue
+      if ! nft -a list table "$fam" "$name" 2>/dev/null | grep -vE '^\s*(table|chain|type) |^\s*}' | grep -q '# handle'; then
+        nft delete table "$fam" "$name" 2>/dev/null || true
+      fi
+    done < <(nft list tables 2>/dev/null)
+  fi
   for node in "${NODES[@]}"; do
     local br veth h cg
     br="$(node_bridge "$node")"
@@ -694,7 +722,9 @@ cmd_fail_node() {
 #              (nsfs) mounts that name them
 #   netns      files in $RUN/*/netns (containerd's, netns_mounts_under_state_dir)
 #   links      the nodes' bridges and veths enslaved to them
-#   iptables   iptables-save lines naming a node's CNI network or a CNI-* chain
+#   iptables   iptables-save lines naming a node's CNI network, CNI-* chains, and
+#              the kubelet's KUBE-FIREWALL/KUBE-KUBELET-CANARY/KUBE-IPTABLES-HINT
+#              chains (iptables and ip6tables)
 #   nft        `nft list ruleset` naming a node's network or a CNI-*/CRIU table
 #   cgroups    the node's cgroupRoot directory in any v1 hierarchy (and unified)
 cmd_check() {
@@ -721,7 +751,12 @@ cmd_check() {
       [[ -d "$h$cg" ]] && bad+=("cgroup $h$cg")
     done < <(cgroup_v1_hierarchies; echo "$CGROUP_HIERARCHIES/unified")
   done
-  if iptables-save 2>/dev/null | grep -q '^:CNI-'; then bad+=("iptables CNI-* chains: $(iptables-save | grep -c '^:CNI-')"); fi
+  local ipt
+  for ipt in iptables-save ip6tables-save; do
+    if "$ipt" 2>/dev/null | grep -qE '^:(CNI-|KUBE-FIREWALL|KUBE-KUBELET-CANARY|KUBE-IPTABLES-HINT)'; then
+      bad+=("$ipt: chains $("$ipt" 2>/dev/null | grep -oE '^:(CNI-|KUBE-)[A-Z0-9-]*' | sort -u | tr '\n' ' ')")
+    fi
+  done
   if [[ -d "$RUN" ]]; then
     local ns
     for ns in "$RUN"/*/netns/*; do [[ -e "$ns" ]] && bad+=("netns file $ns"); done
@@ -781,9 +816,9 @@ cmd_import() {
 
 case "${1:-}" in
   up) cmd_up ;;
-  down) shift; cmd_down "$@" ;;
-  status) cmd_status ;;
-  check) cmd_check ;;
+  down) shift; cmd_down "$@" || exit 1 ;;
+  status) cmd_status || exit 1 ;;
+  check) cmd_check || exit 1 ;;
   fail-node) [[ -n "${2:-}" ]] || die "usage: fail-node NODE"; cmd_fail_node "$2" ;;
   restore-node) [[ -n "${2:-}" ]] || die "usage: restore-node NODE"; cmd_restore_node "$2" ;;
   import) (($# >= 3)) || die "usage: import NODE ARCHIVE..."; shift; cmd_import "$@" ;;

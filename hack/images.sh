@@ -148,7 +148,7 @@ oci_checkpoint() {
         "org.criu.checkpoint.container.name": $c,
         "org.criu.checkpoint.rootfsImageName": ($dump.rootfsImageName // ""),
         "org.criu.checkpoint.rootfsImageRef": ($dump.rootfsImageRef // ""),
-        "org.criu.checkpoint.runtime.name": ($dump.runtimeName // ""),
+        "org.criu.checkpoint.runtime.name": ($dump.runtime // ""),
         "org.criu.checkpoint.engine.name": "containerd",
         "io.kubernetes.cri-o.annotations.checkpoint.name": $c
       }
