@@ -39,6 +39,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,8 @@ struct Sample {
     reconciliations: f64,
     /// Cumulative (upper bound, count) of the lateness histogram.
     lateness_buckets: Vec<(f64, f64)>,
+    /// CPU seconds of every running process, by command name.
+    cpu_by_command: BTreeMap<String, f64>,
 }
 
 /// One line of the table.
@@ -105,8 +108,14 @@ struct Row {
     reconciliations: f64,
     /// Exact lateness of each checkpoint taken in the phase, sorted.
     lateness_ms: Vec<u64>,
+    /// How long each of those checkpoints waited for a free slot (the
+    /// overall and per-node limits), sorted; the rest of its lateness is
+    /// the controller noticing it was due.
+    queued_ms: Vec<u64>,
     /// Upper bound of the histogram bucket holding the p99, in seconds.
     histogram_p99: Option<f64>,
+    /// CPU seconds used in the phase, by command name.
+    cpu_by_command: BTreeMap<String, f64>,
 }
 
 fn sum_metric(text: &str, name: &str) -> f64 {
@@ -134,6 +143,30 @@ fn lateness_buckets(text: &str) -> Vec<(f64, f64)> {
             Some((le, count))
         })
         .collect()
+}
+
+/// CPU seconds (utime + stime) of every process, summed by command name;
+/// processes that ended are not counted.
+fn cpu_by_command() -> BTreeMap<String, f64> {
+    let mut by_command = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return by_command;
+    };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some((head, rest)), true) = (stat.rsplit_once(')'), stat.contains('(')) else {
+            continue;
+        };
+        let command = head.split_once('(').map_or("?", |(_, c)| c).to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+            *by_command.entry(command).or_default() += (user + system) / 100.0;
+        }
+    }
+    by_command
 }
 
 fn machine_jiffies() -> (u64, u64) {
@@ -175,6 +208,7 @@ async fn sample(ferry: &Installation) -> Sample {
         status_writes: sum_metric(&metrics, "ferry_controller_status_writes_total"),
         reconciliations: sum_metric(&metrics, "ferry_controller_reconciliations_total"),
         lateness_buckets: lateness_buckets(&metrics),
+        cpu_by_command: cpu_by_command(),
     }
 }
 
@@ -191,18 +225,22 @@ async fn measure(ferry: &Installation, phase: String, containers: u64, seconds: 
     log.take(end.log_offset - start.log_offset)
         .read_to_end(&mut bytes)
         .unwrap();
-    let (mut lateness_ms, mut failed, mut warnings) = (Vec::new(), 0, 0);
+    let (mut lateness_ms, mut queued_ms, mut failed, mut warnings) = (Vec::new(), Vec::new(), 0, 0);
     for line in String::from_utf8_lossy(&bytes).lines() {
         let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         let fields = &entry["fields"];
         match fields["message"].as_str() {
-            Some("checkpoint taken") => lateness_ms.push(
-                fields["lateness_ms"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("no lateness_ms in {line}")),
-            ),
+            Some("checkpoint taken") => {
+                let field = |name: &str| {
+                    fields[name]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("no {name} in {line}"))
+                };
+                lateness_ms.push(field("lateness_ms"));
+                queued_ms.push(field("queued_ms"));
+            }
             Some("checkpoint failed") => failed += 1,
             _ => {}
         }
@@ -211,6 +249,7 @@ async fn measure(ferry: &Installation, phase: String, containers: u64, seconds: 
         }
     }
     lateness_ms.sort_unstable();
+    queued_ms.sort_unstable();
 
     // The histogram's p99 over the phase: the first bucket whose count
     // reaches 99 % of the phase's observations.
@@ -250,7 +289,16 @@ async fn measure(ferry: &Installation, phase: String, containers: u64, seconds: 
         status_writes: end.status_writes - start.status_writes,
         reconciliations: end.reconciliations - start.reconciliations,
         lateness_ms,
+        queued_ms,
         histogram_p99,
+        cpu_by_command: end
+            .cpu_by_command
+            .iter()
+            .map(|(command, seconds)| {
+                let before = start.cpu_by_command.get(command).copied().unwrap_or(0.0);
+                (command.clone(), seconds - before)
+            })
+            .collect(),
     }
 }
 
@@ -274,13 +322,13 @@ fn mib(kib: u64) -> f64 {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| phase | containers | s | controller CPU s (% of a core) | peak RSS MiB | RSS at end MiB | checkpoints taken (/s) | failed | status writes (/s) | reconciliations (/s) | lateness p50 / p99 / max ms | histogram p99 bucket | machine busy |"
+        "| phase | containers | s | controller CPU s (% of a core) | peak RSS MiB | RSS at end MiB | checkpoints taken (/s) | failed | status writes (/s) | reconciliations (/s) | lateness p50 / p99 / max ms | of which queued for a slot p50 / p99 ms | histogram p99 bucket | machine busy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let per_s = |v: f64| v / row.seconds;
         println!(
-            "| {} | {} | {:.0} | {:.1} ({:.0} %) | {:.1} | {:.1} | {} ({:.1}) | {} | {:.0} ({:.1}) | {:.0} ({:.1}) | {} / {} / {} | {} | {:.0} % |",
+            "| {} | {} | {:.0} | {:.1} ({:.0} %) | {:.1} | {:.1} | {} ({:.1}) | {} | {:.0} ({:.1}) | {:.0} ({:.1}) | {} / {} / {} | {} / {} | {} | {:.0} % |",
             row.phase,
             row.containers,
             row.seconds,
@@ -298,9 +346,48 @@ fn print_table(rows: &[Row]) {
             ms(percentile(&row.lateness_ms, 0.5)),
             ms(percentile(&row.lateness_ms, 0.99)),
             ms(row.lateness_ms.last().copied()),
+            ms(percentile(&row.queued_ms, 0.5)),
+            ms(percentile(&row.queued_ms, 0.99)),
             row.histogram_p99
                 .map_or("–".into(), |le| format!("<= {:.0} ms", le * 1000.0)),
             100.0 * row.machine_busy,
+        );
+    }
+    println!();
+    println!("CPU by component, % of one core (each phase):");
+    println!();
+    let components = [
+        ("ferry-controller", &["ferry-controlle"][..]),
+        ("ferry-agent (all)", &["ferry-agent"][..]),
+        ("kube-apiserver", &["kube-apiserver"][..]),
+        ("etcd", &["etcd"][..]),
+        ("kwok", &["kwok"][..]),
+        (
+            "kube-controller-manager + scheduler",
+            &["kube-controller", "kube-scheduler"][..],
+        ),
+    ];
+    let header: Vec<&str> = components.iter().map(|(name, _)| *name).collect();
+    println!("| phase | {} | everything else |", header.join(" | "));
+    println!("|---|{}---|", "---|".repeat(components.len()));
+    for row in rows {
+        let share = |seconds: f64| format!("{:.0}", 100.0 * seconds / row.seconds);
+        let mut cells = Vec::new();
+        let mut named = 0.0;
+        for (_, commands) in &components {
+            let seconds: f64 = commands
+                .iter()
+                .filter_map(|c| row.cpu_by_command.get(*c))
+                .sum();
+            named += seconds;
+            cells.push(share(seconds));
+        }
+        let all: f64 = row.cpu_by_command.values().sum();
+        println!(
+            "| {} | {} | {} |",
+            row.phase,
+            cells.join(" | "),
+            share((all - named).max(0.0))
         );
     }
 }

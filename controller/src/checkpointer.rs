@@ -3,7 +3,7 @@
 //! replicates), bounded overall and per node. Results are handed back to the
 //! policy's next reconciliation, the only place status is written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,20 @@ pub struct Job {
     pub timeout: Duration,
     /// When the checkpoint was due, for the lateness metric.
     pub due: jiff::Timestamp,
+    /// The policy's interval: the policy is woken when the next one is due.
+    pub interval: Duration,
+}
+
+/// Whether a due container may be checkpointed now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Go,
+    /// Being checkpointed, or checkpointed already by a job the caller's
+    /// status does not show yet. The job wakes the policy when it ends and
+    /// when the next checkpoint is due.
+    Busy,
+    /// The last attempt failed; try again after this long.
+    RetryIn(Duration),
 }
 
 /// Why a checkpoint did not produce a replicated archive.
@@ -59,6 +73,33 @@ pub struct Done {
 
 type JobKey = (String, String, String);
 
+/// A failed checkpoint is tried again no sooner than this.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// Slots of containers not checkpointed for this long are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// The newest job of one container.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// When that job was due.
+    due: jiff::Timestamp,
+    state: SlotState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Running,
+    Succeeded,
+    Failed { at: jiff::Timestamp },
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    by_key: HashMap<JobKey, Slot>,
+    /// Size at which old slots are next forgotten.
+    prune_at: usize,
+}
+
 impl Job {
     /// `namespace/name` of the policy, as agents group archives.
     fn policy_key(&self) -> String {
@@ -82,7 +123,11 @@ pub struct Checkpointer {
     overall: Arc<Semaphore>,
     per_node_limit: usize,
     per_node: Mutex<HashMap<String, Arc<Semaphore>>>,
-    in_flight: Mutex<HashSet<JobKey>>,
+    /// Remembered across reconciliations because the policy a
+    /// reconciliation reads may predate the status write that recorded the
+    /// last checkpoint (the watch lags the write): without this, a due time
+    /// computed from the older status would checkpoint the container twice.
+    slots: Mutex<Slots>,
     results: Mutex<HashMap<ObjectRef<CheckpointPolicy>, Vec<Outcome>>>,
     wake: mpsc::UnboundedSender<ObjectRef<CheckpointPolicy>>,
 }
@@ -106,29 +151,70 @@ impl Checkpointer {
             overall: Arc::new(Semaphore::new(max_concurrent.max(1))),
             per_node_limit: per_node_limit.max(1),
             per_node: Mutex::default(),
-            in_flight: Mutex::default(),
+            slots: Mutex::default(),
             results: Mutex::default(),
             wake,
         });
         (checkpointer, woken)
     }
 
-    pub fn is_in_flight(&self, policy: &str, target: &Target) -> bool {
-        lock(&self.in_flight).contains(&key(policy, target))
+    /// Whether `target` of the policy `policy_key`, due at `due`, may be
+    /// checkpointed now.
+    pub fn admission(&self, policy_key: &str, target: &Target, due: jiff::Timestamp) -> Admission {
+        let slots = lock(&self.slots);
+        let Some(slot) = slots.by_key.get(&key(policy_key, target)) else {
+            return Admission::Go;
+        };
+        match slot.state {
+            SlotState::Running => Admission::Busy,
+            SlotState::Succeeded if due <= slot.due => Admission::Busy,
+            SlotState::Failed { at } if due <= slot.due => {
+                let since: Duration = at
+                    .duration_until(jiff::Timestamp::now())
+                    .try_into()
+                    .unwrap_or_default();
+                match RETRY_AFTER_FAILURE.checked_sub(since) {
+                    Some(wait) if !wait.is_zero() => Admission::RetryIn(wait),
+                    _ => Admission::Go,
+                }
+            }
+            SlotState::Succeeded | SlotState::Failed { .. } => Admission::Go,
+        }
     }
 
-    /// Starts `job` unless the same container is already being checkpointed.
+    /// Starts `job` if [`Self::admission`] allows it.
     pub fn submit(self: &Arc<Self>, job: Job) -> bool {
-        if !lock(&self.in_flight).insert(key(&job.policy_key(), &job.target)) {
+        let key = key(&job.policy_key(), &job.target);
+        if self.admission(&key.0, &job.target, job.due) != Admission::Go {
             return false;
         }
+        let now = jiff::Timestamp::now();
+        let first = {
+            let mut slots = lock(&self.slots);
+            let previous = slots.by_key.insert(
+                key.clone(),
+                Slot {
+                    due: job.due,
+                    state: SlotState::Running,
+                },
+            );
+            if slots.by_key.len() >= slots.prune_at {
+                let horizon = now - FORGET_AFTER;
+                slots
+                    .by_key
+                    .retain(|_, slot| slot.state == SlotState::Running || slot.due > horizon);
+                slots.prune_at = (slots.by_key.len() * 2).max(1024);
+            }
+            previous.is_none()
+        };
         let node_limit = lock(&self.per_node)
             .entry(job.target.node.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_node_limit)))
             .clone();
         let this = self.clone();
+        let submitted = Instant::now();
         tokio::spawn(async move {
-            let (Ok(_overall), Ok(_node)) = (
+            let (Ok(overall_permit), Ok(node_permit)) = (
                 this.overall.clone().acquire_owned().await,
                 node_limit.acquire_owned().await,
             ) else {
@@ -140,23 +226,33 @@ impl Checkpointer {
                 .max(0.0);
             this.metrics.checkpoint_lateness.observe(lateness);
             // The histogram's buckets are coarse; the log carries the exact
-            // value (the scale bench computes percentiles from it).
+            // value (the scale bench computes percentiles from it), and how
+            // much of it was spent waiting for a free slot.
             let lateness_ms = (lateness * 1000.0).round() as u64;
+            let queued_ms = submitted.elapsed().as_millis() as u64;
             let started = Instant::now();
             let result = this.run(&job).await;
+            drop((overall_permit, node_permit));
             this.metrics.observe_checkpoint(started.elapsed(), &result);
             match &result {
                 Ok(done) => tracing::info!(
                     policy = %job.policy, pod = %job.target.pod, container = %job.target.container,
                     node = %job.target.node, archive = %done.record.archive,
                     bytes = done.record.size_bytes, replicas = ?done.record.replicas,
-                    millis = started.elapsed().as_millis() as u64, lateness_ms, "checkpoint taken"
+                    millis = started.elapsed().as_millis() as u64, lateness_ms, queued_ms,
+                    "checkpoint taken"
                 ),
                 Err(failure) => tracing::warn!(
                     policy = %job.policy, pod = %job.target.pod, container = %job.target.container,
-                    node = %job.target.node, lateness_ms, error = ?failure, "checkpoint failed"
+                    node = %job.target.node, lateness_ms, queued_ms, error = ?failure,
+                    "checkpoint failed"
                 ),
             }
+            let next_due = result
+                .as_ref()
+                .ok()
+                .and_then(|done| done.record.taken_at.0.checked_add(job.interval).ok());
+            let failed = result.is_err();
             lock(&this.results)
                 .entry(job.policy.clone())
                 .or_default()
@@ -164,8 +260,29 @@ impl Checkpointer {
                     target: job.target.clone(),
                     result,
                 });
-            lock(&this.in_flight).remove(&key(&job.policy_key(), &job.target));
-            let _ = this.wake.send(job.policy);
+            if let Some(slot) = lock(&this.slots).by_key.get_mut(&key) {
+                slot.state = if failed {
+                    SlotState::Failed {
+                        at: jiff::Timestamp::now(),
+                    }
+                } else {
+                    SlotState::Succeeded
+                };
+            }
+            // A failure or a container's first checkpoint is reported at
+            // once; otherwise the policy is next looked at when this
+            // container is due again (status progress is folded anyway).
+            if failed || first {
+                let _ = this.wake.send(job.policy.clone());
+            }
+            if let Some(next_due) = next_due {
+                let wait: Duration = jiff::Timestamp::now()
+                    .duration_until(next_due)
+                    .try_into()
+                    .unwrap_or_default();
+                tokio::time::sleep(wait).await;
+                let _ = this.wake.send(job.policy);
+            }
         });
         true
     }
@@ -267,4 +384,72 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            pod: "p".into(),
+            pod_uid: "u1".into(),
+            node: "a".into(),
+            container: "app".into(),
+            restart_count: 0,
+            healthy: true,
+            owner: String::new(),
+        }
+    }
+
+    fn job(due: jiff::Timestamp) -> Job {
+        Job {
+            policy: ObjectRef::new("policy").within("ns"),
+            target: target(),
+            namespace: "ns".into(),
+            // Nothing listens there: the job fails fast.
+            endpoint: "127.0.0.1:1".into(),
+            peers: Vec::new(),
+            retention: pb::Retention::default(),
+            timeout: Duration::from_secs(1),
+            due,
+            interval: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_is_not_checkpointed_twice_for_one_due_time() {
+        let pool = Arc::new(AgentPool::new(None, Duration::from_millis(200)));
+        let (checkpointer, mut woken) = Checkpointer::new(pool, Arc::new(Metrics::default()), 4, 2);
+        let due = jiff::Timestamp::now();
+        assert_eq!(
+            checkpointer.admission("ns/policy", &target(), due),
+            Admission::Go
+        );
+        assert!(checkpointer.submit(job(due)));
+        // Running: a reconciliation reading an older status must not start
+        // it again.
+        assert!(!checkpointer.submit(job(due)));
+
+        // The agent is unreachable: the failure wakes the policy at once.
+        let woken_policy = tokio::time::timeout(Duration::from_secs(10), woken.recv())
+            .await
+            .expect("the failed job wakes its policy");
+        assert_eq!(woken_policy, Some(ObjectRef::new("policy").within("ns")));
+        let outcomes = checkpointer.results(&ObjectRef::new("policy").within("ns"));
+        assert!(
+            matches!(outcomes[0].result, Err(Failure::AgentUnreachable(_))),
+            "{outcomes:?}"
+        );
+        // Retried only after a pause, unless a later due time comes.
+        assert!(matches!(
+            checkpointer.admission("ns/policy", &target(), due),
+            Admission::RetryIn(wait) if wait <= RETRY_AFTER_FAILURE
+        ));
+        let later = due + Duration::from_secs(10);
+        assert_eq!(
+            checkpointer.admission("ns/policy", &target(), later),
+            Admission::Go
+        );
+    }
 }

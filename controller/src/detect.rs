@@ -74,6 +74,41 @@ pub fn node_loss(node_name: &str, world: World<'_>, grace: Duration) -> Option<S
     None
 }
 
+/// How long until [`node_loss`] would report `node_name` lost if nothing
+/// changes: the rest of the grace period of a NotReady node, or of an agent
+/// Lease that is not renewed. `None` when it is lost already or was never
+/// seen with an agent. A reconciliation scheduled then replaces polling.
+pub fn node_loss_in(node_name: &str, world: World<'_>, grace: Duration) -> Option<Duration> {
+    let node = world.nodes.get(node_name)?;
+    let remaining = |since: jiff::Timestamp| {
+        grace
+            .checked_sub(elapsed_since(world.now, since))
+            .filter(|left| !left.is_zero())
+    };
+    let not_ready = node_ready_condition(node)
+        .filter(|ready| ready.status != "True")
+        .map(|ready| {
+            ready
+                .last_transition_time
+                .as_ref()
+                .map_or(Some(Duration::ZERO), |t| remaining(t.0))
+        });
+    let lease = world.agents.get(node_name).map(|agent| {
+        let expires = agent.expires();
+        if expires > world.now {
+            Some(elapsed_since(expires, world.now) + grace)
+        } else {
+            remaining(expires)
+        }
+    });
+    match (not_ready, lease) {
+        (Some(None), _) | (_, Some(None)) => None,
+        (Some(Some(a)), Some(Some(b))) => Some(a.min(b)),
+        (Some(Some(a)), None) | (None, Some(Some(a))) => Some(a),
+        (None, None) => None,
+    }
+}
+
 /// Whether a failover of the pod `uid` is in progress or was the last one.
 pub fn failover_recorded(status: &CheckpointPolicyStatus, uid: &str) -> bool {
     status.failovers.iter().any(|f| f.pod_uid == uid)
@@ -387,6 +422,40 @@ mod tests {
                 world,
             )
         }
+    }
+
+    impl Fixture {
+        fn node_loss_in(&self, node: &str, now: i64) -> Option<Duration> {
+            let pods = BTreeMap::new();
+            let nodes: BTreeMap<String, &Node> =
+                self.nodes.iter().map(|n| (n.name_any(), n)).collect();
+            let world = World {
+                pods: &pods,
+                nodes: &nodes,
+                agents: &self.agents,
+                now: at(now),
+            };
+            node_loss_in(node, world, Duration::from_secs(20))
+        }
+    }
+
+    #[test]
+    fn node_loss_deadline_follows_the_lease_and_readiness() {
+        let mut world = healthy();
+        // Lease renewed at 100 for 15 s: lost at 115 + 20 unless renewed.
+        assert_eq!(world.node_loss_in("a", 101), Some(Duration::from_secs(34)));
+        // Expired at 115, counted from there.
+        assert_eq!(world.node_loss_in("a", 125), Some(Duration::from_secs(10)));
+        assert_eq!(world.node_loss_in("a", 135), None, "lost already");
+        // NotReady since 110: the earlier of the two deadlines.
+        world.nodes = vec![node("a", "Unknown", 110)];
+        assert_eq!(world.node_loss_in("a", 112), Some(Duration::from_secs(18)));
+        assert_eq!(world.node_loss_in("gone", 112), None);
+        // A node without an agent is watched through its readiness only.
+        world.agents = agents(&[]);
+        assert_eq!(world.node_loss_in("a", 112), Some(Duration::from_secs(18)));
+        world.nodes = vec![node("a", "True", 0)];
+        assert_eq!(world.node_loss_in("a", 112), None);
     }
 
     fn healthy() -> Fixture {

@@ -273,6 +273,40 @@ fn policies_for_pod(
         .collect()
 }
 
+/// What of a node a policy reacts to: readiness (failure detection) and
+/// what placement reads (labels, taints, schedulability).
+#[derive(Debug, PartialEq)]
+struct NodeState {
+    ready: Option<String>,
+    gone: bool,
+    deleting: bool,
+    unschedulable: bool,
+    labels: std::collections::BTreeMap<String, String>,
+    taints: Vec<(String, Option<String>, String)>,
+}
+
+impl NodeState {
+    fn of(node: &Node, gone: bool) -> Self {
+        let spec = node.spec.as_ref();
+        Self {
+            ready: placement::node_ready_condition(node).map(|c| c.status.clone()),
+            gone,
+            deleting: node.metadata.deletion_timestamp.is_some(),
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            labels: node.labels().clone(),
+            taints: spec
+                .and_then(|s| s.taints.as_ref())
+                .map(|taints| {
+                    taints
+                        .iter()
+                        .map(|t| (t.key.clone(), t.value.clone(), t.effect.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Policies a changed node matters to: those with checkpoints or replicas on it.
 fn policies_for_node(
     policies: &Store<CheckpointPolicy>,
@@ -355,9 +389,20 @@ pub async fn run(
         futures::future::ready(Ok(()))
     }));
     let node_store = store.clone();
+    let mut node_states: HashMap<String, NodeState> = HashMap::new();
+    let node_cache = nodes.clone();
     tokio::spawn(node_events.try_for_each(move |node| {
-        for policy in policies_for_node(&node_store, &node) {
-            let _ = triggers.send(policy);
+        // Heartbeats change a node's status every few seconds; only a change
+        // of readiness or of what placement looks at concerns a policy.
+        // The cache is updated before the event arrives: a node missing
+        // from it was deleted.
+        let gone = node_cache.get(&ObjectRef::from_obj(&node)).is_none();
+        let state = NodeState::of(&node, gone);
+        if node_states.get(&node.name_any()) != Some(&state) {
+            node_states.insert(node.name_any(), state);
+            for policy in policies_for_node(&node_store, &node) {
+                let _ = triggers.send(policy);
+            }
         }
         futures::future::ready(Ok(()))
     }));

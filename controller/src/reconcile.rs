@@ -3,7 +3,7 @@
 //! into status → detect failures and advance failovers → schedule due
 //! checkpoints → compute conditions → write status only when it changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use ferry_api::{
 use ferry_proto::v1 as pb;
 
 use crate::agents::{AgentIndex, status_message};
+use crate::checkpointer::Admission;
 use crate::checkpointer::{Failure as CheckpointFailure, Job};
 use crate::detect::{self, World};
 use crate::metrics::{ErrorLabels, FailoverLabels, PolicyLabels};
@@ -36,9 +37,12 @@ use crate::{Context, Error};
 /// edited or wiped by hand is repaired.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// How often a protected policy is re-checked for failures that no watch
-/// reports (an agent Lease running out).
-const FAILURE_POLL: Duration = Duration::from_secs(2);
+/// How often a policy with a failover in progress is looked at.
+const FAILOVER_POLL: Duration = Duration::from_millis(200);
+
+/// Lower bound of the wait for a node-loss deadline, so clock rounding
+/// never turns it into a busy loop.
+const NODE_LOSS_SLACK: Duration = Duration::from_millis(100);
 
 /// Status writes that only record new checkpoints come at most this often
 /// per policy: with many pods per policy every finished checkpoint would
@@ -156,7 +160,7 @@ async fn apply(policy: &CheckpointPolicy, context: &Context) -> Result<Action, E
         let mut problems = fold_results(&mut status, &results, &mut events);
         prune_records(&mut status, &targets, &snapshot, policy);
         if !policy.spec.suspend {
-            let busy = advance_failovers(
+            let poll = advance_failovers(
                 policy,
                 &valid,
                 &namespace,
@@ -166,9 +170,7 @@ async fn apply(policy: &CheckpointPolicy, context: &Context) -> Result<Action, E
                 &mut events,
             )
             .await;
-            if busy {
-                requeue = Duration::from_millis(200);
-            }
+            requeue = requeue.min(poll);
             if policy.spec.strategy == Strategy::Checkpoint {
                 let next = schedule(
                     policy,
@@ -187,9 +189,6 @@ async fn apply(policy: &CheckpointPolicy, context: &Context) -> Result<Action, E
                     "StrategyNotSupported".into(),
                     "strategy StateApi is measured by hack/ scripts only; the controller checkpoints with strategy Checkpoint".into(),
                 ));
-            }
-            if !status.checkpoints.is_empty() || !status.failovers.is_empty() {
-                requeue = requeue.min(FAILURE_POLL);
             }
         }
         set_protection(
@@ -399,7 +398,9 @@ fn prune_records(
 }
 
 /// Detects new failures, records them, and moves recorded failovers one
-/// stage on. Returns whether a failover is in progress.
+/// stage on. Returns when to look again: soon while a failover is in
+/// progress, else when a node of a checkpointed pod would count as lost.
+/// Pod and node changes wake the policy by themselves.
 async fn advance_failovers(
     policy: &CheckpointPolicy,
     valid: &ValidSpec,
@@ -408,7 +409,7 @@ async fn advance_failovers(
     snapshot: &Snapshot,
     context: &Context,
     events: &mut PendingEvents,
-) -> bool {
+) -> Duration {
     let pods: BTreeMap<String, &Pod> = snapshot
         .pods
         .iter()
@@ -512,7 +513,24 @@ async fn advance_failovers(
         events.push((EventType::Warning, "FailoverStarted", message));
         status.failovers.push(record);
     }
-    !status.failovers.is_empty()
+    if !status.failovers.is_empty() {
+        return FAILOVER_POLL;
+    }
+    if !policy
+        .spec
+        .failover
+        .triggers
+        .contains(&ferry_api::FailureTrigger::NodeLoss)
+    {
+        return RESYNC;
+    }
+    let watched: BTreeSet<&str> = status.checkpoints.iter().map(|r| r.node.as_str()).collect();
+    watched
+        .into_iter()
+        .filter_map(|node| detect::node_loss_in(node, world, valid.node_loss_grace_period))
+        .map(|wait| wait.max(NODE_LOSS_SLACK))
+        .min()
+        .unwrap_or(RESYNC)
 }
 
 fn trigger_name(trigger: ferry_api::FailureTrigger) -> &'static str {
@@ -574,8 +592,16 @@ fn schedule(
             next = next.min(valid.interval);
             continue;
         }
-        if context.checkpointer.is_in_flight(&policy_key, target) {
-            continue;
+        match context.checkpointer.admission(&policy_key, target, due) {
+            Admission::Go => {}
+            Admission::Busy => {
+                next = next.min(valid.interval * 2);
+                continue;
+            }
+            Admission::RetryIn(wait) => {
+                next = next.min(wait);
+                continue;
+            }
         }
         let node_ok = snapshot
             .nodes
@@ -623,8 +649,11 @@ fn schedule(
             retention: retention(policy),
             timeout: context.checkpoint_timeout,
             due,
+            interval: valid.interval,
         });
-        next = next.min(valid.interval);
+        // The job wakes the policy when it fails or when this container is
+        // due again; this is only a safety net.
+        next = next.min(valid.interval * 2);
     }
     next
 }
