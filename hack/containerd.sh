@@ -47,7 +47,10 @@ gobin="$BIN/.gobin"
 buildlog="$FERRY_CACHE/containerd-$CONTAINERD_VERSION/build.log"
 : >"$buildlog"
 for b in "${BINARIES[@]}"; do
-  if [[ -x "$BIN/$b" && "$b" != containerd ]]; then continue; fi
+  if [[ -x "$BIN/$b" ]]; then
+    [[ "$b" != containerd ]] && continue
+    "$BIN/containerd" --version 2>/dev/null | grep -qF " $CONTAINERD_VERSION " && continue
+  fi
   btags="$tags" bldflags="$ldflags" src="$pkg/cmd/$b@$CONTAINERD_VERSION"
   [[ "$b" == containerd-shim-runc-v2 ]] && btags="$tags no_grpc"
   if [[ "$b" == crictl ]]; then
