@@ -91,12 +91,16 @@ $(tail -n 20 "$l")"
 $(tail -n 20 "$l")"
   CRIU="$("$HACK/criu.sh" 2>>"$l" | tail -n1)" || die "hack/criu.sh failed; log: $l
 $(tail -n 20 "$l")"
-  if ! dpkg-query -W -f='${Status}\n' containernetworking-plugins 2>/dev/null | grep -q 'install ok installed'; then
-    log "installing containernetworking-plugins from Debian"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm containernetworking-plugins >>"$l" 2>&1 ||
+  local pkg missing=()
+  for pkg in containernetworking-plugins jq curl openssl file gcc libc6-dev; do
+    dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} from Debian"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm "${missing[@]}" >>"$l" 2>&1 ||
       { apt-get update -q >>"$l" 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm containernetworking-plugins >>"$l" 2>&1; } ||
-      die "installing containernetworking-plugins failed; log: $l"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm "${missing[@]}" >>"$l" 2>&1; } ||
+      die "installing ${missing[*]} failed; log: $l"
   fi
   local p
   for p in jq curl openssl ip iptables-save nft; do
