@@ -81,6 +81,10 @@ impl Default for ReplicationConfig {
 pub struct Replicator {
     store: Arc<Store>,
     tls: MutualTls,
+    /// One HTTP/2 connection per peer, reused: a TLS handshake per archive
+    /// costs more than a small archive's transfer. Dropped after a failed
+    /// attempt so the retry connects afresh.
+    channels: std::sync::Mutex<std::collections::HashMap<String, Channel>>,
     permits: Arc<Semaphore>,
     config: ReplicationConfig,
     metrics: Arc<Metrics>,
@@ -97,9 +101,28 @@ impl Replicator {
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             store,
             tls,
+            channels: std::sync::Mutex::default(),
             config,
             metrics,
         }
+    }
+
+    async fn client(&self, endpoint: &str) -> Result<AgentClient<Channel>, String> {
+        let cached = lock(&self.channels).get(endpoint).cloned();
+        let channel = match cached {
+            Some(channel) => channel,
+            None => {
+                let channel =
+                    connect_channel(&self.tls, endpoint, self.config.connect_timeout).await?;
+                lock(&self.channels).insert(endpoint.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(agent_client(channel))
+    }
+
+    fn forget(&self, endpoint: &str) {
+        lock(&self.channels).remove(endpoint);
     }
 
     /// Sends archive `id` to every peer concurrently (each transfer waits for
@@ -140,6 +163,7 @@ impl Replicator {
                     };
                 }
                 Err((err, sent)) => {
+                    self.forget(&peer.endpoint);
                     bytes_sent += sent;
                     last_error = err.to_string();
                     let retry = is_retryable(&err) && attempt < self.config.attempts;
@@ -175,7 +199,8 @@ impl Replicator {
             step,
             message,
         };
-        let mut client = connect(&self.tls, &peer.endpoint, self.config.connect_timeout)
+        let mut client = self
+            .client(&peer.endpoint)
             .await
             .map_err(|message| (peer_error("connecting", message), 0))?;
         let offset = client
@@ -231,7 +256,18 @@ impl Replicator {
             .await
             .map_err(|_| (peer_error("sending", "stream closed".into()), 0))?;
         let zstd = self.config.zstd;
-        let reader = tokio::task::spawn_blocking(move || stream_file(reader, zstd, &sender));
+        // Small archives get small chunks: a zeroed 1 MiB buffer per chunk
+        // costs more than sending 4 KiB.
+        let chunk_bytes = if zstd {
+            CHUNK_BYTES
+        } else {
+            let left = meta.size_bytes.saturating_sub(offset.offset);
+            usize::try_from(left)
+                .unwrap_or(CHUNK_BYTES)
+                .clamp(1, CHUNK_BYTES)
+        };
+        let reader =
+            tokio::task::spawn_blocking(move || stream_file(reader, zstd, chunk_bytes, &sender));
         let response = client.push_replica(ReceiverStream::new(receiver)).await;
         // The reader stops by itself once the stream is dropped.
         let sent = reader.await.unwrap_or(Ok(0));
@@ -260,7 +296,27 @@ pub async fn connect(
     endpoint: &str,
     timeout: Duration,
 ) -> Result<AgentClient<Channel>, String> {
-    let channel = Endpoint::from_shared(format!("https://{endpoint}"))
+    Ok(agent_client(connect_channel(tls, endpoint, timeout).await?))
+}
+
+fn agent_client(channel: Channel) -> AgentClient<Channel> {
+    AgentClient::new(channel)
+        .max_decoding_message_size(4 * CHUNK_BYTES)
+        .max_encoding_message_size(4 * CHUNK_BYTES)
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn connect_channel(
+    tls: &MutualTls,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("https://{endpoint}"))
         .map_err(|e| e.to_string())?
         .tls_config(tls.client())
         .map_err(|e| error_chain(&e))?
@@ -270,10 +326,7 @@ pub async fn connect(
         .initial_connection_window_size(Some(16 << 20))
         .connect()
         .await
-        .map_err(|e| error_chain(&e))?;
-    Ok(AgentClient::new(channel)
-        .max_decoding_message_size(4 * CHUNK_BYTES)
-        .max_encoding_message_size(4 * CHUNK_BYTES))
+        .map_err(|e| error_chain(&e))
 }
 
 /// Reads the archive (from where the reader starts; decrypted when stored
@@ -283,6 +336,7 @@ pub async fn connect(
 fn stream_file(
     file: ArchiveReader,
     zstd: bool,
+    chunk_bytes: usize,
     sender: &mpsc::Sender<PushReplicaRequest>,
 ) -> Result<u64, Error> {
     let mut read_total = 0u64;
@@ -295,9 +349,9 @@ fn stream_file(
         Box::new(file)
     };
     loop {
-        let mut chunk = vec![0u8; CHUNK_BYTES];
+        let mut chunk = vec![0u8; chunk_bytes];
         let mut filled = 0;
-        while filled < CHUNK_BYTES {
+        while filled < chunk_bytes {
             let read = source
                 .read(&mut chunk[filled..])
                 .map_err(|e| Error::from_read("reading", "archive", e))?;

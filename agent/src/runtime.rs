@@ -157,7 +157,8 @@ fn write_archive(
 ) -> Result<(), Error> {
     let io = |e| Error::io("writing", path, e);
     let file = std::fs::File::create(path).map_err(io)?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    let buffer = usize::try_from(memory_bytes).map_or(1 << 20, |m| (m + (64 << 10)).min(1 << 20));
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(buffer, file));
     let mut add = |name: &str, bytes: &[u8]| {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);

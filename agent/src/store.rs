@@ -18,7 +18,7 @@
 //! plaintext and `size_bytes` its length. Archives stored in plaintext
 //! before the key was configured stay readable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -168,6 +168,18 @@ pub struct Store {
     key: Option<ArchiveKey>,
     /// Ids with a replica transfer in progress: one writer per partial file.
     receiving: Arc<Mutex<HashSet<String>>>,
+    /// Parsed metadata of visible archives, so listing (for retention and
+    /// gauges, after every checkpoint) reads the directory, not every file.
+    /// Metadata is written once and never changed in place.
+    listed: MetaCache,
+}
+
+type MetaCache = Arc<Mutex<HashMap<String, ArchiveMeta>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Store {
@@ -191,6 +203,7 @@ impl Store {
             max_archive_bytes,
             key,
             receiving: Arc::default(),
+            listed: Arc::default(),
         };
         for dir in [root, &store.archives, &store.incoming, &store.tmp] {
             fs::DirBuilder::new()
@@ -310,6 +323,13 @@ impl Store {
     pub fn import_file(&self, source: &Path, mut meta: ArchiveMeta) -> Result<ArchiveMeta, Error> {
         meta.validate_owner()?;
         let mut input = File::open(source).map_err(|e| Error::io("opening", source, e))?;
+        // Sized to the file (plus one byte to see its end in one read):
+        // zeroing 1 MiB for a small archive costs more than copying it.
+        let buffer_bytes = input
+            .metadata()
+            .ok()
+            .and_then(|m| usize::try_from(m.len()).ok())
+            .map_or(COPY_BUFFER, |len| len.saturating_add(1).min(COPY_BUFFER));
         let mut temp = self.temp_file()?;
         let mut sealer = self.key.as_ref().map(Sealer::new).transpose()?;
         if let Some(sealer) = &sealer {
@@ -317,7 +337,7 @@ impl Store {
                 .map_err(|e| Error::io("writing", temp.path(), e))?;
         }
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; COPY_BUFFER];
+        let mut buffer = vec![0u8; buffer_bytes];
         let mut size = 0u64;
         loop {
             let read = input
@@ -377,7 +397,9 @@ impl Store {
     fn write_metadata(&self, meta: &ArchiveMeta) -> Result<(), Error> {
         let path = self.metadata_path(&meta.id);
         write_json_atomically(&self.tmp, &path, meta)?;
-        sync_dir(&self.archives)
+        sync_dir(&self.archives)?;
+        lock(&self.listed).insert(meta.id.clone(), meta.clone());
+        Ok(())
     }
 
     /// One archive's metadata; an archive without readable metadata does not exist.
@@ -414,8 +436,15 @@ impl Store {
             if ext != "json" {
                 continue;
             }
+            if let Some(meta) = lock(&self.listed).get(&stem) {
+                archives.push(meta.clone());
+                continue;
+            }
             match self.get(&stem) {
-                Ok(meta) => archives.push(meta),
+                Ok(meta) => {
+                    lock(&self.listed).insert(stem, meta.clone());
+                    archives.push(meta);
+                }
                 Err(err) => {
                     tracing::warn!(archive = %stem, error = %err, "skipping unreadable archive")
                 }
@@ -527,6 +556,7 @@ impl Store {
     pub fn delete(&self, id: &str) -> Result<u64, Error> {
         names::archive_id("archive_id", id)?;
         let size = self.get(id).map(|m| m.size_bytes).unwrap_or(0);
+        lock(&self.listed).remove(id);
         for path in [self.metadata_path(id), self.content_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -712,6 +742,7 @@ impl Store {
             sealer,
             archives: self.archives.clone(),
             tmp: self.tmp.clone(),
+            listed: self.listed.clone(),
             _guard: guard,
         }))
     }
@@ -925,6 +956,7 @@ pub struct Incoming {
     sealer: Option<Sealer>,
     archives: PathBuf,
     tmp: PathBuf,
+    listed: MetaCache,
     _guard: ReceivingGuard,
 }
 
@@ -1007,6 +1039,7 @@ impl Incoming {
         write_json_atomically(&self.tmp, &metadata, &self.meta)?;
         sync_dir(&self.archives)?;
         let _ = fs::remove_file(&self.header);
+        lock(&self.listed).insert(self.meta.id.clone(), self.meta.clone());
         Ok(self.meta)
     }
 }

@@ -60,6 +60,9 @@ pub enum Failure {
 /// What a job produced.
 #[derive(Clone, Debug)]
 pub struct Outcome {
+    /// Increases with every result, so "written through here" is exact
+    /// even when several status writes of one policy overlap.
+    pub seq: u64,
     pub target: Target,
     pub result: Result<Done, Failure>,
 }
@@ -129,6 +132,7 @@ pub struct Checkpointer {
     /// computed from the older status would checkpoint the container twice.
     slots: Mutex<Slots>,
     results: Mutex<HashMap<ObjectRef<CheckpointPolicy>, Vec<Outcome>>>,
+    next_seq: std::sync::atomic::AtomicU64,
     wake: mpsc::UnboundedSender<ObjectRef<CheckpointPolicy>>,
 }
 
@@ -153,6 +157,7 @@ impl Checkpointer {
             per_node: Mutex::default(),
             slots: Mutex::default(),
             results: Mutex::default(),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
             wake,
         });
         (checkpointer, woken)
@@ -257,6 +262,9 @@ impl Checkpointer {
                 .entry(job.policy.clone())
                 .or_default()
                 .push(Outcome {
+                    seq: this
+                        .next_seq
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     target: job.target.clone(),
                     result,
                 });
@@ -368,11 +376,15 @@ impl Checkpointer {
         lock(&self.results).get(policy).cloned().unwrap_or_default()
     }
 
-    /// Forgets the first `count` results of `policy` once its status holds them.
-    pub fn consumed(&self, policy: &ObjectRef<CheckpointPolicy>, count: usize) {
+    /// Forgets the results of `policy` up to `through` (an [`Outcome::seq`])
+    /// once its status holds them.
+    pub fn consumed(&self, policy: &ObjectRef<CheckpointPolicy>, through: Option<u64>) {
+        let Some(through) = through else {
+            return;
+        };
         let mut results = lock(&self.results);
         if let Some(list) = results.get_mut(policy) {
-            list.drain(..count.min(list.len()));
+            list.retain(|outcome| outcome.seq > through);
             if list.is_empty() {
                 results.remove(policy);
             }

@@ -129,6 +129,9 @@ pub struct Context {
     first_seen: Mutex<HashMap<(String, String), jiff::Timestamp>>,
     /// When each policy's status was last written (`namespace/name`).
     status_writes: Mutex<HashMap<String, std::time::Instant>>,
+    /// Held while a policy's status is written, so a background write of
+    /// checkpoint progress never lands after, and undoes, a later write.
+    status_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -177,6 +180,7 @@ impl Context {
             checkpoint_timeout: config.checkpoint_timeout,
             first_seen: Mutex::default(),
             status_writes: Mutex::default(),
+            status_locks: Mutex::default(),
         };
         (context, finished)
     }
@@ -203,6 +207,16 @@ impl Context {
             .map(std::time::Instant::elapsed)
     }
 
+    /// The lock serializing status writes of `policy` (`namespace/name`).
+    pub fn status_lock(&self, policy: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.status_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(policy.to_owned())
+            .or_default()
+            .clone()
+    }
+
     pub fn status_written(&self, policy: &str) {
         self.status_writes
             .lock()
@@ -212,6 +226,10 @@ impl Context {
 
     pub fn forget_policy(&self, policy: &str) {
         self.status_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(policy);
+        self.status_locks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(policy);

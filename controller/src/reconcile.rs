@@ -29,7 +29,7 @@ use crate::checkpointer::{Failure as CheckpointFailure, Job};
 use crate::detect::{self, World};
 use crate::metrics::{ErrorLabels, FailoverLabels, PolicyLabels};
 use crate::placement::{choose_standbys, node_ready};
-use crate::schedule::{Target, due_at, selects, targets_of};
+use crate::schedule::{Target, due_at, matches, selector_of, targets_of};
 use crate::status::{ValidSpec, desired_status, validate};
 use crate::{Context, Error};
 
@@ -136,7 +136,7 @@ impl Snapshot {
 /// Events to publish once the status that explains them is written.
 type PendingEvents = Vec<(EventType, &'static str, String)>;
 
-async fn apply(policy: &CheckpointPolicy, context: &Context) -> Result<Action, Error> {
+async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Action, Error> {
     let namespace = policy
         .namespace()
         .ok_or(Error::MissingMetadata("metadata.namespace"))?;
@@ -207,15 +207,42 @@ async fn apply(policy: &CheckpointPolicy, context: &Context) -> Result<Action, E
         let since_write = context.since_status_write(&key);
         let wait =
             STATUS_PROGRESS_PERIOD.saturating_sub(since_write.unwrap_or(STATUS_PROGRESS_PERIOD));
-        if only_progress(policy.status.as_ref(), &status) && !wait.is_zero() && events.is_empty() {
+        let progress = only_progress(policy.status.as_ref(), &status) && events.is_empty();
+        if progress && !wait.is_zero() {
             // New checkpoints alone are folded into one write per period;
             // the results stay queued until then.
             return Ok(Action::requeue(requeue.min(wait)));
         }
+        if progress {
+            // Written in the background: under a slow API server, waiting
+            // here would hold up this policy's next due checkpoints (its
+            // reconciliations run one at a time). A write already on its
+            // way is not joined: the next period writes what it missed.
+            if let Ok(guard) = context.status_lock(&key).try_lock_owned() {
+                let context = context.clone();
+                let consumed = results.last().map(|outcome| outcome.seq);
+                tokio::spawn(async move {
+                    match write_status(&context, &namespace, &name, &status).await {
+                        Ok(()) => {
+                            context.status_written(&key);
+                            context.checkpointer.consumed(&policy_ref, consumed);
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "checkpoint progress not written; retried next period")
+                        }
+                    }
+                    drop(guard);
+                });
+            }
+            return Ok(Action::requeue(requeue.min(STATUS_PROGRESS_PERIOD)));
+        }
+        let _writing = context.status_lock(&key).lock_owned().await;
         write_status(context, &namespace, &name, &status).await?;
         context.status_written(&key);
     }
-    context.checkpointer.consumed(&policy_ref, results.len());
+    context
+        .checkpointer
+        .consumed(&policy_ref, results.last().map(|outcome| outcome.seq));
     for (type_, reason, note) in events {
         publish(context, policy, type_, reason, note).await;
     }
@@ -254,11 +281,23 @@ fn owned_pods(
     let mine = rank(policy);
     let mut owned = Vec::new();
     let mut overlapping = Vec::new();
-    for pod in snapshot.pods.iter().filter(|p| selects(policy, p)) {
-        let older = snapshot
-            .policies
+    // Parsed once per reconciliation, not once per pod.
+    let selector = selector_of(policy);
+    let others: Vec<(&CheckpointPolicy, Option<kube::core::Selector>)> = snapshot
+        .policies
+        .iter()
+        .filter(|other| other.uid() != policy.uid())
+        .map(|other| (other.as_ref(), selector_of(other)))
+        .collect();
+    for pod in snapshot
+        .pods
+        .iter()
+        .filter(|p| matches(selector.as_ref(), p))
+    {
+        let older = others
             .iter()
-            .filter(|other| other.uid() != policy.uid() && selects(other, pod))
+            .filter(|(_, other_selector)| matches(other_selector.as_ref(), pod))
+            .map(|(other, _)| *other)
             .min_by_key(|other| rank(other));
         if let Some(other) = older {
             overlapping.push((pod.name_any(), other.name_any()));
@@ -953,6 +992,7 @@ mod tests {
         };
         let results = vec![
             crate::checkpointer::Outcome {
+                seq: 1,
                 target: target.clone(),
                 result: Ok(crate::checkpointer::Done {
                     record: newer,
@@ -960,6 +1000,7 @@ mod tests {
                 }),
             },
             crate::checkpointer::Outcome {
+                seq: 2,
                 target,
                 result: Err(CheckpointFailure::CheckpointFailed(
                     "kubelet said 500".into(),

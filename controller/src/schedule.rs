@@ -25,13 +25,22 @@ pub struct Target {
     pub owner: String,
 }
 
+/// `policy`'s pod selector, parsed. Invalid and empty selectors select
+/// nothing (`None`); validation reports them.
+pub fn selector_of(policy: &CheckpointPolicy) -> Option<kube::core::Selector> {
+    kube::core::Selector::try_from(policy.spec.selector.clone())
+        .ok()
+        .filter(|selector| !selector.selects_all())
+}
+
+/// Whether a selector from [`selector_of`] selects `pod`.
+pub fn matches(selector: Option<&kube::core::Selector>, pod: &Pod) -> bool {
+    selector.is_some_and(|selector| selector.matches(pod.labels()))
+}
+
 /// Whether `policy`'s selector selects `pod` (same namespace assumed).
 pub fn selects(policy: &CheckpointPolicy, pod: &Pod) -> bool {
-    match kube::core::Selector::try_from(policy.spec.selector.clone()) {
-        Ok(selector) if !selector.selects_all() => selector.matches(pod.labels()),
-        // Invalid or empty selectors select nothing; validation reports them.
-        _ => false,
-    }
+    matches(selector_of(policy).as_ref(), pod)
 }
 
 /// `Kind/name` of the pod's controlling owner, empty when it has none.
