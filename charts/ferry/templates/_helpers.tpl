@@ -161,3 +161,65 @@ a clear event instead of an agent that cannot load its certificate.
       - key: tls.key
         path: tls.key
 {{- end }}
+
+{{/*
+The entry of agent.hostPathMounts a path lies below (or equals), else "".
+Call with (dict "path" <path> "mounts" <list>). Paths are compared
+segment-wise: /var/lib/ferry-x does not lie below /var/lib/ferry.
+*/}}
+{{- define "ferry.agent.mountFor" -}}
+{{- $path := .path }}
+{{- $found := "" }}
+{{- range .mounts }}
+{{- if and (not $found) (or (eq . "/") (eq $path .) (hasPrefix (printf "%s/" .) $path)) }}
+{{- $found = . }}
+{{- end }}
+{{- end }}
+{{- $found }}
+{{- end }}
+
+{{/*
+The agent's host directories as a JSON list of {name, path}: the volumes the
+DaemonSet mounts at the same path. Without agent.hostPathMounts: dataDir,
+kubeletCheckpointDir and (restore backend containerd) the containerd
+socket's directory. With it: those mounts, plus the socket's directory when
+none of them covers it. Fails, naming the value, when a path needs a mount it
+cannot have: "$(VAR)" in a path that is not below a hostPathMounts entry (a
+hostPath volume cannot expand it), or dataDir/kubeletCheckpointDir outside
+every hostPathMounts entry.
+*/}}
+{{- define "ferry.agent.hostVolumes" -}}
+{{- $a := .Values.agent }}
+{{- $mounts := $a.hostPathMounts | default list }}
+{{- $sockDir := "" }}
+{{- if eq $a.restore.backend "containerd" }}
+{{- $sockDir = dir $a.restore.containerdAddress }}
+{{- end }}
+{{- $volumes := list }}
+{{- $paths := list (list "agent.dataDir" $a.dataDir) (list "agent.kubeletCheckpointDir" $a.kubeletCheckpointDir) }}
+{{- if not $mounts }}
+{{- range $paths }}
+{{- if contains "$(" (index . 1) }}
+{{- fail (printf "%s is %q: a hostPath volume cannot expand \"$(...)\", so set agent.hostPathMounts to host directories it lies below (e.g. [%s])" (index . 0) (index . 1) (index . 1 | splitList "$(" | first | trimSuffix "/" | default "/")) }}
+{{- end }}
+{{- end }}
+{{- $volumes = append $volumes (dict "name" "data" "path" $a.dataDir) }}
+{{- $volumes = append $volumes (dict "name" "kubelet-checkpoints" "path" $a.kubeletCheckpointDir) }}
+{{- else }}
+{{- range $paths }}
+{{- if not (include "ferry.agent.mountFor" (dict "path" (index . 1) "mounts" $mounts)) }}
+{{- fail (printf "%s is %q, which lies below none of agent.hostPathMounts %v: the agent would not see it" (index . 0) (index . 1) $mounts) }}
+{{- end }}
+{{- end }}
+{{- range $i, $m := $mounts }}
+{{- $volumes = append $volumes (dict "name" (printf "host-%d" $i) "path" $m) }}
+{{- end }}
+{{- end }}
+{{- if and $sockDir (not (include "ferry.agent.mountFor" (dict "path" $sockDir "mounts" $mounts))) }}
+{{- if contains "$(" $sockDir }}
+{{- fail (printf "agent.restore.containerdAddress is %q: a hostPath volume cannot expand \"$(...)\" in its directory, so add a directory above it to agent.hostPathMounts" $a.restore.containerdAddress) }}
+{{- end }}
+{{- $volumes = append $volumes (dict "name" "containerd" "path" $sockDir "socket" true) }}
+{{- end }}
+{{- toJson $volumes }}
+{{- end }}

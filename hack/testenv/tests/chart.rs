@@ -336,7 +336,7 @@ async fn schema_refuses_invalid_values() -> TestResult {
         ),
         (&["--set", "controller.resources.request.cpu=1"], "request"),
         (&["--set", "agent.dataDir=relative/path"], "agent.dataDir"),
-        (&["--set", "agent.kubelet.port=0"], "agent.kubelet.port"),
+        (&["--set", "agent.kubelet.port=-1"], "agent.kubelet.port"),
         (&["--set", "agent.kubelet.port=70000"], "agent.kubelet.port"),
         (
             &["--set", "agent.kubelet.caFile=ca.crt"],
@@ -364,6 +364,39 @@ async fn schema_refuses_invalid_values() -> TestResult {
         (
             &["--set", "agent.encryption.existingSecret=Not_A_Name"],
             "agent.encryption.existingSecret",
+        ),
+        (
+            &["--set", "agent.hostPathMounts={relative}"],
+            "agent.hostPathMounts",
+        ),
+        (
+            &["--set", "agent.hostPathMounts={/var/lib/$(NODE_NAME)}"],
+            "agent.hostPathMounts",
+        ),
+        (
+            &["--set", "agent.hostPathMounts={/srv/,/var/lib}"],
+            "agent.hostPathMounts",
+        ),
+        (
+            &["--set", "agent.restore.backend=crio"],
+            "agent.restore.backend",
+        ),
+        (
+            &["--set", "agent.restore.containerdAddress=run/c.sock"],
+            "agent.restore.containerdAddress",
+        ),
+        (
+            &["--set", "agent.restore.containerdNamespace=k8s/io"],
+            "agent.restore.containerdNamespace",
+        ),
+        (
+            &["--set", "agent.restore.socket=/run/c.sock"],
+            "Additional property socket is not allowed",
+        ),
+        (&["--set", "agent.dnsPolicy=None"], "agent.dnsPolicy"),
+        (
+            &["--set", "controller.dnsPolicy=Cluster"],
+            "controller.dnsPolicy",
         ),
         (&["--set", "typo=1"], "typo"),
     ];
@@ -666,7 +699,11 @@ async fn workloads_are_hardened() -> TestResult {
         .collect();
     assert_eq!(
         host_paths,
-        ["/var/lib/ferry", "/var/lib/kubelet/checkpoints"],
+        [
+            "/var/lib/ferry",
+            "/var/lib/kubelet/checkpoints",
+            "/run/containerd"
+        ],
         "agent hostPath volumes: {pod}"
     );
     assert_eq!(
@@ -1670,6 +1707,328 @@ async fn webhook_certificate_is_kept_across_upgrades_while_its_names_stay() -> T
     assert_eq!(
         renamed["data"]["ca.crt"].as_str(),
         Some(renamed_bundle.as_str())
+    );
+    Ok(())
+}
+
+/// `(name, mountPath)` of every volume mount of a container.
+fn mounts(container: &Value) -> Vec<(&str, &str)> {
+    container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default(),
+                m["mountPath"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// `(volume name, path, type)` of every hostPath volume of a pod spec.
+fn host_path_volumes(pod: &Value) -> Vec<(&str, &str, &str)> {
+    pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("hostPath").is_some())
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap_or_default(),
+                v["hostPath"]["path"].as_str().unwrap_or_default(),
+                v["hostPath"]["type"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that every hostPath volume is mounted at its own host path (the
+/// kubelet names archives by their host path; ctr dials the host's socket
+/// path).
+fn assert_host_paths_mounted_in_place(pod: &Value) {
+    let c = &pod["containers"][0];
+    let mounted = mounts(c);
+    for (name, path, _) in host_path_volumes(pod) {
+        assert!(
+            mounted.contains(&(name, path)),
+            "hostPath volume {name} ({path}) is not mounted at {path}: {mounted:?}"
+        );
+    }
+}
+
+/// The local cluster of hack/cluster.sh: per-node paths under two shared
+/// parents, the kubelet port from the Node object, containerd restores, the
+/// API server's address from the values (no kube-proxy), local images.
+#[tokio::test]
+async fn cluster_values_mount_the_parents_of_per_node_paths() -> TestResult {
+    let values = repo_root().join("hack/cluster-values.yaml");
+    let values = values.to_str().ok_or("non-UTF-8 repo path")?;
+    let args = [
+        "-f",
+        values,
+        "--set",
+        "controller.extraEnv[0].value=192.0.2.2",
+        "--set",
+        "agent.extraEnv[0].value=192.0.2.2",
+    ];
+    let yaml = render(&args).await?;
+    let docs = documents(&yaml)?;
+    let pod = agent_pod(&docs)?;
+    let c = &pod["containers"][0];
+    let agent_args = strings(&c["args"]);
+    for expected in [
+        "--data-dir=/var/lib/ferry-cluster/nodes/$(NODE_NAME)/ferry",
+        "--kubelet-checkpoint-dir=/var/lib/ferry-cluster/nodes/$(NODE_NAME)/kubelet/checkpoints",
+        "--kubelet-port=0",
+        "--restore-backend=containerd",
+        "--containerd-address=/run/ferry-cluster/$(NODE_NAME)/containerd.sock",
+        "--containerd-namespace=k8s.io",
+    ] {
+        assert!(
+            agent_args.contains(&expected),
+            "agent args lack {expected}: {agent_args:?}"
+        );
+    }
+    // Exactly the two parents, each at its own path; no per-node hostPath
+    // (it could not be expanded), no separate socket mount (covered).
+    assert_eq!(
+        host_path_volumes(pod),
+        [
+            ("host-0", "/var/lib/ferry-cluster/nodes", "Directory"),
+            ("host-1", "/run/ferry-cluster", "Directory"),
+        ],
+        "agent volumes: {pod}"
+    );
+    assert_host_paths_mounted_in_place(pod);
+    assert_eq!(pod["dnsPolicy"], "Default", "agent pod: {pod}");
+    assert_eq!(c["image"], "localhost/ferry/agent:dev", "agent: {c}");
+    assert_eq!(c["imagePullPolicy"], "Never", "agent: {c}");
+
+    let controller =
+        find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
+    let cpod = &controller["spec"]["template"]["spec"];
+    let cc = &cpod["containers"][0];
+    assert_eq!(cc["image"], "localhost/ferry/controller:dev", "{cc}");
+    assert_eq!(cc["imagePullPolicy"], "Never", "{cc}");
+    assert_eq!(cpod["dnsPolicy"], "Default", "controller pod: {cpod}");
+    for (what, container) in [("agent", c), ("controller", cc)] {
+        assert_eq!(
+            env(container, "KUBERNETES_SERVICE_HOST").map(|e| &e["value"]),
+            Some(&Value::from("192.0.2.2")),
+            "{what} env: {container}"
+        );
+        assert_eq!(
+            env(container, "KUBERNETES_SERVICE_PORT").map(|e| &e["value"]),
+            Some(&Value::from("6443")),
+            "{what} env: {container}"
+        );
+    }
+
+    // Port 0 makes the agent read its Node: get on nodes, nothing more.
+    let role = find(&docs, "ClusterRole", "ferry-agent").ok_or("no ClusterRole ferry-agent")?;
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["nodes/checkpoint"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+        ]),
+        "agent ClusterRole with kubelet.port 0"
+    );
+
+    // And the API server accepts the rendering.
+    let cp = ControlPlane::shared().await?;
+    ensure_namespace(cp, NAMESPACE).await?;
+    let mut cmd = cp.kubectl();
+    cmd.args([
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager=ferry-chart-test",
+        "-f",
+        "-",
+    ]);
+    let out = run(cmd, Some(yaml.into_bytes())).await?;
+    assert!(
+        out.status.success(),
+        "the API server rejects the chart rendered with hack/cluster-values.yaml:\n{}",
+        describe(&out)
+    );
+    Ok(())
+}
+
+/// Paths the DaemonSet cannot mount make the chart refuse to render, with a
+/// message naming the value.
+#[tokio::test]
+async fn unmountable_agent_paths_fail_with_a_clear_message() -> TestResult {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--set", "agent.dataDir=/var/lib/nodes/$(NODE_NAME)/ferry"],
+            &[
+                "agent.dataDir",
+                "cannot expand",
+                "agent.hostPathMounts",
+                "/var/lib/nodes",
+            ],
+        ),
+        (
+            &[
+                "--set",
+                "agent.kubeletCheckpointDir=/var/lib/nodes/$(NODE_NAME)/kubelet/checkpoints",
+            ],
+            &["agent.kubeletCheckpointDir", "cannot expand"],
+        ),
+        (
+            &[
+                "--set",
+                "agent.restore.containerdAddress=/run/nodes/$(NODE_NAME)/containerd.sock",
+            ],
+            &["agent.restore.containerdAddress", "cannot expand"],
+        ),
+        (
+            &["--set", "agent.hostPathMounts={/srv/ferry}"],
+            &[
+                "agent.dataDir",
+                "/var/lib/ferry",
+                "below none of agent.hostPathMounts",
+            ],
+        ),
+        // Segment-wise: /var/lib/ferry-x is not below /var/lib/ferry.
+        (
+            &[
+                "--set",
+                "agent.hostPathMounts={/var/lib/ferry,/var/lib/kubelet}",
+                "--set",
+                "agent.dataDir=/var/lib/ferry-x",
+            ],
+            &["agent.dataDir", "/var/lib/ferry-x", "below none"],
+        ),
+        (
+            &[
+                "--set",
+                "agent.hostPathMounts={/var/lib}",
+                "--set",
+                "agent.restore.containerdAddress=/run/nodes/$(NODE_NAME)/containerd.sock",
+            ],
+            &["agent.restore.containerdAddress", "cannot expand"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let out = helm_template(args).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "helm template {args:?} should fail but succeeded:\n{}",
+            describe(&out)
+        );
+        for needle in *needles {
+            assert!(
+                stderr.contains(needle),
+                "helm template {args:?} failed without saying {needle:?}:\n{}",
+                describe(&out)
+            );
+        }
+    }
+
+    // A per-node path disappears from the failures once a parent is mounted.
+    let docs = documents(
+        &render(&[
+            "--set",
+            "agent.hostPathMounts={/var/lib/nodes,/var/lib/kubelet}",
+            "--set",
+            "agent.dataDir=/var/lib/nodes/$(NODE_NAME)/ferry",
+        ])
+        .await?,
+    )?;
+    let pod = agent_pod(&docs)?;
+    assert_eq!(
+        host_path_volumes(pod),
+        [
+            ("host-0", "/var/lib/nodes", "Directory"),
+            ("host-1", "/var/lib/kubelet", "Directory"),
+            ("containerd", "/run/containerd", "Directory"),
+        ],
+        "agent volumes: {pod}"
+    );
+    assert_host_paths_mounted_in_place(pod);
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_restore_backend_reaches_flags_and_mounts() -> TestResult {
+    // Default: containerd at its usual socket, whose directory is mounted.
+    let docs = documents(&render(&[]).await?)?;
+    let pod = agent_pod(&docs)?;
+    let args = strings(&pod["containers"][0]["args"]);
+    for expected in [
+        "--restore-backend=containerd",
+        "--containerd-address=/run/containerd/containerd.sock",
+        "--containerd-namespace=k8s.io",
+    ] {
+        assert!(
+            args.contains(&expected),
+            "agent args lack {expected}: {args:?}"
+        );
+    }
+    assert!(
+        host_path_volumes(pod).contains(&("containerd", "/run/containerd", "Directory")),
+        "agent volumes: {pod}"
+    );
+    assert_host_paths_mounted_in_place(pod);
+
+    // Another socket and namespace.
+    let docs = documents(
+        &render(&[
+            "--set",
+            "agent.restore.containerdAddress=/run/k3s/containerd/containerd.sock",
+            "--set",
+            "agent.restore.containerdNamespace=k8s.io.test",
+        ])
+        .await?,
+    )?;
+    let pod = agent_pod(&docs)?;
+    let args = strings(&pod["containers"][0]["args"]);
+    for expected in [
+        "--containerd-address=/run/k3s/containerd/containerd.sock",
+        "--containerd-namespace=k8s.io.test",
+    ] {
+        assert!(
+            args.contains(&expected),
+            "agent args lack {expected}: {args:?}"
+        );
+    }
+    assert!(
+        host_path_volumes(pod).contains(&("containerd", "/run/k3s/containerd", "Directory")),
+        "agent volumes: {pod}"
+    );
+
+    // A hostPathMounts entry covering the socket replaces its own mount.
+    let docs = documents(&render(&["--set", "agent.hostPathMounts={/var/lib,/run}"]).await?)?;
+    let pod = agent_pod(&docs)?;
+    assert_eq!(
+        host_path_volumes(pod),
+        [
+            ("host-0", "/var/lib", "Directory"),
+            ("host-1", "/run", "Directory"),
+        ],
+        "agent volumes: {pod}"
+    );
+
+    // none: no containerd flags, no socket.
+    let docs = documents(&render(&["--set", "agent.restore.backend=none"]).await?)?;
+    let pod = agent_pod(&docs)?;
+    let args = strings(&pod["containers"][0]["args"]);
+    assert!(
+        args.contains(&"--restore-backend=none"),
+        "agent args: {args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--containerd-")),
+        "agent args: {args:?}"
+    );
+    assert!(
+        volume(pod, "containerd").is_none(),
+        "backend none mounts the containerd socket: {pod}"
     );
     Ok(())
 }
