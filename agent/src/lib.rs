@@ -5,6 +5,7 @@
 //! store, streams them to peer agents over mutual TLS, and prepares restores.
 //! The gRPC API is `ferry.agent.v1` from `ferry-proto`.
 
+pub mod containerd;
 pub mod convert;
 pub mod encryption;
 pub mod image;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ferry_agent::containerd::{ContainerdConfig, ContainerdImporter};
 use ferry_agent::encryption::ArchiveKey;
 use ferry_agent::kubelet::{KubeletClient, KubeletConfig};
 use ferry_agent::lease::{LeaseConfig, keep_lease};
@@ -20,6 +21,14 @@ use ferry_agent::tls::{MutualTls, TlsFiles};
 use ferry_agent::{Error, sys};
 use ferry_proto::v1::agent_server::AgentServer;
 use ferry_telemetry::{Endpoints, LogFormat, Readiness};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RestoreBackend {
+    /// Checkpoint images stay OCI layouts in the agent's data dir.
+    None,
+    /// Checkpoint images are imported into the node's containerd.
+    Containerd,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum RuntimeKind {
@@ -64,6 +73,8 @@ struct Args {
     /// Address of this node's kubelet.
     #[arg(long, env = "KUBELET_ADDRESS", default_value = "127.0.0.1")]
     kubelet_address: String,
+    /// Port of the kubelet's HTTPS API; 0: read it from this node's Node
+    /// object (status.daemonEndpoints.kubeletEndpoint.Port).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
     /// CA of the kubelet's serving certificate.
@@ -83,6 +94,21 @@ struct Args {
     kubelet_server_name: Option<String>,
     #[arg(long, default_value = "/var/lib/kubelet/checkpoints")]
     kubelet_checkpoint_dir: PathBuf,
+    /// Where restores are prepared: `containerd` imports each checkpoint
+    /// image into the node's containerd (2.2/2.3, restore through CRI);
+    /// `none` leaves it as an OCI layout in the data dir (CRI-O reads one).
+    #[arg(long, value_enum, default_value = "none")]
+    restore_backend: RestoreBackend,
+    /// With `--restore-backend containerd`: containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_address: PathBuf,
+    /// With `--restore-backend containerd`: the namespace of the kubelet's
+    /// images.
+    #[arg(long, default_value = "k8s.io")]
+    containerd_namespace: String,
+    /// With `--restore-backend containerd`: the `ctr` binary.
+    #[arg(long, default_value = "ctr")]
+    ctr: PathBuf,
     /// With `--runtime runc`: the runc binary.
     #[arg(long, default_value = "runc")]
     runc_binary: PathBuf,
@@ -191,11 +217,15 @@ async fn run(args: Args) -> Result<(), Error> {
                 )
             })??;
     let store = Arc::new(store);
+    let kubelet_port = match (args.runtime, args.kubelet_port) {
+        (RuntimeKind::Kubelet, 0) => kubelet_port_of(&args.node_name).await?,
+        (_, port) => port,
+    };
     let runtime = match args.runtime {
         RuntimeKind::Kubelet => Some(Runtime::Kubelet(KubeletClient::new(KubeletConfig {
             node_name: args.node_name.clone(),
             address: args.kubelet_address.clone(),
-            port: args.kubelet_port,
+            port: kubelet_port,
             token_path: args.kubelet_token.clone(),
             ca_path: args.kubelet_ca.clone(),
             tls_server_name: args.kubelet_server_name.clone(),
@@ -270,6 +300,15 @@ async fn run(args: Args) -> Result<(), Error> {
         replicator,
         runtime,
         args.data_dir.join("images"),
+        match args.restore_backend {
+            RestoreBackend::None => None,
+            RestoreBackend::Containerd => Some(ContainerdImporter::new(ContainerdConfig {
+                ctr: args.ctr.clone(),
+                address: args.containerd_address.clone(),
+                namespace: args.containerd_namespace.clone(),
+                ..ContainerdConfig::default()
+            })),
+        },
         metrics.clone(),
     );
 
@@ -310,6 +349,42 @@ async fn run(args: Args) -> Result<(), Error> {
         served = grpc => served.map_err(|e| Error::Serve { what: format!("gRPC on {bound}"), message: ferry_telemetry::error_chain(&e) }),
         served = ferry_telemetry::serve(args.http_addr, endpoints) => served.map_err(|e| Error::Serve { what: "/healthz, /readyz and /metrics".into(), message: e.to_string() }),
     }
+}
+
+/// The kubelet port this node's Node object advertises.
+async fn kubelet_port_of(node_name: &str) -> Result<u16, Error> {
+    let failed = |message: String| Error::Serve {
+        what: "the kubelet port (--kubelet-port 0)".into(),
+        message,
+    };
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| failed(format!("no Kubernetes configuration: {e}")))?;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let node = nodes
+        .get(node_name)
+        .await
+        .map_err(|e| failed(format!("reading Node {node_name}: {e}")))?;
+    let port = node
+        .status
+        .and_then(|s| s.daemon_endpoints)
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .ok_or_else(|| {
+            failed(format!(
+                "Node {node_name} has no status.daemonEndpoints.kubeletEndpoint"
+            ))
+        })?;
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| failed(format!("Node {node_name} advertises kubelet port {port}")))?;
+    tracing::info!(
+        node = node_name,
+        port,
+        "kubelet port read from the Node object"
+    );
+    Ok(port)
 }
 
 async fn shutdown() {

@@ -11,6 +11,7 @@ use ferry_proto::v1::push_replica_request::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::containerd::ContainerdImporter;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::replication::{PeerTarget, Replicator};
 use crate::runc::RuncRuntime;
@@ -49,6 +50,8 @@ struct Inner {
     replicator: Arc<Replicator>,
     runtime: Option<Runtime>,
     images_dir: PathBuf,
+    /// Where prepared checkpoint images are imported (containerd nodes).
+    importer: Option<ContainerdImporter>,
     metrics: Arc<Metrics>,
 }
 
@@ -59,6 +62,7 @@ impl AgentService {
         replicator: Arc<Replicator>,
         runtime: Option<Runtime>,
         images_dir: PathBuf,
+        importer: Option<ContainerdImporter>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -68,6 +72,7 @@ impl AgentService {
                 replicator,
                 runtime,
                 images_dir,
+                importer,
                 metrics,
             }),
         }
@@ -620,6 +625,18 @@ impl Agent for AgentService {
                 Ok((meta, path, built))
             })
             .await?;
+        if let Some(importer) = &self.inner.importer {
+            let archive = built.archive_path.as_deref().ok_or_else(|| {
+                Status::internal(format!(
+                    "checkpoint image of archive {} was built without its OCI archive",
+                    meta.id
+                ))
+            })?;
+            importer
+                .import(archive, &built.reference)
+                .await
+                .map_err(Status::from)?;
+        }
         let mut pod_annotations = std::collections::HashMap::new();
         pod_annotations.insert("ferry.dev/restore-archive".to_owned(), meta.id.clone());
         Ok(Response::new(pb::PrepareRestoreResponse {
