@@ -92,8 +92,13 @@ struct Slot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotState {
     Running,
-    Succeeded,
-    Failed { at: jiff::Timestamp },
+    /// With the `takenAt` of the archive it produced.
+    Succeeded {
+        taken_at: jiff::Timestamp,
+    },
+    Failed {
+        at: jiff::Timestamp,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -172,7 +177,7 @@ impl Checkpointer {
         };
         match slot.state {
             SlotState::Running => Admission::Busy,
-            SlotState::Succeeded if due <= slot.due => Admission::Busy,
+            SlotState::Succeeded { .. } if due <= slot.due => Admission::Busy,
             SlotState::Failed { at } if due <= slot.due => {
                 let since: Duration = at
                     .duration_until(jiff::Timestamp::now())
@@ -183,7 +188,28 @@ impl Checkpointer {
                     _ => Admission::Go,
                 }
             }
-            SlotState::Succeeded | SlotState::Failed { .. } => Admission::Go,
+            SlotState::Succeeded { .. } | SlotState::Failed { .. } => Admission::Go,
+        }
+    }
+
+    /// When the container is next due after the checkpoint it took at
+    /// `taken_at`, if this controller scheduled that one: one interval
+    /// after the time it was due, so the time a checkpoint takes does not
+    /// stretch the period (never before `taken_at`).
+    pub fn next_due(
+        &self,
+        policy_key: &str,
+        target: &Target,
+        taken_at: jiff::Timestamp,
+        interval: Duration,
+    ) -> Option<jiff::Timestamp> {
+        let slots = lock(&self.slots);
+        let slot = slots.by_key.get(&key(policy_key, target))?;
+        match slot.state {
+            SlotState::Succeeded { taken_at: produced } if produced == taken_at => {
+                next_after(slot.due, taken_at, interval)
+            }
+            _ => None,
         }
     }
 
@@ -253,11 +279,9 @@ impl Checkpointer {
                     "checkpoint failed"
                 ),
             }
-            let next_due = result
-                .as_ref()
-                .ok()
-                .and_then(|done| done.record.taken_at.0.checked_add(job.interval).ok());
-            let failed = result.is_err();
+            let taken_at = result.as_ref().ok().map(|done| done.record.taken_at.0);
+            let next_due =
+                taken_at.and_then(|taken_at| next_after(job.due, taken_at, job.interval));
             lock(&this.results)
                 .entry(job.policy.clone())
                 .or_default()
@@ -268,13 +292,13 @@ impl Checkpointer {
                     target: job.target.clone(),
                     result,
                 });
+            let failed = taken_at.is_none();
             if let Some(slot) = lock(&this.slots).by_key.get_mut(&key) {
-                slot.state = if failed {
-                    SlotState::Failed {
+                slot.state = match taken_at {
+                    Some(taken_at) => SlotState::Succeeded { taken_at },
+                    None => SlotState::Failed {
                         at: jiff::Timestamp::now(),
-                    }
-                } else {
-                    SlotState::Succeeded
+                    },
                 };
             }
             // A failure or a container's first checkpoint is reported at
@@ -392,6 +416,17 @@ impl Checkpointer {
     }
 }
 
+/// One interval after `due`, but not before `taken_at`.
+fn next_after(
+    due: jiff::Timestamp,
+    taken_at: jiff::Timestamp,
+    interval: Duration,
+) -> Option<jiff::Timestamp> {
+    due.checked_add(interval)
+        .ok()
+        .map(|next| next.max(taken_at))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -463,5 +498,17 @@ mod tests {
             checkpointer.admission("ns/policy", &target(), later),
             Admission::Go
         );
+    }
+
+    #[test]
+    fn the_period_runs_from_due_time_to_due_time() {
+        let due = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let interval = Duration::from_secs(10);
+        // Taken 1.5 s late: the next is still due 10 s after the last due time.
+        let taken = due + Duration::from_millis(1500);
+        assert_eq!(next_after(due, taken, interval), Some(due + interval));
+        // A checkpoint that took longer than the interval: right after it.
+        let slow = due + Duration::from_secs(12);
+        assert_eq!(next_after(due, slow, interval), Some(slow));
     }
 }

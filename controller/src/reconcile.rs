@@ -614,7 +614,17 @@ fn schedule(
             .iter()
             .find(|r| r.pod == target.pod && r.container == target.container);
         let first_seen = context.first_seen(&policy_key, &target.pod_uid, snapshot.now);
-        let due = due_at(target, last, valid.interval, first_seen);
+        let due = last
+            .filter(|record| record.pod_uid == target.pod_uid)
+            .and_then(|record| {
+                context.checkpointer.next_due(
+                    &policy_key,
+                    target,
+                    record.taken_at.0,
+                    valid.interval,
+                )
+            })
+            .unwrap_or_else(|| due_at(target, last, valid.interval, first_seen));
         if due > snapshot.now {
             let wait: Duration = snapshot.now.duration_until(due).try_into().unwrap_or(next);
             next = next.min(wait);
