@@ -206,7 +206,10 @@ impl Checkpointer {
         let slots = lock(&self.slots);
         let slot = slots.by_key.get(&key(policy_key, target))?;
         match slot.state {
-            SlotState::Succeeded { taken_at: produced } if produced == taken_at => {
+            // Status keeps whole seconds (metav1.Time).
+            SlotState::Succeeded { taken_at: produced }
+                if produced.as_second() == taken_at.as_second() =>
+            {
                 next_after(slot.due, taken_at, interval)
             }
             _ => None,
