@@ -131,8 +131,10 @@ async fn run(args: Args) -> Result<(), Error> {
 
     // Every replica serves the webhook (the API server may call any of
     // them); only the leader reconciles.
+    let mut webhook_policies = None;
     if let Some(addr) = args.webhook_addr {
         let (store, writer) = reflector::store();
+        webhook_policies = Some(store.clone());
         let policies = watcher(
             kube::Api::<CheckpointPolicy>::all(client.clone()),
             watcher::Config::default(),
@@ -164,6 +166,20 @@ async fn run(args: Args) -> Result<(), Error> {
         agent_namespace: Some(args.agent_namespace.clone()).filter(|n| !n.is_empty()),
         identity: args.identity.clone(),
     };
+    if args.leader_election {
+        // A replica standing by is ready once it can serve the webhook: a
+        // Deployment rollout waits for the new replica to be Ready before it
+        // stops the old leader, so readiness must not wait for leadership.
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            if let Some(store) = webhook_policies
+                && store.wait_until_ready().await.is_err()
+            {
+                return;
+            }
+            readiness.set();
+        });
+    }
     let controller = ferry_controller::run(client.clone(), config, agents, metrics, readiness);
     if args.leader_election {
         let namespace = args
