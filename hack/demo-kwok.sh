@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local demo of a failover: a real control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and three kwok-simulated nodes), a
+# The controller's failover on simulated nodes (no kubelets): a real control
+# plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+# three kwok-simulated nodes), a
 # real ferry agent per node (mutual TLS), the ferry controller with its
 # admission webhook; a Deployment protected by a CheckpointPolicy gets
 # checkpoints replicated to a standby node, its node is lost, and the

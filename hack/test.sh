@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, mocked-API and real-control-plane tests.
+# The whole test suite: unit, mocked-API and real-control-plane tests
+# (tiers 1-3), real CRIU + runc (tier 4) and the end-to-end test on a real
+# two-node cluster with kubelets and containerd (tier 5, hack/e2e.sh).
+# FERRY_SKIP_E2E=1 leaves out tier 5.
 #
 # Needs root on a Debian bookworm machine with Rust and Go: it installs
 # etcd-server and skopeo with apt-get, mounts small tmpfs file systems (a
@@ -37,3 +40,8 @@ cargo run --locked --quiet -p ferry-proto --bin protogen -- --check
 
 step "cargo test --workspace"
 cargo test --locked --workspace "$@"
+
+if [[ "${FERRY_SKIP_E2E:-0}" != 1 ]]; then
+  step "tier 5: hack/e2e.sh (two-node cluster, helm install, two real failovers)"
+  hack/e2e.sh
+fi

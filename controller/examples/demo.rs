@@ -1,4 +1,4 @@
-//! The local demo of a failover (hack/demo.sh runs it): a real control
+//! The local demo of a failover (hack/demo-kwok.sh runs it): a real control
 //! plane with three kwok-simulated nodes, a real ferry agent per node
 //! (mutual TLS; the `synthetic` runtime stands in for the kubelet checkpoint
 //! API, which kwok nodes do not have, and writes real archives), the real

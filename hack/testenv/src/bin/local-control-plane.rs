@@ -1,6 +1,6 @@
 //! Runs a local control plane until interrupted: etcd, kube-apiserver,
 //! kube-controller-manager, kube-scheduler and kwok with simulated nodes.
-//! Used by `hack/demo.sh`; handy for poking at the controller by hand.
+//! Used by `hack/demo-kwok.sh`; handy for poking at the controller by hand.
 //!
 //! Usage: `local-control-plane [NODES] [KUBECONFIG_COPY]`. Prints
 //! `KUBECONFIG=<path>` on stdout once everything is ready.

@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# The main demo: a real failover that keeps a container's memory, on a real
+# two-node Kubernetes cluster on this machine (hack/cluster.sh: kubelets,
+# containerd 2.3, runc, CRIU), with ferry installed by helm.
+#
+# A Deployment runs ferry's test app (a counter that ticks every 100 ms
+# beside a 64 MiB memory ballast) under a CheckpointPolicy. Once a
+# checkpoint is replicated to the other node, two failures are shown:
+#   1. container: the app's process dies (the kubelet sees it terminate);
+#      ferry restores the newest checkpoint on the standby node;
+#   2. node: the pod's node fails (its kubelet, containerd and containers
+#      are killed); ferry restores on the other node.
+# After each: the counter at failure, after restore, steps lost, downtime,
+# where the time went, and `kubectl get checkpointpolicies`.
+#
+#   hack/demo.sh [--assert] [--down]
+#     --assert  exit non-zero unless each restore continues the counter from
+#               its checkpoint (not from zero), the ballast verifies and
+#               exactly one app pod, owned by its ReplicaSet, is left
+#               (the tier-5 test, hack/e2e.sh, runs this)
+#     --down    tear the cluster down at the end (hack/cluster.sh down)
+#
+# Needs root on a Debian bookworm machine with Rust and Go: the first run
+# builds Kubernetes v1.34.4, containerd v2.3.7 and CRIU 4.2.1 (cached under
+# /var/cache/ferry) and installs Debian packages.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ASSERT=0
+DOWN=0
+for arg in "$@"; do
+  case "$arg" in
+    --assert) ASSERT=1 ;;
+    --down) DOWN=1 ;;
+    *) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  esac
+done
+
+export FERRY_CACHE="${FERRY_CACHE:-/var/cache/ferry}"
+NS=demo
+APP=counter
+PERIOD_MS=100
+FAILURES=0
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+log() { printf '    %s\n' "$*"; }
+fail() {
+  printf '\033[31mFAILED: %s\033[0m\n' "$*" >&2
+  FAILURES=$((FAILURES + 1))
+  if ((ASSERT)); then
+    diagnostics
+    exit 1
+  fi
+}
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+iso_to_epoch() { date -d "$1" +%s.%N; }
+
+diagnostics() {
+  {
+    echo "--- pods"
+    kubectl get pods -A -o wide || true
+    echo "--- policy"
+    kubectl -n "$NS" get checkpointpolicy "$APP" -o yaml || true
+    echo "--- events ($NS)"
+    kubectl -n "$NS" get events --sort-by=.lastTimestamp | tail -30 || true
+    echo "--- controller log (tail)"
+    kubectl -n ferry-system logs deploy/ferry-controller --tail=40 || true
+    for pod in $(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o name 2>/dev/null); do
+      echo "--- $pod log (tail)"
+      kubectl -n ferry-system logs "$pod" --tail=20 || true
+    done
+  } >&2
+}
+
+cleanup() {
+  local status=$?
+  if ((DOWN)); then
+    say "Tearing the cluster down (hack/cluster.sh down)"
+    hack/cluster.sh down || status=1
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+
+say "Cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, nodes ferry-a and ferry-b (hack/cluster.sh up)"
+hack/cluster.sh up
+eval "$(hack/cluster.sh env)"
+export KUBECONFIG=/var/lib/ferry-cluster/admin.kubeconfig
+PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
+export PATH
+kubectl get nodes -o wide
+
+say "ferry: images built and imported on both nodes, helm install (hack/ferry-install.sh)"
+hack/ferry-install.sh
+kubectl -n ferry-system get pods -o wide
+
+say "The app: a Deployment of the counter (64 MiB ballast) and its CheckpointPolicy"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n "$NS" delete deployment "$APP" --ignore-not-found --wait=true >/dev/null
+kubectl -n "$NS" delete checkpointpolicy "$APP" --ignore-not-found --wait=true >/dev/null
+kubectl -n "$NS" wait --for=delete pod -l app="$APP" --timeout=120s >/dev/null 2>&1 || true
+kubectl apply -f - <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $APP, namespace: $NS}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: $APP}}
+  template:
+    metadata: {labels: {app: $APP}}
+    spec:
+      dnsPolicy: Default
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: app
+        image: localhost/ferry/test-app:dev
+        imagePullPolicy: Never
+        args: ["--listen", "0.0.0.0:8080", "--ballast-mib", "64", "--period-ms", "$PERIOD_MS"]
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe: {httpGet: {path: /health, port: http}, periodSeconds: 1}
+        livenessProbe: {httpGet: {path: /health, port: http}, periodSeconds: 2, failureThreshold: 2}
+---
+apiVersion: ferry.dev/v1alpha1
+kind: CheckpointPolicy
+metadata: {name: $APP, namespace: $NS}
+spec:
+  selector: {matchLabels: {app: $APP}}
+  containers: [app]
+  interval: 10s
+  standbys: 1
+  failover:
+    triggers: [ContainerFailure, PodLoss, NodeLoss]
+    nodeLossGracePeriod: 5s
+    maxCheckpointAge: 5m
+EOF
+
+# The one Running, not terminating app pod: "name node ip".
+app_pod() {
+  kubectl -n "$NS" get pods -l app="$APP" -o json |
+    jq -r '[.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running")] |
+      if length == 1 then .[0] | "\(.metadata.name) \(.spec.nodeName) \(.status.podIP)" else empty end'
+}
+
+wait_for() { # seconds description command...
+  local limit="$1" what="$2" started
+  shift 2
+  started=$(now)
+  until "$@"; do
+    if (($(printf '%.0f' "$(secs "$started" "$(now)")") > limit)); then
+      fail "$what: not within ${limit}s"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+counter_of() { curl -fsS --max-time 2 "http://$1:8080/state" 2>/dev/null | jq -r .counter; }
+
+# Waits for a checkpoint of the current pod with a replica on the other node;
+# sets CK_TAKEN (epoch), CK_MS (checkpoint duration) and CK_ARCHIVE.
+fresh_checkpoint() {
+  local uid="$1" record
+  record="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json |
+    jq -c --arg uid "$uid" '[.status.checkpoints[]? | select(.podUid == $uid and (.replicas | length) > 0)] | .[0] // empty')"
+  [[ -n "$record" ]] || return 1
+  CK_TAKEN="$(iso_to_epoch "$(jq -r .takenAt <<<"$record")")"
+  CK_MS="$(jq -r .durationMs <<<"$record")"
+  CK_ARCHIVE="$(jq -r .archive <<<"$record")"
+  CK_REPLICAS="$(jq -r '.replicas | join(",")' <<<"$record")"
+}
+
+has_app_pod() { POD_LINE="$(app_pod)"; [[ -n "$POD_LINE" ]]; }
+
+answers() { [[ "$(counter_of "$1")" =~ ^[0-9]+$ ]]; }
+
+# How long the agent that sent archive $1 took to replicate it (ms), from
+# its log line "replica stored and verified by peer".
+replication_ms() {
+  local pod
+  for pod in $(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o name); do
+    kubectl -n ferry-system logs "$pod" 2>/dev/null |
+      jq -r --arg id "$1" 'select(.fields.message == "replica stored and verified by peer" and .fields.archive == $id) | .fields.elapsed_ms' 2>/dev/null
+  done | head -1
+}
+
+# A failure and its restore. $1: scenario name, $2: function that injects it.
+scenario() {
+  local name="$1" inject="$2"
+  say "Scenario: $name"
+  wait_for 180 "a Running app pod" has_app_pod || return 0
+  read -r POD NODE IP <<<"$POD_LINE"
+  wait_for 60 "the app answering at $IP" answers "$IP" || return 0
+  local uid
+  uid="$(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.metadata.uid}')"
+  log "app pod $POD on $NODE ($IP); waiting for a checkpoint replicated to the other node"
+  wait_for 120 "a replicated checkpoint of $POD" fresh_checkpoint "$uid" || return 0
+  # One more interval so the checkpoint in hand is a periodic one.
+  sleep 3
+  fresh_checkpoint "$uid"
+  local replicate_ms
+  replicate_ms="$(replication_ms "$CK_ARCHIVE")"
+  kubectl get checkpointpolicies -A
+
+  local before failed_at
+  before="$(counter_of "$IP")"
+  failed_at=$(now)
+  "$inject" "$POD" "$NODE" "$IP"
+  log "failure injected at counter $before"
+
+  wait_for 180 "a replacement app pod on the other node" replacement_running "$NODE" || return 0
+  read -r NEW_POD NEW_NODE NEW_IP <<<"$POD_LINE"
+  wait_for 60 "the replacement answering at $NEW_IP" answers "$NEW_IP" || return 0
+  local serving_at after verify
+  serving_at=$(now)
+  after="$(counter_of "$NEW_IP")"
+  verify="$(curl -fsS --max-time 5 "http://$NEW_IP:8080/verify" || echo '{}')"
+
+  local failover started completed image restored_from
+  failover="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json | jq -c '.status.lastFailover // {}')"
+  started="$(jq -r '.startedAt // empty' <<<"$failover")"
+  completed="$(jq -r '.restoredAt // empty' <<<"$failover")"
+  image="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.spec.containers[0].image}')"
+  restored_from="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.metadata.annotations.ferry\.dev/restored-from}')"
+
+  local at_checkpoint lost
+  # The counter when the checkpoint was taken, from its tick rate.
+  at_checkpoint="$(awk -v c="$before" -v f="$failed_at" -v t="$CK_TAKEN" -v p="$PERIOD_MS" \
+    'BEGIN { v = c - (f - t) * 1000 / p; printf "%d", (v < 0 ? 0 : v) }')"
+  lost=$((before - after))
+  say "Timeline of \"$name\""
+  log "checkpoint through the kubelet:  ${CK_MS} ms (archive ${CK_ARCHIVE:0:12}…, replicas: $CK_REPLICAS)"
+  log "replication to the standby:      ${replicate_ms:-?} ms"
+  log "failure:                         $POD on $NODE, counter $before"
+  if [[ -n "$started" ]]; then
+    log "detected (failover recorded):    +$(secs "$failed_at" "$(iso_to_epoch "$started")") s"
+  fi
+  if [[ -n "$completed" ]]; then
+    log "restore completed (pod Running): +$(secs "$failed_at" "$(iso_to_epoch "$completed")") s"
+  fi
+  log "serving again:                   +$(secs "$failed_at" "$serving_at") s = downtime"
+  log "replacement:                     $NEW_POD on $NEW_NODE, image $image"
+  log "restored from:                   ${restored_from:-?}"
+  log "counter: at checkpoint ~$at_checkpoint, at failure $before, after restore $after → $lost steps lost (${PERIOD_MS} ms each)"
+  log "ballast after restore:           $(jq -c . <<<"$verify")"
+  log "last failover: $(jq -c '{reason, stage, fromNode, toNode, coldStart, checkpointAge, message}' <<<"$failover")"
+  kubectl get checkpointpolicies -A
+
+  # What the e2e test asserts.
+  ((after >= at_checkpoint && after > 0)) ||
+    fail "$name: counter after restore ($after) is below the checkpointed value (~$at_checkpoint): not restored"
+  [[ "$NEW_NODE" != "$NODE" ]] || fail "$name: replacement runs on the failed node $NODE"
+  [[ "$(jq -r '.ballast_ok // false' <<<"$verify")" == true ]] || fail "$name: ballast does not verify after restore: $verify"
+  [[ "$(jq -r '.stage // empty' <<<"$failover")" == Completed && "$(jq -r '.coldStart // false' <<<"$failover")" == false ]] ||
+    fail "$name: lastFailover is not a completed warm restore: $failover"
+  sleep 3
+  local pods owners
+  pods="$(kubectl -n "$NS" get pods -l app="$APP" -o json)"
+  [[ "$(jq '[.items[] | select(.metadata.deletionTimestamp == null)] | length' <<<"$pods")" == 1 ]] ||
+    fail "$name: expected exactly one app pod, got: $(jq -r '[.items[].metadata.name] | join(" ")' <<<"$pods")"
+  owners="$(jq -r '[.items[] | select(.metadata.deletionTimestamp == null) | .metadata.ownerReferences[]? | select(.controller) | .kind] | join(",")' <<<"$pods")"
+  [[ "$owners" == ReplicaSet ]] || fail "$name: the app pod is owned by '$owners', not its ReplicaSet"
+}
+
+replacement_running() { # failed node
+  has_app_pod || return 1
+  local node
+  read -r _ node _ <<<"$POD_LINE"
+  [[ "$node" != "$1" ]]
+}
+
+kill_container() { # pod node ip
+  # The app exits (status 3): the kubelet sees the container terminate and
+  # restart, ferry sees the restart count rise.
+  curl -fsS -X POST --max-time 2 "http://$3:8080/kill" >/dev/null
+}
+
+fail_node() { # pod node ip
+  hack/cluster.sh fail-node "$2"
+}
+
+scenario "the container dies" kill_container
+scenario "the node fails" fail_node
+
+say "Bringing the failed node back"
+hack/cluster.sh up >/dev/null
+kubectl get nodes
+
+if ((FAILURES)); then
+  say "$FAILURES check(s) failed"
+  exit 1
+fi
+say "Done: both failures restored from a checkpoint on the other node"

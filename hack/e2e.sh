@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Tier 5: the end-to-end test on a real two-node cluster (hack/cluster.sh:
+# kubelets, containerd 2.3, runc, CRIU) with ferry installed by helm. Runs
+# both failure scenarios of the demo with assertions (the counter continues
+# from the checkpoint, the ballast verifies, exactly one app pod owned by
+# its ReplicaSet is left), then tears the cluster down and fails if
+# anything is left behind (processes, mounts, network namespaces, iptables
+# or nft rules, cgroups).
+#
+# Needs root; see hack/demo.sh. Prints how long it took.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+started=$SECONDS
+status=0
+hack/demo.sh --assert || status=$?
+echo "==> hack/cluster.sh down (and its leftover check)" >&2
+hack/cluster.sh down || status=1
+echo "==> tier 5 (e2e) took $((SECONDS - started))s, exit $status" >&2
+exit "$status"
