@@ -233,7 +233,7 @@ scenario() {
   log "replication to the standby:      ${replicate_ms:-?} ms"
   log "failure:                         $POD on $NODE, counter $before"
   if [[ -n "$started" ]]; then
-    log "detected (failover recorded):    +$(secs "$failed_at" "$(iso_to_epoch "$started")") s"
+    log "detected (failover recorded):    +$(secs "$failed_at" "$(iso_to_epoch "$started")") s (status keeps whole seconds)"
   fi
   if [[ -n "$completed" ]]; then
     log "restore completed (pod Running): +$(secs "$failed_at" "$(iso_to_epoch "$completed")") s"
