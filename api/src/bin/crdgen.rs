@@ -16,7 +16,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // From `cargo run`'s environment: a path compiled in may name another
+    // checkout that shares the build cache.
+    let path = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("..")
         .join(ferry_api::CRD_FILE);
     match mode.as_deref() {

@@ -416,9 +416,18 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Root of the ferry repository.
+/// Root of the ferry repository: the nearest directory with a Cargo.lock
+/// above the running test's package. Found at run time, because checkouts in
+/// different places share one build cache (CARGO_TARGET_DIR) and cargo
+/// reuses a build made in another checkout: a path compiled in would point
+/// there.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map_or_else(|| start.join("../.."), Path::to_path_buf)
 }
 
 /// The `KUBEBUILDER_ASSETS` directory, provided (and cached) by

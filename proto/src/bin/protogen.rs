@@ -6,8 +6,15 @@ use std::process::ExitCode;
 
 const GENERATED: &str = "ferry.agent.v1.rs";
 
+/// This crate's directory, from `cargo run`'s environment: a path compiled
+/// in may name another checkout that shares the build cache.
+fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn generate(out_dir: &Path) -> std::io::Result<()> {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crate_dir = crate_dir();
     let protoc = protoc_bin_vendored::protoc_bin_path().map_err(std::io::Error::other)?;
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
@@ -34,9 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let committed = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/gen")
-        .join(GENERATED);
+    let committed = crate_dir().join("src/gen").join(GENERATED);
     let scratch = match tempfile::tempdir() {
         Ok(dir) => dir,
         Err(err) => {
