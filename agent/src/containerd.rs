@@ -140,17 +140,21 @@ impl ContainerdImporter {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_missing_ctr_is_named_in_the_error() {
-        let importer = ContainerdImporter::new(ContainerdConfig {
-            ctr: "/nonexistent/ctr".into(),
-            ..ContainerdConfig::default()
-        });
-        let err = importer
+    async fn import_error(config: ContainerdConfig) -> String {
+        ContainerdImporter::new(config)
             .import(Path::new("/tmp/x.tar"), "localhost/x:1")
             .await
             .unwrap_err()
-            .to_string();
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_missing_ctr_is_named_in_the_error() {
+        let err = import_error(ContainerdConfig {
+            ctr: "/nonexistent/ctr".into(),
+            ..ContainerdConfig::default()
+        })
+        .await;
         assert!(err.contains("/nonexistent/ctr"), "{err}");
         assert!(err.contains("cannot run"), "{err}");
     }
@@ -168,16 +172,12 @@ mod tests {
         let mut permissions = std::fs::metadata(&fake).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
         std::fs::set_permissions(&fake, permissions).unwrap();
-        let importer = ContainerdImporter::new(ContainerdConfig {
+        let err = import_error(ContainerdConfig {
             ctr: fake,
             address: "/run/x.sock".into(),
             ..ContainerdConfig::default()
-        });
-        let err = importer
-            .import(Path::new("/tmp/x.tar"), "localhost/x:1")
-            .await
-            .unwrap_err()
-            .to_string();
+        })
+        .await;
         assert!(err.contains("failed to dial"), "{err}");
         assert!(err.contains("--address /run/x.sock"), "{err}");
     }

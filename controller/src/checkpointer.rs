@@ -82,14 +82,14 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 /// The newest job of one container.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Slot {
     /// When that job was due.
     due: jiff::Timestamp,
     state: SlotState,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum SlotState {
     Running,
     /// With the `takenAt` of the archive it produced.
@@ -98,6 +98,7 @@ enum SlotState {
     },
     Failed {
         at: jiff::Timestamp,
+        failure: Failure,
     },
 }
 
@@ -178,7 +179,7 @@ impl Checkpointer {
         match slot.state {
             SlotState::Running => Admission::Busy,
             SlotState::Succeeded { .. } if due <= slot.due => Admission::Busy,
-            SlotState::Failed { at } if due <= slot.due => {
+            SlotState::Failed { at, .. } if due <= slot.due => {
                 let since: Duration = at
                     .duration_until(jiff::Timestamp::now())
                     .try_into()
@@ -212,6 +213,20 @@ impl Checkpointer {
             {
                 next_after(slot.due, taken_at, interval)
             }
+            _ => None,
+        }
+    }
+
+    /// Why the last checkpoint of `target` failed, until one succeeds: the
+    /// policy stays Degraded for as long, not just in the reconciliation
+    /// that saw the failure.
+    pub fn failing(&self, policy_key: &str, target: &Target) -> Option<Failure> {
+        match &lock(&self.slots)
+            .by_key
+            .get(&key(policy_key, target))?
+            .state
+        {
+            SlotState::Failed { failure, .. } => Some(failure.clone()),
             _ => None,
         }
     }
@@ -282,9 +297,23 @@ impl Checkpointer {
                     "checkpoint failed"
                 ),
             }
-            let taken_at = result.as_ref().ok().map(|done| done.record.taken_at.0);
-            let next_due =
-                taken_at.and_then(|taken_at| next_after(job.due, taken_at, job.interval));
+            let (state, next_due) = match &result {
+                Ok(done) => {
+                    let taken_at = done.record.taken_at.0;
+                    (
+                        SlotState::Succeeded { taken_at },
+                        next_after(job.due, taken_at, job.interval),
+                    )
+                }
+                Err(failure) => (
+                    SlotState::Failed {
+                        at: jiff::Timestamp::now(),
+                        failure: failure.clone(),
+                    },
+                    None,
+                ),
+            };
+            let failed = result.is_err();
             lock(&this.results)
                 .entry(job.policy.clone())
                 .or_default()
@@ -295,14 +324,8 @@ impl Checkpointer {
                     target: job.target.clone(),
                     result,
                 });
-            let failed = taken_at.is_none();
             if let Some(slot) = lock(&this.slots).by_key.get_mut(&key) {
-                slot.state = match taken_at {
-                    Some(taken_at) => SlotState::Succeeded { taken_at },
-                    None => SlotState::Failed {
-                        at: jiff::Timestamp::now(),
-                    },
-                };
+                slot.state = state;
             }
             // A failure or a container's first checkpoint is reported at
             // once; otherwise the policy is next looked at when this

@@ -400,42 +400,34 @@ mod tests {
     }
 
     impl Fixture {
-        fn run(&self, status: &CheckpointPolicyStatus, now: i64) -> Vec<Failure> {
+        fn with_world<T>(&self, now: i64, look: impl FnOnce(World<'_>) -> T) -> T {
             let pods: BTreeMap<String, &Pod> =
                 self.pods.iter().map(|p| (p.uid().unwrap(), p)).collect();
             let nodes: BTreeMap<String, &Node> =
                 self.nodes.iter().map(|n| (n.name_any(), n)).collect();
-            let world = World {
+            look(World {
                 pods: &pods,
                 nodes: &nodes,
                 agents: &self.agents,
                 now: at(now),
-            };
-            detect(
-                status,
-                &[
-                    FailureTrigger::ContainerFailure,
-                    FailureTrigger::PodLoss,
-                    FailureTrigger::NodeLoss,
-                ],
-                Duration::from_secs(20),
-                world,
-            )
+            })
         }
-    }
 
-    impl Fixture {
+        fn run(&self, status: &CheckpointPolicyStatus, now: i64) -> Vec<Failure> {
+            let triggers = [
+                FailureTrigger::ContainerFailure,
+                FailureTrigger::PodLoss,
+                FailureTrigger::NodeLoss,
+            ];
+            self.with_world(now, |world| {
+                detect(status, &triggers, Duration::from_secs(20), world)
+            })
+        }
+
         fn node_loss_in(&self, node: &str, now: i64) -> Option<Duration> {
-            let pods = BTreeMap::new();
-            let nodes: BTreeMap<String, &Node> =
-                self.nodes.iter().map(|n| (n.name_any(), n)).collect();
-            let world = World {
-                pods: &pods,
-                nodes: &nodes,
-                agents: &self.agents,
-                now: at(now),
-            };
-            node_loss_in(node, world, Duration::from_secs(20))
+            self.with_world(now, |world| {
+                node_loss_in(node, world, Duration::from_secs(20))
+            })
         }
     }
 

@@ -271,6 +271,18 @@ fn only_progress(old: Option<&CheckpointPolicyStatus>, new: &CheckpointPolicySta
     strip(old) == strip(new)
 }
 
+/// The condition reason and message of a failed checkpoint of `target`.
+fn checkpoint_problem(target: &Target, failure: &CheckpointFailure) -> (&'static str, String) {
+    let (reason, message) = match failure {
+        CheckpointFailure::AgentUnreachable(m) => ("AgentUnreachable", m),
+        CheckpointFailure::CheckpointFailed(m) => ("CheckpointFailed", m),
+    };
+    (
+        reason,
+        format!("{}/{}: {message}", target.pod, target.container),
+    )
+}
+
 /// Selected pods this policy protects, and the pods it leaves to an older
 /// policy that selects them too (with that policy's name).
 fn owned_pods(
@@ -383,14 +395,7 @@ fn fold_results(
                 }
             }
             Err(failure) => {
-                let (reason, message) = match failure {
-                    CheckpointFailure::AgentUnreachable(m) => ("AgentUnreachable", m),
-                    CheckpointFailure::CheckpointFailed(m) => ("CheckpointFailed", m),
-                };
-                let message = format!(
-                    "{}/{}: {message}",
-                    outcome.target.pod, outcome.target.container
-                );
+                let (reason, message) = checkpoint_problem(&outcome.target, failure);
                 events.push((EventType::Warning, reason, message.clone()));
                 problems.push((reason.into(), message));
             }
@@ -613,6 +618,13 @@ fn schedule(
             .checkpoints
             .iter()
             .find(|r| r.pod == target.pod && r.container == target.container);
+        if let Some(failure) = context.checkpointer.failing(&policy_key, target) {
+            let (reason, message) = checkpoint_problem(target, &failure);
+            let problem = (reason.to_owned(), message);
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
         let first_seen = context.first_seen(&policy_key, &target.pod_uid, snapshot.now);
         let due = last
             .filter(|record| record.pod_uid == target.pod_uid)

@@ -487,6 +487,11 @@ async fn an_unreachable_agent_degrades_the_policy_and_deletion_removes_archives_
     )
     .await;
     assert!(condition.message.contains(&node), "{}", condition.message);
+    // Still Degraded after retries, not only in the reconciliation that saw
+    // the failure.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = get_policy(&client, "apps", "counter").await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Degraded), "{status:?}");
     ferry.agent_mut(&node).start();
     eventually(
         "Protected again",
