@@ -193,26 +193,21 @@ impl Checkpointer {
         }
     }
 
-    /// When the container is next due after the checkpoint it took at
-    /// `taken_at`, if this controller scheduled that one: one interval
-    /// after the time it was due, so the time a checkpoint takes does not
-    /// stretch the period (never before `taken_at`).
+    /// When the container is next due, if this controller took its last
+    /// checkpoint: one interval after the time that one was due, so the
+    /// time a checkpoint takes does not stretch the period (never before
+    /// its archive was taken). The slot, not status, is the truth here: the
+    /// status a reconciliation reads may predate the last write.
     pub fn next_due(
         &self,
         policy_key: &str,
         target: &Target,
-        taken_at: jiff::Timestamp,
         interval: Duration,
     ) -> Option<jiff::Timestamp> {
         let slots = lock(&self.slots);
         let slot = slots.by_key.get(&key(policy_key, target))?;
         match slot.state {
-            // Status keeps whole seconds (metav1.Time).
-            SlotState::Succeeded { taken_at: produced }
-                if produced.as_second() == taken_at.as_second() =>
-            {
-                next_after(slot.due, taken_at, interval)
-            }
+            SlotState::Succeeded { taken_at } => next_after(slot.due, taken_at, interval),
             _ => None,
         }
     }
@@ -426,15 +421,49 @@ impl Checkpointer {
         lock(&self.results).get(policy).cloned().unwrap_or_default()
     }
 
-    /// Forgets the results of `policy` up to `through` (an [`Outcome::seq`])
-    /// once its status holds them.
-    pub fn consumed(&self, policy: &ObjectRef<CheckpointPolicy>, through: Option<u64>) {
+    /// Forgets the failures of `policy` up to `through` (an
+    /// [`Outcome::seq`]) once a status write reported them.
+    pub fn failures_written(&self, policy: &ObjectRef<CheckpointPolicy>, through: Option<u64>) {
         let Some(through) = through else {
             return;
         };
+        self.forget(policy, |outcome| {
+            outcome.result.is_err() && outcome.seq <= through
+        });
+    }
+
+    /// Forgets the checkpoints of `policy` that `status` (the policy as the
+    /// cache has it now) shows, or newer ones of the same container. Kept
+    /// until then: a reconciliation may read a policy older than the last
+    /// status write, and writing a status without them would drop their
+    /// records.
+    pub fn checkpoints_seen(
+        &self,
+        policy: &ObjectRef<CheckpointPolicy>,
+        status: Option<&ferry_api::CheckpointPolicyStatus>,
+    ) {
+        let horizon = jiff::Timestamp::now() - FORGET_AFTER;
+        self.forget(policy, |outcome| {
+            let Ok(done) = &outcome.result else {
+                return false;
+            };
+            let taken = done.record.taken_at.0;
+            taken < horizon
+                || status.is_some_and(|status| {
+                    status.checkpoints.iter().any(|r| {
+                        r.pod_uid == done.record.pod_uid
+                            && r.container == done.record.container
+                            // Status keeps whole seconds (metav1.Time).
+                            && r.taken_at.0.as_second() >= taken.as_second()
+                    })
+                })
+        });
+    }
+
+    fn forget(&self, policy: &ObjectRef<CheckpointPolicy>, done: impl Fn(&Outcome) -> bool) {
         let mut results = lock(&self.results);
         if let Some(list) = results.get_mut(policy) {
-            list.retain(|outcome| outcome.seq > through);
+            list.retain(|outcome| !done(outcome));
             if list.is_empty() {
                 results.remove(policy);
             }

@@ -24,8 +24,7 @@ use ferry_api::{
 use ferry_proto::v1 as pb;
 
 use crate::agents::{AgentIndex, status_message};
-use crate::checkpointer::Admission;
-use crate::checkpointer::{Failure as CheckpointFailure, Job};
+use crate::checkpointer::{Admission, Failure as CheckpointFailure, Job};
 use crate::detect::{self, World};
 use crate::metrics::{ErrorLabels, FailoverLabels, PolicyLabels};
 use crate::placement::{choose_standbys, node_ready};
@@ -150,6 +149,9 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
     let now = snapshot.now;
     let mut status = desired_status(policy, Time(now));
     let mut events = PendingEvents::new();
+    context
+        .checkpointer
+        .checkpoints_seen(&policy_ref, policy.status.as_ref());
     let results = context.checkpointer.results(&policy_ref);
     let mut requeue = RESYNC;
 
@@ -225,7 +227,7 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
                     match write_status(&context, &namespace, &name, &status).await {
                         Ok(()) => {
                             context.status_written(&key);
-                            context.checkpointer.consumed(&policy_ref, consumed);
+                            context.checkpointer.failures_written(&policy_ref, consumed);
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "checkpoint progress not written; retried next period")
@@ -242,7 +244,7 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
     }
     context
         .checkpointer
-        .consumed(&policy_ref, results.last().map(|outcome| outcome.seq));
+        .failures_written(&policy_ref, results.last().map(|outcome| outcome.seq));
     for (type_, reason, note) in events {
         publish(context, policy, type_, reason, note).await;
     }
@@ -626,16 +628,9 @@ fn schedule(
             }
         }
         let first_seen = context.first_seen(&policy_key, &target.pod_uid, snapshot.now);
-        let due = last
-            .filter(|record| record.pod_uid == target.pod_uid)
-            .and_then(|record| {
-                context.checkpointer.next_due(
-                    &policy_key,
-                    target,
-                    record.taken_at.0,
-                    valid.interval,
-                )
-            })
+        let due = context
+            .checkpointer
+            .next_due(&policy_key, target, valid.interval)
             .unwrap_or_else(|| due_at(target, last, valid.interval, first_seen));
         if due > snapshot.now {
             let wait: Duration = snapshot.now.duration_until(due).try_into().unwrap_or(next);
