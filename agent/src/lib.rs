@@ -187,3 +187,11 @@ impl Error {
         }
     }
 }
+
+/// Locks `mutex`, carrying on after a panic elsewhere poisoned it (the data
+/// it guards is never left half-updated).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

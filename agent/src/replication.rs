@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::store::{ArchiveReader, Store};
 use crate::tls::MutualTls;
@@ -303,12 +304,6 @@ fn agent_client(channel: Channel) -> AgentClient<Channel> {
     AgentClient::new(channel)
         .max_decoding_message_size(4 * CHUNK_BYTES)
         .max_encoding_message_size(4 * CHUNK_BYTES)
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn connect_channel(

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::encryption::{
     self, ArchiveKey, Format, HEADER_LEN, Opener, SEALED_SEGMENT, SEGMENT, Sealer,
 };
+use crate::lock;
 use crate::{Error, names};
 
 /// Size of the buffer archives are copied and hashed through; bounds memory.
@@ -175,12 +176,6 @@ pub struct Store {
 }
 
 type MetaCache = Arc<Mutex<HashMap<String, ArchiveMeta>>>;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 impl Store {
     /// Opens (creating) the store under `root` and removes leftovers of
