@@ -6,6 +6,7 @@
 //! `kubectl apply` time with a message naming the field, instead of surfacing
 //! later as a controller error.
 
+pub mod agent;
 mod conditions;
 mod crd;
 mod duration;
