@@ -43,3 +43,17 @@ pub const AGENT_COMPONENT_LABEL: (&str, &str) = ("app.kubernetes.io/component", 
 
 /// Label on an agent Lease naming its node.
 pub const AGENT_NODE_LABEL: &str = "ferry.dev/node";
+
+/// Scheduling gate the admission webhook puts on a replacement pod: it is
+/// not scheduled until the controller knows the failed instance stopped,
+/// so two copies never run at once.
+pub const RESTORE_GATE: &str = "ferry.dev/restore";
+
+/// NoSchedule taint the controller puts on a node whose pods it fails over
+/// for node loss, so nothing new lands there while the failover runs; it is
+/// removed once the node is Ready again.
+pub const FAILED_NODE_TAINT: &str = "ferry.dev/node-lost";
+
+/// Kubernetes' non-graceful node shutdown taint: an administrator's (or a
+/// remediation system's) word that the node's workloads are stopped.
+pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";

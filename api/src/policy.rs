@@ -171,11 +171,27 @@ pub struct FailoverSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub triggers: Vec<FailureTrigger>,
 
-    /// How long a node may be NotReady (or its agent lease expired) before
-    /// its pods are failed over.
+    /// How long the API server may report a node NotReady before its pods
+    /// are failed over. An agent that stops renewing its Lease on a Ready
+    /// node is an agent outage, never a node loss.
     #[serde(default = "default_node_loss_grace_period")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     pub node_loss_grace_period: String,
+
+    /// How long every peer agent must have failed to reach both the agent
+    /// and the kubelet of a node whose agent stopped renewing its Lease
+    /// before the node counts as lost. This is the fast path; the
+    /// NotReady grace period above is the slow one.
+    #[serde(default = "default_unreachable_grace_period")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    pub unreachable_grace_period: String,
+
+    /// Failovers of this policy that run at once; further failed pods wait
+    /// (status.queuedFailovers) so losing a zone does not flood the API
+    /// server and the standbys.
+    #[serde(default = "default_max_concurrent_failovers")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent: i32,
 
     /// A newer checkpoint than this is required to restore; otherwise the
     /// replacement starts cold and the status says so.
@@ -189,6 +205,8 @@ impl Default for FailoverSpec {
         Self {
             triggers: all_triggers(),
             node_loss_grace_period: default_node_loss_grace_period(),
+            unreachable_grace_period: default_unreachable_grace_period(),
+            max_concurrent: default_max_concurrent_failovers(),
             max_checkpoint_age: default_max_checkpoint_age(),
         }
     }
@@ -203,7 +221,8 @@ pub enum FailureTrigger {
     ContainerFailure,
     /// The pod was deleted, evicted or failed.
     PodLoss,
-    /// The pod's node is NotReady past the grace period, or its agent is gone.
+    /// The pod's node is NotReady past the grace period, gone from the API,
+    /// or unreachable from every peer agent (its agent and its kubelet).
     NodeLoss,
 }
 
@@ -292,6 +311,12 @@ pub struct CheckpointPolicyStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["podUid".into()]))]
     pub failovers: Vec<FailoverRecord>,
 
+    /// Failed pods waiting for a failover slot (spec.failover.maxConcurrent
+    /// or the controller's overall budget).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["podUid".into()]))]
+    pub queued_failovers: Vec<QueuedFailover>,
+
     /// Ready, Protected and the reasons behind them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
@@ -338,6 +363,11 @@ pub struct CheckpointRecord {
     /// count later means the container failed.
     #[serde(default)]
     pub restart_count: i32,
+    /// Controller of the pod (`ReplicaSet/counter-7d9c`), remembered so a
+    /// pod that is gone can still be replaced by its owner; empty for a
+    /// bare pod.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
     /// Node the checkpoint was taken on.
     pub node: String,
     /// Archive id (sha256 of its content).
@@ -391,9 +421,29 @@ pub struct FailoverRecord {
     #[serde(default)]
     pub cold_start: bool,
     pub started_at: Time,
+    /// What showed the failure, each from a source that does not share
+    /// fate with what failed (node status, peer agents, the kubelet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
+    /// When the failed instance was known to be stopped, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fence: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_at: Option<Time>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// A detected failure waiting for a failover slot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedFailover {
+    pub pod: String,
+    pub pod_uid: String,
+    pub reason: FailureTrigger,
+    /// What was observed, and which budget holds it back.
     pub message: String,
 }
 
@@ -405,11 +455,13 @@ pub enum FailoverStage {
     /// The failure is recorded and the restore target chosen.
     #[default]
     Detected,
-    /// The target agent made the archives restorable (checkpoint images).
+    /// The target agent made the archives restorable (checkpoint images);
+    /// the failed instance is being stopped.
     Prepared,
-    /// The failed pod was removed; its owner (or ferry, for a bare pod)
-    /// creates the replacement, which the admission webhook points at the
-    /// checkpoint.
+    /// The failed instance is known to be stopped (the API server confirmed
+    /// it, or its node fenced itself) and its pod was removed; its owner
+    /// (or ferry, for a bare pod) creates the replacement, which the
+    /// admission webhook points at the checkpoint.
     Fenced,
     /// The replacement pod runs.
     Completed,
@@ -451,6 +503,12 @@ fn default_keep() -> i32 {
 }
 fn default_node_loss_grace_period() -> String {
     "20s".into()
+}
+fn default_unreachable_grace_period() -> String {
+    "2s".into()
+}
+fn default_max_concurrent_failovers() -> i32 {
+    5
 }
 fn default_max_checkpoint_age() -> String {
     "5m".into()
