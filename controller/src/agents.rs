@@ -8,6 +8,10 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use tonic::transport::{Channel, Endpoint};
 
+use ferry_api::agent::{
+    FENCING_ANNOTATION, FencingInfo, KUBELET_ENDPOINT_ANNOTATION, PEER_OBSERVATIONS_ANNOTATION,
+    PeerObservations,
+};
 use ferry_api::names::{
     AGENT_ENDPOINT_ANNOTATION, AGENT_LEASE_PREFIX, AGENT_NODE_INFO_ANNOTATION, AGENT_NODE_LABEL,
 };
@@ -25,6 +29,12 @@ pub struct AgentInfo {
     pub architecture: String,
     pub criu_version: String,
     pub kernel_version: String,
+    /// How the agent fences its node when cut off; `None`: it does not.
+    pub fencing: Option<FencingInfo>,
+    /// Whether it publishes a kubelet endpoint for peers to probe.
+    pub kubelet_probed: bool,
+    /// What it sees of the other nodes.
+    pub observations: PeerObservations,
 }
 
 impl AgentInfo {
@@ -50,6 +60,15 @@ impl AgentInfo {
             .and_then(|json| serde_json::from_str(json).ok())
             .unwrap_or_default();
         let fact = |key: &str| facts[key].as_str().unwrap_or_default().to_owned();
+        let fencing = annotations
+            .get(FENCING_ANNOTATION)
+            .and_then(|json| serde_json::from_str::<FencingInfo>(json).ok())
+            .filter(|f| f.timeout_millis > 0);
+        // Unreadable observations count as none: absence of evidence.
+        let observations = annotations
+            .get(PEER_OBSERVATIONS_ANNOTATION)
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
         Some(Self {
             node,
             endpoint,
@@ -58,6 +77,9 @@ impl AgentInfo {
             architecture: fact("architecture"),
             criu_version: fact("criuVersion"),
             kernel_version: fact("kernelVersion"),
+            fencing,
+            kubelet_probed: annotations.contains_key(KUBELET_ENDPOINT_ANNOTATION),
+            observations,
         })
     }
 

@@ -405,6 +405,7 @@ impl Checkpointer {
                 container: job.target.container.clone(),
                 pod_uid: job.target.pod_uid.clone(),
                 restart_count: job.target.restart_count,
+                owner: job.target.owner.clone(),
                 node: job.target.node.clone(),
                 archive: archive.id,
                 size_bytes: i64::try_from(archive.size_bytes).unwrap_or(i64::MAX),

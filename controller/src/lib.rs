@@ -13,16 +13,19 @@ pub mod agents;
 pub mod checkpointer;
 pub mod crd;
 pub mod detect;
+pub mod evidence;
 pub mod failover;
 pub mod leader;
 pub mod metrics;
+pub mod nodes;
 pub mod placement;
 pub mod reconcile;
 pub mod schedule;
 pub mod status;
+pub mod view;
 pub mod webhook;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -99,6 +102,8 @@ pub struct Config {
     pub agent_namespace: Option<String>,
     /// This controller's identity (its pod name), for Events and leadership.
     pub identity: String,
+    /// Failovers running at once across all policies.
+    pub max_concurrent_failovers: usize,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             max_checkpoints_per_node: 2,
             agent_namespace: None,
             identity: "ferry-controller".into(),
+            max_concurrent_failovers: 10,
         }
     }
 }
@@ -132,7 +138,18 @@ pub struct Context {
     /// Held while a policy's status is written, so a background write of
     /// checkpoint progress never lands after, and undoes, a later write.
     status_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When the caches of pods, nodes and agent Leases had all synced.
+    synced_at: OnceLock<jiff::Timestamp>,
+    /// Pods seen being deleted, by UID, so one already gone from the cache
+    /// can still be told apart: disrupted (a failure) or deleted on purpose.
+    departed: Mutex<BTreeMap<String, detect::Departure>>,
+    /// The controller-wide failover budget.
+    pub budget: failover::budget::Budget,
 }
+
+/// How long a departed pod is remembered: far longer than any reconcile
+/// takes to look at it.
+const DEPARTURE_MEMORY: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,12 +198,54 @@ impl Context {
             first_seen: Mutex::default(),
             status_writes: Mutex::default(),
             status_locks: Mutex::default(),
+            synced_at: OnceLock::new(),
+            departed: Mutex::default(),
+            budget: failover::budget::Budget::new(config.max_concurrent_failovers),
         };
         (context, finished)
     }
 
     pub fn policies(&self) -> Option<&Store<CheckpointPolicy>> {
         self.policies.get()
+    }
+
+    /// When every cache had synced; `None` until then.
+    pub fn synced_at(&self) -> Option<jiff::Timestamp> {
+        self.synced_at.get().copied()
+    }
+
+    /// Remembers a pod that is being (or was) deleted.
+    pub fn pod_departing(&self, pod: &Pod, now: jiff::Timestamp) {
+        let Some(uid) = pod.uid() else {
+            return;
+        };
+        let mut departed = self
+            .departed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let departure = detect::Departure::of(pod, now);
+        // A disruption seen once stays: the final delete event may lack it.
+        let known = departed.get(&uid).and_then(|d| d.disruption.clone());
+        departed.insert(
+            uid,
+            detect::Departure {
+                disruption: departure.disruption.or(known),
+                seen_at: now,
+            },
+        );
+        departed.retain(|_, d| {
+            now.duration_since(d.seen_at)
+                .try_into()
+                .is_ok_and(|age: Duration| age < DEPARTURE_MEMORY)
+        });
+    }
+
+    /// Departed pods, for a snapshot.
+    pub fn departed(&self) -> BTreeMap<String, detect::Departure> {
+        self.departed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn first_seen(&self, policy: &str, pod_uid: &str, now: jiff::Timestamp) -> jiff::Timestamp {
@@ -233,6 +292,7 @@ impl Context {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(policy);
+        self.budget.forget(policy);
         self.first_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -325,12 +385,47 @@ impl NodeState {
     }
 }
 
-/// Policies a changed node matters to: those with checkpoints or replicas on it.
-fn policies_for_node(
+/// What one agent reports of each peer node: whether its agent and its
+/// kubelet answer. A change wakes the policies with pods on that node.
+#[derive(Debug, PartialEq)]
+struct PeerView(BTreeMap<String, (bool, bool)>);
+
+impl PeerView {
+    fn of(agent: &agents::AgentInfo) -> Self {
+        Self(
+            agent
+                .observations
+                .peers
+                .iter()
+                .map(|(node, seen)| {
+                    (
+                        node.clone(),
+                        (
+                            seen.agent.failing_since.is_some(),
+                            seen.kubelet.failing_since.is_some(),
+                        ),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn changed_nodes(&self, old: &Self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(node, flags)| old.0.get(*node) != Some(flags))
+            .map(|(node, _)| node.clone())
+            .chain(old.0.keys().filter(|n| !self.0.contains_key(*n)).cloned())
+            .collect()
+    }
+}
+
+/// Policies a changed node matters to: those with checkpoints or replicas
+/// on it, or failovers from it.
+fn policies_for_node_name(
     policies: &Store<CheckpointPolicy>,
-    node: &Node,
+    name: &str,
 ) -> Vec<ObjectRef<CheckpointPolicy>> {
-    let name = node.name_any();
     policies
         .state()
         .iter()
@@ -338,7 +433,8 @@ fn policies_for_node(
             p.status.as_ref().is_some_and(|s| {
                 s.checkpoints
                     .iter()
-                    .any(|r| r.node == name || r.replicas.contains(&name))
+                    .any(|r| r.node == name || r.replicas.iter().any(|n| n == name))
+                    || s.failovers.iter().any(|f| f.from_node == name)
             })
         })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
@@ -396,20 +492,58 @@ pub async fn run(
     let store = controller.store();
     let _ = context.policies.set(store.clone());
 
-    // Pods and nodes wake the policies they concern; agent Leases only feed
-    // the cache (their renewals every few seconds would wake everything).
+    // Pods and nodes wake the policies they concern; agent Leases wake
+    // them only when what peers see of a node changes (their renewals
+    // every heartbeat would wake everything).
     let pod_triggers = triggers.clone();
     let pod_store = store.clone();
+    let pod_context = context.clone();
     tokio::spawn(pod_events.try_for_each(move |pod| {
+        if pod.metadata.deletion_timestamp.is_some()
+            || pod_context.pods.get(&ObjectRef::from_obj(&pod)).is_none()
+        {
+            pod_context.pod_departing(&pod, jiff::Timestamp::now());
+        }
         for policy in policies_for_pod(&pod_store, &pod) {
             let _ = pod_triggers.send(policy);
         }
         futures::future::ready(Ok(()))
     }));
+    let lease_triggers = triggers.clone();
+    let lease_store = store.clone();
+    let mut peer_views: HashMap<String, PeerView> = HashMap::new();
+    tokio::spawn(lease_events.for_each(move |lease| {
+        if let Ok(lease) = &lease
+            && let Some(agent) = agents::AgentInfo::from_lease(lease)
+        {
+            let view = PeerView::of(&agent);
+            let changed = match peer_views.get(&agent.node) {
+                Some(old) => view.changed_nodes(old),
+                None => view.0.keys().cloned().collect(),
+            };
+            peer_views.insert(agent.node.clone(), view);
+            for node in changed {
+                for policy in policies_for_node_name(&lease_store, &node) {
+                    let _ = lease_triggers.send(policy);
+                }
+            }
+        }
+        futures::future::ready(())
+    }));
     let node_store = store.clone();
     let mut node_states: HashMap<String, NodeState> = HashMap::new();
     let node_cache = nodes.clone();
+    let taint_client = client.clone();
     tokio::spawn(node_events.try_for_each(move |node| {
+        if let Some(index) = nodes::taint_to_lift(&node, &node_store.state()) {
+            let (client, name) = (taint_client.clone(), node.name_any());
+            tokio::spawn(async move {
+                match nodes::lift_taint(client, &name, index).await {
+                    Ok(()) => tracing::info!(node = %name, "node Ready again and no failover from it runs: ferry's NoSchedule taint removed"),
+                    Err(error) => tracing::warn!(node = %name, %error, "could not remove ferry's taint"),
+                }
+            });
+        }
         // Heartbeats change a node's status every few seconds; only a change
         // of readiness or of what placement looks at concerns a policy.
         // The cache is updated before the event arrives: a node missing
@@ -418,13 +552,34 @@ pub async fn run(
         let state = NodeState::of(&node, gone);
         if node_states.get(&node.name_any()) != Some(&state) {
             node_states.insert(node.name_any(), state);
-            for policy in policies_for_node(&node_store, &node) {
+            for policy in policies_for_node_name(&node_store, &node.name_any()) {
                 let _ = triggers.send(policy);
             }
         }
         futures::future::ready(Ok(()))
     }));
-    tokio::spawn(lease_events.for_each(|_| futures::future::ready(())));
+    let caches_synced = {
+        let (pods, nodes, leases) = (pods.clone(), nodes.clone(), leases.clone());
+        async move {
+            pods.wait_until_ready().await?;
+            nodes.wait_until_ready().await?;
+            leases.wait_until_ready().await
+        }
+    };
+    // Nothing is reconciled before pods, nodes and agent Leases are listed:
+    // a missing object in a half-filled cache must never look deleted.
+    if let Err(err) = caches_synced.await {
+        tracing::error!(error = %err, "a cache writer was dropped before it synced");
+        return Ok(());
+    }
+    let _ = context.synced_at.set(jiff::Timestamp::now());
+    tracing::info!(
+        agent_period_secs = view::agent_period(&agents::AgentIndex::from_leases(
+            leases.state().iter().map(AsRef::as_ref)
+        ))
+        .as_secs_f64(),
+        "caches of pods, nodes and agent Leases synced; failover decisions start once agents were watched for one Lease period"
+    );
 
     tokio::spawn(async move {
         // Store readiness wakes only the most recent waiter, and the

@@ -57,6 +57,10 @@ struct Args {
     /// Checkpoints in progress at once on one node.
     #[arg(long, default_value_t = 2)]
     max_checkpoints_per_node: usize,
+    /// Failovers in progress at once across all policies; more failed pods
+    /// wait (a lost zone is restored a few pods at a time).
+    #[arg(long, default_value_t = 10)]
+    max_concurrent_failovers: usize,
     /// Elect a leader on a Lease, so several replicas can run and only one acts.
     #[arg(long)]
     leader_election: bool,
@@ -163,6 +167,7 @@ async fn run(args: Args) -> Result<(), Error> {
         checkpoint_timeout: args.checkpoint_timeout,
         max_concurrent_checkpoints: args.max_concurrent_checkpoints,
         max_checkpoints_per_node: args.max_checkpoints_per_node,
+        max_concurrent_failovers: args.max_concurrent_failovers.max(1),
         agent_namespace: Some(args.agent_namespace.clone()).filter(|n| !n.is_empty()),
         identity: args.identity.clone(),
     };

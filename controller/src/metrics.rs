@@ -56,6 +56,17 @@ pub struct Metrics {
     pub checkpoint_age: Family<PolicyLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub failovers: Family<FailoverLabels, Counter>,
     pub failover_duration: Histogram,
+    /// Failover decisions not taken because the view was incomplete.
+    pub failover_decisions_deferred: Family<ErrorLabels, Counter>,
+    /// 1 while failovers may be decided (caches synced, agents watched
+    /// for a Lease period), else 0.
+    pub view_complete: Gauge,
+    /// Failovers in progress and failed pods waiting for a slot.
+    pub failovers_running: Gauge,
+    pub failovers_queued: Family<PolicyLabels, Gauge>,
+    /// Nodes that look wrong without being lost (agent outage, NotReady
+    /// within its grace period), by policy.
+    pub suspect_nodes: Family<PolicyLabels, Gauge>,
     pub webhook: crate::webhook::WebhookMetrics,
 }
 
@@ -126,8 +137,43 @@ impl Default for Metrics {
             "Time from detecting a failure to the replacement pod running",
             failover_duration.clone(),
         );
+        let failover_decisions_deferred = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "failover_decisions_deferred",
+            "Reconciliations that decided no failover because the view was incomplete, by reason",
+            failover_decisions_deferred.clone(),
+        );
+        let view_complete = Gauge::default();
+        registry.register(
+            "view_complete",
+            "1 once caches synced and agents were watched for a Lease period, so failovers may be decided",
+            view_complete.clone(),
+        );
+        let failovers_running = Gauge::default();
+        registry.register(
+            "failovers_running",
+            "Failovers in progress across all policies",
+            failovers_running.clone(),
+        );
+        let failovers_queued = Family::default();
+        registry.register(
+            "failovers_queued",
+            "Failed pods waiting for a failover slot",
+            failovers_queued.clone(),
+        );
+        let suspect_nodes = Family::default();
+        registry.register(
+            "suspect_nodes",
+            "Nodes of a policy's pods that look wrong without counting as lost",
+            suspect_nodes.clone(),
+        );
         let webhook = crate::webhook::register_metrics(&mut registry);
         Self {
+            failover_decisions_deferred,
+            view_complete,
+            failovers_running,
+            failovers_queued,
+            suspect_nodes,
             webhook,
             registry: Arc::new(registry),
             checkpoints,

@@ -3,7 +3,7 @@
 //! into status → detect failures and advance failovers → schedule due
 //! checkpoints → compute conditions → write status only when it changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,11 +26,15 @@ use ferry_proto::v1 as pb;
 use crate::agents::{AgentIndex, status_message};
 use crate::checkpointer::{Admission, Failure as CheckpointFailure, Job};
 use crate::detect::{self, World};
+use crate::failover::execute;
+use crate::failover::machine::Observed;
+use crate::failover::plan_failover;
 use crate::metrics::{ErrorLabels, FailoverLabels, PolicyLabels};
 use crate::placement::{choose_standbys, node_ready};
 use crate::schedule::{Target, due_at, matches, selector_of, targets_of};
 use crate::status::{ValidSpec, desired_status, validate};
 use crate::{Context, Error};
+use crate::{evidence, view};
 
 /// How often a policy is looked at even when nothing changed, so a status
 /// edited or wiped by hand is repaired.
@@ -103,9 +107,11 @@ pub fn error_policy(policy: Arc<CheckpointPolicy>, error: &Error, context: Arc<C
 /// Everything one reconciliation sees, taken from the caches at once.
 struct Snapshot {
     pods: Vec<Arc<Pod>>,
+    departed: BTreeMap<String, detect::Departure>,
     nodes: Vec<Arc<Node>>,
     agents: AgentIndex,
     policies: Vec<Arc<CheckpointPolicy>>,
+    synced_at: Option<jiff::Timestamp>,
     now: jiff::Timestamp,
 }
 
@@ -118,8 +124,10 @@ impl Snapshot {
                 .into_iter()
                 .filter(|p| p.namespace().as_deref() == Some(namespace))
                 .collect(),
+            departed: context.departed(),
             nodes: context.nodes.state(),
             agents: AgentIndex::from_leases(context.leases.state().iter().map(AsRef::as_ref)),
+            synced_at: context.synced_at(),
             policies: context
                 .policies()
                 .map(|s| s.state())
@@ -170,6 +178,7 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
                 &snapshot,
                 context,
                 &mut events,
+                &mut problems,
             )
             .await;
             requeue = requeue.min(poll);
@@ -443,10 +452,10 @@ fn prune_records(
     status.checkpoints.retain(|_| flags.next().unwrap_or(true));
 }
 
-/// Detects new failures, records them, and moves recorded failovers one
-/// stage on. Returns when to look again: soon while a failover is in
-/// progress, else when a node of a checkpointed pod would count as lost.
-/// Pod and node changes wake the policy by themselves.
+/// Moves recorded failovers one step on, then detects new failures,
+/// records those the budget admits and queues the rest. Returns when to
+/// look again. Nothing is decided while the view is incomplete.
+#[allow(clippy::too_many_arguments)]
 async fn advance_failovers(
     policy: &CheckpointPolicy,
     valid: &ValidSpec,
@@ -455,12 +464,32 @@ async fn advance_failovers(
     snapshot: &Snapshot,
     context: &Context,
     events: &mut PendingEvents,
+    problems: &mut Vec<(String, String)>,
 ) -> Duration {
+    let key = format!("{namespace}/{}", policy.name_any());
+    if let Err(incomplete) = view::complete(snapshot.synced_at, &snapshot.agents, snapshot.now) {
+        context.metrics.view_complete.set(0);
+        context
+            .metrics
+            .failover_decisions_deferred
+            .get_or_create(&ErrorLabels {
+                reason: incomplete.reason(),
+            })
+            .inc();
+        tracing::info!(policy = %key, reason = incomplete.reason(),
+            "no failover decided or advanced: {incomplete}");
+        return incomplete
+            .retry_in()
+            .unwrap_or(FAILOVER_POLL)
+            .max(NODE_LOSS_SLACK);
+    }
+    context.metrics.view_complete.set(1);
     let pods: BTreeMap<String, &Pod> = snapshot
         .pods
         .iter()
         .filter_map(|p| Some((p.uid()?, p.as_ref())))
         .collect();
+    let pod_list: Vec<&Pod> = snapshot.pods.iter().map(AsRef::as_ref).collect();
     let nodes: BTreeMap<String, &Node> = snapshot
         .nodes
         .iter()
@@ -468,76 +497,156 @@ async fn advance_failovers(
         .collect();
     let world = World {
         pods: &pods,
+        departed: &snapshot.departed,
         nodes: &nodes,
         agents: &snapshot.agents,
         now: snapshot.now,
     };
+    let mut wake: Option<Duration> = None;
     // Advance what was recorded by an earlier reconciliation first: a new
     // failover is only acted on after its record is written.
     let mut still_running = Vec::new();
-    for mut failover in std::mem::take(&mut status.failovers) {
-        let step = crate::failover::advance(
-            &mut failover,
-            policy,
-            namespace,
-            &snapshot.pods,
-            &snapshot.agents,
-            context,
-            snapshot.now,
-        )
-        .await;
-        if let Some(note) = &step.note {
-            tracing::info!(policy = %policy.name_any(), %namespace, pod = %failover.pod,
-                stage = ?failover.stage, "{note}");
+    for failover in std::mem::take(&mut status.failovers) {
+        let observed = Observed {
+            now: snapshot.now,
+            pods: &pod_list,
+            from_node: nodes.get(&failover.from_node).copied(),
+            from_fencing: snapshot
+                .agents
+                .get(&failover.from_node)
+                .and_then(|a| a.fencing.as_ref()),
+            last_contact: evidence::last_contact_of(&failover.from_node, &snapshot.agents),
+            target_live: failover
+                .to_node
+                .as_deref()
+                .is_some_and(|n| snapshot.agents.live(n, snapshot.now).is_some()),
+            tolerations: &policy.spec.placement.tolerations,
+        };
+        let outcome =
+            execute::advance(&failover, observed, namespace, &snapshot.agents, context).await;
+        if let Some(at) = outcome.wake_at {
+            let wait: Duration = snapshot
+                .now
+                .duration_until(at)
+                .try_into()
+                .unwrap_or_default();
+            wake = Some(wake.map_or(wait, |w| w.min(wait)));
         }
-        if step.finished {
-            let result = match (failover.stage, failover.cold_start) {
-                (FailoverStage::Completed, false) => "restored",
-                (FailoverStage::Completed, true) => "cold_start",
-                _ => "failed",
-            };
+        if !outcome.note.is_empty() {
+            if outcome.failed {
+                tracing::warn!(policy = %key, pod = %failover.pod, stage = ?failover.stage, "{}", outcome.note);
+            } else {
+                tracing::info!(policy = %key, pod = %failover.pod, stage = ?failover.stage, "{}", outcome.note);
+            }
+        }
+        let finished = outcome.finished();
+        let Some(record) = outcome.record else {
+            events.push((
+                EventType::Normal,
+                "FailoverCancelled",
+                format!("{}: {}", failover.pod, outcome.note),
+            ));
             context
                 .metrics
                 .failovers
                 .get_or_create(&FailoverLabels {
                     reason: trigger_name(failover.reason),
-                    result,
+                    result: "cancelled",
                 })
                 .inc();
-            let took = snapshot.now.duration_since(failover.started_at.0);
-            context
-                .metrics
-                .failover_duration
-                .observe(took.as_secs_f64().max(0.0));
-            let (type_, reason) = if result == "failed" {
-                (EventType::Warning, "FailoverFailed")
-            } else {
-                (EventType::Normal, "FailoverCompleted")
-            };
-            events.push((
-                type_,
-                reason,
-                format!(
-                    "{}: {} in {:.1}s",
-                    failover.pod,
-                    step.note.clone().unwrap_or_default(),
-                    took.as_secs_f64()
-                ),
-            ));
-            status.checkpoints.retain(|r| r.pod_uid != failover.pod_uid);
-            status.last_failover = Some(failover);
-        } else {
-            still_running.push(failover);
+            continue;
+        };
+        if !finished {
+            still_running.push(record);
+            continue;
         }
+        let result = match (record.stage, record.cold_start) {
+            (FailoverStage::Completed, false) => "restored",
+            (FailoverStage::Completed, true) => "cold_start",
+            _ => "failed",
+        };
+        context
+            .metrics
+            .failovers
+            .get_or_create(&FailoverLabels {
+                reason: trigger_name(record.reason),
+                result,
+            })
+            .inc();
+        let took = snapshot.now.duration_since(record.started_at.0);
+        context
+            .metrics
+            .failover_duration
+            .observe(took.as_secs_f64().max(0.0));
+        let (type_, reason) = if result == "failed" {
+            (EventType::Warning, "FailoverFailed")
+        } else {
+            (EventType::Normal, "FailoverCompleted")
+        };
+        events.push((
+            type_,
+            reason,
+            format!(
+                "{}: {} in {:.1}s",
+                record.pod,
+                outcome.note,
+                took.as_secs_f64()
+            ),
+        ));
+        status.checkpoints.retain(|r| r.pod_uid != record.pod_uid);
+        status.last_failover = Some(record);
     }
     status.failovers = still_running;
-    for failure in detect::detect(
+
+    let detection = detect::detect(
         status,
         &policy.spec.failover.triggers,
-        valid.node_loss_grace_period,
+        valid.thresholds(),
         world,
-    ) {
-        let record = detect::plan_failover(
+    );
+    for released in &detection.released {
+        tracing::info!(policy = %key, pod = %released.pod, "{}; its checkpoint records are released", released.why);
+        events.push((
+            EventType::Normal,
+            "CheckpointsReleased",
+            format!("{}: {}; no failover", released.pod, released.why),
+        ));
+        status.checkpoints.retain(|r| r.pod_uid != released.pod_uid);
+    }
+    context
+        .metrics
+        .suspect_nodes
+        .get_or_create(&PolicyLabels {
+            policy: key.clone(),
+        })
+        .set(i64::try_from(detection.suspect_nodes.len()).unwrap_or(i64::MAX));
+    for why in &detection.suspect_nodes {
+        problems.push(("NodeSuspect".into(), why.clone()));
+    }
+    let admission = context.budget.admit(
+        &key,
+        detection.failures,
+        status.failovers.len(),
+        valid.max_concurrent_failovers,
+        || running_failovers(snapshot, context),
+    );
+    context
+        .metrics
+        .failovers_running
+        .set(i64::try_from(context.budget.running()).unwrap_or(i64::MAX));
+    context
+        .metrics
+        .failovers_queued
+        .get_or_create(&PolicyLabels {
+            policy: key.clone(),
+        })
+        .set(i64::try_from(admission.queued.len()).unwrap_or(i64::MAX));
+    if admission.queued != status.queued_failovers && !admission.queued.is_empty() {
+        tracing::warn!(policy = %key, queued = admission.queued.len(), "failed pods wait for a failover slot");
+    }
+    status.queued_failovers = admission.queued;
+    for failure in admission.start {
+        let record = plan_failover(
             &failure,
             status,
             valid.max_checkpoint_age,
@@ -554,29 +663,34 @@ async fn advance_failovers(
             ),
             _ => format!("{}: {}", failure.pod, record.message),
         };
-        tracing::warn!(policy = %policy.name_any(), %namespace, pod = %failure.pod,
-            reason = trigger_name(failure.reason), "{message}");
+        tracing::warn!(policy = %key, pod = %failure.pod,
+            reason = trigger_name(failure.reason), evidence = ?failure.evidence, "{message}");
         events.push((EventType::Warning, "FailoverStarted", message));
         status.failovers.push(record);
     }
-    if !status.failovers.is_empty() {
-        return FAILOVER_POLL;
+    if !status.failovers.is_empty() || !status.queued_failovers.is_empty() {
+        return wake.map_or(FAILOVER_POLL, |w| w.max(NODE_LOSS_SLACK).min(FAILOVER_POLL));
     }
-    if !policy
-        .spec
-        .failover
-        .triggers
-        .contains(&ferry_api::FailureTrigger::NodeLoss)
-    {
-        return RESYNC;
-    }
-    let watched: BTreeSet<&str> = status.checkpoints.iter().map(|r| r.node.as_str()).collect();
-    watched
-        .into_iter()
-        .filter_map(|node| detect::node_loss_in(node, world, valid.node_loss_grace_period))
-        .map(|wait| wait.max(NODE_LOSS_SLACK))
-        .min()
-        .unwrap_or(RESYNC)
+    detection
+        .recheck_in
+        .map_or(RESYNC, |wait| wait.max(NODE_LOSS_SLACK))
+}
+
+/// Failovers in progress per policy, as the cached statuses say.
+fn running_failovers(snapshot: &Snapshot, context: &Context) -> BTreeMap<String, usize> {
+    let _ = snapshot;
+    context
+        .policies()
+        .map(|store| store.state())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            (
+                format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                p.status.as_ref().map_or(0, |s| s.failovers.len()),
+            )
+        })
+        .collect()
 }
 
 fn trigger_name(trigger: ferry_api::FailureTrigger) -> &'static str {
@@ -607,10 +721,13 @@ fn schedule(
     let policy_key = format!("{namespace}/{}", policy.name_any());
     let nodes: Vec<&Node> = snapshot.nodes.iter().map(AsRef::as_ref).collect();
     let mut next = RESYNC;
+    // A failed pod is not checkpointed again: its newest checkpoint is what
+    // it will be restored from (a restarted container runs cold).
     let failing: std::collections::HashSet<&str> = status
         .failovers
         .iter()
         .map(|f| f.pod_uid.as_str())
+        .chain(status.queued_failovers.iter().map(|q| q.pod_uid.as_str()))
         .collect();
     for target in targets {
         if failing.contains(target.pod_uid.as_str()) {

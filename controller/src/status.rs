@@ -19,7 +19,19 @@ pub struct ValidSpec {
     pub target: String,
     pub interval: std::time::Duration,
     pub node_loss_grace_period: std::time::Duration,
+    pub unreachable_grace_period: std::time::Duration,
     pub max_checkpoint_age: std::time::Duration,
+    pub max_concurrent_failovers: usize,
+}
+
+impl ValidSpec {
+    /// The node-loss thresholds of this policy.
+    pub fn thresholds(&self) -> crate::evidence::Thresholds {
+        crate::evidence::Thresholds {
+            not_ready: self.node_loss_grace_period,
+            unreachable: self.unreachable_grace_period,
+        }
+    }
 }
 
 /// Checks what the schema cannot (or what an object written before the
@@ -37,6 +49,10 @@ pub fn validate(spec: &CheckpointPolicySpec) -> Result<ValidSpec, Vec<String>> {
     let grace = duration(
         "spec.failover.nodeLossGracePeriod",
         &spec.failover.node_loss_grace_period,
+    );
+    let unreachable = duration(
+        "spec.failover.unreachableGracePeriod",
+        &spec.failover.unreachable_grace_period,
     );
     let max_age = duration(
         "spec.failover.maxCheckpointAge",
@@ -62,17 +78,24 @@ pub fn validate(spec: &CheckpointPolicySpec) -> Result<ValidSpec, Vec<String>> {
     if spec.strategy == ferry_api::Strategy::StateApi && spec.state_api.is_none() {
         problems.push("spec.stateApi: required when strategy is StateApi".into());
     }
-    match (target, interval, grace, max_age) {
-        (Some(target), Some(interval), Some(node_loss_grace_period), Some(max_checkpoint_age))
-            if problems.is_empty() =>
-        {
-            Ok(ValidSpec {
-                target,
-                interval,
-                node_loss_grace_period,
-                max_checkpoint_age,
-            })
-        }
+    if spec.failover.max_concurrent < 1 {
+        problems.push("spec.failover.maxConcurrent: must be at least 1".into());
+    }
+    match (target, interval, grace, unreachable, max_age) {
+        (
+            Some(target),
+            Some(interval),
+            Some(node_loss_grace_period),
+            Some(unreachable_grace_period),
+            Some(max_checkpoint_age),
+        ) if problems.is_empty() => Ok(ValidSpec {
+            target,
+            interval,
+            node_loss_grace_period,
+            unreachable_grace_period,
+            max_checkpoint_age,
+            max_concurrent_failovers: usize::try_from(spec.failover.max_concurrent).unwrap_or(1),
+        }),
         _ => Err(problems),
     }
 }

@@ -29,7 +29,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use ferry_api::names::{FAILOVER_ANNOTATION, RESTORED_FROM_ANNOTATION};
+use ferry_api::names::{FAILOVER_ANNOTATION, RESTORE_GATE, RESTORED_FROM_ANNOTATION};
 use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -198,7 +198,20 @@ pub fn plan_restore(
         }
     }
     let (policy, failover) = best?;
-    Some(build_plan(pod, spec, policy, failover))
+    let patch = restore_patch(pod, failover, &policy.spec.placement.tolerations);
+    Some(RestorePlan {
+        policy: policy.metadata.name.clone().unwrap_or_default(),
+        failed_pod: failover.pod.clone(),
+        failed_pod_uid: failover.pod_uid.clone(),
+        node: failover.to_node.clone().unwrap_or_default(),
+        containers: failover
+            .containers
+            .iter()
+            .filter(|r| spec.containers.iter().any(|c| c.name == r.container))
+            .map(|r| r.container.clone())
+            .collect(),
+        patch,
+    })
 }
 
 /// `Kind/name` of the pod's controller ownerReference.
@@ -230,13 +243,14 @@ fn carries_out(
     (kind, name): &(String, String),
     claimed: &HashSet<String>,
 ) -> bool {
+    // A cold start gets the rewrite too (annotation and gate, no images):
+    // it must not run before the failed instance is stopped either.
     let pending = matches!(
         failover.stage,
         FailoverStage::Prepared | FailoverStage::Fenced
     ) && failover.replacement_pod.is_none()
-        && !failover.cold_start
         && !failover.pod_uid.is_empty()
-        && failover.to_node.as_deref().is_some_and(|n| !n.is_empty());
+        && (failover.cold_start || failover.to_node.as_deref().is_some_and(|n| !n.is_empty()));
     if !pending {
         return false;
     }
@@ -255,26 +269,29 @@ fn carries_out(
         return false;
     }
     // Every restore needs its prepared image and a container to run it in.
-    !failover.containers.is_empty()
-        && failover.containers.iter().all(|r| {
-            r.image.as_deref().is_some_and(|i| !i.is_empty())
-                && spec.containers.iter().any(|c| c.name == r.container)
-        })
+    failover.cold_start
+        || !failover.containers.is_empty()
+            && failover.containers.iter().all(|r| {
+                r.image.as_deref().is_some_and(|i| !i.is_empty())
+                    && spec.containers.iter().any(|c| c.name == r.container)
+            })
 }
 
-fn build_plan(
-    pod: &Pod,
-    spec: &PodSpec,
-    policy: &CheckpointPolicy,
-    failover: &FailoverRecord,
-) -> RestorePlan {
+/// The patch that turns `pod` into the replacement of `failover`: restore
+/// images (never pulled), the failover annotations, pinned to the target
+/// node, the policy's tolerations, and ferry's scheduling gate, which the
+/// controller lifts once the failed instance is known to be stopped.
+/// Used by the webhook for pods an owner creates and by the controller for
+/// bare pods it recreates, so both get the same rewrite.
+pub fn restore_patch(pod: &Pod, failover: &FailoverRecord, tolerations: &[Toleration]) -> Patch {
     // Parents are looked up in the pod's JSON form, which is what the patch
     // applies to; absent and null both need the parent to be added.
     let doc = serde_json::to_value(pod).unwrap_or(Value::Null);
     let node = failover.to_node.clone().unwrap_or_default();
     let mut ops = Vec::new();
+    let empty = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&empty);
 
-    let mut containers = Vec::new();
     for restore in &failover.containers {
         let (Some(index), Some(image)) = (
             spec.containers
@@ -292,7 +309,6 @@ fn build_plan(
             &["spec", "containers", index, "imagePullPolicy"],
             json!("Never"),
         ));
-        containers.push(restore.container.clone());
     }
 
     add_entries(
@@ -302,9 +318,18 @@ fn build_plan(
         restore_annotations(failover),
     );
 
-    pin_to_node(&doc, &mut ops, &node);
+    if !node.is_empty() {
+        pin_to_node(&doc, &mut ops, &node);
+    }
 
-    let wanted = &policy.spec.placement.tolerations;
+    let gate = json!({"name": RESTORE_GATE});
+    if doc["spec"]["schedulingGates"].is_array() {
+        ops.push(add(&["spec", "schedulingGates", "-"], gate));
+    } else {
+        ops.push(add(&["spec", "schedulingGates"], json!([gate])));
+    }
+
+    let wanted = tolerations;
     let existing = spec.tolerations.as_deref().unwrap_or_default();
     let mut missing: Vec<&Toleration> = Vec::new();
     for toleration in wanted {
@@ -326,14 +351,7 @@ fn build_plan(
         }
     }
 
-    RestorePlan {
-        policy: policy.metadata.name.clone().unwrap_or_default(),
-        failed_pod: failover.pod.clone(),
-        failed_pod_uid: failover.pod_uid.clone(),
-        node,
-        containers,
-        patch: Patch(ops),
-    }
+    Patch(ops)
 }
 
 /// Requires `metadata.name In [node]` the way DaemonSet pods are pinned.
@@ -994,7 +1012,9 @@ mod tests {
                 "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                     "nodeSelectorTerms": [{"matchFields": [pin("node-b")]}]
                 }}},
-                "tolerations": [{"key": "ferry.dev/standby", "operator": "Exists", "effect": "NoSchedule"}]
+                "tolerations": [{"key": "ferry.dev/standby", "operator": "Exists", "effect": "NoSchedule"}],
+                // Not scheduled before the failed instance is known stopped.
+                "schedulingGates": [{"name": RESTORE_GATE}]
             }
         });
         assert_eq!(patched(&input, &plan), expected);
@@ -1090,6 +1110,25 @@ mod tests {
         let mut f = pending();
         f.to_node = None;
         assert_eq!(plan(&replacement(), &[policy("counter", vec![f])]), None);
+
+        // A cold start is claimed too: annotated and gated, not pinned, no
+        // image, so it never runs beside the failed instance.
+        let mut f = pending();
+        f.to_node = None;
+        f.cold_start = true;
+        f.containers.clear();
+        let cold = plan(&replacement(), &[policy("counter", vec![f])]).expect("a plan");
+        let pod = patched(&replacement(), &cold);
+        assert_eq!(
+            pod["spec"]["schedulingGates"],
+            json!([{"name": RESTORE_GATE}])
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"][FAILOVER_ANNOTATION],
+            FAILED_UID
+        );
+        assert!(pod["spec"]["affinity"].is_null());
+        assert_eq!(pod["spec"]["containers"][0]["image"], "counter:1");
     }
 
     #[test]

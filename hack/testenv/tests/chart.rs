@@ -165,6 +165,38 @@ fn find<'a>(docs: &'a [Value], k: &str, n: &str) -> Option<&'a Value> {
     docs.iter().find(|d| kind(d) == k && name(d) == n)
 }
 
+/// Applies the generated CRD and waits until it is Established.
+async fn install_crd(cp: &ControlPlane) -> TestResult {
+    let crd = repo_root().join(CRD_FILE);
+    let mut apply = cp.kubectl();
+    apply
+        .args(["apply", "--server-side", "--force-conflicts"])
+        .arg("--field-manager=ferry-chart-test")
+        .arg("-f")
+        .arg(&crd);
+    let out = run(apply, None).await?;
+    assert!(
+        out.status.success(),
+        "applying {} failed:\n{}",
+        crd.display(),
+        describe(&out)
+    );
+    let mut wait = cp.kubectl();
+    wait.args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/checkpointpolicies.ferry.dev",
+    ]);
+    let out = run(wait, None).await?;
+    assert!(
+        out.status.success(),
+        "CRD never became Established:\n{}",
+        describe(&out)
+    );
+    Ok(())
+}
+
 async fn ensure_namespace(cp: &ControlPlane, ns: &str) -> TestResult {
     let client = cp.client().await?;
     let api: Api<Namespace> = Api::all(client);
@@ -274,32 +306,7 @@ async fn chart_ships_the_crd_and_its_examples_are_valid_policies() -> TestResult
     // Install the CRD for real (this test binary has its own control plane),
     // then let the API server validate the examples against its schema.
     let cp = ControlPlane::shared().await?;
-    let mut apply = cp.kubectl();
-    apply
-        .args(["apply", "--server-side", "--force-conflicts"])
-        .arg("--field-manager=ferry-chart-test")
-        .arg("-f")
-        .arg(&crd);
-    let out = run(apply, None).await?;
-    assert!(
-        out.status.success(),
-        "applying {} failed:\n{}",
-        crd.display(),
-        describe(&out)
-    );
-    let mut wait = cp.kubectl();
-    wait.args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/checkpointpolicies.ferry.dev",
-    ]);
-    let out = run(wait, None).await?;
-    assert!(
-        out.status.success(),
-        "CRD never became Established:\n{}",
-        describe(&out)
-    );
+    install_crd(cp).await?;
 
     for example in ["counter-policy.yaml", "counter-stateapi-policy.yaml"] {
         let path = chart_dir().join("examples").join(example);
@@ -2030,5 +2037,176 @@ async fn agent_restore_backend_reaches_flags_and_mounts() -> TestResult {
         volume(pod, "containerd").is_none(),
         "backend none mounts the containerd socket: {pod}"
     );
+    Ok(())
+}
+
+/// A pod of `owner` (a ReplicaSet name), optionally carrying ferry's
+/// rewrite for the failed pod `claims`.
+fn guarded_pod(owner: &str, claims: Option<&str>, gated: bool) -> k8s_openapi::api::core::v1::Pod {
+    let mut pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": format!("{owner}-"),
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner,
+                "uid": "6f1c43e0-0000-4000-8000-000000000001", "controller": true}]},
+        "spec": {"containers": [{"name": "app", "image": "counter:1"}]},
+    });
+    if let Some(uid) = claims {
+        pod["metadata"]["annotations"] = serde_json::json!({"ferry.dev/failover-of": uid});
+    }
+    if gated {
+        pod["spec"]["schedulingGates"] = serde_json::json!([{"name": "ferry.dev/restore"}]);
+    }
+    serde_json::from_value(pod).expect("a pod")
+}
+
+/// Creates `pod` in `namespace` as a server-side dry run; the error text
+/// when the API server refuses it.
+async fn try_create(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Result<(), String> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    api.create(
+        &PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+        pod,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// The attack on the webhook boundary: the mutating webhook fails open
+/// (here it is not even registered, as if every replica were dead), so the
+/// owner's replacement reaches the API server without the restore. The
+/// chart's failover guard, evaluated inside the API server, refuses it
+/// while the failover is pending, and lets through only a pod carrying
+/// ferry's rewrite for that failover; other owners, other namespaces and
+/// finished failovers are untouched.
+#[tokio::test]
+async fn failover_guard_refuses_replacements_without_the_restore() -> TestResult {
+    let cp = ControlPlane::shared().await?;
+    install_crd(cp).await?;
+    let guard = render(&["--show-only", "templates/failover-guard.yaml"]).await?;
+    let mut apply = cp.kubectl();
+    apply.args([
+        "apply",
+        "--server-side",
+        "--field-manager=ferry-chart-test",
+        "-f",
+        "-",
+    ]);
+    let out = run(apply, Some(guard.clone().into_bytes())).await?;
+    assert!(
+        out.status.success(),
+        "applying the guard failed:\n{}\n{guard}",
+        describe(&out)
+    );
+
+    let client = cp.client().await?;
+    for ns in ["guarded", "unguarded"] {
+        ensure_namespace(cp, ns).await?;
+    }
+    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "guarded",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("ferry.dev", "v1alpha1", "CheckpointPolicy"),
+            "checkpointpolicies",
+        ),
+    );
+    let policy: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CheckpointPolicy",
+        "metadata": {"name": "web", "namespace": "guarded"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}},
+    }))?;
+    policies.create(&PostParams::default(), &policy).await?;
+    let failover = |stage: &str| {
+        serde_json::json!({"status": {"failovers": [{
+            "reason": "NodeLoss", "pod": "web-1", "podUid": "failed-uid",
+            "owner": "ReplicaSet/web", "fromNode": "a", "toNode": "b", "stage": stage,
+            "startedAt": "2026-12-05T10:00:00Z"}]}})
+    };
+    let set_status = |status: serde_json::Value| {
+        let policies = policies.clone();
+        async move {
+            policies
+                .patch_status(
+                    "web",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(status),
+                )
+                .await
+                .map(|_| ())
+        }
+    };
+    set_status(failover("Prepared")).await?;
+
+    // The API server loads the guard and its params asynchronously: wait
+    // (bounded) until it refuses the plain replacement.
+    let cold = guarded_pod("web", None, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let refusal = loop {
+        match try_create(&client, "guarded", &cold).await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the guard never refused a replacement without the restore"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.contains("ReplicaSet/web is being failed over")
+            && refusal.contains("web-1")
+            && refusal.contains("CheckpointPolicy web"),
+        "the refusal names the owner, the failed pod and the policy: {refusal}"
+    );
+    // Claiming the failover without the gate, or another failover: refused.
+    assert!(
+        try_create(
+            &client,
+            "guarded",
+            &guarded_pod("web", Some("failed-uid"), false)
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        try_create(
+            &client,
+            "guarded",
+            &guarded_pod("web", Some("other-uid"), true)
+        )
+        .await
+        .is_err()
+    );
+    // The webhook's rewrite: admitted.
+    try_create(
+        &client,
+        "guarded",
+        &guarded_pod("web", Some("failed-uid"), true),
+    )
+    .await?;
+    // Another owner, another namespace: admitted.
+    try_create(&client, "guarded", &guarded_pod("api", None, false)).await?;
+    try_create(&client, "unguarded", &cold).await?;
+    // Detected is guarded too (the restore is not prepared yet).
+    set_status(failover("Detected")).await?;
+    // Once the failover is over, the owner's pods are its own again.
+    set_status(serde_json::json!({"status": {"failovers": null}})).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Err(e) = try_create(&client, "guarded", &cold).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused after the failover ended: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     Ok(())
 }

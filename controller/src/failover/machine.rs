@@ -1,0 +1,878 @@
+//! The failover as a pure state machine: `next step = f(record, observed
+//! world, now)`. Each step names one action and the record as it should be
+//! once that action succeeded; the executor ([`super::execute`]) carries the
+//! action out and writes the record. A record is written before the action
+//! that depends on it, so a controller that restarts or loses leadership at
+//! any point continues the same failover and never starts a second one.
+//!
+//! Stages: Detected → (prepare the restore on the target) → Prepared →
+//! (stop the failed instance, and know it stopped) → Fenced → (the
+//! replacement runs) → Completed. At most one live copy: a replacement is
+//! never released to the scheduler before the fence is confirmed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use ferry_api::agent::FencingInfo;
+use ferry_api::names::{
+    FAILED_NODE_TAINT, FAILOVER_ANNOTATION, OUT_OF_SERVICE_TAINT, RESTORE_GATE,
+};
+use ferry_api::{FailoverRecord, FailoverStage, FailureTrigger};
+
+use crate::schedule::owner_of;
+
+/// A failover with no running replacement after this long gives up.
+pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a failed pod on a healthy node gets to stop: it is being
+/// replaced from its checkpoint, so nothing it does now is kept.
+pub const STOP_GRACE_SECONDS: i64 = 1;
+
+/// Added to a node's fence timeout before its self-fencing is trusted:
+/// the agent checks once per heartbeat, and clocks differ a little.
+pub const FENCE_MARGIN: Duration = Duration::from_millis(500);
+
+/// What the machine sees of the world for one failover.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    pub now: jiff::Timestamp,
+    /// Pods of the policy's namespace.
+    pub pods: &'a [&'a Pod],
+    /// The node the failed pod ran on, if it still exists.
+    pub from_node: Option<&'a Node>,
+    /// How the failed node's agent fences itself (from its last Lease).
+    pub from_fencing: Option<&'a FencingInfo>,
+    /// The last time anything heard from the failed node.
+    pub last_contact: Option<jiff::Timestamp>,
+    /// Whether the target node's agent is live.
+    pub target_live: bool,
+    /// Tolerations a replacement ferry creates gets.
+    pub tolerations: &'a [Toleration],
+}
+
+/// One thing to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Nothing until the world changes.
+    Wait,
+    /// Only the record changes.
+    Record,
+    /// Ask the target agent to prepare these archives.
+    Prepare { node: String, archives: Vec<String> },
+    /// NoSchedule taint on the failed node.
+    TaintNode { node: String },
+    /// Delete the failed pod through its kubelet (graceful, short).
+    StopPod { name: String, uid: String },
+    /// Remove the failed pod's object without its kubelet (the instance is
+    /// known to be stopped).
+    ForceRemovePod { name: String, uid: String },
+    /// Create the replacement of a bare pod.
+    CreatePod(Box<Pod>),
+    /// Remove ferry's scheduling gate from the replacement.
+    ReleasePod { name: String, gate_index: usize },
+    /// Delete pods that must not run: cold replacements, extra replacements.
+    DeletePods { names: Vec<String> },
+    /// Drop the failover: what failed recovered before anything was
+    /// stopped, so the original keeps running.
+    Cancel,
+}
+
+/// The next step of a failover.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub action: Action,
+    /// The record once the action succeeded.
+    pub record: FailoverRecord,
+    /// What happens, for logs and Events; empty when nothing does.
+    pub note: String,
+    /// When the verdict changes by itself if nothing else happens.
+    pub wake_at: Option<jiff::Timestamp>,
+}
+
+impl Step {
+    fn wait(record: &FailoverRecord, note: impl Into<String>) -> Self {
+        Self::of(Action::Wait, record.clone(), note)
+    }
+
+    fn of(action: Action, record: FailoverRecord, note: impl Into<String>) -> Self {
+        Self {
+            action,
+            record,
+            note: note.into(),
+            wake_at: None,
+        }
+    }
+
+    /// Whether this step ends the failover.
+    pub fn finishes(&self) -> bool {
+        matches!(
+            self.record.stage,
+            FailoverStage::Completed | FailoverStage::Failed
+        )
+    }
+}
+
+fn elapsed(now: jiff::Timestamp, since: jiff::Timestamp) -> Duration {
+    now.duration_since(since).try_into().unwrap_or_default()
+}
+
+fn give_up(record: &FailoverRecord, why: String) -> Step {
+    let mut failed = record.clone();
+    failed.stage = FailoverStage::Failed;
+    failed.message = format!("{}; {why}", record.message);
+    let note = failed.message.clone();
+    Step::of(Action::Record, failed, note)
+}
+
+/// The next step of `record` in `world`.
+pub fn next(record: &FailoverRecord, world: Observed<'_>) -> Step {
+    if record.stage < FailoverStage::Completed
+        && elapsed(world.now, record.started_at.0) > FAILOVER_TIMEOUT
+    {
+        return give_up(
+            record,
+            format!(
+                "gave up: no replacement pod ran within {}s",
+                FAILOVER_TIMEOUT.as_secs()
+            ),
+        );
+    }
+    if let Some(step) = cancel_if_recovered(record, &world) {
+        return step;
+    }
+    match record.stage {
+        FailoverStage::Detected => prepare(record, world),
+        FailoverStage::Prepared => fence(record, world),
+        FailoverStage::Fenced => replace(record, world),
+        FailoverStage::Completed | FailoverStage::Failed => Step::wait(record, ""),
+    }
+}
+
+/// A node that is Ready again and whose agent was heard from after the
+/// failover started recovered before it was fenced: nothing was stopped,
+/// so the original pod keeps running and the failover is dropped. If the
+/// node fails again, that is a new failure (a flapping node never restores
+/// twice, because nothing was restored the first time).
+fn cancel_if_recovered(record: &FailoverRecord, world: &Observed<'_>) -> Option<Step> {
+    let before_fence = matches!(
+        record.stage,
+        FailoverStage::Detected | FailoverStage::Prepared
+    );
+    let ready = world.from_node.is_some_and(crate::placement::node_ready);
+    let heard_since = world.last_contact.is_some_and(|t| t > record.started_at.0);
+    let pod_running =
+        failed_pod(record, world).is_some_and(|p| p.metadata.deletion_timestamp.is_none());
+    (record.reason == FailureTrigger::NodeLoss && before_fence && ready && heard_since && pod_running)
+        .then(|| {
+            Step::of(
+                Action::Cancel,
+                record.clone(),
+                format!(
+                    "node {} recovered (Ready, its agent answers) before it was fenced: pod {} keeps running there",
+                    record.from_node, record.pod
+                ),
+            )
+        })
+}
+
+fn prepare(record: &FailoverRecord, world: Observed<'_>) -> Step {
+    let target = record.to_node.clone().filter(|_| !record.cold_start);
+    let Some(target) = target else {
+        let mut prepared = record.clone();
+        prepared.stage = FailoverStage::Prepared;
+        return Step::of(Action::Record, prepared, "cold start: nothing to prepare");
+    };
+    if !world.target_live {
+        return Step::wait(
+            record,
+            format!("waiting for the agent of node {target} to be live"),
+        );
+    }
+    let archives: Vec<String> = record
+        .containers
+        .iter()
+        .filter(|c| c.image.is_none())
+        .map(|c| c.archive.clone())
+        .collect();
+    let mut prepared = record.clone();
+    prepared.stage = FailoverStage::Prepared;
+    let note = format!(
+        "node {target} prepared the restore of pod {} ({} containers)",
+        record.pod,
+        record.containers.len()
+    );
+    Step::of(
+        Action::Prepare {
+            node: target,
+            archives,
+        },
+        prepared,
+        note,
+    )
+}
+
+/// What the target agent answered for one archive.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prepared {
+    Ready {
+        archive: String,
+        image: String,
+        annotations: BTreeMap<String, String>,
+    },
+    /// The archive is missing or corrupt there: no restore is possible.
+    Unusable { archive: String, why: String },
+}
+
+/// The record after the target agent answered: images filled in, or a cold
+/// start when an archive cannot be restored.
+pub fn prepared(record: &FailoverRecord, answers: &[Prepared]) -> FailoverRecord {
+    let mut next = record.clone();
+    for answer in answers {
+        match answer {
+            Prepared::Ready {
+                archive,
+                image,
+                annotations,
+            } => {
+                for container in next.containers.iter_mut().filter(|c| &c.archive == archive) {
+                    container.image = Some(image.clone());
+                }
+                next.pod_annotations.extend(annotations.clone());
+            }
+            Prepared::Unusable { archive, why } => {
+                next.cold_start = true;
+                next.containers.clear();
+                next.message = format!(
+                    "{}; starting cold: node {} cannot restore archive {archive}: {why}",
+                    record.message,
+                    record.to_node.as_deref().unwrap_or("?")
+                );
+                break;
+            }
+        }
+    }
+    next.stage = FailoverStage::Prepared;
+    next
+}
+
+/// How it is known that the failed instance no longer runs.
+#[derive(Clone, Debug, PartialEq)]
+enum Fence {
+    Confirmed(String),
+    WaitUntil(jiff::Timestamp, String),
+    Waiting(String),
+}
+
+fn has_taint(node: &Node, key: &str) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(|t| t.key == key))
+}
+
+fn failed_pod<'a>(record: &FailoverRecord, world: &Observed<'a>) -> Option<&'a Pod> {
+    world
+        .pods
+        .iter()
+        .copied()
+        .find(|p| p.uid().as_deref() == Some(record.pod_uid.as_str()))
+}
+
+/// Whether the instance on a lost node is known to be stopped.
+fn node_fence(record: &FailoverRecord, world: &Observed<'_>) -> Fence {
+    let node = &record.from_node;
+    if world
+        .from_node
+        .is_some_and(|n| has_taint(n, OUT_OF_SERVICE_TAINT))
+    {
+        return Fence::Confirmed(format!(
+            "node {node} carries {OUT_OF_SERVICE_TAINT}: its workloads are declared stopped"
+        ));
+    }
+    let Some(fencing) = world.from_fencing else {
+        return Fence::Waiting(format!(
+            "the agent of node {node} does not fence itself; waiting for its kubelet to confirm, or for `kubectl taint node {node} {OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute`"
+        ));
+    };
+    let since = world.last_contact.unwrap_or(record.started_at.0);
+    let timeout = Duration::from_millis(fencing.timeout_millis) + FENCE_MARGIN;
+    let fenced_by = since.checked_add(timeout).unwrap_or(since);
+    let why = format!(
+        "node {node} fenced itself: nothing heard from it since {since}, and its agent stops protected containers after {:.1}s without the API server and its peers",
+        Duration::from_millis(fencing.timeout_millis).as_secs_f64()
+    );
+    if world.now >= fenced_by {
+        Fence::Confirmed(why)
+    } else {
+        Fence::WaitUntil(fenced_by, why)
+    }
+}
+
+fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
+    let pod = failed_pod(record, &world);
+    // A lost node's kubelet cannot confirm anything: the fence comes from
+    // the node's own agent (or an administrator), never from a deletion.
+    let node_lost = record.reason == FailureTrigger::NodeLoss;
+    if node_lost
+        && let Some(node) = world.from_node
+        && !has_taint(node, FAILED_NODE_TAINT)
+    {
+        return Step::of(
+            Action::TaintNode {
+                node: record.from_node.clone(),
+            },
+            record.clone(),
+            format!(
+                "tainted node {} {FAILED_NODE_TAINT}:NoSchedule: no new pods there while it is failed over",
+                record.from_node
+            ),
+        );
+    }
+    if record.owner.is_empty() && super::replacement(record, world.pods).is_none() {
+        // A bare pod has no owner to replace it: ferry creates the
+        // replacement (gated) from the failed pod's spec before that goes.
+        return match super::bare_replacement(record, world.pods, world.tolerations) {
+            Some(replacement) => {
+                let note = format!(
+                    "created {} to replace bare pod {} on node {}",
+                    replacement.name_any(),
+                    record.pod,
+                    record.to_node.as_deref().unwrap_or("?")
+                );
+                Step::of(
+                    Action::CreatePod(Box::new(replacement)),
+                    record.clone(),
+                    note,
+                )
+            }
+            None => give_up(
+                record,
+                format!(
+                    "bare pod {} is gone and had no owner to recreate it from",
+                    record.pod
+                ),
+            ),
+        };
+    }
+    let fence = match pod {
+        None => Fence::Confirmed(format!(
+            "pod {} is gone from the API server (its kubelet confirmed it stopped)",
+            record.pod
+        )),
+        Some(_) if node_lost => node_fence(record, &world),
+        Some(pod) if pod.metadata.deletion_timestamp.is_none() => {
+            return Step::of(
+                Action::StopPod {
+                    name: record.pod.clone(),
+                    uid: record.pod_uid.clone(),
+                },
+                record.clone(),
+                format!(
+                    "stopping failed pod {} on node {} (grace {STOP_GRACE_SECONDS}s)",
+                    record.pod, record.from_node
+                ),
+            );
+        }
+        Some(_) => Fence::Waiting(format!(
+            "waiting for the kubelet of node {} to confirm pod {} stopped",
+            record.from_node, record.pod
+        )),
+    };
+    match fence {
+        Fence::Confirmed(how) => {
+            let mut fenced = record.clone();
+            fenced.stage = FailoverStage::Fenced;
+            fenced.fenced_at = Some(Time(world.now));
+            fenced.fence = how.clone();
+            let action = match pod {
+                Some(_) => Action::ForceRemovePod {
+                    name: record.pod.clone(),
+                    uid: record.pod_uid.clone(),
+                },
+                None => Action::Record,
+            };
+            Step::of(action, fenced, how)
+        }
+        Fence::WaitUntil(at, why) => {
+            let mut step = Step::wait(record, format!("until {at}: {why}"));
+            step.wake_at = Some(at);
+            step
+        }
+        Fence::Waiting(why) => Step::wait(record, why),
+    }
+}
+
+/// Pods of the failed pod's owner created for this failover without
+/// ferry's rewrite: they would run unfenced, and cold where a checkpoint
+/// exists (the webhook was bypassed or failed open, or the owner replaced
+/// an evicted pod before ferry knew).
+pub fn cold_siblings<'a>(record: &FailoverRecord, pods: &[&'a Pod]) -> Vec<&'a Pod> {
+    if record.owner.is_empty() {
+        return Vec::new();
+    }
+    pods.iter()
+        .copied()
+        .filter(|p| {
+            owner_of(p) == record.owner
+                && p.uid().as_deref() != Some(record.pod_uid.as_str())
+                && !p.annotations().contains_key(FAILOVER_ANNOTATION)
+                && p.metadata.deletion_timestamp.is_none()
+                && p.creation_timestamp()
+                    .is_some_and(|t| t.0 >= record.started_at.0)
+                // A StatefulSet's other replicas keep their own names.
+                && (!record.owner.starts_with("StatefulSet/") || p.name_any() == record.pod)
+        })
+        .collect()
+}
+
+/// The position of ferry's gate among the pod's scheduling gates.
+pub fn restore_gate(pod: &Pod) -> Option<usize> {
+    pod.spec
+        .as_ref()?
+        .scheduling_gates
+        .as_ref()?
+        .iter()
+        .position(|g| g.name == RESTORE_GATE)
+}
+
+fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
+    let cold = cold_siblings(record, world.pods);
+    if !cold.is_empty() {
+        let names: Vec<String> = cold.iter().map(|p| p.name_any()).collect();
+        let note = format!(
+            "removing {} created by {} without the restore (never run cold)",
+            names.join(", "),
+            record.owner
+        );
+        return Step::of(Action::DeletePods { names }, record.clone(), note);
+    }
+    let Some(replacement) = super::replacement(record, world.pods) else {
+        if record.owner.is_empty() {
+            return give_up(
+                record,
+                format!("the replacement of bare pod {} is gone", record.pod),
+            );
+        }
+        return Step::wait(
+            record,
+            format!("waiting for {} to create the replacement", record.owner),
+        );
+    };
+    let extras: Vec<String> = world
+        .pods
+        .iter()
+        .filter(|p| {
+            p.uid() != replacement.uid()
+                && p.annotations()
+                    .get(FAILOVER_ANNOTATION)
+                    .is_some_and(|uid| *uid == record.pod_uid)
+                && p.metadata.deletion_timestamp.is_none()
+        })
+        .map(|p| p.name_any())
+        .collect();
+    if !extras.is_empty() {
+        let note = format!(
+            "removing extra replacements {}: one failure restores into one pod",
+            extras.join(", ")
+        );
+        return Step::of(Action::DeletePods { names: extras }, record.clone(), note);
+    }
+    let mut named = record.clone();
+    named.replacement_pod = Some(replacement.name_any());
+    if let Some(gate_index) = restore_gate(replacement) {
+        let note = format!(
+            "released {} to the scheduler: the failed instance is stopped ({})",
+            replacement.name_any(),
+            record.fence
+        );
+        return Step::of(
+            Action::ReleasePod {
+                name: replacement.name_any(),
+                gate_index,
+            },
+            named,
+            note,
+        );
+    }
+    let running = replacement.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if !running {
+        let changed = named != *record;
+        return Step::of(
+            if changed {
+                Action::Record
+            } else {
+                Action::Wait
+            },
+            named,
+            String::new(),
+        );
+    }
+    named.stage = FailoverStage::Completed;
+    named.restored_at = Some(Time(world.now));
+    let note = if record.cold_start {
+        format!("{} Running, started cold", replacement.name_any())
+    } else {
+        format!(
+            "{} Running on node {}, restored from checkpoint",
+            replacement.name_any(),
+            record.to_node.as_deref().unwrap_or("?")
+        )
+    };
+    Step::of(Action::Record, named, note)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::ContainerRestore;
+
+    fn at(ms: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_millisecond(1_800_000_000_000 + ms).unwrap()
+    }
+
+    fn record(reason: FailureTrigger, stage: FailoverStage) -> FailoverRecord {
+        let mut record: FailoverRecord = serde_json::from_value(serde_json::json!({
+            "reason": "PodLoss", "pod": "web-1", "podUid": "u1", "owner": "ReplicaSet/web",
+            "fromNode": "a", "toNode": "b", "startedAt": at(0).to_string(),
+            "containers": [{"container": "app", "archive": "sha256:aa"}],
+        }))
+        .unwrap();
+        record.reason = reason;
+        record.stage = stage;
+        record
+    }
+
+    fn prepared_record(reason: FailoverStage) -> FailoverRecord {
+        let mut r = record(FailureTrigger::ContainerFailure, reason);
+        r.containers = vec![ContainerRestore {
+            container: "app".into(),
+            archive: "sha256:aa".into(),
+            image: Some("ckpt:aa".into()),
+        }];
+        r
+    }
+
+    fn pod(name: &str, uid: &str, created_ms: i64, annotated_for: Option<&str>) -> Pod {
+        let annotations = match annotated_for {
+            Some(failed) => serde_json::json!({FAILOVER_ANNOTATION: failed}),
+            None => serde_json::json!({}),
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": uid, "namespace": "n",
+                "creationTimestamp": jiff::Timestamp::from_second(at(created_ms).as_second()).unwrap().to_string(),
+                "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "web", "uid": "rs", "controller": true}]},
+            "spec": {"nodeName": "a", "containers": [{"name": "app", "image": "web:1"}]},
+            "status": {"phase": "Running"},
+        }))
+        .unwrap()
+    }
+
+    fn gated(mut pod: Pod) -> Pod {
+        let spec = pod.spec.as_mut().unwrap();
+        spec.node_name = None;
+        spec.scheduling_gates = Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+            name: RESTORE_GATE.into(),
+        }]);
+        pod.status.as_mut().unwrap().phase = Some("Pending".into());
+        pod
+    }
+
+    fn node(name: &str, ready: &str, taints: &[&str]) -> Node {
+        let taints: Vec<_> = taints
+            .iter()
+            .map(|k| serde_json::json!({"key": k, "effect": "NoSchedule"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"taints": taints},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]},
+        }))
+        .unwrap()
+    }
+
+    struct World {
+        pods: Vec<Pod>,
+        node: Option<Node>,
+        fencing: Option<FencingInfo>,
+        last_contact: Option<jiff::Timestamp>,
+        target_live: bool,
+    }
+
+    impl World {
+        fn new(pods: Vec<Pod>) -> Self {
+            Self {
+                pods,
+                node: Some(node("a", "True", &[])),
+                fencing: Some(FencingInfo {
+                    timeout_millis: 3000,
+                    heartbeat_millis: 1000,
+                }),
+                last_contact: Some(at(-500)),
+                target_live: true,
+            }
+        }
+
+        fn next(&self, record: &FailoverRecord, now_ms: i64) -> Step {
+            let pods: Vec<&Pod> = self.pods.iter().collect();
+            next(
+                record,
+                Observed {
+                    now: at(now_ms),
+                    pods: &pods,
+                    from_node: self.node.as_ref(),
+                    from_fencing: self.fencing.as_ref(),
+                    last_contact: self.last_contact,
+                    target_live: self.target_live,
+                    tolerations: &[],
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn detected_prepares_on_a_live_target_and_waits_for_a_dead_one() {
+        let record = record(FailureTrigger::ContainerFailure, FailoverStage::Detected);
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        let step = world.next(&record, 1000);
+        assert_eq!(
+            step.action,
+            Action::Prepare {
+                node: "b".into(),
+                archives: vec!["sha256:aa".into()]
+            }
+        );
+        assert_eq!(step.record.stage, FailoverStage::Prepared);
+        world.target_live = false;
+        let step = world.next(&record, 1000);
+        assert_eq!(step.action, Action::Wait);
+        assert_eq!(step.record, record, "nothing changes while waiting");
+    }
+
+    #[test]
+    fn an_unusable_archive_turns_into_a_cold_start() {
+        let record = record(FailureTrigger::ContainerFailure, FailoverStage::Detected);
+        let cold = prepared(
+            &record,
+            &[Prepared::Unusable {
+                archive: "sha256:aa".into(),
+                why: "hash mismatch".into(),
+            }],
+        );
+        assert!(cold.cold_start);
+        assert!(cold.containers.is_empty());
+        assert!(cold.message.contains("hash mismatch"));
+        let warm = prepared(
+            &record,
+            &[Prepared::Ready {
+                archive: "sha256:aa".into(),
+                image: "ckpt:aa".into(),
+                annotations: BTreeMap::from([("k".into(), "v".into())]),
+            }],
+        );
+        assert_eq!(warm.containers[0].image.as_deref(), Some("ckpt:aa"));
+        assert_eq!(warm.stage, FailoverStage::Prepared);
+    }
+
+    #[test]
+    fn a_failed_pod_on_a_healthy_node_is_stopped_and_fenced_once_the_kubelet_confirms() {
+        let record = prepared_record(FailoverStage::Prepared);
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        let step = world.next(&record, 1000);
+        assert!(matches!(step.action, Action::StopPod { .. }), "{step:?}");
+        assert_eq!(step.record.stage, FailoverStage::Prepared);
+        // Being deleted: the owner's gated replacement waits with it.
+        world.pods[0].metadata.deletion_timestamp = Some(Time(at(1000)));
+        world.pods.push(gated(pod("web-2", "u2", 1000, Some("u1"))));
+        let step = world.next(&record, 1500);
+        assert_eq!(step.action, Action::Wait);
+        assert!(step.note.contains("confirm"), "{}", step.note);
+        // Gone: fenced by the kubelet's confirmation.
+        world.pods.remove(0);
+        let step = world.next(&record, 2000);
+        assert_eq!(step.action, Action::Record);
+        assert_eq!(step.record.stage, FailoverStage::Fenced);
+        assert!(step.record.fence.contains("kubelet confirmed"));
+        // Then the replacement is released, and completes when Running.
+        let fenced = step.record;
+        let step = world.next(&fenced, 2100);
+        assert_eq!(
+            step.action,
+            Action::ReleasePod {
+                name: "web-2".into(),
+                gate_index: 0
+            }
+        );
+        assert_eq!(step.record.replacement_pod.as_deref(), Some("web-2"));
+        world.pods[0].spec.as_mut().unwrap().scheduling_gates = None;
+        world.pods[0].status.as_mut().unwrap().phase = Some("Running".into());
+        let step = world.next(&step.record, 3000);
+        assert_eq!(step.record.stage, FailoverStage::Completed);
+        assert!(step.finishes());
+    }
+
+    #[test]
+    fn a_lost_node_is_tainted_then_fenced_by_its_agents_timeout() {
+        let record = prepared_record(FailoverStage::Prepared);
+        let mut record = record;
+        record.reason = FailureTrigger::NodeLoss;
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        world.node = Some(node("a", "Unknown", &[]));
+        let step = world.next(&record, 1000);
+        assert_eq!(step.action, Action::TaintNode { node: "a".into() });
+        world.node = Some(node("a", "Unknown", &[FAILED_NODE_TAINT]));
+        // Last contact at -0.5 s, fence timeout 3 s + margin 0.5 s: 3.0 s.
+        let step = world.next(&record, 2900);
+        assert_eq!(step.action, Action::Wait);
+        assert_eq!(step.wake_at, Some(at(3000)));
+        assert!(step.note.contains("fenced itself"), "{}", step.note);
+        let step = world.next(&record, 3000);
+        assert_eq!(
+            step.action,
+            Action::ForceRemovePod {
+                name: "web-1".into(),
+                uid: "u1".into()
+            }
+        );
+        assert_eq!(step.record.stage, FailoverStage::Fenced);
+        assert!(step.record.fence.contains("fenced itself"));
+    }
+
+    #[test]
+    fn a_partitioned_node_that_keeps_answering_peers_is_never_fenced_early() {
+        // Contact keeps moving forward: the fence deadline moves with it.
+        let mut record = prepared_record(FailoverStage::Prepared);
+        record.reason = FailureTrigger::NodeLoss;
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        world.node = Some(node("a", "Unknown", &[FAILED_NODE_TAINT]));
+        for now in [3000, 6000, 9000] {
+            world.last_contact = Some(at(now - 100));
+            assert_eq!(world.next(&record, now).action, Action::Wait);
+        }
+    }
+
+    #[test]
+    fn without_self_fencing_a_lost_node_waits_for_out_of_service() {
+        let mut record = prepared_record(FailoverStage::Prepared);
+        record.reason = FailureTrigger::NodeLoss;
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        world.node = Some(node("a", "Unknown", &[FAILED_NODE_TAINT]));
+        world.fencing = None;
+        let step = world.next(&record, 100_000);
+        assert_eq!(step.action, Action::Wait);
+        assert!(step.note.contains(OUT_OF_SERVICE_TAINT), "{}", step.note);
+        world.node = Some(node(
+            "a",
+            "Unknown",
+            &[FAILED_NODE_TAINT, OUT_OF_SERVICE_TAINT],
+        ));
+        let step = world.next(&record, 100_000);
+        assert!(matches!(step.action, Action::ForceRemovePod { .. }));
+    }
+
+    #[test]
+    fn a_node_that_recovers_before_the_fence_cancels_the_failover() {
+        let mut record = prepared_record(FailoverStage::Prepared);
+        record.reason = FailureTrigger::NodeLoss;
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        world.last_contact = Some(at(2000));
+        let step = world.next(&record, 2500);
+        assert_eq!(step.action, Action::Cancel);
+        // Once fenced there is no way back.
+        record.stage = FailoverStage::Fenced;
+        assert_ne!(world.next(&record, 2500).action, Action::Cancel);
+    }
+
+    #[test]
+    fn cold_and_extra_replacements_are_removed() {
+        let record = prepared_record(FailoverStage::Fenced);
+        // The webhook failed open: the owner's pod came without the rewrite.
+        let mut world = World::new(vec![pod("web-2", "u2", 1000, None)]);
+        let step = world.next(&record, 2000);
+        assert_eq!(
+            step.action,
+            Action::DeletePods {
+                names: vec!["web-2".into()]
+            }
+        );
+        // Older pods of the owner are other replicas, not replacements.
+        world.pods = vec![pod("web-0", "u0", -60_000, None)];
+        assert_eq!(world.next(&record, 2000).action, Action::Wait);
+        // Two replacements claimed by two webhook replicas: the younger goes.
+        world.pods = vec![
+            gated(pod("web-2", "u2", 1000, Some("u1"))),
+            gated(pod("web-3", "u3", 1500, Some("u1"))),
+        ];
+        assert_eq!(
+            world.next(&record, 2000).action,
+            Action::DeletePods {
+                names: vec!["web-3".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_bare_pod_is_recreated_gated_before_it_is_stopped() {
+        let mut record = prepared_record(FailoverStage::Prepared);
+        record.owner = String::new();
+        let mut failed = pod("web-1", "u1", -60_000, None);
+        failed.metadata.owner_references = None;
+        let mut world = World::new(vec![failed]);
+        let step = world.next(&record, 1000);
+        let Action::CreatePod(replacement) = &step.action else {
+            panic!("{step:?}");
+        };
+        assert_eq!(restore_gate(replacement), Some(0));
+        assert_eq!(
+            replacement
+                .annotations()
+                .get(FAILOVER_ANNOTATION)
+                .map(String::as_str),
+            Some("u1")
+        );
+        assert_eq!(replacement.spec.as_ref().unwrap().node_name, None);
+        assert_eq!(
+            replacement.spec.as_ref().unwrap().containers[0]
+                .image
+                .as_deref(),
+            Some("ckpt:aa")
+        );
+        // With the replacement there, the failed pod is stopped next.
+        let mut replacement = (**replacement).clone();
+        replacement.metadata.uid = Some("u2".into());
+        world.pods.push(replacement);
+        assert!(matches!(
+            world.next(&record, 1100).action,
+            Action::StopPod { .. }
+        ));
+        // A bare pod already gone cannot be recreated.
+        world.pods.clear();
+        let step = world.next(&record, 1200);
+        assert_eq!(step.record.stage, FailoverStage::Failed);
+        assert!(step.record.message.contains("no owner"));
+    }
+
+    #[test]
+    fn a_failover_that_does_not_finish_gives_up_after_the_timeout() {
+        let record = prepared_record(FailoverStage::Fenced);
+        let world = World::new(Vec::new());
+        let late = i64::try_from(FAILOVER_TIMEOUT.as_millis()).unwrap() + 1;
+        let step = world.next(&record, late);
+        assert_eq!(step.record.stage, FailoverStage::Failed);
+        assert!(step.record.message.contains("gave up"));
+    }
+
+    #[test]
+    fn the_same_record_and_world_always_give_the_same_step() {
+        // What a new leader does after a leader change: read the recorded
+        // stage and take the same next step, never a second failover.
+        let record = prepared_record(FailoverStage::Prepared);
+        let world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        assert_eq!(world.next(&record, 1000), world.next(&record, 1000));
+    }
+}

@@ -1,0 +1,99 @@
+//! The taint ferry puts on a node it fails over for node loss, and when it
+//! comes off: once the node is Ready again and no failover from it is still
+//! in progress in any policy.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+
+use ferry_api::CheckpointPolicy;
+use ferry_api::names::FAILED_NODE_TAINT;
+
+use crate::placement::node_ready;
+
+/// Index of ferry's taint on `node`, when it should come off now.
+pub fn taint_to_lift(node: &Node, policies: &[Arc<CheckpointPolicy>]) -> Option<usize> {
+    let index = node
+        .spec
+        .as_ref()?
+        .taints
+        .as_ref()?
+        .iter()
+        .position(|t| t.key == FAILED_NODE_TAINT)?;
+    let name = node.name_any();
+    let failing_over = policies
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| &s.failovers)
+        .any(|f| f.from_node == name);
+    (node_ready(node) && !failing_over).then_some(index)
+}
+
+/// Removes ferry's taint at `index`; the patch tests it is still there.
+pub async fn lift_taint(client: Client, node: &str, index: usize) -> Result<(), String> {
+    let path = format!("/spec/taints/{index}");
+    let patch = serde_json::json!([
+        {"op": "test", "path": format!("{path}/key"), "value": FAILED_NODE_TAINT},
+        {"op": "remove", "path": path},
+    ]);
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| format!("taint patch: {e}"))?;
+    Api::<Node>::all(client)
+        .patch(node, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("removing taint {FAILED_NODE_TAINT} from node {node}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ready: &str, tainted: bool) -> Node {
+        let taints = if tainted {
+            serde_json::json!([{"key": "other", "effect": "NoSchedule"},
+                {"key": FAILED_NODE_TAINT, "value": "ferry", "effect": "NoSchedule"}])
+        } else {
+            serde_json::json!([])
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a"},
+            "spec": {"taints": taints},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]},
+        }))
+        .unwrap()
+    }
+
+    fn policy(failing_from: Option<&str>) -> Arc<CheckpointPolicy> {
+        let failovers = match failing_from {
+            Some(node) => serde_json::json!([{"reason": "NodeLoss", "pod": "p",
+                "podUid": "u", "fromNode": node, "startedAt": "2026-01-01T00:00:00Z"}]),
+            None => serde_json::json!([]),
+        };
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "CheckpointPolicy",
+                "metadata": {"name": "p", "namespace": "n"},
+                "spec": {"selector": {"matchLabels": {"app": "x"}}},
+                "status": {"failovers": failovers},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_taint_stays_while_the_node_is_down_or_failing_over() {
+        assert_eq!(taint_to_lift(&node("Unknown", true), &[policy(None)]), None);
+        assert_eq!(
+            taint_to_lift(&node("True", true), &[policy(Some("a"))]),
+            None
+        );
+        assert_eq!(
+            taint_to_lift(&node("True", true), &[policy(Some("b"))]),
+            Some(1)
+        );
+        assert_eq!(taint_to_lift(&node("True", false), &[policy(None)]), None);
+    }
+}
