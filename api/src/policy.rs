@@ -421,6 +421,10 @@ pub struct FailoverRecord {
     #[serde(default)]
     pub cold_start: bool,
     pub started_at: Time,
+    /// When the failed pod was disrupted (its deletion was requested), if
+    /// it was: its owner may have replaced it from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Time>,
     /// What showed the failure, each from a source that does not share
     /// fate with what failed (node status, peer agents, the kubelet).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -33,6 +33,8 @@ pub struct Failure {
     pub evidence: Vec<String>,
     /// Node loss only: the last time anything heard from the node.
     pub last_contact: Option<jiff::Timestamp>,
+    /// When the pod's deletion was requested, if it was disrupted.
+    pub failed_at: Option<jiff::Timestamp>,
 }
 
 /// A checkpointed pod that went away without a failure: its records go.
@@ -49,6 +51,8 @@ pub struct Released {
 pub struct Departure {
     /// The `DisruptionTarget` condition's reason and message, if it was set.
     pub disruption: Option<String>,
+    /// When its deletion was requested (the API server's clock).
+    pub requested_at: Option<jiff::Timestamp>,
     pub seen_at: jiff::Timestamp,
 }
 
@@ -56,9 +60,18 @@ impl Departure {
     pub fn of(pod: &Pod, now: jiff::Timestamp) -> Self {
         Self {
             disruption: disruption(pod),
+            requested_at: deletion_requested_at(pod),
             seen_at: now,
         }
     }
+}
+
+/// When the pod's deletion was requested: its deletionTimestamp is that
+/// moment plus the grace period.
+pub fn deletion_requested_at(pod: &Pod) -> Option<jiff::Timestamp> {
+    let at = pod.metadata.deletion_timestamp.as_ref()?.0;
+    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+    at.checked_sub(jiff::SignedDuration::from_secs(grace)).ok()
 }
 
 /// Why the API server disrupted the pod, if it did.
@@ -157,6 +170,7 @@ pub fn detect(
                 detail,
                 evidence,
                 last_contact,
+                failed_at,
             } if triggers.contains(&reason) => detection.failures.push(Failure {
                 pod: first.pod.clone(),
                 pod_uid: uid.to_owned(),
@@ -166,6 +180,7 @@ pub fn detect(
                 detail,
                 evidence,
                 last_contact,
+                failed_at,
             }),
             Verdict::Failed { .. } => {}
         }
@@ -181,15 +196,25 @@ enum Verdict {
         detail: String,
         evidence: Vec<String>,
         last_contact: Option<jiff::Timestamp>,
+        failed_at: Option<jiff::Timestamp>,
     },
 }
 
 fn failed(reason: FailureTrigger, detail: String) -> Verdict {
+    disrupted(reason, detail, None)
+}
+
+fn disrupted(
+    reason: FailureTrigger,
+    detail: String,
+    failed_at: Option<jiff::Timestamp>,
+) -> Verdict {
     Verdict::Failed {
         reason,
         evidence: vec![format!("API server: {detail}")],
         detail,
         last_contact: None,
+        failed_at,
     }
 }
 
@@ -206,11 +231,16 @@ fn classify(
             detail: loss.evidence.join("; "),
             evidence: loss.evidence.clone(),
             last_contact: loss.last_contact,
+            failed_at: None,
         };
     }
     let Some(pod) = pod else {
         return match departure.and_then(|d| d.disruption.clone()) {
-            Some(why) => failed(FailureTrigger::PodLoss, format!("pod disrupted ({why})")),
+            Some(why) => disrupted(
+                FailureTrigger::PodLoss,
+                format!("pod disrupted ({why})"),
+                departure.and_then(|d| d.requested_at),
+            ),
             None if departure.is_some() => Verdict::Released(
                 "deleted by its controller or a user, without a disruption: not a failure".into(),
             ),
@@ -222,7 +252,11 @@ fn classify(
     };
     if pod.metadata.deletion_timestamp.is_some() {
         return match disruption(pod) {
-            Some(why) => failed(FailureTrigger::PodLoss, format!("pod disrupted ({why})")),
+            Some(why) => disrupted(
+                FailureTrigger::PodLoss,
+                format!("pod disrupted ({why})"),
+                deletion_requested_at(pod),
+            ),
             None => Verdict::Released(
                 "being deleted by its controller or a user, without a disruption: not a failure"
                     .into(),

@@ -230,6 +230,7 @@ impl Context {
             uid,
             detect::Departure {
                 disruption: departure.disruption.or(known),
+                requested_at: departure.requested_at,
                 seen_at: now,
             },
         );

@@ -17,10 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use ferry_api::names::{CONTROLLER_FIELD_MANAGER, POLICY_FINALIZER};
-use ferry_api::{
-    CheckpointPolicy, CheckpointPolicyStatus, ConditionStatus, FailoverStage, Phase, Strategy,
-    set_condition,
-};
+use ferry_api::{CheckpointPolicy, CheckpointPolicyStatus, FailoverStage, Strategy};
 use ferry_proto::v1 as pb;
 
 use crate::agents::{AgentIndex, status_message};
@@ -32,7 +29,7 @@ use crate::failover::plan_failover;
 use crate::metrics::{ErrorLabels, FailoverLabels, PolicyLabels};
 use crate::placement::{choose_standbys, node_ready};
 use crate::schedule::{Target, due_at, matches, selector_of, targets_of};
-use crate::status::{ValidSpec, desired_status, validate};
+use crate::status::{ValidSpec, desired_status, set_overlap_condition, set_protection, validate};
 use crate::{Context, Error};
 use crate::{evidence, view};
 
@@ -53,11 +50,7 @@ const NODE_LOSS_SLACK: Duration = Duration::from_millis(100);
 /// stage, a condition) is written at once.
 const STATUS_PROGRESS_PERIOD: Duration = Duration::from_secs(5);
 
-/// Condition: every protected container has a recent, replicated checkpoint.
-pub const PROTECTED: &str = "Protected";
-
-/// Condition: some selected pods are also selected by another policy.
-pub const OVERLAP: &str = "Overlapping";
+pub use crate::status::{OVERLAP, PROTECTED};
 
 pub async fn reconcile(
     policy: Arc<CheckpointPolicy>,
@@ -202,15 +195,22 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
                 ));
             }
         }
-        set_protection(
+        if let Some(age) = set_protection(
             &mut status,
             policy,
             &valid,
             &targets,
             &problems,
-            &snapshot,
-            context,
-        );
+            snapshot.now,
+        ) {
+            context
+                .metrics
+                .checkpoint_age
+                .get_or_create(&PolicyLabels {
+                    policy: format!("{namespace}/{name}"),
+                })
+                .set(age.as_secs_f64());
+        }
     }
 
     if policy.status.as_ref() != Some(&status) {
@@ -333,47 +333,6 @@ fn owned_pods(
     (owned, overlapping)
 }
 
-fn set_overlap_condition(
-    status: &mut CheckpointPolicyStatus,
-    policy: &CheckpointPolicy,
-    overlapping: &[(String, String)],
-    now: jiff::Timestamp,
-) {
-    let generation = policy.metadata.generation;
-    if overlapping.is_empty() {
-        if status.conditions.iter().any(|c| c.type_ == OVERLAP) {
-            set_condition(
-                &mut status.conditions,
-                OVERLAP,
-                ConditionStatus::False,
-                "NoOverlap",
-                "no other policy selects these pods".into(),
-                generation,
-                Time(now),
-            );
-        }
-        return;
-    }
-    let listed: Vec<String> = overlapping
-        .iter()
-        .take(5)
-        .map(|(pod, other)| format!("{pod} (also {other})"))
-        .collect();
-    set_condition(
-        &mut status.conditions,
-        OVERLAP,
-        ConditionStatus::True,
-        "OverlappingPolicies",
-        format!(
-            "{} pods are selected by more than one policy; the oldest policy protects them: {}",
-            overlapping.len(),
-            listed.join(", ")
-        ),
-        generation,
-        Time(now),
-    );
-}
-
 /// Writes finished checkpoints into `status.checkpoints` and returns the
 /// problems they reported, as (reason, message).
 fn fold_results(
@@ -476,7 +435,7 @@ async fn advance_failovers(
                 reason: incomplete.reason(),
             })
             .inc();
-        tracing::info!(policy = %key, reason = incomplete.reason(),
+        tracing::debug!(policy = %key, reason = incomplete.reason(),
             "no failover decided or advanced: {incomplete}");
         return incomplete
             .retry_in()
@@ -847,156 +806,6 @@ fn retention(policy: &CheckpointPolicy) -> pb::Retention {
             .map(|d| d.as_secs())
             .unwrap_or(0),
     }
-}
-
-/// The Protected condition, phase, restore target and last checkpoint time.
-fn set_protection(
-    status: &mut CheckpointPolicyStatus,
-    policy: &CheckpointPolicy,
-    valid: &ValidSpec,
-    targets: &[Target],
-    problems: &[(String, String)],
-    snapshot: &Snapshot,
-    context: &Context,
-) {
-    let generation = policy.metadata.generation;
-    let now = snapshot.now;
-    let wanted = usize::try_from(policy.spec.standbys).unwrap_or(0);
-    let mut reasons: Vec<(String, String)> = problems.to_vec();
-    let mut oldest_age: Option<Duration> = None;
-    for target in targets {
-        let record = status
-            .checkpoints
-            .iter()
-            .find(|r| r.pod_uid == target.pod_uid && r.container == target.container);
-        match record {
-            None => {}
-            Some(r) => {
-                let age: Duration = now
-                    .duration_since(r.taken_at.0)
-                    .try_into()
-                    .unwrap_or_default();
-                oldest_age = Some(oldest_age.map_or(age, |o| o.max(age)));
-                if r.replicas.len() < wanted {
-                    reasons.push((
-                        "NoStandbyNode".into(),
-                        format!(
-                            "{}/{} has {} of {wanted} standby replicas",
-                            r.pod,
-                            r.container,
-                            r.replicas.len()
-                        ),
-                    ));
-                }
-                if age > valid.max_checkpoint_age {
-                    reasons.push((
-                        "CheckpointTooOld".into(),
-                        format!(
-                            "newest checkpoint of {}/{} is {}s old",
-                            r.pod,
-                            r.container,
-                            age.as_secs()
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(age) = oldest_age {
-        let key = format!(
-            "{}/{}",
-            policy.namespace().unwrap_or_default(),
-            policy.name_any()
-        );
-        context
-            .metrics
-            .checkpoint_age
-            .get_or_create(&PolicyLabels { policy: key })
-            .set(age.as_secs_f64());
-    }
-    let unprotected = targets.iter().filter(|t| {
-        !status
-            .checkpoints
-            .iter()
-            .any(|r| r.pod_uid == t.pod_uid && r.container == t.container)
-    });
-    let waiting = unprotected.count();
-    status.last_checkpoint_time = status
-        .checkpoints
-        .iter()
-        .map(|r| r.taken_at.clone())
-        .max_by_key(|t| t.0);
-    status.restore_target = status
-        .checkpoints
-        .iter()
-        .max_by_key(|r| r.taken_at.0)
-        .and_then(|r| r.replicas.first().cloned());
-    reasons.sort();
-    reasons.dedup();
-    let (state, reason, message, phase) = if policy.spec.suspend {
-        (
-            ConditionStatus::False,
-            "Suspended".to_owned(),
-            "spec.suspend is set".to_owned(),
-            Phase::Suspended,
-        )
-    } else if !status.failovers.is_empty() {
-        let pods: Vec<&str> = status.failovers.iter().map(|f| f.pod.as_str()).collect();
-        (
-            ConditionStatus::False,
-            "FailingOver".to_owned(),
-            format!("restoring {}", pods.join(", ")),
-            Phase::FailingOver,
-        )
-    } else if let Some((reason, _)) = reasons.first() {
-        let message = reasons
-            .iter()
-            .take(5)
-            .map(|(_, m)| m.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        (
-            ConditionStatus::False,
-            reason.clone(),
-            message,
-            Phase::Degraded,
-        )
-    } else if targets.is_empty() {
-        (
-            ConditionStatus::False,
-            "NoPods".to_owned(),
-            format!("no running pod matches {}", valid.target),
-            Phase::Pending,
-        )
-    } else if waiting > 0 {
-        (
-            ConditionStatus::False,
-            "WaitingForCheckpoint".to_owned(),
-            format!("{waiting} containers have no checkpoint yet"),
-            Phase::Pending,
-        )
-    } else {
-        (
-            ConditionStatus::True,
-            "Protected".to_owned(),
-            format!(
-                "{} containers checkpointed every {} with {wanted} standby replicas",
-                targets.len(),
-                policy.spec.interval
-            ),
-            Phase::Protected,
-        )
-    };
-    status.phase = Some(phase);
-    set_condition(
-        &mut status.conditions,
-        PROTECTED,
-        state,
-        &reason,
-        message,
-        generation,
-        Time(now),
-    );
 }
 
 async fn write_status(

@@ -4,6 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::core::Selector;
 
+use crate::schedule::Target;
+
 use ferry_api::{
     CheckpointPolicy, CheckpointPolicySpec, CheckpointPolicyStatus, ConditionStatus, Phase,
     parse_duration, set_condition,
@@ -11,6 +13,12 @@ use ferry_api::{
 
 /// Condition type that says whether the controller accepted the spec and acts on it.
 pub const READY: &str = "Ready";
+
+/// Condition: every protected container has a recent, replicated checkpoint.
+pub const PROTECTED: &str = "Protected";
+
+/// Condition: some selected pods are also selected by another policy.
+pub const OVERLAP: &str = "Overlapping";
 
 /// A spec that passed the checks the API server's schema cannot make.
 #[derive(Clone, Debug, PartialEq)]
@@ -202,6 +210,189 @@ pub fn quantity_bytes(quantity: &str) -> Option<u64> {
     let value: f64 = number.parse().ok()?;
     let bytes = (value * factor).ceil();
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// The Overlapping condition: which pods another, older policy protects.
+pub fn set_overlap_condition(
+    status: &mut CheckpointPolicyStatus,
+    policy: &CheckpointPolicy,
+    overlapping: &[(String, String)],
+    now: jiff::Timestamp,
+) {
+    let generation = policy.metadata.generation;
+    if overlapping.is_empty() {
+        if status.conditions.iter().any(|c| c.type_ == OVERLAP) {
+            set_condition(
+                &mut status.conditions,
+                OVERLAP,
+                ConditionStatus::False,
+                "NoOverlap",
+                "no other policy selects these pods".into(),
+                generation,
+                Time(now),
+            );
+        }
+        return;
+    }
+    let listed: Vec<String> = overlapping
+        .iter()
+        .take(5)
+        .map(|(pod, other)| format!("{pod} (also {other})"))
+        .collect();
+    set_condition(
+        &mut status.conditions,
+        OVERLAP,
+        ConditionStatus::True,
+        "OverlappingPolicies",
+        format!(
+            "{} pods are selected by more than one policy; the oldest policy protects them: {}",
+            overlapping.len(),
+            listed.join(", ")
+        ),
+        generation,
+        Time(now),
+    );
+}
+
+
+/// The Protected condition, phase, restore target and last checkpoint time.
+///
+/// Returns the age of the oldest newest-checkpoint among `targets`, for
+/// the metric that tracks it.
+pub fn set_protection(
+    status: &mut CheckpointPolicyStatus,
+    policy: &CheckpointPolicy,
+    valid: &ValidSpec,
+    targets: &[Target],
+    problems: &[(String, String)],
+    now: jiff::Timestamp,
+) -> Option<std::time::Duration> {
+    let generation = policy.metadata.generation;
+    let wanted = usize::try_from(policy.spec.standbys).unwrap_or(0);
+    let mut reasons: Vec<(String, String)> = problems.to_vec();
+    let mut oldest_age: Option<std::time::Duration> = None;
+    for target in targets {
+        let record = status
+            .checkpoints
+            .iter()
+            .find(|r| r.pod_uid == target.pod_uid && r.container == target.container);
+        match record {
+            None => {}
+            Some(r) => {
+                let age: std::time::Duration = now
+                    .duration_since(r.taken_at.0)
+                    .try_into()
+                    .unwrap_or_default();
+                oldest_age = Some(oldest_age.map_or(age, |o| o.max(age)));
+                if r.replicas.len() < wanted {
+                    reasons.push((
+                        "NoStandbyNode".into(),
+                        format!(
+                            "{}/{} has {} of {wanted} standby replicas",
+                            r.pod,
+                            r.container,
+                            r.replicas.len()
+                        ),
+                    ));
+                }
+                if age > valid.max_checkpoint_age {
+                    reasons.push((
+                        "CheckpointTooOld".into(),
+                        format!(
+                            "newest checkpoint of {}/{} is {}s old",
+                            r.pod,
+                            r.container,
+                            age.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let unprotected = targets.iter().filter(|t| {
+        !status
+            .checkpoints
+            .iter()
+            .any(|r| r.pod_uid == t.pod_uid && r.container == t.container)
+    });
+    let waiting = unprotected.count();
+    status.last_checkpoint_time = status
+        .checkpoints
+        .iter()
+        .map(|r| r.taken_at.clone())
+        .max_by_key(|t| t.0);
+    status.restore_target = status
+        .checkpoints
+        .iter()
+        .max_by_key(|r| r.taken_at.0)
+        .and_then(|r| r.replicas.first().cloned());
+    reasons.sort();
+    reasons.dedup();
+    let (state, reason, message, phase) = if policy.spec.suspend {
+        (
+            ConditionStatus::False,
+            "Suspended".to_owned(),
+            "spec.suspend is set".to_owned(),
+            Phase::Suspended,
+        )
+    } else if !status.failovers.is_empty() {
+        let pods: Vec<&str> = status.failovers.iter().map(|f| f.pod.as_str()).collect();
+        (
+            ConditionStatus::False,
+            "FailingOver".to_owned(),
+            format!("restoring {}", pods.join(", ")),
+            Phase::FailingOver,
+        )
+    } else if let Some((reason, _)) = reasons.first() {
+        let message = reasons
+            .iter()
+            .take(5)
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        (
+            ConditionStatus::False,
+            reason.clone(),
+            message,
+            Phase::Degraded,
+        )
+    } else if targets.is_empty() {
+        (
+            ConditionStatus::False,
+            "NoPods".to_owned(),
+            format!("no running pod matches {}", valid.target),
+            Phase::Pending,
+        )
+    } else if waiting > 0 {
+        (
+            ConditionStatus::False,
+            "WaitingForCheckpoint".to_owned(),
+            format!("{waiting} containers have no checkpoint yet"),
+            Phase::Pending,
+        )
+    } else {
+        (
+            ConditionStatus::True,
+            "Protected".to_owned(),
+            format!(
+                "{} containers checkpointed every {} with {wanted} standby replicas",
+                targets.len(),
+                policy.spec.interval
+            ),
+            Phase::Protected,
+        )
+    };
+    status.phase = Some(phase);
+    set_condition(
+        &mut status.conditions,
+        PROTECTED,
+        state,
+        &reason,
+        message,
+        generation,
+        Time(now),
+    );
+    oldest_age
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use common::{Installation, create, eventually, install};
 use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage, FailureTrigger, Phase};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -190,6 +190,36 @@ async fn failed_over(
     (record, pod)
 }
 
+/// Evicts a pod through the Eviction API, as a drain or a disruption
+/// controller does: the API server marks it with a DisruptionTarget
+/// condition, which is what makes its loss a failure.
+async fn evict(client: &kube::Client, namespace: &str, name: &str) {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .evict(name, &EvictParams::default())
+        .await
+        .unwrap();
+}
+
+/// Marks a lost node out of service, as an administrator (or a node
+/// remediation system) does once its workloads are known to be stopped.
+async fn declare_out_of_service(client: &kube::Client, node: &str) {
+    use k8s_openapi::api::core::v1::Node;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let current = nodes.get(node).await.unwrap();
+    let mut taints = current.spec.and_then(|s| s.taints).unwrap_or_default();
+    taints.push(serde_json::from_value(serde_json::json!({
+        "key": ferry_api::names::OUT_OF_SERVICE_TAINT, "value": "nodeshutdown", "effect": "NoExecute"}))
+    .unwrap());
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"taints": taints}})),
+        )
+        .await
+        .unwrap();
+}
+
 /// How many times an Event with `reason` was reported (the recorder folds
 /// repeats into a series).
 async fn events(client: &kube::Client, namespace: &str, reason: &str) -> i32 {
@@ -272,11 +302,8 @@ async fn deployment_fails_over_on_pod_deletion_container_failure_and_node_loss()
     );
     println!("{table}");
 
-    // 1. Pod deletion.
-    Api::<Pod>::namespaced(client.clone(), "apps")
-        .delete(&pod.name_any(), &DeleteParams::default())
-        .await
-        .unwrap();
+    // 1. Pod loss: an eviction.
+    evict(client, "apps", &pod.name_any()).await;
     let (record, pod) = failed_over(
         &ferry,
         "apps",
@@ -315,10 +342,54 @@ async fn deployment_fails_over_on_pod_deletion_container_failure_and_node_loss()
     assert_eq!(record.from_node, node);
     println!("container failure: {record:?}");
 
-    // 3. Node loss: the pod's node turns NotReady and stays so.
+    // 3. Node loss: the pod's node turns NotReady and stays so. Its agent
+    // (a process on this host) does not fence kwok's pods, so the failover
+    // waits until the node is declared out of service.
     let uid = pod.uid().unwrap();
     let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
     common::lose_node(client, &node).await;
+    let waiting = eventually(
+        "the failover waiting for the fence",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(client, "apps", "counter").await.status?;
+            let failover = status.failovers.iter().find(|f| f.pod_uid == uid)?;
+            (failover.stage == FailoverStage::Prepared).then(|| failover.clone())
+        },
+    )
+    .await;
+    assert!(
+        waiting.evidence.iter().any(|e| e.contains("Ready=Unknown")),
+        "{waiting:?}"
+    );
+    let tainted = eventually(
+        "the lost node tainted NoSchedule",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            use k8s_openapi::api::core::v1::Node;
+            let n = Api::<Node>::all(client.clone()).get(&node).await.ok()?;
+            n.spec?
+                .taints?
+                .iter()
+                .any(|t| t.key == ferry_api::names::FAILED_NODE_TAINT)
+                .then_some(())
+        },
+    )
+    .await;
+    let () = tainted;
+    // Not fenced yet: the old pod is still there, and no replacement runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = get_policy(client, "apps", "counter").await.status.unwrap();
+    assert!(
+        status
+            .failovers
+            .iter()
+            .any(|f| f.pod_uid == uid && f.stage == FailoverStage::Prepared),
+        "no fence without evidence: {status:?}"
+    );
+    declare_out_of_service(client, &node).await;
     let (record, _pod) = failed_over(
         &ferry,
         "apps",
@@ -372,10 +443,7 @@ async fn statefulset_pod_deletion_restores_under_the_same_name() {
     let pod = running_pod(&ferry, "db", "store").await;
     let uid = pod.uid().unwrap();
     let (_node, standby) = protected(&ferry, "db", "store", &uid).await;
-    Api::<Pod>::namespaced(client.clone(), "db")
-        .delete("store-0", &DeleteParams::default())
-        .await
-        .unwrap();
+    evict(client, "db", "store-0").await;
     let (record, pod) = failed_over(
         &ferry,
         "db",
@@ -408,10 +476,7 @@ async fn a_controller_killed_mid_failover_finishes_it_once_after_restart() {
     // The standby's agent is down (its Lease still current), so the
     // failover stops after being recorded, before any replacement exists.
     ferry.agent_mut(&standby).kill();
-    Api::<Pod>::namespaced(client.clone(), "apps")
-        .delete(&pod.name_any(), &DeleteParams::default())
-        .await
-        .unwrap();
+    evict(&client, "apps", &pod.name_any()).await;
     let recorded = eventually(
         "the failover recorded",
         WAIT,
@@ -530,4 +595,148 @@ async fn an_unreachable_agent_degrades_the_policy_and_deletion_removes_archives_
             "archives left on {name}"
         );
     }
+}
+
+/// Deliberate removals are no failures: scaling 1 → 3 → 1, a rollout to a
+/// new template and a `kubectl delete` of a pod restore nothing, and the
+/// removed pods' records are released.
+#[tokio::test]
+async fn scale_down_rollout_and_deletion_are_not_failures() {
+    let ferry = install(3, 256 << 10, &["apps"]).await;
+    let client = &ferry.client;
+    create(client, "apps", deployment("counter")).await;
+    create(
+        client,
+        "apps",
+        policy("counter", "counter", serde_json::json!({})),
+    )
+    .await;
+    let pod = running_pod(&ferry, "apps", "counter").await;
+    protected(&ferry, "apps", "counter", &pod.uid().unwrap()).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "apps");
+    let scale = |replicas: i32| {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .patch(
+                    "counter",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    scale(3).await;
+    eventually(
+        "three pods checkpointed",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(client, "apps", "counter").await.status?;
+            let pods: BTreeSet<&str> = status.checkpoints.iter().map(|r| r.pod.as_str()).collect();
+            (pods.len() == 3).then_some(())
+        },
+    )
+    .await;
+    scale(1).await;
+    // A rollout: every pod replaced by one of a new template.
+    deployments
+        .patch(
+            "counter",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"rollout": "2"}}}}})),
+        )
+        .await
+        .unwrap();
+    let pod = eventually(
+        "the rolled-out pod checkpointed",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(client, "apps", "counter").await.status?;
+            let all = pods(client, "apps", "counter").await;
+            let live: Vec<&Pod> = all
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let [pod] = live.as_slice() else { return None };
+            (pod.annotations().get("rollout").is_some()
+                && status.checkpoints.len() == 1
+                && status.checkpoints[0].pod_uid == pod.uid()?)
+            .then(|| (*pod).clone())
+        },
+    )
+    .await;
+    Api::<Pod>::namespaced(client.clone(), "apps")
+        .delete(&pod.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    running_pod(&ferry, "apps", "counter").await;
+    // Give a wrong decision time to show.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        events(client, "apps", "FailoverStarted").await,
+        0,
+        "{}",
+        ferry.logs()
+    );
+    assert!(events(client, "apps", "CheckpointsReleased").await >= 3);
+    let status = get_policy(client, "apps", "counter").await.status.unwrap();
+    assert!(
+        status.failovers.is_empty() && status.last_failover.is_none(),
+        "{status:?}"
+    );
+}
+
+/// An agent kept away from a Ready node (crash loop, bad rollout) for twice
+/// the grace period is an agent outage, never a node loss: no failover,
+/// and the policy says why it is Degraded.
+#[tokio::test]
+async fn an_agent_outage_on_a_ready_node_fails_nothing_over() {
+    let mut ferry = install(3, 256 << 10, &["apps"]).await;
+    let client = ferry.client.clone();
+    create(&client, "apps", deployment("counter")).await;
+    create(
+        &client,
+        "apps",
+        policy("counter", "counter", serde_json::json!({})),
+    )
+    .await;
+    let pod = running_pod(&ferry, "apps", "counter").await;
+    let uid = pod.uid().unwrap();
+    let (node, _standby) = protected(&ferry, "apps", "counter", &uid).await;
+    ferry.agent_mut(&node).kill();
+    let message = eventually(
+        "Degraded naming the agent outage",
+        Duration::from_secs(120),
+        || ferry.logs(),
+        || async {
+            let status = get_policy(&client, "apps", "counter").await.status?;
+            let protected = status.conditions.iter().find(|c| c.type_ == "Protected")?;
+            (status.phase == Some(Phase::Degraded)
+                && protected
+                    .message
+                    .contains(&format!("agent of node {node} has not renewed its Lease")))
+            .then(|| protected.message.clone())
+        },
+    )
+    .await;
+    println!("{message}");
+    // Twice the 3 s grace period past the Lease's expiry, and more.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        events(&client, "apps", "FailoverStarted").await,
+        0,
+        "{}",
+        ferry.logs()
+    );
+    assert!(
+        pods(&client, "apps", "counter")
+            .await
+            .iter()
+            .any(|p| p.uid().as_deref() == Some(uid.as_str()))
+    );
+    ferry.agent_mut(&node).start();
 }

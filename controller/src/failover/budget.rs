@@ -134,6 +134,7 @@ mod tests {
             detail: format!("{pod} failed"),
             evidence: Vec::new(),
             last_contact: None,
+            failed_at: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(180);
 /// replaced from its checkpoint, so nothing it does now is kept.
 pub const STOP_GRACE_SECONDS: i64 = 1;
 
+/// Clock slack when comparing a pod's creation with the failure.
+pub const CLOCK_SLACK: Duration = Duration::from_secs(1);
+
 /// Added to a node's fence timeout before its self-fencing is trusted:
 /// the agent checks once per heartbeat, and clocks differ a little.
 pub const FENCE_MARGIN: Duration = Duration::from_millis(500);
@@ -414,6 +417,10 @@ pub fn cold_siblings<'a>(record: &FailoverRecord, pods: &[&'a Pod]) -> Vec<&'a P
     if record.owner.is_empty() {
         return Vec::new();
     }
+    // An evicted pod's owner replaces it at once, before ferry recorded
+    // anything: from the disruption on, a new pod is a replacement.
+    let failed = record.failed_at.as_ref().map_or(record.started_at.0, |t| t.0);
+    let since = failed.checked_sub(CLOCK_SLACK).unwrap_or(failed);
     pods.iter()
         .copied()
         .filter(|p| {
@@ -421,8 +428,7 @@ pub fn cold_siblings<'a>(record: &FailoverRecord, pods: &[&'a Pod]) -> Vec<&'a P
                 && p.uid().as_deref() != Some(record.pod_uid.as_str())
                 && !p.annotations().contains_key(FAILOVER_ANNOTATION)
                 && p.metadata.deletion_timestamp.is_none()
-                && p.creation_timestamp()
-                    .is_some_and(|t| t.0 >= record.started_at.0)
+                && p.creation_timestamp().is_some_and(|t| t.0 >= since)
                 // A StatefulSet's other replicas keep their own names.
                 && (!record.owner.starts_with("StatefulSet/") || p.name_any() == record.pod)
         })
@@ -800,9 +806,18 @@ mod tests {
                 names: vec!["web-2".into()]
             }
         );
+        // The owner replaced an evicted pod before ferry noticed (and ferry
+        // may even have checkpointed it since): still a cold replacement.
+        let mut evicted = record.clone();
+        evicted.failed_at = Some(Time(at(-5000)));
+        world.pods = vec![pod("web-2", "u2", -4000, None)];
+        assert!(matches!(
+            world.next(&evicted, 2000).action,
+            Action::DeletePods { .. }
+        ));
         // Older pods of the owner are other replicas, not replacements.
         world.pods = vec![pod("web-0", "u0", -60_000, None)];
-        assert_eq!(world.next(&record, 2000).action, Action::Wait);
+        assert_eq!(world.next(&evicted, 2000).action, Action::Wait);
         // Two replacements claimed by two webhook replicas: the younger goes.
         world.pods = vec![
             gated(pod("web-2", "u2", 1000, Some("u1"))),

@@ -51,6 +51,7 @@ pub fn plan_failover(
         checkpoint_age: age.map(|a| format!("{}s", a.as_secs())),
         cold_start: false,
         started_at: Time(world.now),
+        failed_at: failure.failed_at.map(Time),
         evidence: failure.evidence.clone(),
         fenced_at: None,
         fence: String::new(),
@@ -194,6 +195,7 @@ mod tests {
             detail: "node a Ready=Unknown for 20s".into(),
             evidence: vec!["API server: node a Ready=Unknown for 20s".into()],
             last_contact: Some(at(95)),
+            failed_at: None,
         };
         plan_failover(
             &failure,
