@@ -13,6 +13,7 @@ pub mod kubelet;
 pub mod lease;
 pub mod metrics;
 pub mod names;
+pub mod peers;
 pub mod replication;
 pub mod runc;
 pub mod runtime;
