@@ -8,6 +8,7 @@
 pub mod containerd;
 pub mod convert;
 pub mod encryption;
+pub mod fencing;
 pub mod image;
 pub mod kubelet;
 pub mod lease;
