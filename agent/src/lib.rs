@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod convert;
 pub mod encryption;
 pub mod fencing;
+pub mod heartbeat;
 pub mod image;
 pub mod kubelet;
 pub mod lease;
