@@ -480,3 +480,61 @@ impl Heartbeat {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prober() -> Prober {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ferry-agent".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        for (name, text) in [
+            ("ca.crt", cert.pem()),
+            ("tls.crt", cert.pem()),
+            ("tls.key", key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let tls = MutualTls::load(&crate::tls::TlsFiles {
+            ca: dir.path().join("ca.crt"),
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+        })
+        .unwrap();
+        Prober {
+            tls,
+            timeout: Duration::from_millis(300),
+            channels: Mutex::default(),
+            kubelet_tls: kubelet_probe_tls().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_that_refuses_or_stays_silent_fails_the_probe() {
+        let prober = prober();
+        // Nothing listens: refused at once.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let refused = prober.check_kubelet(&endpoint).await.unwrap_err();
+        assert!(refused.starts_with("connecting"), "{refused}");
+        // Accepts TCP but never answers the handshake (a stopped kubelet's
+        // kernel still accepts): the deadline ends it.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = silent.local_addr().unwrap().to_string();
+        let started = Instant::now();
+        let timed_out = prober.check_kubelet(&endpoint).await.unwrap_err();
+        assert!(timed_out.starts_with("no answer within"), "{timed_out}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The same for a silent agent, whose channel is then forgotten.
+        let failed = prober.check_agent(&endpoint).await.unwrap_err();
+        assert!(failed.starts_with("no answer within"), "{failed}");
+        assert!(lock(&prober.channels).is_empty());
+        drop(silent);
+    }
+}
