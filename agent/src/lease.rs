@@ -1,13 +1,15 @@
 //! The agent's Lease: one `coordination.k8s.io` Lease per node, renewed every
-//! few seconds, that tells the controller where this agent listens and what
-//! it can restore. A Lease that stops being renewed means the agent (or its
-//! node) is gone.
+//! heartbeat (see [`crate::heartbeat`]), that tells the controller where this
+//! agent listens, what it can restore, how it fences itself and what it sees
+//! of its peers. A Lease that stops being renewed means the agent (or its
+//! node, or its network) is gone.
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use ferry_api::agent::{
+    FENCING_ANNOTATION, FencingInfo, KUBELET_ENDPOINT_ANNOTATION, PEER_OBSERVATIONS_ANNOTATION,
+    PeerObservations,
+};
 
 use crate::service::NodeFacts;
 
@@ -27,7 +29,11 @@ pub struct LeaseConfig {
     /// Who holds the Lease (the agent pod's name).
     pub holder: String,
     pub duration: Duration,
-    pub renew_every: Duration,
+    /// `host:port` of this node's kubelet, which peers probe; `None` on
+    /// runtimes without a kubelet.
+    pub kubelet_endpoint: Option<String>,
+    /// How this agent fences itself; `None`: it does not.
+    pub fencing: Option<FencingInfo>,
 }
 
 /// Name of the Lease of `node`.
@@ -35,10 +41,11 @@ pub fn lease_name(node: &str) -> String {
     format!("{}{node}", ferry_api::names::AGENT_LEASE_PREFIX)
 }
 
-/// The Lease as applied at `now`.
+/// The Lease as applied at `now`, with what this agent sees of its peers.
 pub fn desired_lease(
     config: &LeaseConfig,
     facts: &NodeFacts,
+    observations: &PeerObservations,
     now: jiff::Timestamp,
 ) -> serde_json::Value {
     let node_info = serde_json::json!({
@@ -49,6 +56,17 @@ pub fn desired_lease(
         "containerRuntime": facts.container_runtime,
         "agentVersion": env!("CARGO_PKG_VERSION"),
     });
+    let mut annotations = serde_json::json!({
+        ENDPOINT_ANNOTATION: config.endpoint,
+        NODE_INFO_ANNOTATION: node_info.to_string(),
+        PEER_OBSERVATIONS_ANNOTATION: serde_json::to_string(observations).unwrap_or_default(),
+    });
+    if let Some(kubelet) = &config.kubelet_endpoint {
+        annotations[KUBELET_ENDPOINT_ANNOTATION] = kubelet.as_str().into();
+    }
+    if let Some(fencing) = &config.fencing {
+        annotations[FENCING_ANNOTATION] = serde_json::to_string(fencing).unwrap_or_default().into();
+    }
     serde_json::json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -59,10 +77,7 @@ pub fn desired_lease(
                 COMPONENT_LABEL.0: COMPONENT_LABEL.1,
                 NODE_LABEL: facts.node_name,
             },
-            "annotations": {
-                ENDPOINT_ANNOTATION: config.endpoint,
-                NODE_INFO_ANNOTATION: node_info.to_string(),
-            },
+            "annotations": annotations,
         },
         "spec": {
             "holderIdentity": config.holder,
@@ -73,44 +88,25 @@ pub fn desired_lease(
     })
 }
 
-/// Renews the Lease until the process ends. Failures are logged and retried
-/// at the next tick: a missed renewal or two is what the duration allows.
-pub async fn keep_lease(client: Client, config: LeaseConfig, facts: NodeFacts) {
-    let leases: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let name = lease_name(&facts.node_name);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut ticker = tokio::time::interval(config.renew_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut healthy = false;
-    loop {
-        ticker.tick().await;
-        let lease = desired_lease(&config, &facts, jiff::Timestamp::now());
-        match leases.patch(&name, &params, &Patch::Apply(&lease)).await {
-            Ok(_) if !healthy => {
-                healthy = true;
-                tracing::info!(lease = %name, namespace = %config.namespace, endpoint = %config.endpoint, "lease renewed");
-            }
-            Ok(_) => {}
-            Err(err) => {
-                healthy = false;
-                tracing::warn!(lease = %name, namespace = %config.namespace, error = %err, "renewing the lease failed");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_api::agent::{PeerObservation, Reachability};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     #[test]
-    fn lease_advertises_endpoint_and_node_facts() {
+    fn lease_advertises_endpoint_node_facts_fencing_and_peers() {
         let config = LeaseConfig {
             namespace: "ferry-system".into(),
             endpoint: "10.0.0.7:50051".into(),
             holder: "ferry-agent-x2k1".into(),
             duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
+            kubelet_endpoint: Some("10.0.0.7:10250".into()),
+            fencing: Some(FencingInfo {
+                timeout_millis: 3000,
+                heartbeat_millis: 1000,
+            }),
         };
         let facts = NodeFacts {
             node_name: "node-a".into(),
@@ -121,7 +117,22 @@ mod tests {
             container_runtime: "containerd".into(),
         };
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
-        let lease = desired_lease(&config, &facts, now);
+        let observations = PeerObservations {
+            observed_at: Some(MicroTime(now)),
+            peers: [(
+                "node-b".to_owned(),
+                PeerObservation {
+                    agent: Reachability {
+                        last_ok: None,
+                        failing_since: Some(MicroTime(now)),
+                        error: "connection refused".into(),
+                    },
+                    kubelet: Reachability::default(),
+                },
+            )]
+            .into(),
+        };
+        let lease = desired_lease(&config, &facts, &observations, now);
         assert_eq!(lease["metadata"]["name"], "ferry-agent-node-a");
         assert_eq!(
             lease["metadata"]["annotations"][ENDPOINT_ANNOTATION],
@@ -136,7 +147,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(info["criuVersion"], "4.2.1");
+        let annotations = &lease["metadata"]["annotations"];
+        assert_eq!(annotations[KUBELET_ENDPOINT_ANNOTATION], "10.0.0.7:10250");
+        let fencing: FencingInfo =
+            serde_json::from_str(annotations[FENCING_ANNOTATION].as_str().unwrap()).unwrap();
+        assert_eq!(fencing.timeout_millis, 3000);
+        let published: PeerObservations =
+            serde_json::from_str(annotations[PEER_OBSERVATIONS_ANNOTATION].as_str().unwrap())
+                .unwrap();
+        assert_eq!(published, observations);
         // It parses as a Lease.
-        let _: Lease = serde_json::from_value(lease).unwrap();
+        let _: Lease = serde_json::from_value(lease.clone()).unwrap();
+
+        // No kubelet, no fencing: neither annotation.
+        let bare = LeaseConfig {
+            kubelet_endpoint: None,
+            fencing: None,
+            ..config
+        };
+        let lease = desired_lease(&bare, &facts, &PeerObservations::default(), now);
+        let annotations = lease["metadata"]["annotations"].as_object().unwrap();
+        assert!(!annotations.contains_key(KUBELET_ENDPOINT_ANNOTATION));
+        assert!(!annotations.contains_key(FENCING_ANNOTATION));
+        assert!(annotations.contains_key(PEER_OBSERVATIONS_ANNOTATION));
     }
 }

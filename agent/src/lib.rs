@@ -8,11 +8,14 @@
 pub mod containerd;
 pub mod convert;
 pub mod encryption;
+pub mod fencing;
+pub mod heartbeat;
 pub mod image;
 pub mod kubelet;
 pub mod lease;
 pub mod metrics;
 pub mod names;
+pub mod peers;
 pub mod replication;
 pub mod runc;
 pub mod runtime;

@@ -9,13 +9,15 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use ferry_agent::containerd::{ContainerdConfig, ContainerdImporter};
 use ferry_agent::encryption::ArchiveKey;
+use ferry_agent::fencing::ProtectedContainers;
+use ferry_agent::heartbeat::{Heartbeat, HeartbeatConfig};
 use ferry_agent::kubelet::{KubeletClient, KubeletConfig};
-use ferry_agent::lease::{LeaseConfig, keep_lease};
+use ferry_agent::lease::LeaseConfig;
 use ferry_agent::metrics::Metrics;
 use ferry_agent::replication::{ReplicationConfig, Replicator};
 use ferry_agent::runc::{RuncConfig, RuncRuntime};
 use ferry_agent::runtime::{Runtime, SyntheticRuntime};
-use ferry_agent::service::{AgentService, NodeFacts};
+use ferry_agent::service::{AgentService, NodeFacts, ServiceParts};
 use ferry_agent::store::Store;
 use ferry_agent::tls::{MutualTls, TlsFiles};
 use ferry_agent::{Error, sys};
@@ -156,9 +158,31 @@ struct Args {
     /// Who holds the Lease: this agent's pod name.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// How often the agent probes its peers (their agents' gRPC health and
+    /// their kubelets' TLS port) and renews its Lease with what it saw.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    heartbeat_interval: Duration,
+    /// Stop every container this agent checkpointed once neither the API
+    /// server nor any peer agent has answered for this long (and it has a
+    /// live peer a failover could go to); 0 disables fencing.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    fence_timeout: Duration,
+    /// How long the Lease stays valid without renewal. It is renewed every
+    /// heartbeat; its expiry only says the agent is gone, which alone never
+    /// triggers a failover, so 15 missed heartbeats is not too slow.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    lease_duration: Duration,
+    /// The host's /proc (the agent runs in the host PID namespace when it
+    /// fences), where fencing finds the processes of protected containers.
+    #[arg(long, default_value = "/proc")]
+    proc_root: PathBuf,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    ferry_api::parse_duration("duration", value).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -267,6 +291,19 @@ async fn run(args: Args) -> Result<(), Error> {
         },
         metrics.clone(),
     ));
+    let protected = {
+        let dir = args.data_dir.clone();
+        tokio::task::spawn_blocking(move || ProtectedContainers::open(&dir))
+            .await
+            .map_err(|e| {
+                Error::io(
+                    "opening the protected-container list in",
+                    &args.data_dir,
+                    std::io::Error::other(e),
+                )
+            })??
+    };
+    let protected = Arc::new(protected);
     if let Some(namespace) = &args.lease_namespace {
         ferry_agent::names::dns_label("--lease-namespace", namespace)?;
         let endpoint = match (&args.advertise_endpoint, &args.pod_ip) {
@@ -276,31 +313,82 @@ async fn run(args: Args) -> Result<(), Error> {
             (None, None) => args.grpc_addr.to_string(),
         };
         ferry_agent::names::endpoint("--advertise-endpoint", &endpoint)?;
+        if args.heartbeat_interval < Duration::from_millis(100)
+            || args.lease_duration < 2 * args.heartbeat_interval
+        {
+            return Err(Error::Unsupported {
+                what: "--heartbeat-interval and --lease-duration",
+                reason: format!(
+                    "the heartbeat must be at least 100ms and the Lease last at least two heartbeats (got {:?} and {:?})",
+                    args.heartbeat_interval, args.lease_duration
+                ),
+            });
+        }
         let client = kube::Client::try_default()
             .await
             .map_err(|e| Error::Serve {
                 what: "the node Lease".into(),
                 message: format!("no Kubernetes configuration: {e}"),
             })?;
-        let config = LeaseConfig {
-            namespace: namespace.clone(),
-            endpoint,
-            holder: args
-                .pod_name
-                .clone()
-                .unwrap_or_else(|| args.node_name.clone()),
-            duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
+        // Only the kubelet runtime has a kubelet for peers to probe.
+        let kubelet_endpoint = (args.runtime == RuntimeKind::Kubelet).then(|| {
+            if args.kubelet_address.contains(':') {
+                format!("[{}]:{kubelet_port}", args.kubelet_address)
+            } else {
+                format!("{}:{kubelet_port}", args.kubelet_address)
+            }
+        });
+        let fence_timeout = (!args.fence_timeout.is_zero()).then_some(args.fence_timeout);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let heartbeat = Heartbeat {
+            client,
+            lease: LeaseConfig {
+                namespace: namespace.clone(),
+                endpoint,
+                holder: args
+                    .pod_name
+                    .clone()
+                    .unwrap_or_else(|| args.node_name.clone()),
+                duration: args.lease_duration,
+                kubelet_endpoint,
+                fencing: fence_timeout.map(|timeout| ferry_api::agent::FencingInfo {
+                    timeout_millis: millis(timeout),
+                    heartbeat_millis: millis(args.heartbeat_interval),
+                }),
+            },
+            facts: node.clone(),
+            tls: tls.clone(),
+            config: HeartbeatConfig {
+                interval: args.heartbeat_interval,
+                fence_timeout,
+                proc_root: args.proc_root.clone(),
+            },
+            metrics: metrics.clone(),
+            store: store.clone(),
+            protected: protected.clone(),
         };
-        tokio::spawn(keep_lease(client, config, node.clone()));
+        tracing::info!(
+            heartbeat_ms = millis(args.heartbeat_interval),
+            fence_timeout_ms = fence_timeout.map(millis),
+            "heartbeat: probing peers and renewing the Lease"
+        );
+        tokio::spawn(async move {
+            if let Err(err) = heartbeat.run().await {
+                tracing::error!(error = %err, "the heartbeat stopped: no Lease renewals, no fencing");
+            }
+        });
+    } else if !args.fence_timeout.is_zero() {
+        tracing::info!(
+            "no --lease-namespace: no peers are known, so this agent neither probes nor fences"
+        );
     }
-    let service = AgentService::new(
+    let service = AgentService::new(ServiceParts {
         node,
         store,
         replicator,
         runtime,
-        args.data_dir.join("images"),
-        match args.restore_backend {
+        images_dir: args.data_dir.join("images"),
+        importer: match args.restore_backend {
             RestoreBackend::None => None,
             RestoreBackend::Containerd => Some(ContainerdImporter::new(ContainerdConfig {
                 ctr: args.ctr.clone(),
@@ -309,8 +397,9 @@ async fn run(args: Args) -> Result<(), Error> {
                 ..ContainerdConfig::default()
             })),
         },
-        metrics.clone(),
-    );
+        metrics: metrics.clone(),
+        protected,
+    });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

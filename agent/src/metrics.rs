@@ -1,6 +1,7 @@
 //! Prometheus metrics of the agent.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,6 +24,18 @@ pub struct PeerLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub peer: String,
+    /// `agent` (gRPC health check) or `kubelet` (TLS handshake).
+    pub target: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: &'static str,
+}
+
 /// The agent's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -37,6 +50,14 @@ pub struct Metrics {
     pub received_bytes: Counter,
     pub stored_archives: Gauge,
     pub stored_bytes: Gauge,
+    pub peer_probe_failures: Family<ProbeLabels, Counter>,
+    pub peer_probe_duration: Family<TargetLabels, Histogram>,
+    pub peers_unreachable: Gauge,
+    pub lease_writes: Family<ResultLabels, Counter>,
+    pub api_silence: Gauge<f64, AtomicU64>,
+    pub peer_silence: Gauge<f64, AtomicU64>,
+    pub fence_actions: Counter,
+    pub fenced_processes: Counter,
 }
 
 impl Default for Metrics {
@@ -54,6 +75,17 @@ impl Default for Metrics {
             received_bytes: Counter::default(),
             stored_archives: Gauge::default(),
             stored_bytes: Gauge::default(),
+            peer_probe_failures: Family::default(),
+            // 0.5 ms to ~4 s.
+            peer_probe_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            }),
+            peers_unreachable: Gauge::default(),
+            lease_writes: Family::default(),
+            api_silence: Gauge::default(),
+            peer_silence: Gauge::default(),
+            fence_actions: Counter::default(),
+            fenced_processes: Counter::default(),
             registry: Arc::default(),
         };
         registry.register(
@@ -105,6 +137,46 @@ impl Default for Metrics {
             "stored_bytes",
             "Bytes of archives in the store",
             metrics.stored_bytes.clone(),
+        );
+        registry.register(
+            "peer_probe_failures",
+            "Failed probes of peer nodes by peer and target (agent health check, kubelet TLS handshake)",
+            metrics.peer_probe_failures.clone(),
+        );
+        registry.register(
+            "peer_probe_duration_seconds",
+            "Time a successful peer probe took, by target",
+            metrics.peer_probe_duration.clone(),
+        );
+        registry.register(
+            "peers_unreachable",
+            "Peer nodes whose agent or kubelet currently fails its probe",
+            metrics.peers_unreachable.clone(),
+        );
+        registry.register(
+            "lease_writes",
+            "Writes of this agent's Lease by result",
+            metrics.lease_writes.clone(),
+        );
+        registry.register(
+            "api_silence_seconds",
+            "Time since the API server last answered this agent",
+            metrics.api_silence.clone(),
+        );
+        registry.register(
+            "peer_silence_seconds",
+            "Time since any peer agent last answered this agent's health check",
+            metrics.peer_silence.clone(),
+        );
+        registry.register(
+            "fence_actions",
+            "Times this agent, cut off from the API server and every peer, stopped its protected containers",
+            metrics.fence_actions.clone(),
+        );
+        registry.register(
+            "fenced_processes",
+            "Processes of protected containers killed by fencing",
+            metrics.fenced_processes.clone(),
         );
         Self {
             registry: Arc::new(registry),

@@ -83,6 +83,28 @@ pub fn uid(field: &'static str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A runtime's container id (CRI: 64 hex digits; the runc runtime:
+/// `namespace.pod.container`): 5 to 128 of `[A-Za-z0-9._-]`, starting with a
+/// letter or digit. Fencing matches it against cgroup path components, so it
+/// must be neither short nor able to name a path.
+pub fn container_id(field: &'static str, value: &str) -> Result<(), Error> {
+    let valid = (5..=128).contains(&value.len())
+        && value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(invalid(
+            field,
+            format!("{} is not a container id", shown(value)),
+        ));
+    }
+    Ok(())
+}
+
 /// `host:port` of a peer agent.
 pub fn endpoint(field: &'static str, value: &str) -> Result<(), Error> {
     let Some((host, port)) = value.rsplit_once(':') else {

@@ -306,7 +306,7 @@ fn agent_client(channel: Channel) -> AgentClient<Channel> {
         .max_encoding_message_size(4 * CHUNK_BYTES)
 }
 
-async fn connect_channel(
+pub(crate) async fn connect_channel(
     tls: &MutualTls,
     endpoint: &str,
     timeout: Duration,

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::containerd::ContainerdImporter;
+use crate::fencing::{Protected, ProtectedContainers};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::replication::{PeerTarget, Replicator};
 use crate::runc::RuncRuntime;
@@ -53,18 +54,36 @@ struct Inner {
     /// Where prepared checkpoint images are imported (containerd nodes).
     importer: Option<ContainerdImporter>,
     metrics: Arc<Metrics>,
+    protected: Arc<ProtectedContainers>,
+}
+
+/// What the service is built from.
+#[derive(Debug)]
+pub struct ServiceParts {
+    pub node: NodeFacts,
+    pub store: Arc<Store>,
+    pub replicator: Arc<Replicator>,
+    pub runtime: Option<Runtime>,
+    pub images_dir: PathBuf,
+    /// Where prepared checkpoint images are imported (containerd nodes).
+    pub importer: Option<ContainerdImporter>,
+    pub metrics: Arc<Metrics>,
+    /// Where every checkpointed container is recorded for fencing.
+    pub protected: Arc<ProtectedContainers>,
 }
 
 impl AgentService {
-    pub fn new(
-        node: NodeFacts,
-        store: Arc<Store>,
-        replicator: Arc<Replicator>,
-        runtime: Option<Runtime>,
-        images_dir: PathBuf,
-        importer: Option<ContainerdImporter>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(parts: ServiceParts) -> Self {
+        let ServiceParts {
+            node,
+            store,
+            replicator,
+            runtime,
+            images_dir,
+            importer,
+            metrics,
+            protected,
+        } = parts;
         Self {
             inner: Arc::new(Inner {
                 node,
@@ -74,6 +93,7 @@ impl AgentService {
                 images_dir,
                 importer,
                 metrics,
+                protected,
             }),
         }
     }
@@ -103,6 +123,35 @@ impl AgentService {
                 .metrics
                 .stored_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Remembers the container a checkpoint was taken of, for fencing. Its id
+/// comes from the archive the runtime wrote (`config.dump`): the id of
+/// exactly the container that was dumped, where the pod's status could
+/// already name a restarted one. A failure is logged, not returned: the
+/// checkpoint itself succeeded.
+fn record_protected(protected: &ProtectedContainers, archive: &ArchiveMeta, id: Option<String>) {
+    let Some(id) = id else {
+        tracing::warn!(archive = %archive.id, "the archive names no container id: fencing cannot protect this container");
+        return;
+    };
+    let entry = Protected {
+        id,
+        namespace: archive.namespace.clone(),
+        pod: archive.pod.clone(),
+        pod_uid: archive.pod_uid.clone(),
+        container: archive.container.clone(),
+    };
+    match protected.record(entry) {
+        Ok(true) => tracing::info!(
+            namespace = %archive.namespace, pod = %archive.pod, container = %archive.container,
+            "container recorded as protected: fencing stops it when this node is cut off"
+        ),
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(archive = %archive.id, error = %err, "could not record the protected container")
         }
     }
 }
@@ -307,6 +356,7 @@ impl Agent for AgentService {
             },
         };
         let source = taken.path.clone();
+        let protected = self.inner.protected.clone();
         let imported = self
             .blocking(move |store| {
                 let mut meta = meta;
@@ -315,7 +365,9 @@ impl Agent for AgentService {
                     .rootfs_image_name
                     .or(facts.rootfs_image)
                     .unwrap_or_default();
-                store.import_file(&source, meta)
+                let archive = store.import_file(&source, meta)?;
+                record_protected(&protected, &archive, facts.container_id);
+                Ok(archive)
             })
             .await;
         if let Err(err) = runtime.discard(&taken).await {

@@ -58,7 +58,7 @@ pub struct RuntimeInfo {
 }
 
 /// What the store knows about one archive.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveMeta {
     /// sha256 of the bytes, 64 lowercase hex digits.
@@ -1070,7 +1070,11 @@ impl Drop for ReceivingGuard {
     }
 }
 
-fn write_json_atomically(tmp_dir: &Path, path: &Path, value: &impl Serialize) -> Result<(), Error> {
+pub(crate) fn write_json_atomically(
+    tmp_dir: &Path,
+    path: &Path,
+    value: &impl Serialize,
+) -> Result<(), Error> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Metadata {
         id: String::new(),
         path: path.to_owned(),
@@ -1097,7 +1101,7 @@ fn private_temp_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile
         .map_err(|e| Error::io("creating a file in", dir, e))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("syncing", dir, e))

@@ -402,6 +402,18 @@ async fn schema_refuses_invalid_values() -> TestResult {
         ),
         (&["--set", "agent.dnsPolicy=None"], "agent.dnsPolicy"),
         (
+            &["--set", "agent.heartbeatInterval=1 second"],
+            "agent.heartbeatInterval",
+        ),
+        (
+            &["--set", "agent.fencing.timeout=3"],
+            "agent.fencing.timeout",
+        ),
+        (
+            &["--set", "agent.fencing.enabled=sometimes"],
+            "agent.fencing.enabled",
+        ),
+        (
             &["--set", "controller.dnsPolicy=Cluster"],
             "controller.dnsPolicy",
         ),
@@ -439,6 +451,54 @@ async fn agent_can_be_disabled() -> TestResult {
     assert!(
         agent_objects.is_empty(),
         "agent.enabled=false still renders {agent_objects:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_fencing_values_reach_flags_and_its_privileges_follow() -> TestResult {
+    let docs = documents(
+        &render(&[
+            "--set",
+            "agent.heartbeatInterval=500ms",
+            "--set",
+            "agent.fencing.timeout=5s",
+        ])
+        .await?,
+    )?;
+    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
+    let pod = &agent["spec"]["template"]["spec"];
+    let args = strings(&pod["containers"][0]["args"]);
+    for expected in ["--heartbeat-interval=500ms", "--fence-timeout=5s"] {
+        assert!(
+            args.contains(&expected),
+            "agent args lack {expected}: {args:?}"
+        );
+    }
+    assert_eq!(pod["hostPID"], true, "fencing needs the host PIDs: {pod}");
+
+    // Without fencing: no host PID namespace, no KILL capability.
+    let docs = documents(&render(&["--set", "agent.fencing.enabled=false"]).await?)?;
+    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
+    let pod = &agent["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    assert!(args.contains(&"--fence-timeout=0"), "agent args: {args:?}");
+    assert!(pod["hostPID"].is_null(), "agent pod: {pod}");
+    let mut added = strings(&c["securityContext"]["capabilities"]["add"]);
+    added.sort_unstable();
+    assert_eq!(added, ["CHOWN", "DAC_OVERRIDE", "FOWNER"], "agent: {c}");
+
+    // The agent lists its peers' Leases, in the release namespace only.
+    let role = find(&docs, "Role", "ferry-agent").ok_or("no Role ferry-agent")?;
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "create", "update", "patch"],
+        }]),
+        "agent Role"
     );
     Ok(())
 }
@@ -667,14 +727,17 @@ async fn workloads_are_hardened() -> TestResult {
     );
     let mut added = strings(&sc["capabilities"]["add"]);
     added.sort_unstable();
+    // KILL: self-fencing stops protected containers of any user.
     assert_eq!(
         added,
-        ["CHOWN", "DAC_OVERRIDE", "FOWNER"],
+        ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL"],
         "agent capabilities: {sc}"
     );
+    // The host PID namespace, for self-fencing only (it finds protected
+    // containers' processes in /proc); never the host network or IPC.
     assert!(
-        pod["hostNetwork"] != true && pod["hostPID"].is_null() && pod["hostIPC"].is_null(),
-        "agent pod uses host namespaces: {pod}"
+        pod["hostNetwork"] != true && pod["hostPID"] == true && pod["hostIPC"].is_null(),
+        "agent pod host namespaces: {pod}"
     );
     let args = strings(&c["args"]);
     for expected in [
@@ -682,6 +745,8 @@ async fn workloads_are_hardened() -> TestResult {
         "--http-addr=0.0.0.0:8081",
         "--data-dir=/var/lib/ferry",
         "--node-name=$(NODE_NAME)",
+        "--heartbeat-interval=1s",
+        "--fence-timeout=3s",
     ] {
         assert!(
             args.contains(&expected),

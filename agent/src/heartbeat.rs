@@ -1,0 +1,540 @@
+//! The heartbeat: every interval the agent probes its peers, renews its
+//! Lease with what it saw, and fences itself when it is cut off. This is the
+//! I/O edge; the decisions are [`crate::peers::track`] and
+//! [`crate::fencing::decide`].
+//!
+//! One heartbeat:
+//! 1. every [`DISCOVER_EVERY`] heartbeats (and after a failed attempt) list
+//!    the agent Leases: who the peers are, where their agents and kubelets
+//!    listen, and whether their Leases are current. A periodic list rather
+//!    than a watch: every peer renews every heartbeat, so a watch would
+//!    deliver N events per heartbeat to each of N agents, while peers
+//!    themselves come and go rarely;
+//! 2. at the same time probe every peer: the agent's gRPC health service
+//!    over a pooled mutual-TLS channel, and a TLS handshake with its kubelet,
+//!    each within the probe deadline (half the interval);
+//! 3. write the Lease with the new observations. Every heartbeat, so a flip
+//!    (a peer that stops or starts answering) is published within the
+//!    heartbeat that saw it, and a successful write is this agent's evidence
+//!    of API contact at the same rate;
+//! 4. decide whether to fence, and if so kill the protected containers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_api::agent::PeerObservations;
+use ferry_api::names::AGENT_COMPONENT_LABEL;
+use ferry_telemetry::error_chain;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::fencing::{self, Contact, Decision, ProtectedContainers};
+use crate::lease::{FIELD_MANAGER, LeaseConfig, desired_lease, lease_name};
+use crate::metrics::{Metrics, ProbeLabels, ResultLabels, TargetLabels};
+use crate::peers::{self, Peer, ProbeResult};
+use crate::service::NodeFacts;
+use crate::store::Store;
+use crate::tls::MutualTls;
+use crate::{Error, lock};
+
+/// Heartbeats between two lists of the agent Leases.
+pub const DISCOVER_EVERY: u64 = 10;
+
+/// Clock skew tolerated when judging whether a peer's Lease is current.
+const SKEW: Duration = Duration::from_secs(2);
+
+/// gRPC service whose health the peers check: the agent API itself.
+const HEALTH_SERVICE: &str = "ferry.agent.v1.Agent";
+
+/// Settings of the heartbeat.
+#[derive(Clone, Debug)]
+pub struct HeartbeatConfig {
+    pub interval: Duration,
+    /// `None`: this agent never fences.
+    pub fence_timeout: Option<Duration>,
+    /// Where the host's processes are listed (`/proc`; the agent needs the
+    /// host PID namespace).
+    pub proc_root: PathBuf,
+}
+
+impl HeartbeatConfig {
+    /// Deadline of one probe, of a Lease list and of a Lease write: well
+    /// under the interval, so a heartbeat fits in one.
+    pub fn probe_timeout(&self) -> Duration {
+        self.interval / 2
+    }
+}
+
+/// Everything the heartbeat needs.
+pub struct Heartbeat {
+    pub client: Client,
+    pub lease: LeaseConfig,
+    pub facts: NodeFacts,
+    pub tls: MutualTls,
+    pub config: HeartbeatConfig,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<Store>,
+    pub protected: Arc<ProtectedContainers>,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat")
+            .field("lease", &self.lease)
+            .field("node", &self.facts.node_name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Probes peers: pooled gRPC channels to their agents, and a TLS client
+/// for their kubelets.
+struct Prober {
+    tls: MutualTls,
+    timeout: Duration,
+    /// One HTTP/2 connection per peer endpoint, reused by every probe;
+    /// dropped after a failed probe so the next one connects afresh (a
+    /// connection to a peer that vanished from the network may never fail
+    /// by itself).
+    channels: Mutex<HashMap<String, Channel>>,
+    kubelet_tls: tokio_rustls::TlsConnector,
+}
+
+impl Prober {
+    async fn probe(&self, peer: &Peer, metrics: &Metrics) -> ProbeResult {
+        let agent = async {
+            let started = Instant::now();
+            let result = self.check_agent(&peer.endpoint).await;
+            observe(metrics, peer, "agent", &result, started);
+            result
+        };
+        let kubelet = async {
+            let endpoint = peer.kubelet_endpoint.as_deref()?;
+            let started = Instant::now();
+            let result = self.check_kubelet(endpoint).await;
+            observe(metrics, peer, "kubelet", &result, started);
+            Some(result)
+        };
+        let (agent, kubelet) = tokio::join!(agent, kubelet);
+        ProbeResult {
+            node: peer.node.clone(),
+            agent,
+            kubelet,
+        }
+    }
+
+    /// `grpc.health.v1.Health/Check` of the peer's agent API.
+    async fn check_agent(&self, endpoint: &str) -> Result<(), String> {
+        let result = tokio::time::timeout(self.timeout, async {
+            let cached = lock(&self.channels).get(endpoint).cloned();
+            let channel = match cached {
+                Some(channel) => channel,
+                None => {
+                    let channel =
+                        crate::replication::connect_channel(&self.tls, endpoint, self.timeout)
+                            .await?;
+                    lock(&self.channels).insert(endpoint.to_owned(), channel.clone());
+                    channel
+                }
+            };
+            let response = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: HEALTH_SERVICE.to_owned(),
+                })
+                .await
+                .map_err(|status| format!("{:?}: {}", status.code(), error_chain(&status)))?;
+            match response.into_inner().status() {
+                ServingStatus::Serving => Ok(()),
+                other => Err(format!("health check says {}", other.as_str_name())),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+        if result.is_err() {
+            lock(&self.channels).remove(endpoint);
+        }
+        result
+    }
+
+    /// A TLS handshake with the peer's kubelet: no request, no credentials.
+    /// A killed kubelet refuses the connection, a stopped or cut-off one
+    /// lets it time out.
+    async fn check_kubelet(&self, endpoint: &str) -> Result<(), String> {
+        tokio::time::timeout(self.timeout, async {
+            let host = endpoint
+                .rsplit_once(':')
+                .map_or(endpoint, |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("{host}: {e}"))?;
+            let tcp = tokio::net::TcpStream::connect(endpoint)
+                .await
+                .map_err(|e| format!("connecting: {e}"))?;
+            self.kubelet_tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)))
+    }
+
+    /// Forgets channels of endpoints no peer advertises any more.
+    fn retain(&self, peers: &BTreeMap<String, Peer>) {
+        lock(&self.channels).retain(|endpoint, _| peers.values().any(|p| &p.endpoint == endpoint));
+    }
+}
+
+fn observe(
+    metrics: &Metrics,
+    peer: &Peer,
+    target: &'static str,
+    result: &Result<(), String>,
+    started: Instant,
+) {
+    match result {
+        Ok(()) => metrics
+            .peer_probe_duration
+            .get_or_create(&TargetLabels { target })
+            .observe(started.elapsed().as_secs_f64()),
+        Err(_) => {
+            metrics
+                .peer_probe_failures
+                .get_or_create(&ProbeLabels {
+                    peer: peer.node.clone(),
+                    target,
+                })
+                .inc();
+        }
+    }
+}
+
+/// The kubelet liveness probe does not verify the kubelet's certificate:
+/// it proves only that something completes a TLS handshake on the kubelet's
+/// port, and sends nothing over the connection, so there is nothing an
+/// impostor could learn or change. Verifying would need every node's
+/// kubelet CA, which peers do not have.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client of the kubelet liveness probe (see [`AnyServerCertificate`]).
+fn kubelet_probe_tls() -> Result<tokio_rustls::TlsConnector, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls {
+            what: "kubelet probe configuration".into(),
+            message: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Result of one attempt at the API server within `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+impl Heartbeat {
+    /// Runs until the process ends.
+    pub async fn run(self) -> Result<(), Error> {
+        let timeout = self.config.probe_timeout();
+        let prober = Prober {
+            tls: self.tls.clone(),
+            timeout,
+            channels: Mutex::default(),
+            kubelet_tls: kubelet_probe_tls()?,
+        };
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.lease.namespace);
+        let name = lease_name(&self.facts.node_name);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let selector = format!("{}={}", AGENT_COMPONENT_LABEL.0, AGENT_COMPONENT_LABEL.1);
+        // Served from the API server's watch cache: no etcd read.
+        let list_params = ListParams::default().labels(&selector).match_any();
+        let started = Instant::now();
+        let mut contact = Contact {
+            api: started,
+            peer: started,
+        };
+        let mut peers = BTreeMap::<String, Peer>::new();
+        let mut observations = PeerObservations::default();
+        let mut list_due = true;
+        let mut lease_ok = false;
+        let mut fencing = false;
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for beat in 0u64.. {
+            ticker.tick().await;
+            let list = async {
+                if list_due || beat % DISCOVER_EVERY == 0 {
+                    Some(bounded(timeout, leases.list(&list_params)).await)
+                } else {
+                    None
+                }
+            };
+            let probes = futures::future::join_all(
+                peers.values().map(|peer| prober.probe(peer, &self.metrics)),
+            );
+            let (listed, results) = tokio::join!(list, probes);
+            match listed {
+                Some(Ok(list)) => {
+                    contact.api = Instant::now();
+                    list_due = false;
+                    let found = peers::peers_from_leases(
+                        &list.items,
+                        &self.facts.node_name,
+                        jiff::Timestamp::now(),
+                        SKEW,
+                    );
+                    if found.keys().ne(peers.keys()) {
+                        tracing::info!(peers = ?found.keys().collect::<Vec<_>>(), "peers changed");
+                    }
+                    peers = found;
+                    prober.retain(&peers);
+                }
+                Some(Err(error)) => {
+                    list_due = true;
+                    tracing::debug!(%error, "listing the agent Leases failed");
+                }
+                None => {}
+            }
+            if results.iter().any(|r| r.agent.is_ok()) {
+                contact.peer = Instant::now();
+            }
+            let tracked = peers::track(&observations, &results, jiff::Timestamp::now());
+            for flip in &tracked.flips {
+                let error = tracked
+                    .observations
+                    .peers
+                    .get(&flip.node)
+                    .map(|p| match flip.target {
+                        peers::Target::Agent => p.agent.error.as_str(),
+                        peers::Target::Kubelet => p.kubelet.error.as_str(),
+                    })
+                    .unwrap_or_default();
+                if flip.ok {
+                    tracing::info!(peer = %flip.node, target = flip.target.as_str(), "peer answers again");
+                } else {
+                    tracing::warn!(peer = %flip.node, target = flip.target.as_str(), error, "peer stopped answering");
+                }
+            }
+            observations = tracked.observations;
+            self.metrics
+                .peers_unreachable
+                .set(i64::try_from(peers::unreachable_count(&observations)).unwrap_or(i64::MAX));
+
+            let lease = desired_lease(
+                &self.lease,
+                &self.facts,
+                &observations,
+                jiff::Timestamp::now(),
+            );
+            match bounded(timeout, leases.patch(&name, &params, &Patch::Apply(&lease))).await {
+                Ok(_) => {
+                    contact.api = Instant::now();
+                    self.count_write("ok");
+                    if !lease_ok {
+                        lease_ok = true;
+                        tracing::info!(lease = %name, namespace = %self.lease.namespace, endpoint = %self.lease.endpoint, "lease renewed");
+                    }
+                }
+                Err(error) => {
+                    self.count_write("failed");
+                    if lease_ok {
+                        lease_ok = false;
+                        tracing::warn!(lease = %name, namespace = %self.lease.namespace, %error, "renewing the lease failed");
+                    }
+                }
+            }
+
+            let now = Instant::now();
+            self.metrics
+                .api_silence
+                .set(now.saturating_duration_since(contact.api).as_secs_f64());
+            self.metrics
+                .peer_silence
+                .set(now.saturating_duration_since(contact.peer).as_secs_f64());
+            let live = peers.values().filter(|p| p.live).count();
+            match fencing::decide(contact, live, self.config.fence_timeout, now) {
+                Decision::Fence { silent_for } => {
+                    if !fencing {
+                        tracing::warn!(
+                            silent_ms = silent_for.as_millis() as u64,
+                            live_peers = live,
+                            "cut off from the API server and every peer: fencing, stopping every protected container"
+                        );
+                    }
+                    fencing = true;
+                    self.fence().await;
+                }
+                _ if fencing => {
+                    fencing = false;
+                    tracing::info!(
+                        "in contact again: fencing stops (nothing is restarted by the agent)"
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn count_write(&self, result: &'static str) {
+        self.metrics
+            .lease_writes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// One fencing pass: kills every process of a protected container.
+    async fn fence(&self) {
+        let store = self.store.clone();
+        let protected = self.protected.clone();
+        let node = self.facts.node_name.clone();
+        let proc_root = self.config.proc_root.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let archives = store.list()?;
+            let targets = fencing::fence_targets(&protected.entries(), &archives, &node);
+            fencing::kill_protected(&proc_root, &targets).map(|killed| (targets, killed))
+        })
+        .await;
+        self.metrics.fence_actions.inc();
+        match pass {
+            Ok(Ok((targets, killed))) => {
+                self.metrics.fenced_processes.inc_by(killed.len() as u64);
+                for process in &killed {
+                    tracing::warn!(pid = process.pid, target = %process.target, "fenced: killed a process of a protected container");
+                }
+                tracing::debug!(
+                    containers = targets.container_ids.len(),
+                    pods = targets.pod_uids.len(),
+                    killed = killed.len(),
+                    "fencing pass"
+                );
+            }
+            Ok(Err(err)) => tracing::error!(error = %err, "fencing pass failed"),
+            Err(err) => tracing::error!(error = %err, "fencing task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prober() -> Prober {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ferry-agent".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        for (name, text) in [
+            ("ca.crt", cert.pem()),
+            ("tls.crt", cert.pem()),
+            ("tls.key", key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let tls = MutualTls::load(&crate::tls::TlsFiles {
+            ca: dir.path().join("ca.crt"),
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+        })
+        .unwrap();
+        Prober {
+            tls,
+            timeout: Duration::from_millis(300),
+            channels: Mutex::default(),
+            kubelet_tls: kubelet_probe_tls().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_that_refuses_or_stays_silent_fails_the_probe() {
+        let prober = prober();
+        // Nothing listens: refused at once.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let refused = prober.check_kubelet(&endpoint).await.unwrap_err();
+        assert!(refused.starts_with("connecting"), "{refused}");
+        // Accepts TCP but never answers the handshake (a stopped kubelet's
+        // kernel still accepts): the deadline ends it.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = silent.local_addr().unwrap().to_string();
+        let started = Instant::now();
+        let timed_out = prober.check_kubelet(&endpoint).await.unwrap_err();
+        assert!(timed_out.starts_with("no answer within"), "{timed_out}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The same for a silent agent, whose channel is then forgotten.
+        let failed = prober.check_agent(&endpoint).await.unwrap_err();
+        assert!(failed.starts_with("no answer within"), "{failed}");
+        assert!(lock(&prober.channels).is_empty());
+        drop(silent);
+    }
+}

@@ -1,0 +1,379 @@
+//! What this agent sees of its peers, as plain data: which peers exist (from
+//! their Leases) and how their agents and kubelets answered the last probes.
+//! Pure functions only; [`crate::heartbeat`] does the probing and writing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_api::agent::{
+    KUBELET_ENDPOINT_ANNOTATION, PeerObservation, PeerObservations, Reachability,
+};
+use ferry_api::names::{AGENT_ENDPOINT_ANNOTATION, AGENT_LEASE_PREFIX, AGENT_NODE_LABEL};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+/// A peer agent as its Lease advertises it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    /// `host:port` of its gRPC API.
+    pub endpoint: String,
+    /// `host:port` of its node's kubelet; `None` when it advertises none
+    /// (runtimes without a kubelet).
+    pub kubelet_endpoint: Option<String>,
+    /// Whether its Lease was current when it was read: only such a peer is
+    /// a standby the controller could restore onto.
+    pub live: bool,
+}
+
+/// The peers in `leases` (every agent Lease but `me`'s), by node. A Lease
+/// that is not an agent's or names an unusable endpoint is skipped. A peer
+/// counts as live while its Lease is within its duration plus `skew` (the
+/// renew time is the peer's clock, `now` this node's). Peers whose Lease
+/// ran out stay in the list: the controller most needs to hear about the
+/// nodes that stopped renewing.
+pub fn peers_from_leases<'a>(
+    leases: impl IntoIterator<Item = &'a Lease>,
+    me: &str,
+    now: jiff::Timestamp,
+    skew: Duration,
+) -> BTreeMap<String, Peer> {
+    let mut peers = BTreeMap::new();
+    for lease in leases {
+        let Some(name) = lease.metadata.name.as_deref() else {
+            continue;
+        };
+        let node = match lease
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(AGENT_NODE_LABEL))
+        {
+            Some(node) => node.clone(),
+            None => match name.strip_prefix(AGENT_LEASE_PREFIX) {
+                Some(node) => node.to_owned(),
+                None => continue,
+            },
+        };
+        if node == me || crate::names::dns_subdomain("peer node", &node).is_err() {
+            continue;
+        }
+        let annotations = lease.metadata.annotations.clone().unwrap_or_default();
+        let Some(endpoint) = annotations
+            .get(AGENT_ENDPOINT_ANNOTATION)
+            .filter(|e| crate::names::endpoint("peer endpoint", e).is_ok())
+        else {
+            continue;
+        };
+        let kubelet_endpoint = annotations
+            .get(KUBELET_ENDPOINT_ANNOTATION)
+            .filter(|e| crate::names::endpoint("peer kubelet endpoint", e).is_ok())
+            .cloned();
+        let live = lease.spec.as_ref().is_some_and(|spec| {
+            let (Some(renewed), Some(seconds)) = (&spec.renew_time, spec.lease_duration_seconds)
+            else {
+                return false;
+            };
+            let valid = Duration::from_secs(u64::try_from(seconds).unwrap_or(0)) + skew;
+            renewed
+                .0
+                .checked_add(valid)
+                .is_ok_and(|expires| expires > now)
+        });
+        peers.insert(
+            node.clone(),
+            Peer {
+                node,
+                endpoint: endpoint.clone(),
+                kubelet_endpoint,
+                live,
+            },
+        );
+    }
+    peers
+}
+
+/// What probing one peer found. `kubelet: None`: not probed (the peer
+/// advertises no kubelet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub node: String,
+    pub agent: Result<(), String>,
+    pub kubelet: Option<Result<(), String>>,
+}
+
+/// Which of a peer's things was probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    Agent,
+    Kubelet,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Kubelet => "kubelet",
+        }
+    }
+}
+
+/// A probe target that went from answering to failing or back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flip {
+    pub node: String,
+    pub target: Target,
+    /// True: it answers again; false: it started failing.
+    pub ok: bool,
+}
+
+/// New observations and what flipped since the previous ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tracked {
+    pub observations: PeerObservations,
+    pub flips: Vec<Flip>,
+}
+
+/// Folds one round of probe `results` made at `now` into `previous`. Peers
+/// without a result this round are dropped (they have no Lease any more). A
+/// peer seen for the first time and failing counts as a flip, so it is
+/// published at once; one seen answering does not.
+pub fn track(
+    previous: &PeerObservations,
+    results: &[ProbeResult],
+    now: jiff::Timestamp,
+) -> Tracked {
+    let at = MicroTime(now);
+    let mut flips = Vec::new();
+    let mut peers = BTreeMap::new();
+    for result in results {
+        let before = previous.peers.get(&result.node);
+        let mut observe = |target: Target, outcome: Option<&Result<(), String>>| {
+            let old = before.map(|p| match target {
+                Target::Agent => &p.agent,
+                Target::Kubelet => &p.kubelet,
+            });
+            let Some(outcome) = outcome else {
+                return Reachability::default();
+            };
+            let new = update(old.cloned().unwrap_or_default(), outcome, &at);
+            let was_failing = old.is_some_and(|r| r.failing_since.is_some());
+            let is_failing = new.failing_since.is_some();
+            if was_failing != is_failing {
+                flips.push(Flip {
+                    node: result.node.clone(),
+                    target,
+                    ok: !is_failing,
+                });
+            }
+            new
+        };
+        let agent = observe(Target::Agent, Some(&result.agent));
+        let kubelet = observe(Target::Kubelet, result.kubelet.as_ref());
+        peers.insert(result.node.clone(), PeerObservation { agent, kubelet });
+    }
+    Tracked {
+        observations: PeerObservations {
+            observed_at: Some(at),
+            peers,
+        },
+        flips,
+    }
+}
+
+/// One target after one probe: success records `last_ok` and clears the
+/// failure; a failure keeps the first `failing_since` and the newest error.
+fn update(mut reach: Reachability, outcome: &Result<(), String>, at: &MicroTime) -> Reachability {
+    match outcome {
+        Ok(()) => {
+            reach.last_ok = Some(at.clone());
+            reach.failing_since = None;
+            reach.error.clear();
+        }
+        Err(error) => {
+            if reach.failing_since.is_none() {
+                reach.failing_since = Some(at.clone());
+            }
+            reach.error.clone_from(error);
+        }
+    }
+    reach
+}
+
+/// Nodes whose agent or kubelet currently fails to answer.
+pub fn unreachable_count(observations: &PeerObservations) -> usize {
+    observations
+        .peers
+        .values()
+        .filter(|p| p.agent.failing_since.is_some() || p.kubelet.failing_since.is_some())
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000 + second).unwrap()
+    }
+
+    fn result(
+        node: &str,
+        agent: Result<(), &str>,
+        kubelet: Option<Result<(), &str>>,
+    ) -> ProbeResult {
+        ProbeResult {
+            node: node.into(),
+            agent: agent.map_err(str::to_owned),
+            kubelet: kubelet.map(|k| k.map_err(str::to_owned)),
+        }
+    }
+
+    #[test]
+    fn success_failure_and_recovery_are_tracked_per_target() {
+        let start = PeerObservations::default();
+        let first = track(&start, &[result("b", Ok(()), Some(Ok(())))], at(0));
+        assert!(first.flips.is_empty(), "a peer seen answering is no flip");
+        let b = &first.observations.peers["b"];
+        assert_eq!(b.agent.last_ok, Some(MicroTime(at(0))));
+        assert_eq!(b.kubelet.failing_since, None);
+
+        // The agent dies, the kubelet still answers.
+        let second = track(
+            &first.observations,
+            &[result("b", Err("connection refused"), Some(Ok(())))],
+            at(1),
+        );
+        assert_eq!(
+            second.flips,
+            [Flip {
+                node: "b".into(),
+                target: Target::Agent,
+                ok: false
+            }]
+        );
+        let b = &second.observations.peers["b"];
+        assert_eq!(b.agent.failing_since, Some(MicroTime(at(1))));
+        assert_eq!(b.agent.last_ok, Some(MicroTime(at(0))), "last_ok is kept");
+        assert_eq!(b.agent.error, "connection refused");
+        assert_eq!(b.kubelet.last_ok, Some(MicroTime(at(1))));
+
+        // Still failing: failing_since stays, the error is the newest, no flip.
+        let third = track(
+            &second.observations,
+            &[result("b", Err("deadline exceeded"), Some(Ok(())))],
+            at(2),
+        );
+        assert!(third.flips.is_empty());
+        let b = &third.observations.peers["b"];
+        assert_eq!(b.agent.failing_since, Some(MicroTime(at(1))));
+        assert_eq!(b.agent.error, "deadline exceeded");
+        assert_eq!(
+            b.agent.failing_for(at(4)),
+            Some(Duration::from_secs(3)),
+            "as the controller reads it"
+        );
+
+        // Back: failure cleared, flip to ok.
+        let fourth = track(
+            &third.observations,
+            &[result("b", Ok(()), Some(Ok(())))],
+            at(3),
+        );
+        assert_eq!(
+            fourth.flips,
+            [Flip {
+                node: "b".into(),
+                target: Target::Agent,
+                ok: true
+            }]
+        );
+        let b = &fourth.observations.peers["b"];
+        assert_eq!(b.agent.failing_since, None);
+        assert!(b.agent.error.is_empty());
+        assert_eq!(fourth.observations.observed_at, Some(MicroTime(at(3))));
+    }
+
+    #[test]
+    fn a_new_failing_peer_is_a_flip_and_gone_peers_are_dropped() {
+        let first = track(
+            &PeerObservations::default(),
+            &[
+                result("b", Ok(()), None),
+                result("c", Ok(()), Some(Err("connection refused"))),
+            ],
+            at(0),
+        );
+        assert_eq!(
+            first.flips,
+            [Flip {
+                node: "c".into(),
+                target: Target::Kubelet,
+                ok: false
+            }]
+        );
+        // No kubelet advertised: never probed, never failing.
+        assert_eq!(
+            first.observations.peers["b"].kubelet,
+            Reachability::default()
+        );
+        assert_eq!(unreachable_count(&first.observations), 1);
+
+        let second = track(&first.observations, &[result("b", Ok(()), None)], at(1));
+        assert!(second.flips.is_empty());
+        assert_eq!(second.observations.peers.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(unreachable_count(&second.observations), 0);
+    }
+
+    fn lease(name: &str, node: Option<&str>, renewed: i64, kubelet: Option<&str>) -> Lease {
+        let mut annotations = serde_json::json!({AGENT_ENDPOINT_ANNOTATION: "10.0.0.2:50051"});
+        if let Some(kubelet) = kubelet {
+            annotations[KUBELET_ENDPOINT_ANNOTATION] = kubelet.into();
+        }
+        let mut labels = serde_json::json!({});
+        if let Some(node) = node {
+            labels[AGENT_NODE_LABEL] = node.into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {
+                "renewTime": MicroTime(at(renewed)),
+                "leaseDurationSeconds": 15,
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn peers_come_from_agent_leases_other_than_mine() {
+        let leases = [
+            lease("ferry-agent-a", Some("a"), 0, Some("10.0.0.1:10250")),
+            lease("ferry-agent-b", Some("b"), 0, Some("10.0.0.2:10250")),
+            // Named by its Lease only, expired, no kubelet.
+            lease("ferry-agent-c", None, -60, None),
+            // Not an agent Lease.
+            lease("something-else", None, 0, None),
+            // A kubelet endpoint that is not host:port is ignored.
+            lease("ferry-agent-d", Some("d"), 0, Some("nonsense")),
+        ];
+        let peers = peers_from_leases(&leases, "a", at(10), Duration::from_secs(2));
+        assert_eq!(peers.keys().collect::<Vec<_>>(), ["b", "c", "d"]);
+        assert_eq!(
+            peers["b"],
+            Peer {
+                node: "b".into(),
+                endpoint: "10.0.0.2:50051".into(),
+                kubelet_endpoint: Some("10.0.0.2:10250".into()),
+                live: true,
+            }
+        );
+        assert!(!peers["c"].live, "expired 45 s ago");
+        assert_eq!(peers["c"].kubelet_endpoint, None);
+        assert_eq!(peers["d"].kubelet_endpoint, None);
+        // 15 s duration + 2 s skew.
+        let later = peers_from_leases(&leases, "a", at(16), Duration::from_secs(2));
+        assert!(later["b"].live);
+        let later = peers_from_leases(&leases, "a", at(17), Duration::from_secs(2));
+        assert!(!later["b"].live);
+    }
+}
