@@ -43,6 +43,14 @@ _ferry_criu_main() {
 
   [[ $EUID -eq 0 ]] || die "must run as root (apt-get, make install, criu check)"
 
+  # Tests run in parallel and call this at once on a fresh machine: one
+  # install at a time (two apt-get runs fail on dpkg's lock). The lock goes
+  # with this (sub)shell.
+  mkdir -p "$FERRY_CACHE"
+  local lock_fd
+  exec {lock_fd}>"$FERRY_CACHE/criu.lock"
+  flock "$lock_fd"
+
   # Packages needed at run time: runc (the container runtime), iptables and
   # nftables (CRIU's network lock; `nft` is also how the lock table left in
   # the source namespace is removed), iproute2 (network namespaces), and the

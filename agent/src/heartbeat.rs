@@ -322,12 +322,14 @@ impl Heartbeat {
         let mut peers = BTreeMap::<String, Peer>::new();
         let mut observations = PeerObservations::default();
         let mut list_due = true;
+        let mut listed_once = false;
         let mut lease_ok = false;
         let mut fencing = false;
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for beat in 0u64.. {
             ticker.tick().await;
+            let probes_sent = Instant::now();
             let list = async {
                 if list_due || beat % DISCOVER_EVERY == 0 {
                     Some(bounded(timeout, leases.list(&list_params)).await)
@@ -341,8 +343,11 @@ impl Heartbeat {
             let (listed, results) = tokio::join!(list, probes);
             match listed {
                 Some(Ok(list)) => {
-                    contact.api = Instant::now();
+                    // A read is no API contact: the controller sees only
+                    // Lease writes (renewTime), and fencing must never come
+                    // later than it expects.
                     list_due = false;
+                    listed_once = true;
                     let found = peers::peers_from_leases(
                         &list.items,
                         &self.facts.node_name,
@@ -362,7 +367,7 @@ impl Heartbeat {
                 None => {}
             }
             if results.iter().any(|r| r.agent.is_ok()) {
-                contact.peer = Instant::now();
+                contact.peer = probes_sent;
             }
             let tracked = peers::track(&observations, &results, jiff::Timestamp::now());
             for flip in &tracked.flips {
@@ -392,9 +397,12 @@ impl Heartbeat {
                 &observations,
                 jiff::Timestamp::now(),
             );
+            let write_sent = Instant::now();
             match bounded(timeout, leases.patch(&name, &params, &Patch::Apply(&lease))).await {
                 Ok(_) => {
-                    contact.api = Instant::now();
+                    // The moment the renewTime was written, not the answer:
+                    // the controller counts the fence timeout from there.
+                    contact.api = write_sent;
                     self.count_write("ok");
                     if !lease_ok {
                         lease_ok = true;
@@ -417,7 +425,13 @@ impl Heartbeat {
             self.metrics
                 .peer_silence
                 .set(now.saturating_duration_since(contact.peer).as_secs_f64());
-            let live = peers.values().filter(|p| p.live).count();
+            // Peers not known yet (started while cut off from the API
+            // server) count as one: a restarted agent must still fence.
+            let live = peers
+                .values()
+                .filter(|p| p.live)
+                .count()
+                .max(usize::from(!listed_once));
             match fencing::decide(contact, live, self.config.fence_timeout, now) {
                 Decision::Fence { silent_for } => {
                     if !fencing {

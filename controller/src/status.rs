@@ -254,7 +254,6 @@ pub fn set_overlap_condition(
     );
 }
 
-
 /// The Protected condition, phase, restore target and last checkpoint time.
 ///
 /// Returns the age of the oldest newest-checkpoint among `targets`, for

@@ -35,8 +35,9 @@ pub const STOP_GRACE_SECONDS: i64 = 1;
 /// Clock slack when comparing a pod's creation with the failure.
 pub const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
-/// Added to a node's fence timeout before its self-fencing is trusted:
-/// the agent checks once per heartbeat, and clocks differ a little.
+/// Added to a node's fence timeout and one heartbeat (the agent decides
+/// once per heartbeat) before its self-fencing is trusted: the kill itself
+/// and a little clock difference between the agent and the controller.
 pub const FENCE_MARGIN: Duration = Duration::from_millis(500);
 
 /// What the machine sees of the world for one failover.
@@ -302,7 +303,9 @@ fn node_fence(record: &FailoverRecord, world: &Observed<'_>) -> Fence {
         ));
     };
     let since = world.last_contact.unwrap_or(record.started_at.0);
-    let timeout = Duration::from_millis(fencing.timeout_millis) + FENCE_MARGIN;
+    let timeout = Duration::from_millis(fencing.timeout_millis)
+        + Duration::from_millis(fencing.heartbeat_millis)
+        + FENCE_MARGIN;
     let fenced_by = since.checked_add(timeout).unwrap_or(since);
     let why = format!(
         "node {node} fenced itself: nothing heard from it since {since}, and its agent stops protected containers after {:.1}s without the API server and its peers",
@@ -419,7 +422,10 @@ pub fn cold_siblings<'a>(record: &FailoverRecord, pods: &[&'a Pod]) -> Vec<&'a P
     }
     // An evicted pod's owner replaces it at once, before ferry recorded
     // anything: from the disruption on, a new pod is a replacement.
-    let failed = record.failed_at.as_ref().map_or(record.started_at.0, |t| t.0);
+    let failed = record
+        .failed_at
+        .as_ref()
+        .map_or(record.started_at.0, |t| t.0);
     let since = failed.checked_sub(CLOCK_SLACK).unwrap_or(failed);
     pods.iter()
         .copied()
@@ -732,12 +738,13 @@ mod tests {
         let step = world.next(&record, 1000);
         assert_eq!(step.action, Action::TaintNode { node: "a".into() });
         world.node = Some(node("a", "Unknown", &[FAILED_NODE_TAINT]));
-        // Last contact at -0.5 s, fence timeout 3 s + margin 0.5 s: 3.0 s.
-        let step = world.next(&record, 2900);
+        // Last contact at -0.5 s; fence timeout 3 s, one heartbeat 1 s and
+        // the margin 0.5 s: fenced by 4.0 s.
+        let step = world.next(&record, 3900);
         assert_eq!(step.action, Action::Wait);
-        assert_eq!(step.wake_at, Some(at(3000)));
+        assert_eq!(step.wake_at, Some(at(4000)));
         assert!(step.note.contains("fenced itself"), "{}", step.note);
-        let step = world.next(&record, 3000);
+        let step = world.next(&record, 4000);
         assert_eq!(
             step.action,
             Action::ForceRemovePod {
