@@ -155,6 +155,16 @@ wait_for() { # seconds description command...
   done
 }
 
+poll() { # seconds command...: like wait_for, but a timeout is no failure
+  local limit="$1" started
+  shift
+  started=$(now)
+  until "$@"; do
+    (($(printf '%.0f' "$(secs "$started" "$(now)")") > limit)) && return 1
+    sleep 0.2
+  done
+}
+
 counter_of() { curl -fsS --max-time 2 "http://$1:8080/state" 2>/dev/null | jq -r .counter; }
 
 # Waits for a checkpoint of the current pod with a replica on the other node;
@@ -184,13 +194,90 @@ replication_ms() {
   done | head -1
 }
 
-# A failure and its restore. $1: scenario name, $2: function that injects it.
+# The controller leader: "pod node ip" of the Lease holder.
+leader() {
+  local holder
+  holder="$(kubectl -n ferry-system get lease ferry-controller -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)"
+  [[ -n "$holder" ]] || return 1
+  kubectl -n ferry-system get pod "$holder" -o json 2>/dev/null |
+    jq -r 'select(.metadata.deletionTimestamp == null) | "\(.metadata.name) \(.spec.nodeName) \(.status.podIP)"'
+}
+
+controller_ready_on() { # node
+  kubectl -n ferry-system get pods -l app.kubernetes.io/component=controller -o json |
+    jq -e --arg node "$1" '[.items[] | select(.metadata.deletionTimestamp == null and .spec.nodeName == $node)
+      | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length > 0' >/dev/null
+}
+
+leader_on() { # node
+  local line
+  line="$(leader)" || return 1
+  [[ "$(awk '{print $2}' <<<"$line")" == "$1" ]]
+}
+
+# Whether the leader decides failovers: its caches synced and it has
+# watched the agents for one Lease period (its /metrics say so).
+leader_deciding() {
+  local ip
+  ip="$(leader | awk '{print $3}')"
+  [[ -n "$ip" ]] && curl -fsS --max-time 2 "http://$ip:8080/metrics" 2>/dev/null |
+    grep -q '^ferry_controller_view_complete 1$'
+}
+
+# Puts the controller leader on node $1, deterministically: while it runs
+# elsewhere its pod is deleted (it releases the Lease on SIGTERM) and the
+# Ready replica on $1, the only candidate then, takes the Lease.
+place_leader() { # node
+  local node="$1" line attempt
+  wait_for 180 "a Ready controller replica on $node" controller_ready_on "$node" || return 1
+  for attempt in 1 2 3 4 5; do
+    if leader_on "$node"; then
+      log "controller leader: $(leader | awk '{print $1}') on $node"
+      wait_for 60 "the leader deciding failovers (caches synced, agents watched one Lease period)" leader_deciding || return 1
+      return 0
+    fi
+    line="$(leader || true)"
+    if [[ -n "$line" ]]; then
+      log "moving the controller leader off $(awk '{print $2}' <<<"$line") (attempt $attempt)"
+      kubectl -n ferry-system delete pod "$(awk '{print $1}' <<<"$line")" --wait=false >/dev/null
+    fi
+    poll 60 leader_on "$node" || true
+  done
+  fail "could not place the controller leader on $node"
+}
+
+# Waits until both nodes run a Ready agent and a Ready controller replica.
+ferry_on_both_nodes() {
+  local node
+  for node in ferry-a ferry-b; do
+    wait_for 240 "a Ready controller replica on $node" controller_ready_on "$node" || return 1
+    wait_for 240 "a Ready agent on $node" agent_ready_on "$node" || return 1
+  done
+}
+
+agent_ready_on() { # node
+  kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o json |
+    jq -e --arg node "$1" '[.items[] | select(.metadata.deletionTimestamp == null and .spec.nodeName == $node)
+      | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length > 0' >/dev/null
+}
+
+other_node() { [[ "$1" == ferry-a ]] && echo ferry-b || echo ferry-a; }
+
+# A failure and its restore. $1: scenario name, $2: function that injects
+# it, $3: where the controller leader runs when it happens: "failed" (the
+# app's node) or "surviving" (the other node).
 scenario() {
-  local name="$1" inject="$2"
-  say "Scenario: $name"
+  local name="$1" inject="$2" placement="$3"
+  say "Scenario: $name (controller leader on the $placement node)"
+  ferry_on_both_nodes || return 0
   wait_for 180 "a Running app pod" has_app_pod || return 0
   read -r POD NODE IP <<<"$POD_LINE"
   wait_for 60 "the app answering at $IP" answers "$IP" || return 0
+  if [[ "$placement" == failed ]]; then
+    place_leader "$NODE" || return 0
+  else
+    place_leader "$(other_node "$NODE")" || return 0
+  fi
   local uid
   uid="$(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.metadata.uid}')"
   log "app pod $POD on $NODE ($IP); waiting for a checkpoint replicated to the other node"
@@ -216,9 +303,10 @@ scenario() {
   after="$(counter_of "$NEW_IP")"
   verify="$(curl -fsS --max-time 5 "http://$NEW_IP:8080/verify" || echo '{}')"
 
-  local failover started completed image restored_from
+  local failover started fenced completed image restored_from
   failover="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json | jq -c '.status.lastFailover // {}')"
   started="$(jq -r '.startedAt // empty' <<<"$failover")"
+  fenced="$(jq -r '.fencedAt // empty' <<<"$failover")"
   completed="$(jq -r '.restoredAt // empty' <<<"$failover")"
   image="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.spec.containers[0].image}')"
   restored_from="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.metadata.annotations.ferry\.dev/restored-from}')"
@@ -233,8 +321,12 @@ scenario() {
   log "replication to the standby:      ${replicate_ms:-?} ms"
   log "failure:                         $POD on $NODE, counter $before"
   if [[ -n "$started" ]]; then
-    log "detected (failover recorded):    +$(secs "$failed_at" "$(iso_to_epoch "$started")") s (status keeps whole seconds)"
+    log "detected (failover recorded):    +$(secs "$failed_at" "$(iso_to_epoch "$started")") s = detection time (status keeps whole seconds)"
   fi
+  if [[ -n "$fenced" ]]; then
+    log "old instance known stopped:      +$(secs "$failed_at" "$(iso_to_epoch "$fenced")") s ($(jq -r '.fence // ""' <<<"$failover"))"
+  fi
+  log "evidence:                        $(jq -r '(.evidence // []) | join("; ")' <<<"$failover")"
   if [[ -n "$completed" ]]; then
     log "restore completed (pod Running): +$(secs "$failed_at" "$(iso_to_epoch "$completed")") s"
   fi
@@ -244,6 +336,10 @@ scenario() {
   log "counter: at checkpoint ~$at_checkpoint, at failure $before, after restore $after → $lost steps lost (${PERIOD_MS} ms each)"
   log "ballast after restore:           $(jq -c . <<<"$verify")"
   log "last failover: $(jq -c '{reason, stage, fromNode, toNode, coldStart, checkpointAge, message}' <<<"$failover")"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$placement" \
+    "$( [[ -n "$started" ]] && secs "$failed_at" "$(iso_to_epoch "$started")")" \
+    "$( [[ -n "$fenced" ]] && secs "$failed_at" "$(iso_to_epoch "$fenced")")" \
+    "$(secs "$failed_at" "$serving_at")" "$lost" >>"$TIMINGS"
   kubectl get checkpointpolicies -A
 
   # What the e2e test asserts.
@@ -279,12 +375,34 @@ fail_node() { # pod node ip
   hack/cluster.sh fail-node "$2"
 }
 
-scenario "the container dies" kill_container
-scenario "the node fails" fail_node
+bring_back() {
+  say "Bringing the failed node back (hack/cluster.sh up)"
+  hack/cluster.sh up >/dev/null
+  kubectl get nodes
+}
 
-say "Bringing the failed node back"
-hack/cluster.sh up >/dev/null
-kubectl get nodes
+TIMINGS="$(mktemp)"
+if ((ASSERT)); then
+  # Every case chance would otherwise decide: the leader on the failed
+  # node and on the surviving one, for both failures.
+  scenario "the container dies" kill_container failed
+  scenario "the container dies" kill_container surviving
+  scenario "the node fails" fail_node surviving
+  bring_back
+  scenario "the node fails" fail_node failed
+else
+  scenario "the container dies" kill_container surviving
+  # The hard case: the node takes the controller leader with it.
+  scenario "the node fails" fail_node failed
+fi
+bring_back
+
+say "Summary (seconds after the failure)"
+{
+  printf 'scenario\tleader on\tdetected\tfenced\tserving\tsteps lost\n'
+  cat "$TIMINGS"
+} | column -t -s $'\t'
+rm -f "$TIMINGS"
 
 if ((FAILURES)); then
   say "$FAILURES check(s) failed"

@@ -168,9 +168,11 @@ struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     fence_timeout: Duration,
     /// How long the Lease stays valid without renewal. It is renewed every
-    /// heartbeat; its expiry only says the agent is gone, which alone never
-    /// triggers a failover, so 15 missed heartbeats is not too slow.
-    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    /// heartbeat; its expiry alone never triggers a failover. A new
+    /// controller leader watches the agents for one Lease period before it
+    /// decides anything, so a short Lease (5 missed heartbeats) keeps a
+    /// leader change from delaying failovers.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
     lease_duration: Duration,
     /// The host's /proc (the agent runs in the host PID namespace when it
     /// fences), where fencing finds the processes of protected containers.

@@ -18,7 +18,9 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 
-const WAIT: Duration = Duration::from_secs(90);
+// Generous: the tests run in parallel, each with its own control plane,
+// on two cores; a new leader also waits one agent Lease period.
+const WAIT: Duration = Duration::from_secs(150);
 
 fn policy(name: &str, app: &str, extra: serde_json::Value) -> serde_json::Value {
     let mut spec = serde_json::json!({

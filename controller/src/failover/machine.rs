@@ -469,9 +469,32 @@ fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
                 format!("the replacement of bare pod {} is gone", record.pod),
             );
         }
+        let owned: Vec<String> = world
+            .pods
+            .iter()
+            .filter(|p| owner_of(p) == record.owner)
+            .map(|p| {
+                format!(
+                    "{} (created {}{})",
+                    p.name_any(),
+                    p.creation_timestamp()
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_default(),
+                    if p.metadata.deletion_timestamp.is_some() {
+                        ", terminating"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
         return Step::wait(
             record,
-            format!("waiting for {} to create the replacement", record.owner),
+            format!(
+                "waiting for {} to create the replacement (its pods now: {})",
+                record.owner,
+                owned.join(", ")
+            ),
         );
     };
     let extras: Vec<String> = world
