@@ -742,3 +742,159 @@ async fn an_agent_outage_on_a_ready_node_fails_nothing_over() {
     );
     ferry.agent_mut(&node).start();
 }
+
+/// A node that flaps (NotReady, Ready, NotReady) never restores twice: the
+/// first failover is cancelled when the node comes back before it was
+/// fenced (the original pod keeps running), and only the second, fenced by
+/// the out-of-service taint, restores.
+#[tokio::test]
+async fn a_flapping_node_never_restores_twice() {
+    let ferry = install(3, 256 << 10, &["apps"]).await;
+    let client = &ferry.client;
+    create(client, "apps", deployment("counter")).await;
+    create(
+        client,
+        "apps",
+        policy("counter", "counter", serde_json::json!({})),
+    )
+    .await;
+    let pod = running_pod(&ferry, "apps", "counter").await;
+    let uid = pod.uid().unwrap();
+    let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+    let switch = common::NodeSwitch::take(client, &node).await;
+
+    switch.set(client, &node, false).await;
+    eventually(
+        "the first failover waiting for the fence",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(client, "apps", "counter").await.status?;
+            status
+                .failovers
+                .iter()
+                .any(|f| f.pod_uid == uid && f.stage == FailoverStage::Prepared)
+                .then_some(())
+        },
+    )
+    .await;
+    switch.set(client, &node, true).await;
+    eventually(
+        "the first failover cancelled",
+        WAIT,
+        || ferry.logs(),
+        || async { (events(client, "apps", "FailoverCancelled").await == 1).then_some(()) },
+    )
+    .await;
+    let status = get_policy(client, "apps", "counter").await.status.unwrap();
+    assert!(
+        status.failovers.is_empty() && status.last_failover.is_none(),
+        "{status:?}"
+    );
+    assert!(
+        pods(client, "apps", "counter")
+            .await
+            .iter()
+            .any(|p| p.uid().as_deref() == Some(uid.as_str())),
+        "the original keeps running"
+    );
+
+    switch.set(client, &node, false).await;
+    declare_out_of_service(client, &node).await;
+    let (record, _pod) = failed_over(
+        &ferry,
+        "apps",
+        "counter",
+        "counter",
+        &uid,
+        &standby,
+        FailureTrigger::NodeLoss,
+    )
+    .await;
+    assert!(record.fence.contains("out-of-service"), "{record:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(events(client, "apps", "FailoverStarted").await, 2);
+    assert_eq!(
+        events(client, "apps", "FailoverCompleted").await,
+        1,
+        "restored once"
+    );
+}
+
+/// A zone lost at once is paced: with maxConcurrent 1, one failover runs and
+/// the other failed pods wait in status.queuedFailovers, named with the
+/// budget that holds them, until it finishes.
+#[tokio::test]
+async fn losing_a_zone_is_paced_by_the_budget() {
+    let ferry = install(6, 64 << 10, &["apps"]).await;
+    let client = &ferry.client;
+    // Three pods on whichever nodes the scheduler picks: the "zone" is
+    // every node that runs one, so the test does not depend on placement.
+    let mut spread = deployment("counter");
+    spread["spec"]["replicas"] = 3.into();
+    create(client, "apps", spread).await;
+    create(
+        client,
+        "apps",
+        policy(
+            "counter",
+            "counter",
+            serde_json::json!({"failover": {"nodeLossGracePeriod": "3s", "maxCheckpointAge": "1m", "maxConcurrent": 1}}),
+        ),
+    )
+    .await;
+    let nodes: BTreeSet<String> = eventually(
+        "three pods checkpointed on three nodes",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(client, "apps", "counter").await.status?;
+            let nodes: BTreeSet<String> =
+                status.checkpoints.iter().map(|r| r.node.clone()).collect();
+            (status.checkpoints.len() == 3 && nodes.len() == 3).then_some(nodes)
+        },
+    )
+    .await;
+    let mut switches = Vec::new();
+    for node in &nodes {
+        let switch = common::NodeSwitch::take(client, node).await;
+        switch.set(client, node, false).await;
+        switches.push(switch);
+    }
+    let queued = eventually(
+        "one failover running, two queued",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(client, "apps", "counter").await.status?;
+            (status.failovers.len() == 1 && status.queued_failovers.len() == 2)
+                .then_some(status.queued_failovers)
+        },
+    )
+    .await;
+    assert!(queued[0].message.contains("maxConcurrent"), "{queued:?}");
+    for node in &nodes {
+        declare_out_of_service(client, node).await;
+    }
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    loop {
+        let status = get_policy(client, "apps", "counter").await.status.unwrap();
+        assert!(
+            status.failovers.len() <= 1,
+            "more than one failover at once: {status:?}"
+        );
+        if status.failovers.is_empty()
+            && status.queued_failovers.is_empty()
+            && events(client, "apps", "FailoverStarted").await == 3
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the zone was not failed over: {status:?}\n{}",
+            ferry.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(switches);
+}

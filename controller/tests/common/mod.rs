@@ -578,3 +578,87 @@ pub async fn lose_node(client: &Client, node: &str) -> jiff::Timestamp {
     });
     lost_at
 }
+
+/// A kwok node whose Ready condition the test sets: kwok stops managing it,
+/// and a background task re-applies the wanted state (kwok may still send
+/// a heartbeat it had scheduled) until the process ends. `set` switches it.
+#[derive(Clone, Debug)]
+pub struct NodeSwitch {
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    since: std::sync::Arc<std::sync::Mutex<jiff::Timestamp>>,
+}
+
+impl NodeSwitch {
+    pub async fn take(client: &Client, node: &str) -> Self {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {ferry_testenv::KWOK_STATUS_ANNOTATION: "custom"}}})),
+            )
+            .await
+            .unwrap();
+        let switch = Self {
+            ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            since: std::sync::Arc::new(std::sync::Mutex::new(jiff::Timestamp::now())),
+        };
+        let (state, node) = (switch.clone(), node.to_owned());
+        tokio::spawn(async move {
+            loop {
+                state.apply(&nodes, &node).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        switch
+    }
+
+    async fn apply(&self, nodes: &Api<k8s_openapi::api::core::v1::Node>, node: &str) {
+        let ready = self.ready.load(std::sync::atomic::Ordering::SeqCst);
+        let since = *self.since.lock().unwrap();
+        let Ok(current) = nodes.get(node).await else {
+            return;
+        };
+        if ferry_testenv::node_is_ready(&current) == ready {
+            return;
+        }
+        let (status, reason) = if ready {
+            ("True", "KubeletReady")
+        } else {
+            ("Unknown", "NodeStatusUnknown")
+        };
+        let _ = nodes
+            .patch_status(
+                node,
+                &PatchParams::default(),
+                &Patch::Strategic(serde_json::json!({"status": {"conditions": [
+                    {"type": "Ready", "status": status, "reason": reason,
+                     "message": "set by the test", "lastHeartbeatTime": jiff::Timestamp::now().to_string(),
+                     "lastTransitionTime": since.to_string()}
+                ]}})),
+            )
+            .await;
+    }
+
+    /// Switches the node Ready or not, and waits until it reads so.
+    pub async fn set(&self, client: &Client, node: &str, ready: bool) {
+        *self.since.lock().unwrap() = jiff::Timestamp::now();
+        self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.apply(&nodes, node).await;
+            if let Ok(current) = nodes.get(node).await
+                && ferry_testenv::node_is_ready(&current) == ready
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} does not turn ready={ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
