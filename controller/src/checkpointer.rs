@@ -137,6 +137,9 @@ pub struct Checkpointer {
     /// last checkpoint (the watch lags the write): without this, a due time
     /// computed from the older status would checkpoint the container twice.
     slots: Mutex<Slots>,
+    /// When each container's pod was first seen (`policy`, pod UID), to
+    /// spread first checkpoints over one interval.
+    first_seen: Mutex<HashMap<(String, String), jiff::Timestamp>>,
     results: Mutex<HashMap<ObjectRef<CheckpointPolicy>, Vec<Outcome>>>,
     next_seq: std::sync::atomic::AtomicU64,
     wake: mpsc::UnboundedSender<ObjectRef<CheckpointPolicy>>,
@@ -162,6 +165,7 @@ impl Checkpointer {
             per_node_limit: per_node_limit.max(1),
             per_node: Mutex::default(),
             slots: Mutex::default(),
+            first_seen: Mutex::default(),
             results: Mutex::default(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
             wake,
@@ -198,7 +202,33 @@ impl Checkpointer {
     /// time a checkpoint takes does not stretch the period (never before
     /// its archive was taken). The slot, not status, is the truth here: the
     /// status a reconciliation reads may predate the last write.
-    pub fn next_due(
+    /// When `target` is next due at `now`: from its slot when this
+    /// process checkpointed it, else from its last record, else spread over
+    /// one interval from when its pod was first seen. The one owner of the
+    /// due-time state; `now` is an input, so it is testable.
+    pub fn due(
+        &self,
+        policy_key: &str,
+        target: &Target,
+        last: Option<&ferry_api::CheckpointRecord>,
+        interval: Duration,
+        now: jiff::Timestamp,
+    ) -> jiff::Timestamp {
+        if let Some(due) = self.next_due(policy_key, target, interval) {
+            return due;
+        }
+        let first_seen = *lock(&self.first_seen)
+            .entry((policy_key.to_owned(), target.pod_uid.clone()))
+            .or_insert(now);
+        crate::schedule::due_at(target, last, interval, first_seen)
+    }
+
+    /// Forgets a deleted policy's first-seen times.
+    pub fn forget_policy(&self, policy_key: &str) {
+        lock(&self.first_seen).retain(|(p, _), _| p != policy_key);
+    }
+
+    fn next_due(
         &self,
         policy_key: &str,
         target: &Target,
@@ -566,5 +596,27 @@ mod tests {
         // A checkpoint that took longer than the interval: right after it.
         let slow = due + Duration::from_secs(12);
         assert_eq!(next_after(due, slow, interval), Some(slow));
+    }
+
+    #[tokio::test]
+    async fn the_first_due_time_is_spread_from_first_sight_and_kept() {
+        let pool = Arc::new(AgentPool::new(None, Duration::from_millis(200)));
+        let (checkpointer, _woken) = Checkpointer::new(pool, Arc::new(Metrics::default()), 4, 2);
+        let interval = Duration::from_secs(10);
+        let seen = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let first = checkpointer.due("ns/policy", &target(), None, interval, seen);
+        assert!(first >= seen && first < seen + interval, "{first}");
+        // Later looks keep the first sight: the due time does not drift.
+        let later = seen + Duration::from_secs(5);
+        assert_eq!(
+            checkpointer.due("ns/policy", &target(), None, interval, later),
+            first
+        );
+        // A deleted policy forgets it.
+        checkpointer.forget_policy("ns/policy");
+        assert_ne!(
+            checkpointer.due("ns/policy", &target(), None, interval, later),
+            first
+        );
     }
 }

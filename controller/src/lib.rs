@@ -131,8 +131,6 @@ pub struct Context {
     pub checkpointer: Arc<Checkpointer>,
     pub recorder: Recorder,
     pub checkpoint_timeout: Duration,
-    /// When each container was first seen, to spread first checkpoints.
-    first_seen: Mutex<HashMap<(String, String), jiff::Timestamp>>,
     /// When each policy's status was last written (`namespace/name`).
     status_writes: Mutex<HashMap<String, std::time::Instant>>,
     /// Held while a policy's status is written, so a background write of
@@ -195,7 +193,6 @@ impl Context {
             checkpointer,
             recorder,
             checkpoint_timeout: config.checkpoint_timeout,
-            first_seen: Mutex::default(),
             status_writes: Mutex::default(),
             status_locks: Mutex::default(),
             synced_at: OnceLock::new(),
@@ -249,15 +246,6 @@ impl Context {
             .clone()
     }
 
-    pub fn first_seen(&self, policy: &str, pod_uid: &str, now: jiff::Timestamp) -> jiff::Timestamp {
-        *self
-            .first_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((policy.to_owned(), pod_uid.to_owned()))
-            .or_insert(now)
-    }
-
     /// Time since the policy's status was last written by this process.
     pub fn since_status_write(&self, policy: &str) -> Option<Duration> {
         self.status_writes
@@ -294,10 +282,7 @@ impl Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(policy);
         self.budget.forget(policy);
-        self.first_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|(p, _), _| p != policy);
+        self.checkpointer.forget_policy(policy);
     }
 }
 

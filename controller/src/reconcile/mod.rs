@@ -28,7 +28,7 @@ use crate::checkpointer::{Admission, Failure as CheckpointFailure, Job};
 use crate::detect;
 use crate::metrics::{ErrorLabels, PolicyLabels};
 use crate::placement::{choose_standbys, node_ready};
-use crate::schedule::{Target, due_at, matches, selector_of, targets_of};
+use crate::schedule::{Target, matches, selector_of, targets_of};
 use crate::status::{ValidSpec, desired_status, set_overlap_condition, set_protection, validate};
 use crate::{Context, Error};
 
@@ -449,11 +449,9 @@ fn schedule(
                 problems.push(problem);
             }
         }
-        let first_seen = context.first_seen(&policy_key, &target.pod_uid, snapshot.now);
         let due = context
             .checkpointer
-            .next_due(&policy_key, target, valid.interval)
-            .unwrap_or_else(|| due_at(target, last, valid.interval, first_seen));
+            .due(&policy_key, target, last, valid.interval, snapshot.now);
         if due > snapshot.now {
             let wait: Duration = snapshot.now.duration_until(due).try_into().unwrap_or(next);
             next = next.min(wait);
