@@ -365,11 +365,13 @@ fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
         };
     }
     let fence = match pod {
+        // A pod gone from a lost node says nothing: anyone may have
+        // force-deleted it while its containers still run.
+        _ if node_lost => node_fence(record, &world),
         None => Fence::Confirmed(format!(
             "pod {} is gone from the API server (its kubelet confirmed it stopped)",
             record.pod
         )),
-        Some(_) if node_lost => node_fence(record, &world),
         Some(pod) if pod.metadata.deletion_timestamp.is_none() => {
             return Step::of(
                 Action::StopPod {
@@ -802,6 +804,10 @@ mod tests {
         let step = world.next(&record, 100_000);
         assert_eq!(step.action, Action::Wait);
         assert!(step.note.contains(OUT_OF_SERVICE_TAINT), "{}", step.note);
+        // Someone force-deleted the pod: its containers may still run there.
+        let pods = std::mem::take(&mut world.pods);
+        assert_eq!(world.next(&record, 100_000).action, Action::Wait);
+        world.pods = pods;
         world.node = Some(node(
             "a",
             "Unknown",
