@@ -155,7 +155,28 @@ fn peer_verdict(
         .unwrap_or(agent.lease_duration)
         .max(threshold);
     if silent_for < silence && agent.live(now) {
-        return PeerVerdict::Fine;
+        // Peers already miss it: look again once its silence would count,
+        // or a failure seen early would wait for some unrelated event.
+        let missed_by = agents.by_node.values().find(|peer| {
+            peer.node != node_name
+                && peer.live(now)
+                && peer
+                    .observations
+                    .peers
+                    .get(node_name)
+                    .is_some_and(|seen| seen.agent.failing_since.is_some())
+        });
+        return match missed_by {
+            Some(peer) => PeerVerdict::Suspect(
+                format!(
+                    "peer {} cannot reach the agent of node {node_name}, which renewed its Lease {} ago",
+                    peer.node,
+                    secs(silent_for)
+                ),
+                Some(silence - silent_for),
+            ),
+            None => PeerVerdict::Fine,
+        };
     }
     let outage = format!(
         "agent of node {node_name} has not renewed its Lease for {}",
@@ -424,6 +445,27 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_misses_a_fresh_agent_brings_the_verdict_forward() {
+        let mut world = World::new();
+        world.agents.by_node.get_mut("b").unwrap().renewed = at(700);
+        world.observe(
+            "b",
+            "a",
+            PeerObservation {
+                agent: down_since(600),
+                kubelet: down_since(600),
+            },
+        );
+        // a renewed at 0, silent for 0.7 s: not yet, but look again at 2 s.
+        match world.health("a", 700) {
+            NodeHealth::Suspect { recheck_in, .. } => {
+                assert_eq!(recheck_in, Some(Duration::from_millis(1300)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_live_lease_outweighs_peers_that_cannot_reach_the_node() {
         // A partition between agents only: a still talks to the API server.
         let mut world = World::new();
@@ -437,7 +479,12 @@ mod tests {
                 kubelet: down_since(0),
             },
         );
-        assert_eq!(world.health("a", 10_000), NodeHealth::Healthy);
+        // Degraded (the peers cannot reach it), never lost.
+        let health = world.health("a", 10_000);
+        assert!(
+            suspect(&health).contains("renewed its Lease 0.5s ago"),
+            "{health:?}"
+        );
     }
 
     #[test]
