@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferry_api::agent::{
     KUBELET_ENDPOINT_ANNOTATION, PeerObservation, PeerObservations, Reachability,
 };
-use ferry_api::names::{AGENT_ENDPOINT_ANNOTATION, AGENT_LEASE_PREFIX, AGENT_NODE_LABEL};
+use ferry_api::names::AGENT_ENDPOINT_ANNOTATION;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
@@ -40,20 +40,8 @@ pub fn peers_from_leases<'a>(
 ) -> BTreeMap<String, Peer> {
     let mut peers = BTreeMap::new();
     for lease in leases {
-        let Some(name) = lease.metadata.name.as_deref() else {
+        let Some(node) = ferry_api::agent::lease_node(lease) else {
             continue;
-        };
-        let node = match lease
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(AGENT_NODE_LABEL))
-        {
-            Some(node) => node.clone(),
-            None => match name.strip_prefix(AGENT_LEASE_PREFIX) {
-                Some(node) => node.to_owned(),
-                None => continue,
-            },
         };
         if node == me || crate::names::dns_subdomain("peer node", &node).is_err() {
             continue;
@@ -212,6 +200,7 @@ pub fn unreachable_count(observations: &PeerObservations) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_api::names::AGENT_NODE_LABEL;
 
     fn at(second: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_800_000_000 + second).unwrap()

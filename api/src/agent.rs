@@ -20,6 +20,25 @@ pub const FENCING_ANNOTATION: &str = "ferry.dev/fencing";
 /// peers probe as evidence that does not share fate with the agent.
 pub const KUBELET_ENDPOINT_ANNOTATION: &str = "ferry.dev/kubelet-endpoint";
 
+/// The node an agent Lease belongs to: its node label, else the name
+/// after the `ferry-agent-` prefix. `None` for Leases that are neither.
+pub fn lease_node(lease: &k8s_openapi::api::coordination::v1::Lease) -> Option<String> {
+    let labelled = lease
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::names::AGENT_NODE_LABEL));
+    match labelled {
+        Some(node) => Some(node.clone()),
+        None => lease
+            .metadata
+            .name
+            .as_deref()?
+            .strip_prefix(crate::names::AGENT_LEASE_PREFIX)
+            .map(str::to_owned),
+    }
+}
+
 /// How an agent fences its node when it is cut off.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

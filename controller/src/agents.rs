@@ -12,9 +12,7 @@ use ferry_api::agent::{
     FENCING_ANNOTATION, FencingInfo, KUBELET_ENDPOINT_ANNOTATION, PEER_OBSERVATIONS_ANNOTATION,
     PeerObservations,
 };
-use ferry_api::names::{
-    AGENT_ENDPOINT_ANNOTATION, AGENT_LEASE_PREFIX, AGENT_NODE_INFO_ANNOTATION, AGENT_NODE_LABEL,
-};
+use ferry_api::names::{AGENT_ENDPOINT_ANNOTATION, AGENT_NODE_INFO_ANNOTATION};
 use ferry_proto::tls::MutualTls;
 use ferry_proto::v1::agent_client::AgentClient;
 
@@ -40,16 +38,7 @@ pub struct AgentInfo {
 impl AgentInfo {
     /// Reads an agent Lease; `None` for Leases that are not (complete) agent Leases.
     pub fn from_lease(lease: &Lease) -> Option<Self> {
-        let name = lease.metadata.name.as_deref()?;
-        let node = match lease
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(AGENT_NODE_LABEL))
-        {
-            Some(node) => node.clone(),
-            None => name.strip_prefix(AGENT_LEASE_PREFIX)?.to_owned(),
-        };
+        let node = ferry_api::agent::lease_node(lease)?;
         let annotations = lease.metadata.annotations.as_ref()?;
         let endpoint = annotations.get(AGENT_ENDPOINT_ANNOTATION)?.clone();
         let spec = lease.spec.as_ref()?;
@@ -214,6 +203,7 @@ pub fn status_message(status: &tonic::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_api::names::AGENT_NODE_LABEL;
 
     fn lease(node: &str, renewed_secs: i64, endpoint: Option<&str>) -> Lease {
         let mut annotations = serde_json::json!({

@@ -140,6 +140,8 @@ pub struct Checkpointer {
     /// When each container's pod was first seen (`policy`, pod UID), to
     /// spread first checkpoints over one interval.
     first_seen: Mutex<HashMap<(String, String), jiff::Timestamp>>,
+    /// Policies being deleted: no new job starts for them.
+    closing: Mutex<std::collections::HashSet<String>>,
     results: Mutex<HashMap<ObjectRef<CheckpointPolicy>, Vec<Outcome>>>,
     next_seq: std::sync::atomic::AtomicU64,
     wake: mpsc::UnboundedSender<ObjectRef<CheckpointPolicy>>,
@@ -166,6 +168,7 @@ impl Checkpointer {
             per_node: Mutex::default(),
             slots: Mutex::default(),
             first_seen: Mutex::default(),
+            closing: Mutex::default(),
             results: Mutex::default(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
             wake,
@@ -223,9 +226,33 @@ impl Checkpointer {
         crate::schedule::due_at(target, last, interval, first_seen)
     }
 
-    /// Forgets a deleted policy's first-seen times.
+    /// Forgets a deleted policy's first-seen times, and lets a policy of
+    /// the same name start afresh.
     pub fn forget_policy(&self, policy_key: &str) {
         lock(&self.first_seen).retain(|(p, _), _| p != policy_key);
+        lock(&self.closing).remove(policy_key);
+    }
+
+    /// Starts no new job for the policy and waits (at most `limit`) until
+    /// its running jobs ended, so deleting its archives afterwards leaves
+    /// none behind that a job stored a moment later. Returns whether they
+    /// all ended.
+    pub async fn drain(&self, policy_key: &str, limit: Duration) -> bool {
+        lock(&self.closing).insert(policy_key.to_owned());
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let running = lock(&self.slots)
+                .by_key
+                .iter()
+                .any(|(key, slot)| key.0 == policy_key && slot.state == SlotState::Running);
+            if !running {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn next_due(
@@ -259,6 +286,9 @@ impl Checkpointer {
     /// Starts `job` if [`Self::admission`] allows it.
     pub fn submit(self: &Arc<Self>, job: Job) -> bool {
         let key = key(&job.policy_key(), &job.target);
+        if lock(&self.closing).contains(&key.0) {
+            return false;
+        }
         if self.admission(&key.0, &job.target, job.due) != Admission::Go {
             return false;
         }

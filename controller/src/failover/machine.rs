@@ -385,6 +385,10 @@ fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
                 ),
             );
         }
+        Some(pod) if all_terminated(pod) => Fence::Confirmed(format!(
+            "the kubelet of node {} reports every container of pod {} terminated",
+            record.from_node, record.pod
+        )),
         Some(_) => Fence::Waiting(format!(
             "waiting for the kubelet of node {} to confirm pod {} stopped",
             record.from_node, record.pod
@@ -412,6 +416,24 @@ fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
         }
         Fence::Waiting(why) => Step::wait(record, why),
     }
+}
+
+/// Whether the kubelet reports every container of a pod being deleted as
+/// terminated: it stopped them, and restarts nothing once deletion began.
+/// The pod object itself goes only seconds later, after sandbox teardown.
+fn all_terminated(pod: &Pod) -> bool {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    pod.metadata.deletion_timestamp.is_some()
+        && !statuses.is_empty()
+        && statuses.iter().all(|s| {
+            s.state
+                .as_ref()
+                .is_some_and(|state| state.terminated.is_some())
+        })
 }
 
 /// Pods of the failed pod's owner created for this failover without
@@ -729,6 +751,37 @@ mod tests {
         let step = world.next(&record, 1500);
         assert_eq!(step.action, Action::Wait);
         assert!(step.note.contains("confirm"), "{}", step.note);
+        // The kubelet reports its containers terminated: fenced, and the
+        // object goes at once (a StatefulSet needs its name back).
+        let mut stopped = world.pods[0].clone();
+        stopped.status.as_mut().unwrap().container_statuses = Some(vec![
+            serde_json::from_value(serde_json::json!({"name": "app", "ready": false,
+                "restartCount": 1, "image": "web:1", "imageID": "",
+                "state": {"terminated": {"exitCode": 137}}}))
+            .unwrap(),
+        ]);
+        let pods: Vec<&Pod> = vec![&stopped, &world.pods[1]];
+        let step = next(
+            &record,
+            Observed {
+                now: at(1600),
+                pods: &pods,
+                from_node: world.node.as_ref(),
+                from_fencing: world.fencing.as_ref(),
+                last_contact: world.last_contact,
+                target_live: true,
+                tolerations: &[],
+            },
+        );
+        assert!(
+            matches!(step.action, Action::ForceRemovePod { .. }),
+            "{step:?}"
+        );
+        assert!(
+            step.record.fence.contains("terminated"),
+            "{}",
+            step.record.fence
+        );
         // Gone: fenced by the kubelet's confirmation.
         world.pods.remove(0);
         let step = world.next(&record, 2000);

@@ -609,6 +609,15 @@ async fn publish(
 async fn cleanup(policy: &CheckpointPolicy, context: &Context) -> Result<Action, Error> {
     let namespace = policy.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", policy.name_any());
+    // A checkpoint still running would store its archive after the
+    // deletion below and leave it behind.
+    if !context
+        .checkpointer
+        .drain(&key, context.checkpoint_timeout + Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!(policy = %key, "checkpoints still running after the timeout; their archives may stay until retention removes them");
+    }
     let agents = AgentIndex::from_leases(context.leases.state().iter().map(AsRef::as_ref));
     let now = jiff::Timestamp::now();
     let calls = agents.by_node.values().map(|agent| {
