@@ -66,13 +66,14 @@ async fn agent_advertises_itself_in_a_renewed_lease() {
     assert_eq!(info["architecture"], "amd64");
     let spec = lease.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("ferry-agent-x2k1"));
-    assert_eq!(spec.lease_duration_seconds, Some(15));
+    assert_eq!(spec.lease_duration_seconds, Some(5));
 
     tokio::time::sleep(Duration::from_secs(6)).await;
     let renewed = renew_time(&leases).await.unwrap();
     assert!(renewed > first, "renewed: {first} -> {renewed}");
 
-    // A dead agent stops renewing: the controller reads that as node loss.
+    // A dead agent stops renewing (the controller reads that, with its
+    // peers' word on the node's kubelet, as an outage or a node loss).
     agent.kill();
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(renew_time(&leases).await.unwrap(), renewed);
