@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Tier 5: the end-to-end test on a real two-node cluster (hack/cluster.sh:
 # kubelets, containerd 2.3, runc, CRIU) with ferry installed by helm. Runs
-# both failure scenarios of the demo with assertions (the counter continues
-# from the checkpoint, the ballast verifies, exactly one app pod owned by
-# its ReplicaSet is left), then tears the cluster down and fails if
+# both failure scenarios of the demo, each with the controller leader placed
+# on the failed node and on the surviving one, with assertions (the counter
+# continues from the checkpoint, the ballast verifies, exactly one app pod
+# owned by its ReplicaSet is left), then tears the cluster down and fails if
 # anything is left behind (processes, mounts, network namespaces, iptables
 # or nft rules, cgroups).
 #
