@@ -572,12 +572,8 @@ pub async fn run(
         // controller itself waits on it too: poll again now and then
         // instead of waiting once.
         loop {
-            let all = async {
-                store.wait_until_ready().await?;
-                pods.wait_until_ready().await?;
-                nodes.wait_until_ready().await?;
-                leases.wait_until_ready().await
-            };
+            // Pods, nodes and agent Leases synced before reconciling began.
+            let all = store.wait_until_ready();
             match tokio::time::timeout(Duration::from_millis(250), all).await {
                 Ok(Ok(())) => {
                     readiness.set();

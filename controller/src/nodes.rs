@@ -33,13 +33,8 @@ pub fn taint_to_lift(node: &Node, policies: &[Arc<CheckpointPolicy>]) -> Option<
 
 /// Removes ferry's taint at `index`; the patch tests it is still there.
 pub async fn lift_taint(client: Client, node: &str, index: usize) -> Result<(), String> {
-    let path = format!("/spec/taints/{index}");
-    let patch = serde_json::json!([
-        {"op": "test", "path": format!("{path}/key"), "value": FAILED_NODE_TAINT},
-        {"op": "remove", "path": path},
-    ]);
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| format!("taint patch: {e}"))?;
+    let patch =
+        crate::failover::execute::remove_checked("/spec/taints", index, "key", FAILED_NODE_TAINT)?;
     Api::<Node>::all(client)
         .patch(node, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await

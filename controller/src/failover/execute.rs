@@ -32,12 +32,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn finished(&self) -> bool {
-        self.record.as_ref().is_some_and(|r| {
-            matches!(
-                r.stage,
-                ferry_api::FailoverStage::Completed | ferry_api::FailoverStage::Failed
-            )
-        })
+        self.record.as_ref().is_some_and(machine::ended)
     }
 }
 
@@ -223,16 +218,27 @@ async fn delete_pod(
     }
 }
 
+/// A JSON patch that removes entry `index` of the list at `list`, only if
+/// its `field` still is `value`: another writer may have changed the list
+/// since it was read (taints, scheduling gates).
+pub(crate) fn remove_checked(
+    list: &str,
+    index: usize,
+    field: &str,
+    value: &str,
+) -> Result<json_patch::Patch, String> {
+    let path = format!("{list}/{index}");
+    serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": format!("{path}/{field}"), "value": value},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(|e| format!("patch removing {path}: {e}"))
+}
+
 /// Removes ferry's scheduling gate, and only it: the patch tests that the
 /// gate is still where the machine saw it.
 async fn release(pods: &Api<Pod>, name: &str, gate_index: usize) -> Result<(), String> {
-    let path = format!("/spec/schedulingGates/{gate_index}");
-    let patch = serde_json::json!([
-        {"op": "test", "path": format!("{path}/name"), "value": RESTORE_GATE},
-        {"op": "remove", "path": path},
-    ]);
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| format!("gate patch: {e}"))?;
+    let patch = remove_checked("/spec/schedulingGates", gate_index, "name", RESTORE_GATE)?;
     match pods
         .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await

@@ -113,11 +113,16 @@ impl Step {
 
     /// Whether this step ends the failover.
     pub fn finishes(&self) -> bool {
-        matches!(
-            self.record.stage,
-            FailoverStage::Completed | FailoverStage::Failed
-        )
+        ended(&self.record)
     }
+}
+
+/// Whether the failover is over (Completed or Failed).
+pub fn ended(record: &FailoverRecord) -> bool {
+    matches!(
+        record.stage,
+        FailoverStage::Completed | FailoverStage::Failed
+    )
 }
 
 fn elapsed(now: jiff::Timestamp, since: jiff::Timestamp) -> Duration {

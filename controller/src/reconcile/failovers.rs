@@ -195,7 +195,7 @@ pub(super) async fn advance_failovers(
         detection.failures,
         status.failovers.len(),
         valid.max_concurrent_failovers,
-        || running_failovers(snapshot, context),
+        || running_failovers(context),
     );
     context
         .metrics
@@ -244,8 +244,7 @@ pub(super) async fn advance_failovers(
 }
 
 /// Failovers in progress per policy, as the cached statuses say.
-fn running_failovers(snapshot: &Snapshot, context: &Context) -> BTreeMap<String, usize> {
-    let _ = snapshot;
+fn running_failovers(context: &Context) -> BTreeMap<String, usize> {
     context
         .policies()
         .map(|store| store.state())
