@@ -49,6 +49,8 @@ fail() {
   FAILURES=$((FAILURES + 1))
   if ((ASSERT)); then
     diagnostics
+    # Again, last: CI keeps only the tail of the output.
+    printf 'FAILED: %s\n' "$*" >&2
     exit 1
   fi
 }
@@ -246,12 +248,39 @@ place_leader() { # node
   fail "could not place the controller leader on $node"
 }
 
+controller_pods_on() { # node: names of the live controller replicas there
+  kubectl -n ferry-system get pods -l app.kubernetes.io/component=controller -o json |
+    jq -r --arg node "$1" '.items[] | select(.metadata.deletionTimestamp == null and .spec.nodeName == $node) | .metadata.name'
+}
+
+# Puts a controller replica on node $1, deterministically: the chart's
+# anti-affinity is only a preference, so after a node was down both replicas
+# may share the other node. Then the other node is cordoned and one of its
+# replicas (not the leader) deleted, so its replacement can only go to $1.
+spread_controller_to() { # node
+  local node="$1" other victim holder
+  controller_ready_on "$node" && return 0
+  other="$(other_node "$node")"
+  holder="$(kubectl -n ferry-system get lease ferry-controller -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)"
+  victim="$(controller_pods_on "$other" | grep -vx "$holder" | head -1 || true)"
+  if [[ -n "$victim" ]]; then
+    log "both controller replicas run on $other: moving $victim to $node"
+    kubectl cordon "$other" >/dev/null
+    kubectl -n ferry-system delete pod "$victim" --wait=false >/dev/null
+    local placed=0
+    wait_for 180 "a Ready controller replica on $node" controller_ready_on "$node" || placed=1
+    kubectl uncordon "$other" >/dev/null
+    return "$placed"
+  fi
+  wait_for 240 "a Ready controller replica on $node" controller_ready_on "$node"
+}
+
 # Waits until both nodes run a Ready agent and a Ready controller replica.
 ferry_on_both_nodes() {
   local node
   for node in ferry-a ferry-b; do
-    wait_for 240 "a Ready controller replica on $node" controller_ready_on "$node" || return 1
     wait_for 240 "a Ready agent on $node" agent_ready_on "$node" || return 1
+    spread_controller_to "$node" || return 1
   done
 }
 
