@@ -14,6 +14,10 @@
 #                                      # links, iptables/nft rules, cgroups); exit 1 if any
 #   hack/cluster.sh fail-node NODE     # kill -9 NODE's kubelet, containerd, shims and containers
 #   hack/cluster.sh restore-node NODE  # start NODE's containerd and kubelet again (so does `up`)
+#   hack/cluster.sh partition NODE     # cut NODE off while its containers keep running: SIGSTOP its
+#                                      # kubelet and containerd, drop its pods' traffic to the API
+#                                      # server and to and from the other node's pods
+#   hack/cluster.sh heal NODE          # undo `partition` (so does `down`)
 #   hack/cluster.sh import NODE ARCHIVE...   # import OCI archives into NODE's containerd (k8s.io)
 #   hack/cluster.sh env                # the facts as shell variables (eval-able)
 #
@@ -47,8 +51,9 @@ CGROUP_HIERARCHIES=/sys/fs/cgroup
 # Components in start order; stop goes the other way.
 CONTROL_PLANE=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
-log() { printf 'cluster.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=cluster.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---- per-node facts ---------------------------------------------------------
 node_index() {
@@ -685,6 +690,7 @@ cmd_down() {
   local purge=0 node c
   [[ "${1:-}" == --purge ]] && purge=1
   [[ -d "$RUN" || -d "$STATE" ]] || { log "nothing to stop"; cmd_check; return; }
+  heal
   CTRD_BIN="$FERRY_CACHE/containerd-$CONTAINERD_VERSION/bin"
   for node in "${NODES[@]}"; do stop_proc "kubelet-$node"; done
   for node in "${NODES[@]}"; do
@@ -716,6 +722,61 @@ cmd_fail_node() {
   kill_node_processes "$node"
   rm -f "$PIDS/kubelet-$node.pid" "$PIDS/containerd-$node.pid"
   log "$node failed on purpose: kubelet, containerd, shims and containers killed (hack/cluster.sh restore-node $node brings it back)"
+}
+
+# A partition is the chain FERRY-PARTITION, jumped to first from INPUT and
+# FORWARD (before any ESTABLISHED accept, so open connections stall too).
+# The host itself still reaches every pod: a prober there sees both copies.
+PARTITION_CHAIN=FERRY-PARTITION
+
+cmd_partition() {
+  local node="$1" other subnet p
+  node_index "$node" >/dev/null
+  subnet="$(node_subnet "$node")"
+  if ! iptables -w -n -L "$PARTITION_CHAIN" >/dev/null 2>&1; then
+    iptables -w -N "$PARTITION_CHAIN"
+    iptables -w -I INPUT 1 -j "$PARTITION_CHAIN"
+    iptables -w -I FORWARD 1 -j "$PARTITION_CHAIN"
+  fi
+  iptables -w -A "$PARTITION_CHAIN" -s "$subnet" -p tcp --dport "$APISERVER_PORT" -j DROP
+  for other in "${NODES[@]}"; do
+    [[ "$other" == "$node" ]] && continue
+    iptables -w -A "$PARTITION_CHAIN" -s "$subnet" -d "$(node_subnet "$other")" -j DROP
+    iptables -w -A "$PARTITION_CHAIN" -s "$(node_subnet "$other")" -d "$subnet" -j DROP
+  done
+  for p in "kubelet-$node" "containerd-$node"; do
+    pid_of "$p" >/dev/null || die "$node is not running ($p): nothing to partition"
+    kill -STOP "$(pid_of "$p")"
+  done
+  log "$node partitioned: kubelet and containerd stopped (SIGSTOP), its pods cut off from the API server and the other node's pods; its containers keep running (hack/cluster.sh heal $node)"
+}
+
+# Removes every partition rule of $1 (of all nodes with no argument) and
+# continues its kubelet and containerd.
+heal() {
+  local node rule subnet p nodes=("$@")
+  ((${#nodes[@]})) || nodes=("${NODES[@]}")
+  for node in "${nodes[@]}"; do
+    subnet="$(node_subnet "$node")"
+    while read -r rule; do
+      if [[ -n "$rule" ]]; then eval "iptables -w ${rule/#-A/-D}"; fi
+    done < <(iptables-save -t filter 2>/dev/null | grep -E "^-A $PARTITION_CHAIN " | grep -F -- "$subnet" || true)
+    for p in "containerd-$node" "kubelet-$node"; do
+      if pid_of "$p" >/dev/null; then kill -CONT "$(pid_of "$p")"; fi
+    done
+  done
+  if iptables -w -n -L "$PARTITION_CHAIN" >/dev/null 2>&1 &&
+    [[ -z "$(iptables-save -t filter | grep -E "^-A $PARTITION_CHAIN " || true)" ]]; then
+    while iptables -w -D INPUT -j "$PARTITION_CHAIN" 2>/dev/null; do :; done
+    while iptables -w -D FORWARD -j "$PARTITION_CHAIN" 2>/dev/null; do :; done
+    iptables -w -X "$PARTITION_CHAIN"
+  fi
+}
+
+cmd_heal() {
+  node_index "$1" >/dev/null
+  heal "$1"
+  log "$1 healed: its traffic flows again, kubelet and containerd continue (SIGCONT)"
 }
 
 # ---- check / status ---------------------------------------------------------
@@ -756,6 +817,9 @@ cmd_check() {
     done < <(cgroup_v1_hierarchies; echo "$CGROUP_HIERARCHIES/unified")
   done
   local ipt
+  if iptables-save -t filter 2>/dev/null | grep -q "^:$PARTITION_CHAIN "; then
+    bad+=("iptables chain $PARTITION_CHAIN (hack/cluster.sh heal NODE)")
+  fi
   for ipt in iptables-save ip6tables-save; do
     if "$ipt" 2>/dev/null | grep -qE '^:(CNI-|KUBE-FIREWALL|KUBE-KUBELET-CANARY|KUBE-IPTABLES-HINT)'; then
       bad+=("$ipt: chains $("$ipt" 2>/dev/null | grep -oE '^:(CNI-|KUBE-)[A-Z0-9-]*' | sort -u | tr '\n' ' ')")
@@ -825,7 +889,9 @@ case "${1:-}" in
   check) cmd_check || exit 1 ;;
   fail-node) [[ -n "${2:-}" ]] || die "usage: fail-node NODE"; cmd_fail_node "$2" ;;
   restore-node) [[ -n "${2:-}" ]] || die "usage: restore-node NODE"; cmd_restore_node "$2" ;;
+  partition) [[ -n "${2:-}" ]] || die "usage: partition NODE"; cmd_partition "$2" ;;
+  heal) [[ -n "${2:-}" ]] || die "usage: heal NODE"; cmd_heal "$2" ;;
   import) (($# >= 3)) || die "usage: import NODE ARCHIVE..."; shift; cmd_import "$@" ;;
   env) cmd_env ;;
-  *) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
