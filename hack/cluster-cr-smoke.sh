@@ -35,8 +35,9 @@ while (($#)); do
   esac
 done
 
-log() { printf 'cr-smoke: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=cr-smoke
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
 

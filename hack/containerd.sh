@@ -24,8 +24,9 @@ FERRY_CACHE="${FERRY_CACHE:-/var/cache/ferry}"
 BIN="$FERRY_CACHE/containerd-$CONTAINERD_VERSION/bin"
 BINARIES=(containerd ctr containerd-shim-runc-v2 crictl)
 
-log() { printf 'containerd.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=containerd.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 has_all() {
   local b

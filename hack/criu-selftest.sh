@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-log() { printf 'criu-selftest: %s\n' "$*" >&2; }
+LOG_NAME=criu-selftest
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 fail() {
   log "FAILED: $1"
   shift

@@ -37,13 +37,13 @@ for arg in "$@"; do
 done
 
 export FERRY_CACHE="${FERRY_CACHE:-/var/cache/ferry}"
+source hack/lib.sh
+source hack/lib-ferry.sh
 NS=demo
 APP=counter
 PERIOD_MS=100
 FAILURES=0
 
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-log() { printf '    %s\n' "$*"; }
 fail() {
   printf '\033[31mFAILED: %s\033[0m\n' "$*" >&2
   FAILURES=$((FAILURES + 1))
@@ -54,26 +54,9 @@ fail() {
     exit 1
   fi
 }
-now() { date +%s.%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
-iso_to_epoch() { date -d "$1" +%s.%N; }
 
-diagnostics() {
-  {
-    echo "--- pods"
-    kubectl get pods -A -o wide || true
-    echo "--- policy"
-    kubectl -n "$NS" get checkpointpolicy "$APP" -o yaml || true
-    echo "--- events ($NS)"
-    kubectl -n "$NS" get events --sort-by=.lastTimestamp | tail -30 || true
-    echo "--- controller log (tail)"
-    kubectl -n ferry-system logs deploy/ferry-controller --tail=40 || true
-    for pod in $(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o name 2>/dev/null); do
-      echo "--- $pod log (tail)"
-      kubectl -n ferry-system logs "$pod" --tail=20 || true
-    done
-  } >&2
-}
+# The demo talks to a reader: indented, on stdout.
+log() { printf '    %s\n' "$*"; }
 
 cleanup() {
   local status=$?
@@ -136,161 +119,6 @@ spec:
     nodeLossGracePeriod: 5s
     maxCheckpointAge: 5m
 EOF
-
-# The one Running, not terminating app pod: "name node ip".
-app_pod() {
-  kubectl -n "$NS" get pods -l app="$APP" -o json |
-    jq -r '[.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running")] |
-      if length == 1 then .[0] | "\(.metadata.name) \(.spec.nodeName) \(.status.podIP)" else empty end'
-}
-
-wait_for() { # seconds description command...
-  local limit="$1" what="$2" started
-  shift 2
-  started=$(now)
-  until "$@"; do
-    if (($(printf '%.0f' "$(secs "$started" "$(now)")") > limit)); then
-      fail "$what: not within ${limit}s"
-      return 1
-    fi
-    sleep 0.2
-  done
-}
-
-poll() { # seconds command...: like wait_for, but a timeout is no failure
-  local limit="$1" started
-  shift
-  started=$(now)
-  until "$@"; do
-    (($(printf '%.0f' "$(secs "$started" "$(now)")") > limit)) && return 1
-    sleep 0.2
-  done
-}
-
-counter_of() { curl -fsS --max-time 2 "http://$1:8080/state" 2>/dev/null | jq -r .counter; }
-
-# Waits for a checkpoint of the current pod with a replica on the other node;
-# sets CK_TAKEN (epoch), CK_MS (checkpoint duration) and CK_ARCHIVE.
-fresh_checkpoint() {
-  local uid="$1" record
-  record="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json |
-    jq -c --arg uid "$uid" '[.status.checkpoints[]? | select(.podUid == $uid and (.replicas | length) > 0)] | .[0] // empty')"
-  [[ -n "$record" ]] || return 1
-  CK_TAKEN="$(iso_to_epoch "$(jq -r .takenAt <<<"$record")")"
-  CK_MS="$(jq -r .durationMs <<<"$record")"
-  CK_ARCHIVE="$(jq -r .archive <<<"$record")"
-  CK_REPLICAS="$(jq -r '.replicas | join(",")' <<<"$record")"
-}
-
-has_app_pod() { POD_LINE="$(app_pod)"; [[ -n "$POD_LINE" ]]; }
-
-answers() { [[ "$(counter_of "$1")" =~ ^[0-9]+$ ]]; }
-
-# How long the agent that sent archive $1 took to replicate it (ms), from
-# its log line "replica stored and verified by peer".
-replication_ms() {
-  local pod
-  for pod in $(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o name); do
-    kubectl -n ferry-system logs "$pod" 2>/dev/null |
-      jq -r --arg id "$1" 'select(.fields.message == "replica stored and verified by peer" and .fields.archive == $id) | .fields.elapsed_ms' 2>/dev/null
-  done | head -1
-}
-
-# The controller leader: "pod node ip" of the Lease holder.
-leader() {
-  local holder
-  holder="$(kubectl -n ferry-system get lease ferry-controller -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)"
-  [[ -n "$holder" ]] || return 1
-  kubectl -n ferry-system get pod "$holder" -o json 2>/dev/null |
-    jq -r 'select(.metadata.deletionTimestamp == null) | "\(.metadata.name) \(.spec.nodeName) \(.status.podIP)"'
-}
-
-controller_ready_on() { # node
-  kubectl -n ferry-system get pods -l app.kubernetes.io/component=controller -o json |
-    jq -e --arg node "$1" '[.items[] | select(.metadata.deletionTimestamp == null and .spec.nodeName == $node)
-      | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length > 0' >/dev/null
-}
-
-leader_on() { # node
-  local line
-  line="$(leader)" || return 1
-  [[ "$(awk '{print $2}' <<<"$line")" == "$1" ]]
-}
-
-# Whether the leader decides failovers: its caches synced and it has
-# watched the agents for one Lease period (its /metrics say so).
-leader_deciding() {
-  local ip
-  ip="$(leader | awk '{print $3}')"
-  [[ -n "$ip" ]] && curl -fsS --max-time 2 "http://$ip:8080/metrics" 2>/dev/null |
-    grep -q '^ferry_controller_view_complete 1$'
-}
-
-# Puts the controller leader on node $1, deterministically: while it runs
-# elsewhere its pod is deleted (it releases the Lease on SIGTERM) and the
-# Ready replica on $1, the only candidate then, takes the Lease.
-place_leader() { # node
-  local node="$1" line attempt
-  wait_for 180 "a Ready controller replica on $node" controller_ready_on "$node" || return 1
-  for attempt in 1 2 3 4 5; do
-    if leader_on "$node"; then
-      log "controller leader: $(leader | awk '{print $1}') on $node"
-      wait_for 60 "the leader deciding failovers (caches synced, agents watched one Lease period)" leader_deciding || return 1
-      return 0
-    fi
-    line="$(leader || true)"
-    if [[ -n "$line" ]]; then
-      log "moving the controller leader off $(awk '{print $2}' <<<"$line") (attempt $attempt)"
-      kubectl -n ferry-system delete pod "$(awk '{print $1}' <<<"$line")" --wait=false >/dev/null
-    fi
-    poll 60 leader_on "$node" || true
-  done
-  fail "could not place the controller leader on $node"
-}
-
-controller_pods_on() { # node: names of the live controller replicas there
-  kubectl -n ferry-system get pods -l app.kubernetes.io/component=controller -o json |
-    jq -r --arg node "$1" '.items[] | select(.metadata.deletionTimestamp == null and .spec.nodeName == $node) | .metadata.name'
-}
-
-# Puts a controller replica on node $1, deterministically: the chart's
-# anti-affinity is only a preference, so after a node was down both replicas
-# may share the other node. Then the other node is cordoned and one of its
-# replicas (not the leader) deleted, so its replacement can only go to $1.
-spread_controller_to() { # node
-  local node="$1" other victim holder
-  controller_ready_on "$node" && return 0
-  other="$(other_node "$node")"
-  holder="$(kubectl -n ferry-system get lease ferry-controller -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)"
-  victim="$(controller_pods_on "$other" | grep -vx "$holder" | head -1 || true)"
-  if [[ -n "$victim" ]]; then
-    log "both controller replicas run on $other: moving $victim to $node"
-    kubectl cordon "$other" >/dev/null
-    kubectl -n ferry-system delete pod "$victim" --wait=false >/dev/null
-    local placed=0
-    wait_for 180 "a Ready controller replica on $node" controller_ready_on "$node" || placed=1
-    kubectl uncordon "$other" >/dev/null
-    return "$placed"
-  fi
-  wait_for 240 "a Ready controller replica on $node" controller_ready_on "$node"
-}
-
-# Waits until both nodes run a Ready agent and a Ready controller replica.
-ferry_on_both_nodes() {
-  local node
-  for node in ferry-a ferry-b; do
-    wait_for 240 "a Ready agent on $node" agent_ready_on "$node" || return 1
-    spread_controller_to "$node" || return 1
-  done
-}
-
-agent_ready_on() { # node
-  kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o json |
-    jq -e --arg node "$1" '[.items[] | select(.metadata.deletionTimestamp == null and .spec.nodeName == $node)
-      | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length > 0' >/dev/null
-}
-
-other_node() { [[ "$1" == ferry-a ]] && echo ferry-b || echo ferry-a; }
 
 # A failure and its restore. $1: scenario name, $2: function that injects
 # it, $3: where the controller leader runs when it happens: "failed" (the
@@ -385,13 +213,6 @@ scenario() {
     fail "$name: expected exactly one app pod, got: $(jq -r '[.items[].metadata.name] | join(" ")' <<<"$pods")"
   owners="$(jq -r '[.items[] | select(.metadata.deletionTimestamp == null) | .metadata.ownerReferences[]? | select(.controller) | .kind] | join(",")' <<<"$pods")"
   [[ "$owners" == ReplicaSet ]] || fail "$name: the app pod is owned by '$owners', not its ReplicaSet"
-}
-
-replacement_running() { # failed node
-  has_app_pod || return 1
-  local node
-  read -r _ node _ <<<"$POD_LINE"
-  [[ "$node" != "$1" ]]
 }
 
 kill_container() { # pod node ip

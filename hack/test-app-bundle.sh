@@ -28,8 +28,9 @@ LISTEN="0.0.0.0:8080"
 ID=""
 PRINT_BINARY=0
 
-log() { printf 'test-app-bundle: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=test-app-bundle
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 DIR=""
