@@ -4,7 +4,8 @@
 # both failure scenarios of the demo, each with the controller leader placed
 # on the failed node and on the surviving one, with assertions (the counter
 # continues from the checkpoint, the ballast verifies, exactly one app pod
-# owned by its ReplicaSet is left), then tears the cluster down and fails if
+# owned by its ReplicaSet is left), then what must not fail over and a
+# partition (hack/chaos.sh), then tears the cluster down and fails if
 # anything is left behind (processes, mounts, network namespaces, iptables
 # or nft rules, cgroups).
 #
@@ -15,6 +16,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
 status=0
 hack/demo.sh --assert || status=$?
+if ((status == 0)); then
+  hack/chaos.sh || status=$?
+fi
 echo "==> hack/cluster.sh down (and its leftover check)" >&2
 hack/cluster.sh down || status=1
 echo "==> tier 5 (e2e) took $((SECONDS - started))s, exit $status" >&2

@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Tier 5, part two: what must NOT fail over, and a partition that must not
+# leave two live copies. Runs on the cluster hack/demo.sh leaves behind
+# (ferry installed, the counter Deployment under its CheckpointPolicy):
+#
+#   1. the agent kept off the app's Ready node for 2x the default node-loss
+#      grace period (a DaemonSet node affinity that excludes the node):
+#      no failover, the policy says Degraded and names the node;
+#   2. the Deployment scaled 1 -> 3 -> 1, then rolled out to a new template:
+#      no failover;
+#   3. `helm upgrade` that rolls every agent and controller pod while
+#      checkpoints run: no failover, checkpoints go on;
+#   4. the app's node partitioned (hack/cluster.sh partition: kubelet and
+#      containerd frozen, its pods cut off from the API server and the other
+#      node's pods) while its containers keep running: a prober on the host
+#      asks the old and the new copy every 50 ms and must never see both
+#      answer; the new copy continues from the checkpoint.
+# Scenarios 1 and 4 run with the controller leader on the affected node and
+# again on the other one (placed deterministically). Exits 1 at the first
+# failed check, with diagnostics.
+#
+#   hack/chaos.sh
+#
+# Needs root (iptables, signals to the node's processes).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+source hack/lib.sh
+source hack/lib-ferry.sh
+NS=demo
+APP=counter
+AGENT_DS=ferry-agent
+# The API's default spec.failover.nodeLossGracePeriod (api/src/policy.rs).
+DEFAULT_NODE_LOSS_GRACE=20
+PARTITIONED=""
+AGENT_EXCLUDED=0
+
+fail() {
+  printf '\033[31mFAILED: %s\033[0m\n' "$*" >&2
+  diagnostics
+  printf 'FAILED: %s\n' "$*" >&2
+  exit 1
+}
+log() { printf '    %s\n' "$*"; }
+
+undo() {
+  local status=$?
+  [[ -n "$PARTITIONED" ]] && hack/cluster.sh heal "$PARTITIONED" || true
+  ((AGENT_EXCLUDED)) && allow_agent_everywhere || true
+  exit "$status"
+}
+trap undo EXIT
+
+eval "$(hack/cluster.sh env)"
+export KUBECONFIG
+PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
+export PATH
+
+policy() { kubectl -n "$NS" get checkpointpolicy "$APP" -o json; }
+
+# Everything that shows a failover was started: FailoverStarted Events,
+# the last failover's start and the failovers in progress.
+failover_fingerprint() {
+  local events
+  events="$(kubectl -n "$NS" get events -o json |
+    jq '[.items[] | select(.reason == "FailoverStarted") | (.count // 1)] | add // 0')"
+  policy | jq -r --arg events "$events" \
+    '"events=\($events) last=\(.status.lastFailover.startedAt // "none") running=\(.status.failovers // [] | length) queued=\(.status.queuedFailovers // [] | length)"'
+}
+
+no_failover_since() { # fingerprint
+  local now_print
+  now_print="$(failover_fingerprint)"
+  [[ "$now_print" == "$1" ]] || fail "$SCENARIO: a failover was started: before: $1, now: $now_print"
+}
+
+pod_uid() { kubectl -n "$NS" get pod "$1" -o jsonpath='{.metadata.uid}' 2>/dev/null; }
+
+# A checkpoint of pod UID $1 replicated to a standby and taken after epoch $2.
+checkpoint_after() { # uid epoch
+  policy | jq -e --arg uid "$1" --argjson after "${2%.*}" \
+    'any(.status.checkpoints[]?; .podUid == $uid and (.replicas | length) > 0
+      and (.takenAt | sub("\\.[0-9]+"; "") | fromdateiso8601) > $after)' >/dev/null
+}
+
+running_app_pods() {
+  kubectl -n "$NS" get pods -l app="$APP" -o json |
+    jq '[.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running")] | length'
+}
+app_pods_are() { [[ "$(running_app_pods)" == "$1" ]] && [[ "$(kubectl -n "$NS" get pods -l app="$APP" -o name | wc -l)" == "$1" ]]; }
+
+# Every Running app pod has a checkpoint replicated to a standby.
+all_app_pods_checkpointed() {
+  local uids
+  uids="$(kubectl -n "$NS" get pods -l app="$APP" -o json |
+    jq -c '[.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running") | .metadata.uid]')"
+  policy | jq -e --argjson uids "$uids" \
+    '[.status.checkpoints[]? | select((.replicas | length) > 0) | .podUid] as $done | all($uids[]; . as $u | $done | index($u))' >/dev/null
+}
+
+app_ready() {
+  has_app_pod || return 1
+  read -r POD NODE IP <<<"$POD_LINE"
+  answers "$IP"
+}
+
+# The app running and answering, a checkpoint of it replicated, both nodes
+# with an agent and a controller replica, the leader where $1 says:
+# "affected" (the app's node) or "other".
+prepare() { # placement
+  ferry_on_both_nodes
+  wait_for 180 "the app running and answering" app_ready
+  if [[ "$1" == affected ]]; then place_leader "$NODE"; else place_leader "$(other_node "$NODE")"; fi
+  UID_BEFORE="$(pod_uid "$POD")"
+  wait_for 120 "a replicated checkpoint of $POD" fresh_checkpoint "$UID_BEFORE"
+  FINGERPRINT="$(failover_fingerprint)"
+  log "app pod $POD on $NODE ($IP), leader $(leader | awk '{print $1 " on " $2}'); $FINGERPRINT"
+}
+
+# ---- 1. the agent kept away from a healthy node -----------------------------
+exclude_agent_from() { # node
+  AGENT_EXCLUDED=1
+  kubectl -n ferry-system patch daemonset "$AGENT_DS" --type merge -p "$(jq -nc --arg node "$1" \
+    '{spec: {template: {spec: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {
+      nodeSelectorTerms: [{matchExpressions: [{key: "kubernetes.io/hostname", operator: "NotIn", values: [$node]}]}]}}}}}}}')" >/dev/null
+}
+allow_agent_everywhere() {
+  kubectl -n ferry-system patch daemonset "$AGENT_DS" --type json \
+    -p '[{"op": "remove", "path": "/spec/template/spec/affinity"}]' >/dev/null 2>&1 || true
+  AGENT_EXCLUDED=0
+}
+no_agent_on() { # node
+  [[ -z "$(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent \
+    --field-selector "spec.nodeName=$1" -o name)" ]]
+}
+degraded_naming() { # node
+  policy | jq -e --arg node "$1" '.status.phase == "Degraded"
+    and any(.status.conditions[]?; .status == "False" and (.message | contains("agent of node " + $node)))' >/dev/null
+}
+app_pod_unchanged() { [[ "$(pod_uid "$POD")" == "$UID_BEFORE" ]] && answers "$IP"; }
+
+agent_kept_away() { # placement
+  SCENARIO="agent kept off a healthy node (leader on the $1 node)"
+  say "Scenario: $SCENARIO"
+  prepare "$1"
+  local hold_for=$((2 * DEFAULT_NODE_LOSS_GRACE))
+  exclude_agent_from "$NODE"
+  wait_for 120 "the agent gone from $NODE" no_agent_on "$NODE"
+  log "no agent on $NODE (Ready, its app running); holding ${hold_for}s"
+  wait_for 30 "the policy Degraded, naming $NODE's agent" degraded_naming "$NODE"
+  log "policy: $(policy | jq -r '.status.phase + ": " + ([.status.conditions[]? | select(.status == "False") | .message] | join("; "))')"
+  hold "$hold_for" app_pod_unchanged || fail "$SCENARIO: the app pod $POD changed or stopped answering"
+  no_failover_since "$FINGERPRINT"
+  allow_agent_everywhere
+  wait_for 180 "the agent back on $NODE" agent_ready_on "$NODE"
+  wait_for 60 "a checkpoint after the agent's return" checkpoint_after "$UID_BEFORE" "$(now)"
+  no_failover_since "$FINGERPRINT"
+  log "ok: ${hold_for}s without an agent on $NODE, no failover, $POD kept running"
+}
+
+# ---- 2. scale and roll out --------------------------------------------------
+scale_and_roll_out() {
+  SCENARIO="scale 1->3->1 and roll out"
+  say "Scenario: $SCENARIO"
+  prepare other
+  kubectl -n "$NS" scale deployment "$APP" --replicas=3 >/dev/null
+  wait_for 180 "three app pods running" app_pods_are 3
+  wait_for 120 "a replicated checkpoint of each of the three" all_app_pods_checkpointed
+  log "three pods, each checkpointed; scaling down to one"
+  kubectl -n "$NS" scale deployment "$APP" --replicas=1 >/dev/null
+  wait_for 120 "one app pod left" app_pods_are 1
+  log "rolling out a new template"
+  kubectl -n "$NS" set env deployment/"$APP" FERRY_CHAOS_ROLLOUT="$(date +%s)" >/dev/null
+  kubectl -n "$NS" rollout status deployment/"$APP" --timeout=180s >/dev/null ||
+    fail "$SCENARIO: the rollout did not finish"
+  wait_for 120 "one app pod left after the rollout" app_pods_are 1
+  wait_for 60 "the new pod running" app_ready
+  wait_for 120 "a replicated checkpoint of the rolled-out pod" fresh_checkpoint "$(pod_uid "$POD")"
+  no_failover_since "$FINGERPRINT"
+  local released
+  released="$(kubectl -n "$NS" get events -o json | jq '[.items[] | select(.reason == "CheckpointsReleased")] | length')"
+  ((released > 0)) || fail "$SCENARIO: no CheckpointsReleased Event for the removed pods"
+  log "ok: no failover; $released CheckpointsReleased Event(s); $POD protected"
+}
+
+# ---- 3. helm upgrade rolling every ferry pod ----------------------------------
+ferry_pod_uids() {
+  kubectl -n ferry-system get pods -o json |
+    jq -r '.items[] | select(.metadata.deletionTimestamp == null) | .metadata.uid' | sort
+}
+all_ferry_pods_new() { # old uids
+  local now_uids
+  now_uids="$(ferry_pod_uids)"
+  [[ -z "$(comm -12 <(echo "$1") <(echo "$now_uids"))" ]] &&
+    agent_ready_on ferry-a && agent_ready_on ferry-b &&
+    [[ "$(kubectl -n ferry-system get deploy ferry-controller -o jsonpath='{.status.readyReplicas}')" == 2 ]]
+}
+
+helm_upgrade_rolls_everything() {
+  SCENARIO="helm upgrade rolling every agent and controller"
+  say "Scenario: $SCENARIO"
+  prepare other
+  local helm uids started
+  helm="$(hack/helm.sh)"
+  uids="$(ferry_pod_uids)"
+  started="$(now)"
+  "$helm" upgrade ferry charts/ferry -n ferry-system --reuse-values \
+    --set-string "agent.podAnnotations.ferry\.dev/rolled-at=$started" \
+    --set-string "controller.podAnnotations.ferry\.dev/rolled-at=$started" \
+    --wait --timeout 300s >/dev/null || fail "$SCENARIO: helm upgrade failed"
+  wait_for 240 "every agent and controller pod replaced and Ready" all_ferry_pods_new "$uids"
+  log "every ferry pod replaced after $(secs "$started" "$(now)")s; waiting for the next checkpoint"
+  wait_for 90 "a checkpoint after the upgrade" checkpoint_after "$UID_BEFORE" "$(now)"
+  [[ "$(pod_uid "$POD")" == "$UID_BEFORE" ]] || fail "$SCENARIO: the app pod $POD was replaced"
+  no_failover_since "$FINGERPRINT"
+  log "ok: no failover, $POD kept running, checkpoints go on"
+}
+
+# ---- 4. a partition ----------------------------------------------------------
+# One line per round: "epoch old new", the counter each copy answered or "-".
+# The new copy's address is read from file $2 once the watcher wrote it.
+probe_both() { # old-ip new-ip-file
+  local old_ip="$1" new_file="$2" new_ip old new body
+  while :; do
+    new_ip="$(cat "$new_file" 2>/dev/null || true)"
+    old=- new=-
+    body="$(curl -fsS --max-time 0.3 "http://$old_ip:8080/state" 2>/dev/null || true)"
+    [[ "$body" =~ \"counter\":([0-9]+) ]] && old="${BASH_REMATCH[1]}"
+    if [[ -n "$new_ip" ]]; then
+      body="$(curl -fsS --max-time 0.3 "http://$new_ip:8080/state" 2>/dev/null || true)"
+      [[ "$body" =~ \"counter\":([0-9]+) ]] && new="${BASH_REMATCH[1]}"
+    fi
+    echo "$(now) $old $new"
+    sleep 0.05
+  done
+}
+
+partition() { # placement
+  SCENARIO="the app's node partitioned (leader on the $1 node)"
+  say "Scenario: $SCENARIO"
+  prepare "$1"
+  local old_node="$NODE" old_ip="$IP" probes new_file prober
+  probes="$(mktemp)" new_file="$(mktemp)"
+  probe_both "$old_ip" "$new_file" >"$probes" &
+  prober=$!
+  sleep 1
+  local cut_at
+  cut_at="$(now)"
+  PARTITIONED="$old_node"
+  hack/cluster.sh partition "$old_node"
+  wait_for 180 "a replacement running on the other node" replacement_running "$old_node"
+  read -r NEW_POD NEW_NODE NEW_IP <<<"$POD_LINE"
+  echo "$NEW_IP" >"$new_file"
+  wait_for 60 "the replacement answering" answers "$NEW_IP"
+  sleep 5
+  log "healing $old_node"
+  hack/cluster.sh heal "$old_node"
+  PARTITIONED=""
+  wait_for 120 "$old_node Ready again" node_ready "$old_node"
+  sleep 10
+  kill "$prober" 2>/dev/null || true
+  wait "$prober" 2>/dev/null || true
+
+  local both last_old first_new rounds
+  rounds="$(wc -l <"$probes")"
+  both="$(awk '$2 != "-" && $3 != "-"' "$probes" | head -3)"
+  last_old="$(awk '$2 != "-" { t = $1 } END { print t }' "$probes")"
+  first_new="$(awk '$3 != "-" { print $1; exit }' "$probes")"
+  log "prober: $rounds rounds; old copy last answered +$(secs "$cut_at" "$last_old")s, new copy first answered +$(secs "$cut_at" "$first_new")s after the cut"
+  [[ -z "$both" ]] || fail "$SCENARIO: both copies answered in one round: $both"
+  [[ -n "$first_new" ]] || fail "$SCENARIO: the new copy never answered the prober"
+  awk -v a="$last_old" -v b="$first_new" 'BEGIN { exit !(a < b) }' ||
+    fail "$SCENARIO: the old copy answered at $last_old, after the new one first did at $first_new"
+  local failover first_counter
+  failover="$(policy | jq -c '.status.lastFailover // {}')"
+  [[ "$(jq -r '.stage' <<<"$failover")" == Completed && "$(jq -r '.coldStart' <<<"$failover")" == false ]] ||
+    fail "$SCENARIO: the failover is not a completed warm restore: $failover"
+  first_counter="$(awk '$3 != "-" { print $3; exit }' "$probes")"
+  ((first_counter > 0)) || fail "$SCENARIO: the new copy started from zero"
+  log "ok: never two copies; restored warm on $NEW_NODE ($NEW_POD), counter continued at $first_counter; evidence: $(jq -r '(.evidence // []) | join("; ")' <<<"$failover"); fence: $(jq -r '.fence // ""' <<<"$failover")"
+  printf '%s\t%s\t%s\n' "$1" "$(secs "$cut_at" "$last_old")" "$(secs "$cut_at" "$first_new")" >>"$PARTITION_TIMINGS"
+  rm -f "$probes" "$new_file"
+}
+
+node_ready() {
+  kubectl get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null
+}
+
+PARTITION_TIMINGS="$(mktemp)"
+agent_kept_away affected
+agent_kept_away other
+scale_and_roll_out
+helm_upgrade_rolls_everything
+partition other
+partition affected
+
+say "Summary"
+log "agent kept off a Ready node for $((2 * DEFAULT_NODE_LOSS_GRACE))s (leader on it, then elsewhere): no failover, Degraded"
+log "scale 1->3->1 and a rollout: no failover"
+log "helm upgrade rolling every ferry pod: no failover"
+{
+  printf 'partition, leader on\told copy last answered\tnew copy first answered\n'
+  cat "$PARTITION_TIMINGS"
+} | column -t -s $'\t'
+rm -f "$PARTITION_TIMINGS"
