@@ -189,6 +189,16 @@ fn cancel_if_recovered(record: &FailoverRecord, world: &Observed<'_>) -> Option<
 }
 
 fn prepare(record: &FailoverRecord, world: Observed<'_>) -> Step {
+    // On a healthy node the failed pod is stopped while the target prepares
+    // the restore, not after: the kubelet's confirmation then arrives about
+    // when the image is ready. A bare pod stays until its replacement has
+    // been created from its spec; a lost node's pod is fenced by its agent.
+    if record.reason != FailureTrigger::NodeLoss
+        && !record.owner.is_empty()
+        && failed_pod(record, &world).is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        return stop_pod(record, "while the restore is prepared");
+    }
     let target = record.to_node.clone().filter(|_| !record.cold_start);
     let Some(target) = target else {
         let mut prepared = record.clone();
@@ -378,17 +388,7 @@ fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
             record.pod
         )),
         Some(pod) if pod.metadata.deletion_timestamp.is_none() => {
-            return Step::of(
-                Action::StopPod {
-                    name: record.pod.clone(),
-                    uid: record.pod_uid.clone(),
-                },
-                record.clone(),
-                format!(
-                    "stopping failed pod {} on node {} (grace {STOP_GRACE_SECONDS}s)",
-                    record.pod, record.from_node
-                ),
-            );
+            return stop_pod(record, "before its replacement is released");
         }
         Some(pod) if all_terminated(pod) => Fence::Confirmed(format!(
             "the kubelet of node {} reports every container of pod {} terminated",
@@ -421,6 +421,20 @@ fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
         }
         Fence::Waiting(why) => Step::wait(record, why),
     }
+}
+
+fn stop_pod(record: &FailoverRecord, when: &str) -> Step {
+    Step::of(
+        Action::StopPod {
+            name: record.pod.clone(),
+            uid: record.pod_uid.clone(),
+        },
+        record.clone(),
+        format!(
+            "stopping failed pod {} on node {} (grace {STOP_GRACE_SECONDS}s) {when}",
+            record.pod, record.from_node
+        ),
+    )
 }
 
 /// Whether the kubelet reports every container of a pod being deleted as
@@ -702,7 +716,9 @@ mod tests {
     #[test]
     fn detected_prepares_on_a_live_target_and_waits_for_a_dead_one() {
         let record = record(FailureTrigger::ContainerFailure, FailoverStage::Detected);
-        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        let mut failed = pod("web-1", "u1", -60_000, None);
+        failed.metadata.deletion_timestamp = Some(Time(at(500)));
+        let mut world = World::new(vec![failed]);
         let step = world.next(&record, 1000);
         assert_eq!(
             step.action,
@@ -716,6 +732,36 @@ mod tests {
         let step = world.next(&record, 1000);
         assert_eq!(step.action, Action::Wait);
         assert_eq!(step.record, record, "nothing changes while waiting");
+    }
+
+    #[test]
+    fn a_failed_pod_on_a_healthy_node_is_stopped_before_the_restore_is_prepared() {
+        let record = record(FailureTrigger::ContainerFailure, FailoverStage::Detected);
+        let world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        let step = world.next(&record, 1000);
+        assert!(matches!(step.action, Action::StopPod { .. }), "{step:?}");
+        assert_eq!(step.record.stage, FailoverStage::Detected);
+        assert!(
+            step.note.contains("while the restore is prepared"),
+            "{}",
+            step.note
+        );
+
+        // A lost node's pod is left to its agent's fence, and a bare pod
+        // stays until its replacement exists.
+        for record in [
+            record_with(FailureTrigger::NodeLoss, |_| {}),
+            record_with(FailureTrigger::ContainerFailure, |r| r.owner.clear()),
+        ] {
+            let step = world.next(&record, 1000);
+            assert!(matches!(step.action, Action::Prepare { .. }), "{step:?}");
+        }
+    }
+
+    fn record_with(reason: FailureTrigger, change: impl Fn(&mut FailoverRecord)) -> FailoverRecord {
+        let mut record = record(reason, FailoverStage::Detected);
+        change(&mut record);
+        record
     }
 
     #[test]
