@@ -427,15 +427,21 @@ fn policies_for_node_name(
         .collect()
 }
 
-/// Checks the CRD, then runs the CheckpointPolicy controller until the
+/// Checks the CRD, fills the caches of pods, nodes and agent Leases, then,
+/// once `leading` says so, runs the CheckpointPolicy controller until the
 /// process receives SIGTERM or SIGINT (or, with leader election, until
 /// leadership is lost).
+///
+/// A replica standing by keeps its caches and its view of the agents warm
+/// and writes nothing: when it takes over, its view is already complete,
+/// so a failover is not delayed by one agent Lease period of watching.
 pub async fn run(
     client: Client,
     config: Config,
     agents: Arc<AgentPool>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Error> {
     crd::ensure_installed(&client, ferry_api::CRD_NAME, Duration::from_secs(30)).await?;
     let leases_api: Api<Lease> = match &config.agent_namespace {
@@ -481,14 +487,20 @@ pub async fn run(
     // Pods and nodes wake the policies they concern; agent Leases wake
     // them only when what peers see of a node changes (their renewals
     // every heartbeat would wake everything).
+    // While standing by, departures are still tracked (they decide whether a
+    // gone pod was deleted on purpose), but nothing is queued or written.
     let pod_triggers = triggers.clone();
     let pod_store = store.clone();
     let pod_context = context.clone();
+    let pod_leading = leading.clone();
     tokio::spawn(pod_events.try_for_each(move |pod| {
         if pod.metadata.deletion_timestamp.is_some()
             || pod_context.pods.get(&ObjectRef::from_obj(&pod)).is_none()
         {
             pod_context.pod_departing(&pod, jiff::Timestamp::now());
+        }
+        if !*pod_leading.borrow() {
+            return futures::future::ready(Ok(()));
         }
         for policy in policies_for_pod(&pod_store, &pod) {
             let _ = pod_triggers.send(policy);
@@ -497,6 +509,7 @@ pub async fn run(
     }));
     let lease_triggers = triggers.clone();
     let lease_store = store.clone();
+    let lease_leading = leading.clone();
     let mut peer_views: HashMap<String, PeerView> = HashMap::new();
     tokio::spawn(lease_events.for_each(move |lease| {
         if let Ok(lease) = &lease
@@ -508,6 +521,9 @@ pub async fn run(
                 None => view.0.keys().cloned().collect(),
             };
             peer_views.insert(agent.node.clone(), view);
+            if !*lease_leading.borrow() {
+                return futures::future::ready(());
+            }
             for node in changed {
                 for policy in policies_for_node_name(&lease_store, &node) {
                     let _ = lease_triggers.send(policy);
@@ -520,15 +536,11 @@ pub async fn run(
     let mut node_states: HashMap<String, NodeState> = HashMap::new();
     let node_cache = nodes.clone();
     let taint_client = client.clone();
+    let node_leading = leading.clone();
     tokio::spawn(node_events.try_for_each(move |node| {
-        if let Some(index) = nodes::taint_to_lift(&node, &node_store.state()) {
-            let (client, name) = (taint_client.clone(), node.name_any());
-            tokio::spawn(async move {
-                match nodes::lift_taint(client, &name, index).await {
-                    Ok(()) => tracing::info!(node = %name, "node Ready again and no failover from it runs: ferry's NoSchedule taint removed"),
-                    Err(error) => tracing::warn!(node = %name, %error, "could not remove ferry's taint"),
-                }
-            });
+        let leader = *node_leading.borrow();
+        if leader {
+            nodes::lift_taints(&taint_client, [&node], &node_store.state());
         }
         // Heartbeats change a node's status every few seconds; only a change
         // of readiness or of what placement looks at concerns a policy.
@@ -538,6 +550,9 @@ pub async fn run(
         let state = NodeState::of(&node, gone);
         if node_states.get(&node.name_any()) != Some(&state) {
             node_states.insert(node.name_any(), state);
+            if !leader {
+                return futures::future::ready(Ok(()));
+            }
             for policy in policies_for_node_name(&node_store, &node.name_any()) {
                 let _ = triggers.send(policy);
             }
@@ -566,6 +581,11 @@ pub async fn run(
         .as_secs_f64(),
         "caches of pods, nodes and agent Leases synced; failover decisions start once agents were watched for one Lease period"
     );
+    if leading.wait_for(|leader| *leader).await.is_err() {
+        tracing::info!("stopped before becoming the leader");
+        return Ok(());
+    }
+    tracing::info!("leading: reconciling policies");
 
     tokio::spawn(async move {
         // Store readiness wakes only the most recent waiter, and the

@@ -64,6 +64,18 @@ struct Args {
     /// Elect a leader on a Lease, so several replicas can run and only one acts.
     #[arg(long)]
     leader_election: bool,
+    /// How long the leader Lease stays valid after a renewal: a leader lost
+    /// with its node is replaced after about this long.
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    leader_lease_duration: Duration,
+    /// How often the leader renews its Lease; it gives up leading when no
+    /// renewal succeeded for two thirds of the Lease duration.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_renew_interval: Duration,
+    /// How often a standby replica reads the Lease, and how soon the leader
+    /// retries a failed renewal.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    leader_retry_interval: Duration,
     /// Namespace of the leader-election Lease (default: the agent namespace).
     #[arg(long, env = "FERRY_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
@@ -185,22 +197,35 @@ async fn run(args: Args) -> Result<(), Error> {
             readiness.set();
         });
     }
-    let controller = ferry_controller::run(client.clone(), config, agents, metrics, readiness);
+    // The caches fill while this replica stands by; it reconciles only
+    // once it leads.
+    let (leading_tx, leading) = tokio::sync::watch::channel(!args.leader_election);
+    let controller =
+        ferry_controller::run(client.clone(), config, agents, metrics, readiness, leading);
+    tokio::pin!(controller);
+    let mut http = http;
     if args.leader_election {
         let namespace = args
             .leader_election_namespace
             .clone()
             .unwrap_or_else(|| args.agent_namespace.clone());
-        let election = LeaderElection::new(
-            client.clone(),
-            LeaderElectionConfig::new(namespace, "ferry-controller", args.identity.clone()),
-        )?;
-        let leadership = election.acquire().await?;
+        let mut election_config =
+            LeaderElectionConfig::new(namespace, "ferry-controller", args.identity.clone());
+        election_config.lease_duration = args.leader_lease_duration;
+        election_config.renew_interval = args.leader_renew_interval;
+        election_config.retry_interval = args.leader_retry_interval;
+        let election = LeaderElection::new(client.clone(), election_config)?;
+        let leadership = tokio::select! {
+            acquired = election.acquire() => acquired?,
+            result = &mut controller => return result,
+            served = &mut http => return Err(served_error(served)),
+        };
         tracing::info!(identity = %args.identity, lease = %leadership.lease(), "became the leader");
+        leading_tx.send_replace(true);
         let outcome = tokio::select! {
-            result = controller => result,
+            result = &mut controller => result,
             lost = leadership.lost() => Err(Error::LostLeadership(lost.to_string())),
-            served = http => Err(served_error(served)),
+            served = &mut http => Err(served_error(served)),
         };
         if leadership.is_leader()
             && let Err(err) = leadership.release().await
@@ -210,8 +235,8 @@ async fn run(args: Args) -> Result<(), Error> {
         outcome
     } else {
         tokio::select! {
-            result = controller => result,
-            served = http => Err(served_error(served)),
+            result = &mut controller => result,
+            served = &mut http => Err(served_error(served)),
         }
     }
 }

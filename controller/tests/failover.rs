@@ -695,6 +695,118 @@ async fn scale_down_rollout_and_deletion_are_not_failures() {
     );
 }
 
+/// Sum of the samples of a metric family in a /metrics text.
+fn metric_sum(metrics: &str, family: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A replica standing by fills its caches and watches the agents but acts
+/// on nothing. When the leader dies (no Lease release) and then the pod's
+/// node, it takes over and decides with the view it already has: no
+/// decision is deferred for a view younger than a Lease period.
+#[tokio::test]
+async fn a_warm_standby_takes_over_and_decides_without_waiting() {
+    let mut ferry = install(3, 256 << 10, &["apps"]).await;
+    let client = ferry.client.clone();
+    let (standby_controller, standby_http, standby_webhook) = ferry.standby_controller();
+    create(&client, "apps", deployment("counter")).await;
+    create(
+        &client,
+        "apps",
+        policy("counter", "counter", serde_json::json!({})),
+    )
+    .await;
+    let pod = running_pod(&ferry, "apps", "counter").await;
+    let uid = pod.uid().unwrap();
+    let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+    let logs = |ferry: &Installation| {
+        format!(
+            "{}\n--- standby controller\n{}",
+            ferry.logs(),
+            standby_controller.log_text()
+        )
+    };
+    eventually(
+        "the standby's caches synced",
+        WAIT,
+        || logs(&ferry),
+        || async {
+            standby_controller
+                .log_text()
+                .contains("caches of pods, nodes and agent Leases synced")
+                .then_some(())
+        },
+    )
+    .await;
+    // One agent Lease period (5 s) of watching, and some.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let metrics = |url: String| async move {
+        reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = metrics(standby_http.clone()).await;
+    assert_eq!(
+        metric_sum(&before, "ferry_controller_reconciliations_total"),
+        0.0,
+        "a standby reconciles nothing:\n{before}"
+    );
+    assert!(!standby_controller.log_text().contains("became the leader"));
+
+    ferry.controller.kill();
+    // As the webhook Service's endpoints would once the leader's pod is gone.
+    common::register_webhook(&client, &ferry.pki, standby_webhook).await;
+    common::lose_node(&client, &node).await;
+    eventually(
+        "the standby leading and recording the failover",
+        WAIT,
+        || logs(&ferry),
+        || async {
+            let status = get_policy(&client, "apps", "counter").await.status?;
+            status
+                .failovers
+                .iter()
+                .find(|f| f.pod_uid == uid)
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(
+        standby_controller.log_text().contains("became the leader"),
+        "{}",
+        logs(&ferry)
+    );
+    declare_out_of_service(&client, &node).await;
+    let (record, _pod) = failed_over(
+        &ferry,
+        "apps",
+        "counter",
+        "counter",
+        &uid,
+        &standby,
+        FailureTrigger::NodeLoss,
+    )
+    .await;
+    assert_eq!(record.from_node, node);
+    let after = metrics(standby_http).await;
+    assert_eq!(
+        metric_sum(
+            &after,
+            "ferry_controller_failover_decisions_deferred_total{reason=\"agent_view_too_young\"}"
+        ),
+        0.0,
+        "the new leader's view was complete when it took over:\n{after}"
+    );
+    assert!(metric_sum(&after, "ferry_controller_reconciliations_total") > 0.0);
+}
+
 /// An agent kept away from a Ready node (crash loop, bad rollout) for twice
 /// the grace period is an agent outage, never a node loss: no failover,
 /// and the policy says why it is Degraded.

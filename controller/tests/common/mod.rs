@@ -346,7 +346,7 @@ fn controller_args(pki: &Pki, http_port: u16, webhook_port: u16, log_format: &st
 
 /// The webhook as the chart registers it, but reached by URL and limited
 /// to the test's namespaces.
-async fn register_webhook(client: &Client, pki: &Pki, port: u16) {
+pub async fn register_webhook(client: &Client, pki: &Pki, port: u16) {
     let config = serde_json::json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -461,6 +461,29 @@ impl Installation {
             .into_iter()
             .map(|a| a.id)
             .collect()
+    }
+
+    /// A second controller replica with its own identity and ports. It
+    /// stands by while the installation's controller leads. Returns it, the
+    /// base URL of its /metrics and its webhook port.
+    pub fn standby_controller(&self) -> (Process, String, u16) {
+        let ports = ferry_testenv::free_ports(2);
+        let process = Process::spawn(
+            "controller-standby",
+            &self.dir,
+            &workspace_binary("ferry-controller"),
+            &controller_args(&self.pki, ports[0], ports[1], "text"),
+            &[
+                (
+                    "KUBECONFIG",
+                    self.plane.kubeconfig_path().display().to_string(),
+                ),
+                ("RUST_LOG", "info".into()),
+                ("POD_NAMESPACE", AGENT_NAMESPACE.into()),
+                ("POD_NAME", "ferry-controller-standby".into()),
+            ],
+        );
+        (process, format!("http://127.0.0.1:{}", ports[0]), ports[1])
     }
 
     pub fn logs(&self) -> String {
