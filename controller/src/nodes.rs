@@ -31,6 +31,33 @@ pub fn taint_to_lift(node: &Node, policies: &[Arc<CheckpointPolicy>]) -> Option<
     (node_ready(node) && !failing_over).then_some(index)
 }
 
+/// Lifts ferry's taint, in the background, from each of `nodes` where
+/// [`taint_to_lift`] says so. Called on node events and on reconciles: the
+/// failover that held a taint may end long after the node's last status
+/// change, and a tainted node is no standby.
+pub fn lift_taints<'a>(
+    client: &Client,
+    nodes: impl IntoIterator<Item = &'a Node>,
+    policies: &[Arc<CheckpointPolicy>],
+) {
+    for node in nodes {
+        let Some(index) = taint_to_lift(node, policies) else {
+            continue;
+        };
+        let (client, name) = (client.clone(), node.name_any());
+        tokio::spawn(async move {
+            match lift_taint(client, &name, index).await {
+                Ok(()) => {
+                    tracing::info!(node = %name, "node Ready again and no failover from it runs: ferry's NoSchedule taint removed")
+                }
+                Err(error) => {
+                    tracing::debug!(node = %name, %error, "could not remove ferry's taint (another reconcile may have)")
+                }
+            }
+        });
+    }
+}
+
 /// Removes ferry's taint at `index`; the patch tests it is still there.
 pub async fn lift_taint(client: Client, node: &str, index: usize) -> Result<(), String> {
     let patch =

@@ -174,6 +174,11 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
             )
             .await;
             requeue = requeue.min(poll);
+            crate::nodes::lift_taints(
+                &context.client,
+                snapshot.nodes.iter().map(AsRef::as_ref),
+                &context.policies().map(|s| s.state()).unwrap_or_default(),
+            );
             if policy.spec.strategy == Strategy::Checkpoint {
                 let next = schedule(
                     policy,
