@@ -525,6 +525,23 @@ wait_nodes_ready() {
   done
 }
 
+# CRIU options that runc has no flag for come from /etc/criu/runc.conf,
+# which both nodes' runc read. skip-in-flight: a connection still waiting in
+# a listening socket's accept queue fails the dump otherwise; the process
+# keeps running with it (the kubelet checkpoints with leave-running), and a
+# restored copy starts without it, so its client reconnects. A busy server
+# has such a connection in most dumps. An existing file is left alone.
+CRIU_RUNC_CONF=/etc/criu/runc.conf
+criu_config() {
+  if [[ ! -e "$CRIU_RUNC_CONF" ]]; then
+    mkdir -p "$(dirname "$CRIU_RUNC_CONF")"
+    printf '# written by ferry hack/cluster.sh up; removed by down\nskip-in-flight\n' >"$CRIU_RUNC_CONF"
+    touch "$RUN/criu-runc-conf.created"
+  elif ! grep -qx 'skip-in-flight' "$CRIU_RUNC_CONF"; then
+    log "warning: $CRIU_RUNC_CONF lacks skip-in-flight: checkpoints of busy servers will fail"
+  fi
+}
+
 cmd_up() {
   [[ $EUID -eq 0 ]] || die "must run as root"
   need_binaries
@@ -537,6 +554,7 @@ cmd_up() {
   [[ -f "$RUN/nft-tables.orig" ]] || nft list tables >"$RUN/nft-tables.orig" 2>/dev/null || true
   # Pod-to-pod across nodes: both bridges are on this host; it routes.
   sysctl -qw net.ipv4.ip_forward=1
+  criu_config
   pki "$ip"
   start_control_plane "$ip"
   for node in "${NODES[@]}"; do
@@ -700,6 +718,10 @@ cmd_down() {
   done
   for ((c = ${#CONTROL_PLANE[@]} - 1; c >= 0; c--)); do stop_proc "${CONTROL_PLANE[c]}"; done
   sweep
+  if [[ -f "$RUN/criu-runc-conf.created" ]]; then
+    rm -f "$CRIU_RUNC_CONF"
+    rmdir "$(dirname "$CRIU_RUNC_CONF")" 2>/dev/null || true
+  fi
   if [[ -f "$RUN/ip_forward.orig" ]]; then
     sysctl -qw "net.ipv4.ip_forward=$(cat "$RUN/ip_forward.orig")" || true
   fi
