@@ -35,12 +35,6 @@ DEFAULT_NODE_LOSS_GRACE=20
 PARTITIONED=""
 AGENT_EXCLUDED=0
 
-fail() {
-  printf '\033[31mFAILED: %s\033[0m\n' "$*" >&2
-  diagnostics
-  printf 'FAILED: %s\n' "$*" >&2
-  exit 1
-}
 log() { printf '    %s\n' "$*"; }
 
 undo() {

@@ -42,18 +42,6 @@ source hack/lib-ferry.sh
 NS=demo
 APP=counter
 PERIOD_MS=100
-FAILURES=0
-
-fail() {
-  printf '\033[31mFAILED: %s\033[0m\n' "$*" >&2
-  FAILURES=$((FAILURES + 1))
-  if ((ASSERT)); then
-    diagnostics
-    # Again, last: CI keeps only the tail of the output.
-    printf 'FAILED: %s\n' "$*" >&2
-    exit 1
-  fi
-}
 
 # The demo talks to a reader: indented, on stdout.
 log() { printf '    %s\n' "$*"; }

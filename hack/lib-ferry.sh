@@ -2,7 +2,21 @@
 # Helpers of the scripts that drive ferry on the local cluster
 # (hack/demo.sh, hack/chaos.sh): the demo app, the controller leader, the
 # agents. Source after hack/lib.sh; expects NS and APP (the app's namespace
-# and name), kubectl on PATH with KUBECONFIG set, and a `fail` function.
+# and name) and kubectl on PATH with KUBECONFIG set.
+
+# A failed check. Counted in FAILURES; unless ASSERT is 0, it prints the
+# diagnostics and exits 1.
+FAILURES=0
+fail() {
+  printf '\033[31mFAILED: %s\033[0m\n' "$*" >&2
+  FAILURES=$((FAILURES + 1))
+  if ((${ASSERT:-1})); then
+    diagnostics
+    # Again, last: CI keeps only the tail of the output.
+    printf 'FAILED: %s\n' "$*" >&2
+    exit 1
+  fi
+}
 
 # wait_for SECONDS DESCRIPTION CMD...: poll, and a timeout is a failure.
 wait_for() {

@@ -42,6 +42,6 @@ step "cargo test --workspace"
 cargo test --locked --workspace "$@"
 
 if [[ "${FERRY_SKIP_E2E:-0}" != 1 ]]; then
-  step "tier 5: hack/e2e.sh (two-node cluster, helm install, four real failovers)"
+  step "tier 5: hack/e2e.sh (two-node cluster, helm install, six real failovers, what must not fail over)"
   hack/e2e.sh
 fi

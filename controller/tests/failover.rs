@@ -97,6 +97,23 @@ async fn protected(
     .await
 }
 
+/// Creates the `counter` Deployment and its policy in `apps` and waits
+/// until a checkpoint of its pod is replicated: the pod, its UID, its node
+/// and the standby.
+async fn protected_counter(ferry: &Installation) -> (Pod, String, String, String) {
+    create(&ferry.client, "apps", deployment("counter")).await;
+    create(
+        &ferry.client,
+        "apps",
+        policy("counter", "counter", serde_json::json!({})),
+    )
+    .await;
+    let pod = running_pod(ferry, "apps", "counter").await;
+    let uid = pod.uid().unwrap();
+    let (node, standby) = protected(ferry, "apps", "counter", &uid).await;
+    (pod, uid, node, standby)
+}
+
 async fn running_pod(ferry: &Installation, namespace: &str, app: &str) -> Pod {
     eventually(
         "one running pod",
@@ -464,16 +481,7 @@ async fn statefulset_pod_deletion_restores_under_the_same_name() {
 async fn a_controller_killed_mid_failover_finishes_it_once_after_restart() {
     let mut ferry = install(3, 256 << 10, &["apps"]).await;
     let client = ferry.client.clone();
-    create(&client, "apps", deployment("counter")).await;
-    create(
-        &client,
-        "apps",
-        policy("counter", "counter", serde_json::json!({})),
-    )
-    .await;
-    let pod = running_pod(&ferry, "apps", "counter").await;
-    let uid = pod.uid().unwrap();
-    let (_node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+    let (pod, uid, _node, standby) = protected_counter(&ferry).await;
 
     // The standby's agent is down (its Lease still current), so the
     // failover stops after being recorded, before any replacement exists.
@@ -713,16 +721,7 @@ async fn a_warm_standby_takes_over_and_decides_without_waiting() {
     let mut ferry = install(3, 256 << 10, &["apps"]).await;
     let client = ferry.client.clone();
     let (standby_controller, standby_http, standby_webhook) = ferry.standby_controller();
-    create(&client, "apps", deployment("counter")).await;
-    create(
-        &client,
-        "apps",
-        policy("counter", "counter", serde_json::json!({})),
-    )
-    .await;
-    let pod = running_pod(&ferry, "apps", "counter").await;
-    let uid = pod.uid().unwrap();
-    let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+    let (_pod, uid, node, standby) = protected_counter(&ferry).await;
     let logs = |ferry: &Installation| {
         format!(
             "{}\n--- standby controller\n{}",
@@ -814,16 +813,7 @@ async fn a_warm_standby_takes_over_and_decides_without_waiting() {
 async fn an_agent_outage_on_a_ready_node_fails_nothing_over() {
     let mut ferry = install(3, 256 << 10, &["apps"]).await;
     let client = ferry.client.clone();
-    create(&client, "apps", deployment("counter")).await;
-    create(
-        &client,
-        "apps",
-        policy("counter", "counter", serde_json::json!({})),
-    )
-    .await;
-    let pod = running_pod(&ferry, "apps", "counter").await;
-    let uid = pod.uid().unwrap();
-    let (node, _standby) = protected(&ferry, "apps", "counter", &uid).await;
+    let (_pod, uid, node, _standby) = protected_counter(&ferry).await;
     ferry.agent_mut(&node).kill();
     let message = eventually(
         "Degraded naming the agent outage",
@@ -866,16 +856,7 @@ async fn an_agent_outage_on_a_ready_node_fails_nothing_over() {
 async fn a_flapping_node_never_restores_twice() {
     let ferry = install(3, 256 << 10, &["apps"]).await;
     let client = &ferry.client;
-    create(client, "apps", deployment("counter")).await;
-    create(
-        client,
-        "apps",
-        policy("counter", "counter", serde_json::json!({})),
-    )
-    .await;
-    let pod = running_pod(&ferry, "apps", "counter").await;
-    let uid = pod.uid().unwrap();
-    let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
+    let (_pod, uid, node, standby) = protected_counter(&ferry).await;
     let switch = common::NodeSwitch::take(client, &node).await;
 
     switch.set(client, &node, false).await;
