@@ -13,7 +13,7 @@
 //!   cgroupfs and the systemd drivers, cgroup v1 and v2; runc containers of
 //!   the `runc` runtime in `/ferry/<id>`), and needs the host PID namespace.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -181,6 +181,35 @@ impl FenceTargets {
     }
 }
 
+/// How long a fenced pod is kept stopped: its failover either finishes
+/// within this (the controller gives up after 180 s) or the kubelet's
+/// restarts of it show as a container failure, which fails it over.
+pub const FENCE_HOLD: Duration = Duration::from_secs(600);
+
+/// The fenced pods (UID → when fenced) still held at `now`.
+pub fn still_held(
+    fenced: &BTreeMap<String, jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> BTreeMap<String, jiff::Timestamp> {
+    fenced
+        .iter()
+        .filter(|(_, at)| {
+            let held = now.duration_since(**at);
+            // A clock stepped back keeps the pod held.
+            held.is_negative() || Duration::try_from(held).is_ok_and(|held| held < FENCE_HOLD)
+        })
+        .map(|(uid, at)| (uid.clone(), *at))
+        .collect()
+}
+
+/// Targets that are these pods and nothing else.
+pub fn pods_only(pods: &BTreeMap<String, jiff::Timestamp>) -> FenceTargets {
+    FenceTargets {
+        container_ids: BTreeSet::new(),
+        pod_uids: pods.keys().cloned().collect(),
+    }
+}
+
 /// The protected containers that still matter: those whose workload this
 /// node still holds an archive of, taken here (a deleted policy's archives
 /// are gone, and with them its containers' protection). A container the
@@ -315,6 +344,18 @@ mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn fenced_pods_are_held_for_the_hold_period_and_only_they_are_targets() {
+        let at = |s: i64| jiff::Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let fenced = BTreeMap::from([("old".to_owned(), at(0)), ("new".to_owned(), at(500))]);
+        let held = still_held(&fenced, at(650));
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["new"]);
+        assert_eq!(still_held(&fenced, at(-10)).len(), 2, "clock stepped back");
+        let targets = pods_only(&held);
+        assert!(targets.container_ids.is_empty());
+        assert_eq!(targets.pod_uids, BTreeSet::from(["new".to_owned()]));
+    }
 
     #[test]
     fn fences_only_when_api_and_peers_are_both_silent_past_the_timeout() {

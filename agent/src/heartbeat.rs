@@ -325,6 +325,10 @@ impl Heartbeat {
         let mut listed_once = false;
         let mut lease_ok = false;
         let mut fencing = false;
+        // Pods this agent fenced (UID → when), kept stopped and published in
+        // its Lease, so the controller goes on with their failover when the
+        // node is back and the kubelet cannot run them cold meanwhile.
+        let mut fenced_pods = BTreeMap::<String, jiff::Timestamp>::new();
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for beat in 0u64.. {
@@ -395,6 +399,7 @@ impl Heartbeat {
                 &self.lease,
                 &self.facts,
                 &observations,
+                &fenced_pods,
                 jiff::Timestamp::now(),
             );
             let write_sent = Instant::now();
@@ -442,15 +447,26 @@ impl Heartbeat {
                         );
                     }
                     fencing = true;
-                    self.fence().await;
+                    let stopped = self.fence(None).await;
+                    let at = jiff::Timestamp::now();
+                    for uid in stopped {
+                        fenced_pods.entry(uid).or_insert(at);
+                    }
                 }
-                _ if fencing => {
-                    fencing = false;
-                    tracing::info!(
-                        "in contact again: fencing stops (nothing is restarted by the agent)"
-                    );
+                _ => {
+                    if fencing {
+                        fencing = false;
+                        tracing::info!(
+                            pods = fenced_pods.len(),
+                            "in contact again: the pods fenced meanwhile stay stopped until failed over (or for {}s)",
+                            fencing::FENCE_HOLD.as_secs()
+                        );
+                    }
+                    fenced_pods = fencing::still_held(&fenced_pods, jiff::Timestamp::now());
+                    if !fenced_pods.is_empty() {
+                        self.fence(Some(&fenced_pods)).await;
+                    }
                 }
-                _ => {}
             }
         }
         Ok(())
@@ -463,15 +479,19 @@ impl Heartbeat {
             .inc();
     }
 
-    /// One fencing pass: kills every process of a protected container.
-    async fn fence(&self) {
+    /// One fencing pass: kills every process of a protected container, or
+    /// of the `held` pods only. Returns the UIDs of the pods it covered.
+    async fn fence(&self, held: Option<&BTreeMap<String, jiff::Timestamp>>) -> Vec<String> {
         let store = self.store.clone();
         let protected = self.protected.clone();
         let node = self.facts.node_name.clone();
         let proc_root = self.config.proc_root.clone();
+        let held = held.map(fencing::pods_only);
         let pass = tokio::task::spawn_blocking(move || {
-            let archives = store.list()?;
-            let targets = fencing::fence_targets(&protected.entries(), &archives, &node);
+            let targets = match held {
+                Some(targets) => targets,
+                None => fencing::fence_targets(&protected.entries(), &store.list()?, &node),
+            };
             fencing::kill_protected(&proc_root, &targets).map(|killed| (targets, killed))
         })
         .await;
@@ -488,9 +508,16 @@ impl Heartbeat {
                     killed = killed.len(),
                     "fencing pass"
                 );
+                targets.pod_uids.into_iter().collect()
             }
-            Ok(Err(err)) => tracing::error!(error = %err, "fencing pass failed"),
-            Err(err) => tracing::error!(error = %err, "fencing task failed"),
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "fencing pass failed");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "fencing task failed");
+                Vec::new()
+            }
         }
     }
 }

@@ -4,12 +4,15 @@
 //! of its peers. A Lease that stops being renewed means the agent (or its
 //! node, or its network) is gone.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_api::agent::{
     FENCING_ANNOTATION, FencingInfo, KUBELET_ENDPOINT_ANNOTATION, PEER_OBSERVATIONS_ANNOTATION,
     PeerObservations,
 };
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
 use crate::service::NodeFacts;
 
@@ -41,11 +44,13 @@ pub fn lease_name(node: &str) -> String {
     format!("{}{node}", ferry_api::names::AGENT_LEASE_PREFIX)
 }
 
-/// The Lease as applied at `now`, with what this agent sees of its peers.
+/// The Lease as applied at `now`, with what this agent sees of its peers
+/// and the pods it keeps fenced (pod UID → when).
 pub fn desired_lease(
     config: &LeaseConfig,
     facts: &NodeFacts,
     observations: &PeerObservations,
+    fenced_pods: &BTreeMap<String, jiff::Timestamp>,
     now: jiff::Timestamp,
 ) -> serde_json::Value {
     let node_info = serde_json::json!({
@@ -65,7 +70,15 @@ pub fn desired_lease(
         annotations[KUBELET_ENDPOINT_ANNOTATION] = kubelet.as_str().into();
     }
     if let Some(fencing) = &config.fencing {
-        annotations[FENCING_ANNOTATION] = serde_json::to_string(fencing).unwrap_or_default().into();
+        let fencing = FencingInfo {
+            fenced_pods: fenced_pods
+                .iter()
+                .map(|(uid, at)| (uid.clone(), MicroTime(*at)))
+                .collect(),
+            ..fencing.clone()
+        };
+        annotations[FENCING_ANNOTATION] =
+            serde_json::to_string(&fencing).unwrap_or_default().into();
     }
     serde_json::json!({
         "apiVersion": "coordination.k8s.io/v1",
@@ -93,7 +106,6 @@ mod tests {
     use super::*;
     use ferry_api::agent::{PeerObservation, Reachability};
     use k8s_openapi::api::coordination::v1::Lease;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
     #[test]
     fn lease_advertises_endpoint_node_facts_fencing_and_peers() {
@@ -106,6 +118,7 @@ mod tests {
             fencing: Some(FencingInfo {
                 timeout_millis: 3000,
                 heartbeat_millis: 1000,
+                ..FencingInfo::default()
             }),
         };
         let facts = NodeFacts {
@@ -132,7 +145,8 @@ mod tests {
             )]
             .into(),
         };
-        let lease = desired_lease(&config, &facts, &observations, now);
+        let fenced = BTreeMap::from([("uid-1".to_owned(), now)]);
+        let lease = desired_lease(&config, &facts, &observations, &fenced, now);
         assert_eq!(lease["metadata"]["name"], "ferry-agent-node-a");
         assert_eq!(
             lease["metadata"]["annotations"][ENDPOINT_ANNOTATION],
@@ -152,6 +166,7 @@ mod tests {
         let fencing: FencingInfo =
             serde_json::from_str(annotations[FENCING_ANNOTATION].as_str().unwrap()).unwrap();
         assert_eq!(fencing.timeout_millis, 3000);
+        assert_eq!(fencing.fenced_pods["uid-1"], MicroTime(now));
         let published: PeerObservations =
             serde_json::from_str(annotations[PEER_OBSERVATIONS_ANNOTATION].as_str().unwrap())
                 .unwrap();
@@ -165,7 +180,13 @@ mod tests {
             fencing: None,
             ..config
         };
-        let lease = desired_lease(&bare, &facts, &PeerObservations::default(), now);
+        let lease = desired_lease(
+            &bare,
+            &facts,
+            &PeerObservations::default(),
+            &BTreeMap::new(),
+            now,
+        );
         let annotations = lease["metadata"]["annotations"].as_object().unwrap();
         assert!(!annotations.contains_key(KUBELET_ENDPOINT_ANNOTATION));
         assert!(!annotations.contains_key(FENCING_ANNOTATION));

@@ -356,6 +356,7 @@ async fn run(args: Args) -> Result<(), Error> {
                 fencing: fence_timeout.map(|timeout| ferry_api::agent::FencingInfo {
                     timeout_millis: millis(timeout),
                     heartbeat_millis: millis(args.heartbeat_interval),
+                    ..ferry_api::agent::FencingInfo::default()
                 }),
             },
             facts: node.clone(),

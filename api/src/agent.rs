@@ -48,6 +48,12 @@ pub struct FencingInfo {
     pub timeout_millis: u64,
     /// How often the agent renews its Lease and probes its peers.
     pub heartbeat_millis: u64,
+    /// Pods whose containers this agent stopped by fencing, by pod UID, with
+    /// when. While a pod is listed the agent keeps it stopped, so its
+    /// failover can go on after the node is back, and the kubelet does not
+    /// run it again in the meantime.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fenced_pods: BTreeMap<String, MicroTime>,
 }
 
 /// What one agent currently sees of every other agent's node.

@@ -313,6 +313,7 @@ mod tests {
             fencing: Some(FencingInfo {
                 timeout_millis: 3000,
                 heartbeat_millis: 1000,
+                ..FencingInfo::default()
             }),
             kubelet_probed: true,
             observations: PeerObservations::default(),

@@ -52,6 +52,10 @@ pub struct Observed<'a> {
     pub from_fencing: Option<&'a FencingInfo>,
     /// The last time anything heard from the failed node.
     pub last_contact: Option<jiff::Timestamp>,
+    /// When the failed node's agent last renewed its Lease. Only that renewal
+    /// shows the node back together with what its agent fenced meanwhile
+    /// (a peer's probe may succeed before it).
+    pub from_renewed: Option<jiff::Timestamp>,
     /// Whether the target node's agent is live.
     pub target_live: bool,
     /// Tolerations a replacement ferry creates gets.
@@ -172,10 +176,18 @@ fn cancel_if_recovered(record: &FailoverRecord, world: &Observed<'_>) -> Option<
         FailoverStage::Detected | FailoverStage::Prepared
     );
     let ready = world.from_node.is_some_and(crate::placement::node_ready);
-    let heard_since = world.last_contact.is_some_and(|t| t > record.started_at.0);
+    let heard_since = world.from_renewed.is_some_and(|t| t > record.started_at.0);
     let pod_running =
         failed_pod(record, world).is_some_and(|p| p.metadata.deletion_timestamp.is_none());
-    (record.reason == FailureTrigger::NodeLoss && before_fence && ready && heard_since && pod_running)
+    // Its agent stopped it while cut off: the failover must go on, or the
+    // pod would stay down.
+    let fenced = fenced_by_agent(record, world).is_some();
+    (record.reason == FailureTrigger::NodeLoss
+        && before_fence
+        && ready
+        && heard_since
+        && pod_running
+        && !fenced)
         .then(|| {
             Step::of(
                 Action::Cancel,
@@ -301,6 +313,15 @@ fn failed_pod<'a>(record: &FailoverRecord, world: &Observed<'a>) -> Option<&'a P
         .find(|p| p.uid().as_deref() == Some(record.pod_uid.as_str()))
 }
 
+/// When the failed node's agent reports having fenced the failed pod.
+fn fenced_by_agent(record: &FailoverRecord, world: &Observed<'_>) -> Option<jiff::Timestamp> {
+    world
+        .from_fencing?
+        .fenced_pods
+        .get(&record.pod_uid)
+        .map(|at| at.0)
+}
+
 /// Whether the instance on a lost node is known to be stopped.
 fn node_fence(record: &FailoverRecord, world: &Observed<'_>) -> Fence {
     let node = &record.from_node;
@@ -310,6 +331,12 @@ fn node_fence(record: &FailoverRecord, world: &Observed<'_>) -> Fence {
     {
         return Fence::Confirmed(format!(
             "node {node} carries {OUT_OF_SERVICE_TAINT}: its workloads are declared stopped"
+        ));
+    }
+    if let Some(at) = fenced_by_agent(record, world) {
+        return Fence::Confirmed(format!(
+            "the agent of node {node} reports it stopped pod {} at {at} while cut off, and keeps it stopped",
+            record.pod
         ));
     }
     let Some(fencing) = world.from_fencing else {
@@ -679,6 +706,7 @@ mod tests {
         node: Option<Node>,
         fencing: Option<FencingInfo>,
         last_contact: Option<jiff::Timestamp>,
+        renewed: Option<jiff::Timestamp>,
         target_live: bool,
     }
 
@@ -690,8 +718,10 @@ mod tests {
                 fencing: Some(FencingInfo {
                     timeout_millis: 3000,
                     heartbeat_millis: 1000,
+                    ..FencingInfo::default()
                 }),
                 last_contact: Some(at(-500)),
+                renewed: Some(at(-500)),
                 target_live: true,
             }
         }
@@ -706,6 +736,7 @@ mod tests {
                     from_node: self.node.as_ref(),
                     from_fencing: self.fencing.as_ref(),
                     last_contact: self.last_contact,
+                    from_renewed: self.renewed,
                     target_live: self.target_live,
                     tolerations: &[],
                 },
@@ -820,6 +851,7 @@ mod tests {
                 from_node: world.node.as_ref(),
                 from_fencing: world.fencing.as_ref(),
                 last_contact: world.last_contact,
+                from_renewed: world.last_contact,
                 target_live: true,
                 tolerations: &[],
             },
@@ -926,12 +958,45 @@ mod tests {
         let mut record = prepared_record(FailoverStage::Prepared);
         record.reason = FailureTrigger::NodeLoss;
         let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        // A peer reaching it again is not enough: only the agent's own Lease
+        // says what it fenced while cut off.
         world.last_contact = Some(at(2000));
+        assert_ne!(world.next(&record, 2500).action, Action::Cancel);
+        world.renewed = Some(at(2000));
         let step = world.next(&record, 2500);
         assert_eq!(step.action, Action::Cancel);
         // Once fenced there is no way back.
         record.stage = FailoverStage::Fenced;
         assert_ne!(world.next(&record, 2500).action, Action::Cancel);
+    }
+
+    #[test]
+    fn a_pod_its_agent_fenced_is_failed_over_even_when_the_node_is_back() {
+        let mut record = prepared_record(FailoverStage::Prepared);
+        record.reason = FailureTrigger::NodeLoss;
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        world.node = Some(node("a", "True", &[FAILED_NODE_TAINT]));
+        world.last_contact = Some(at(2000));
+        world.renewed = Some(at(2000));
+        if let Some(fencing) = world.fencing.as_mut() {
+            fencing.fenced_pods.insert(
+                "u1".into(),
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(at(1500)),
+            );
+        }
+        // Back before the controller's own fence deadline (2000 + 4500 ms),
+        // but its agent stopped the pod: no cancel, fenced on its report.
+        let step = world.next(&record, 2500);
+        assert!(
+            matches!(step.action, Action::ForceRemovePod { .. }),
+            "{step:?}"
+        );
+        assert_eq!(step.record.stage, FailoverStage::Fenced);
+        assert!(
+            step.note.contains("reports it stopped pod web-1"),
+            "{}",
+            step.note
+        );
     }
 
     #[test]
