@@ -14,7 +14,10 @@
 #      containerd frozen, its pods cut off from the API server and the other
 #      node's pods) while its containers keep running: a prober on the host
 #      asks the old and the new copy every 50 ms and must never see both
-#      answer; the new copy continues from the checkpoint.
+#      answer; the new copy continues from the checkpoint;
+#   5. cuts of 1, 2.5 and 4 s that heal by themselves: the same prober, one
+#      app pod at the end that did not restart from zero; the summary says
+#      what each cut led to (the detection/false-positive trade-off).
 # Scenarios 1 and 4 run with the controller leader on the affected node and
 # again on the other one (placed deterministically). Exits 1 at the first
 # failed check, with diagnostics.
@@ -276,6 +279,79 @@ partition() { # placement
   rm -f "$probes" "$new_file"
 }
 
+# ---- 5. short cuts: how long a cut must last to be failed over ---------------
+# What unreachableGracePeriod (2 s) and --fence-timeout (3 s) trade: a cut
+# shorter than the grace period changes nothing; a longer one may be
+# detected, and once the node's agent fenced (3 s without the API server
+# and every peer) the pod is failed over even if the node is back. Whatever
+# happens, a prober never sees two copies, and the counter never restarts
+# from zero. The outcome per cut goes into the summary.
+
+# Writes the address of an app pod on another node than $1 to file $2 once
+# one runs.
+watch_replacement() { # old-node file
+  while :; do
+    if replacement_running "$1"; then
+      awk '{print $3}' <<<"$POD_LINE" >"$2"
+      return 0
+    fi
+    sleep 0.3
+  done
+}
+
+short_cut() { # seconds
+  SCENARIO="the app's node cut off for ${1}s"
+  say "Scenario: $SCENARIO"
+  prepare other
+  local old_node="$NODE" old_ip="$IP" old_uid="$UID_BEFORE" probes new_file prober watcher
+  probes="$(mktemp)" new_file="$(mktemp)"
+  probe_both "$old_ip" "$new_file" >"$probes" &
+  prober=$!
+  watch_replacement "$old_node" "$new_file" &
+  watcher=$!
+  sleep 1
+  local cut_at
+  cut_at="$(now)"
+  PARTITIONED="$old_node"
+  hack/cluster.sh partition "$old_node" >/dev/null 2>&1
+  sleep "$1"
+  hack/cluster.sh heal "$old_node" >/dev/null 2>&1
+  PARTITIONED=""
+  # Past the controller's fence deadline (last contact + 4.5 s), a restore,
+  # and the kubelet's return.
+  sleep 25
+  wait_for 120 "one app pod running and answering" app_ready
+  sleep 5
+  kill "$prober" "$watcher" 2>/dev/null || true
+  wait "$prober" "$watcher" 2>/dev/null || true
+
+  local both outcome counter first_after
+  both="$(awk '$2 != "-" && $3 != "-"' "$probes" | head -3)"
+  [[ -z "$both" ]] || fail "$SCENARIO: both copies answered in one round: $both"
+  app_pods_are 1 || fail "$SCENARIO: not exactly one app pod: $(kubectl -n "$NS" get pods -l app="$APP" -o name | paste -sd' ')"
+  counter="$(counter_of "$IP")"
+  ((counter > 0)) || fail "$SCENARIO: the app answers counter $counter: it started from zero"
+  # Shorter than unreachableGracePeriod: nothing at all may happen.
+  if awk -v c="$1" 'BEGIN { exit !(c < 2) }'; then
+    no_failover_since "$FINGERPRINT"
+    [[ "$(pod_uid "$POD")" == "$old_uid" ]] || fail "$SCENARIO: the app pod was replaced"
+  fi
+  if [[ "$(pod_uid "$POD")" == "$old_uid" ]]; then
+    outcome="kept running on $old_node"
+    [[ "$(failover_fingerprint)" == "$FINGERPRINT" ]] || outcome="$outcome (failover started, cancelled)"
+  else
+    local failover
+    failover="$(policy | jq -c '.status.lastFailover // {}')"
+    [[ "$(jq -r '.stage' <<<"$failover")" == Completed && "$(jq -r '.coldStart' <<<"$failover")" == false ]] ||
+      fail "$SCENARIO: the pod was replaced, but not by a completed warm restore: $failover"
+    first_after="$(awk '$3 != "-" { print $1; exit }' "$probes")"
+    outcome="failed over to $NODE, serving +$(secs "$cut_at" "${first_after:-$(now)}")s after the cut ($(jq -r '.fence' <<<"$failover" | cut -c1-60)...)"
+  fi
+  log "ok: $outcome; never two copies; counter $counter"
+  printf '%ss\t%s\n' "$1" "$outcome" >>"$CUT_OUTCOMES"
+  rm -f "$probes" "$new_file"
+}
+
 node_ready() {
   kubectl get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null
 }
@@ -287,6 +363,10 @@ scale_and_roll_out
 helm_upgrade_rolls_everything
 partition other
 partition affected
+CUT_OUTCOMES="$(mktemp)"
+short_cut 1
+short_cut 2.5
+short_cut 4
 
 say "Summary"
 log "agent kept off a Ready node for $((2 * DEFAULT_NODE_LOSS_GRACE))s (leader on it, then elsewhere): no failover, Degraded"
@@ -297,3 +377,8 @@ log "helm upgrade rolling every ferry pod: no failover"
   cat "$PARTITION_TIMINGS"
 } | column -t -s $'\t'
 rm -f "$PARTITION_TIMINGS"
+{
+  printf 'cut\toutcome\n'
+  cat "$CUT_OUTCOMES"
+} | column -t -s $'\t'
+rm -f "$CUT_OUTCOMES"
