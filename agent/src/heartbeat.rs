@@ -31,27 +31,23 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::fencing::{self, Contact, Decision, ProtectedContainers};
 use crate::lease::{FIELD_MANAGER, LeaseConfig, desired_lease, lease_name};
 use crate::metrics::{Metrics, ProbeLabels, ResultLabels, TargetLabels};
-use crate::peers::{self, Peer, ProbeResult};
+use crate::peers::{self, Peer, ProbeResult, PublishedReach};
 use crate::service::NodeFacts;
 use crate::store::Store;
 use crate::tls::MutualTls;
 use crate::{Error, lock};
+use ferry_proto::v1 as pb;
+use ferry_proto::v1::agent_client::AgentClient;
 
 /// Heartbeats between two lists of the agent Leases.
 pub const DISCOVER_EVERY: u64 = 10;
 
 /// Clock skew tolerated when judging whether a peer's Lease is current.
 const SKEW: Duration = Duration::from_secs(2);
-
-/// gRPC service whose health the peers check: the agent API itself.
-const HEALTH_SERVICE: &str = "ferry.agent.v1.Agent";
 
 /// Settings of the heartbeat.
 #[derive(Clone, Debug)]
@@ -82,6 +78,8 @@ pub struct Heartbeat {
     pub metrics: Arc<Metrics>,
     pub store: Arc<Store>,
     pub protected: Arc<ProtectedContainers>,
+    /// What peers are told this agent published of them.
+    pub published: Arc<PublishedReach>,
 }
 
 impl std::fmt::Debug for Heartbeat {
@@ -97,6 +95,8 @@ impl std::fmt::Debug for Heartbeat {
 /// Probes peers: pooled gRPC channels to their agents, and a TLS client
 /// for their kubelets.
 struct Prober {
+    /// This agent's node, which peers are asked about.
+    node: String,
     tls: MutualTls,
     timeout: Duration,
     /// One HTTP/2 connection per peer endpoint, reused by every probe;
@@ -112,7 +112,8 @@ impl Prober {
         let agent = async {
             let started = Instant::now();
             let result = self.check_agent(&peer.endpoint).await;
-            observe(metrics, peer, "agent", &result, started);
+            let answered = result.as_ref().map(|_| ()).map_err(Clone::clone);
+            observe(metrics, peer, "agent", &answered, started);
             result
         };
         let kubelet = async {
@@ -123,15 +124,19 @@ impl Prober {
             Some(result)
         };
         let (agent, kubelet) = tokio::join!(agent, kubelet);
+        let published_reach = agent.as_ref().ok().copied().flatten();
         ProbeResult {
             node: peer.node.clone(),
-            agent,
+            agent: agent.map(|_| ()),
+            published_reach,
             kubelet,
         }
     }
 
-    /// `grpc.health.v1.Health/Check` of the peer's agent API.
-    async fn check_agent(&self, endpoint: &str) -> Result<(), String> {
+    /// The peer agent's `Heartbeat`: whether it answers, and when it last
+    /// published that it reaches this agent. An agent from before that RPC
+    /// answers UNIMPLEMENTED: reachable, but no contact the controller sees.
+    async fn check_agent(&self, endpoint: &str) -> Result<Option<jiff::Timestamp>, String> {
         let result = tokio::time::timeout(self.timeout, async {
             let cached = lock(&self.channels).get(endpoint).cloned();
             let channel = match cached {
@@ -144,15 +149,20 @@ impl Prober {
                     channel
                 }
             };
-            let response = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: HEALTH_SERVICE.to_owned(),
+            let answer = AgentClient::new(channel)
+                .heartbeat(pb::HeartbeatRequest {
+                    node: self.node.clone(),
                 })
-                .await
-                .map_err(|status| format!("{:?}: {}", status.code(), error_chain(&status)))?;
-            match response.into_inner().status() {
-                ServingStatus::Serving => Ok(()),
-                other => Err(format!("health check says {}", other.as_str_name())),
+                .await;
+            match answer {
+                Ok(answer) => {
+                    let micros = answer.into_inner().published_reach_unix_micros;
+                    Ok((micros > 0)
+                        .then(|| jiff::Timestamp::from_microsecond(micros).ok())
+                        .flatten())
+                }
+                Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
+                Err(status) => Err(format!("{:?}: {}", status.code(), error_chain(&status))),
             }
         })
         .await
@@ -303,6 +313,7 @@ impl Heartbeat {
     pub async fn run(self) -> Result<(), Error> {
         let timeout = self.config.probe_timeout();
         let prober = Prober {
+            node: self.facts.node_name.clone(),
             tls: self.tls.clone(),
             timeout,
             channels: Mutex::default(),
@@ -333,7 +344,6 @@ impl Heartbeat {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for beat in 0u64.. {
             ticker.tick().await;
-            let probes_sent = Instant::now();
             let list = async {
                 if list_due || beat % DISCOVER_EVERY == 0 {
                     Some(bounded(timeout, leases.list(&list_params)).await)
@@ -370,8 +380,10 @@ impl Heartbeat {
                 }
                 None => {}
             }
-            if results.iter().any(|r| r.agent.is_ok()) {
-                contact.peer = probes_sent;
+            if let Some(seen) =
+                peers::peer_contact(&results, jiff::Timestamp::now(), Instant::now())
+            {
+                contact.peer = contact.peer.max(seen);
             }
             let tracked = peers::track(&observations, &results, jiff::Timestamp::now());
             for flip in &tracked.flips {
@@ -408,6 +420,7 @@ impl Heartbeat {
                     // The moment the renewTime was written, not the answer:
                     // the controller counts the fence timeout from there.
                     contact.api = write_sent;
+                    self.published.published(&observations);
                     self.count_write("ok");
                     if !lease_ok {
                         lease_ok = true;
@@ -548,6 +561,7 @@ mod tests {
         })
         .unwrap();
         Prober {
+            node: "node-a".into(),
             tls,
             timeout: Duration::from_millis(300),
             channels: Mutex::default(),

@@ -306,6 +306,7 @@ async fn run(args: Args) -> Result<(), Error> {
             })??
     };
     let protected = Arc::new(protected);
+    let published = Arc::new(ferry_agent::peers::PublishedReach::default());
     if let Some(namespace) = &args.lease_namespace {
         ferry_agent::names::dns_label("--lease-namespace", namespace)?;
         let endpoint = match (&args.advertise_endpoint, &args.pod_ip) {
@@ -369,6 +370,7 @@ async fn run(args: Args) -> Result<(), Error> {
             metrics: metrics.clone(),
             store: store.clone(),
             protected: protected.clone(),
+            published: published.clone(),
         };
         tracing::info!(
             heartbeat_ms = millis(args.heartbeat_interval),
@@ -402,6 +404,7 @@ async fn run(args: Args) -> Result<(), Error> {
         },
         metrics: metrics.clone(),
         protected,
+        published,
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

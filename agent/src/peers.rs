@@ -87,7 +87,55 @@ pub fn peers_from_leases<'a>(
 pub struct ProbeResult {
     pub node: String,
     pub agent: Result<(), String>,
+    /// When the peer last wrote to its Lease that it reaches this agent
+    /// (its answer to our heartbeat call); `None`: never, or unknown.
+    pub published_reach: Option<jiff::Timestamp>,
     pub kubelet: Option<Result<(), String>>,
+}
+
+/// When this agent last wrote to its Lease that it reaches each peer's agent
+/// (peer node → time of that probe): the answer to a peer's heartbeat call.
+/// The heartbeat updates it after each successful Lease write.
+#[derive(Debug, Default)]
+pub struct PublishedReach(std::sync::Mutex<BTreeMap<String, jiff::Timestamp>>);
+
+impl PublishedReach {
+    /// `written` went into a Lease write that succeeded.
+    pub fn published(&self, written: &PeerObservations) {
+        let mut reach = crate::lock(&self.0);
+        for (node, seen) in &written.peers {
+            if let Some(ok) = &seen.agent.last_ok {
+                reach.insert(node.clone(), ok.0);
+            }
+        }
+    }
+
+    pub fn of(&self, node: &str) -> Option<jiff::Timestamp> {
+        crate::lock(&self.0).get(node).copied()
+    }
+}
+
+/// The newest contact with peers that the controller can see: the latest
+/// reach of this agent any peer published, as a point on this agent's
+/// monotonic clock (`mono_now` is `wall_now`). Contact through a peer that
+/// is cut off from the API server too, or that this agent reaches but that
+/// does not reach it, is not counted: the controller would not know of it
+/// and would count this node fenced while it is not.
+pub fn peer_contact(
+    results: &[ProbeResult],
+    wall_now: jiff::Timestamp,
+    mono_now: std::time::Instant,
+) -> Option<std::time::Instant> {
+    let newest = results
+        .iter()
+        .filter(|r| r.agent.is_ok())
+        .filter_map(|r| r.published_reach)
+        .max()?;
+    let age: Duration = wall_now
+        .duration_since(newest)
+        .try_into()
+        .unwrap_or_default();
+    Some(mono_now.checked_sub(age).unwrap_or(mono_now))
 }
 
 /// Which of a peer's things was probed.
@@ -214,8 +262,34 @@ mod tests {
         ProbeResult {
             node: node.into(),
             agent: agent.map_err(str::to_owned),
+            published_reach: None,
             kubelet: kubelet.map(|k| k.map_err(str::to_owned)),
         }
+    }
+
+    #[test]
+    fn only_reach_a_peer_published_counts_as_contact() {
+        let mono = std::time::Instant::now();
+        let mut answering = result("b", Ok(()), None);
+        // B answers, but never wrote that it reaches us (cut off from the
+        // API server too, or our packets reach it and its do not reach us).
+        assert_eq!(peer_contact(&[answering.clone()], at(10), mono), None);
+        answering.published_reach = Some(at(7));
+        let mut failing = result("c", Err("refused"), None);
+        failing.published_reach = Some(at(9));
+        let contact = peer_contact(&[answering, failing], at(10), mono).unwrap();
+        assert_eq!(mono - contact, Duration::from_secs(3), "B's, 3 s ago");
+
+        let reach = PublishedReach::default();
+        let written = track(
+            &PeerObservations::default(),
+            &[result("b", Ok(()), None), result("c", Err("refused"), None)],
+            at(5),
+        )
+        .observations;
+        reach.published(&written);
+        assert_eq!(reach.of("b"), Some(at(5)));
+        assert_eq!(reach.of("c"), None);
     }
 
     #[test]

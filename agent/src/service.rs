@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::containerd::ContainerdImporter;
 use crate::fencing::{Protected, ProtectedContainers};
 use crate::metrics::{Metrics, ResultLabels};
+use crate::peers::PublishedReach;
 use crate::replication::{PeerTarget, Replicator};
 use crate::runc::RuncRuntime;
 use crate::runtime::Runtime;
@@ -55,6 +56,7 @@ struct Inner {
     importer: Option<ContainerdImporter>,
     metrics: Arc<Metrics>,
     protected: Arc<ProtectedContainers>,
+    published: Arc<PublishedReach>,
 }
 
 /// What the service is built from.
@@ -70,6 +72,8 @@ pub struct ServiceParts {
     pub metrics: Arc<Metrics>,
     /// Where every checkpointed container is recorded for fencing.
     pub protected: Arc<ProtectedContainers>,
+    /// What this agent's Lease last said it reaches (peers' heartbeats).
+    pub published: Arc<PublishedReach>,
 }
 
 impl AgentService {
@@ -83,6 +87,7 @@ impl AgentService {
             importer,
             metrics,
             protected,
+            published,
         } = parts;
         Self {
             inner: Arc::new(Inner {
@@ -94,6 +99,7 @@ impl AgentService {
                 importer,
                 metrics,
                 protected,
+                published,
             }),
         }
     }
@@ -287,6 +293,22 @@ impl Agent for AgentService {
             container_runtime: node.container_runtime.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             store_free_bytes: free,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = request.into_inner().node;
+        let published = self
+            .inner
+            .published
+            .of(&caller)
+            .map_or(0, |at| at.as_microsecond());
+        Ok(Response::new(pb::HeartbeatResponse {
+            node: self.inner.node.node_name.clone(),
+            published_reach_unix_micros: published,
         }))
     }
 

@@ -438,12 +438,14 @@ impl Drop for TestCgroups {
     }
 }
 
-/// Two agents that see each other, A behind a proxy, with one container
-/// checkpointed on A (its id read from A's protected list).
+/// Two agents that see each other, each behind its own proxy to the API
+/// server, with one container checkpointed on A (its id read from A's
+/// protected list).
 struct Fixture {
     leases: Api<Lease>,
     _dir: tempfile::TempDir,
     proxy: ApiProxy,
+    b_proxy: ApiProxy,
     a: AgentProcess,
     b: AgentProcess,
     container_id: String,
@@ -463,12 +465,13 @@ async fn fixture(namespace_name: &str) -> Fixture {
         &proxy.kubeconfig(plane, dir.path()),
     )
     .await;
+    let b_proxy = ApiProxy::start(plane).await;
     let b = start_agent(
         &pki,
         dir.path(),
         "node-b",
         namespace_name,
-        plane.kubeconfig_path(),
+        &b_proxy.kubeconfig(plane, dir.path()),
     )
     .await;
     let mut client = pki.controller(&a.endpoint).await;
@@ -507,6 +510,7 @@ async fn fixture(namespace_name: &str) -> Fixture {
         leases,
         _dir: dir,
         proxy,
+        b_proxy,
         a,
         b,
         container_id,
@@ -596,6 +600,35 @@ async fn an_agent_cut_off_from_api_and_peers_kills_its_protected_containers() {
         "only fenced pods stay stopped"
     );
     assert_eq!(cgroups.ended_by(bystander), None);
+}
+
+/// Two nodes cut off from the API server together that still reach each
+/// other: for the controller both are lost, so each must fence. Contact
+/// with a peer counts only when that peer published it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_cut_off_together_fence_although_they_reach_each_other() {
+    let f = fixture("fence-island").await;
+    let mut cgroups = TestCgroups::mount("ferry-fence-island");
+    let protected = cgroups.spawn_in(&format!(
+        "kubepods/besteffort/pod{POD_UID}/{}",
+        f.container_id
+    ));
+    let cut_at = Instant::now();
+    f.proxy.cut();
+    f.b_proxy.cut();
+    wait_for("A to fence", Duration::from_secs(20), || {
+        let done = cgroups.ended_by(protected).is_some();
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert!(
+        cut_at.elapsed() > FENCE_TIMEOUT - HEARTBEAT,
+        "fenced before the timeout; log:\n{}",
+        f.a.log_text()
+    );
+    assert_eq!(cgroups.ended_by(protected), Some(Some(libc::SIGKILL)));
+    // They still answer each other: A's peer silence is B's publishing.
+    assert!(metric(&f.a, "ferry_agent_peer_silence_seconds").await > FENCE_TIMEOUT.as_secs_f64());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

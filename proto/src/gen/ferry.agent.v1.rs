@@ -4,6 +4,24 @@
 pub struct GetNodeInfoRequest {}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeartbeatRequest {
+    /// The caller's node.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeartbeatResponse {
+    /// The callee's node.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Unix microseconds (the callee's clock) of the last successful probe of
+    /// the caller's agent that the callee wrote to its Lease; 0: none.
+    #[prost(int64, tag = "2")]
+    pub published_reach_unix_micros: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct NodeInfo {
     #[prost(string, tag = "1")]
     pub node_name: ::prost::alloc::string::String,
@@ -437,6 +455,36 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("ferry.agent.v1.Agent", "GetNodeInfo"));
             self.inner.unary(req, path, codec).await
         }
+        /// Peer agents call this every heartbeat. Answering shows the caller it
+        /// reaches this agent; the answer says when this agent last wrote to its
+        /// Lease that it reaches the caller. Only contact the controller can see
+        /// keeps the caller from fencing itself: a peer that is cut off from the
+        /// API server too, or that the caller reaches but which cannot reach the
+        /// caller, does not.
+        pub async fn heartbeat(
+            &mut self,
+            request: impl tonic::IntoRequest<super::HeartbeatRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::HeartbeatResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ferry.agent.v1.Agent/Heartbeat",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "Heartbeat"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Checkpoints a container on this node, stores the archive and replicates
         /// it to the given peers. Returns when the archive is stored locally and
         /// every replication finished or failed (each peer's outcome is reported).
@@ -744,6 +792,19 @@ pub mod agent_server {
             &self,
             request: tonic::Request<super::GetNodeInfoRequest>,
         ) -> std::result::Result<tonic::Response<super::NodeInfo>, tonic::Status>;
+        /// Peer agents call this every heartbeat. Answering shows the caller it
+        /// reaches this agent; the answer says when this agent last wrote to its
+        /// Lease that it reaches the caller. Only contact the controller can see
+        /// keeps the caller from fencing itself: a peer that is cut off from the
+        /// API server too, or that the caller reaches but which cannot reach the
+        /// caller, does not.
+        async fn heartbeat(
+            &self,
+            request: tonic::Request<super::HeartbeatRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::HeartbeatResponse>,
+            tonic::Status,
+        >;
         /// Checkpoints a container on this node, stores the archive and replicates
         /// it to the given peers. Returns when the archive is stored locally and
         /// every replication finished or failed (each peer's outcome is reported).
@@ -944,6 +1005,49 @@ pub mod agent_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetNodeInfoSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ferry.agent.v1.Agent/Heartbeat" => {
+                    #[allow(non_camel_case_types)]
+                    struct HeartbeatSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::UnaryService<super::HeartbeatRequest>
+                    for HeartbeatSvc<T> {
+                        type Response = super::HeartbeatResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::HeartbeatRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::heartbeat(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = HeartbeatSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
