@@ -92,6 +92,15 @@ impl std::fmt::Debug for Heartbeat {
     }
 }
 
+/// What a peer's agent answered to our heartbeat call.
+#[derive(Clone, Copy, Debug, Default)]
+struct PeerAnswer {
+    /// When it last published that it reaches us.
+    reach: Option<jiff::Timestamp>,
+    /// When it last wrote its Lease.
+    lease_write: Option<jiff::Timestamp>,
+}
+
 /// Probes peers: pooled gRPC channels to their agents, and a TLS client
 /// for their kubelets.
 struct Prober {
@@ -124,11 +133,12 @@ impl Prober {
             Some(result)
         };
         let (agent, kubelet) = tokio::join!(agent, kubelet);
-        let published_reach = agent.as_ref().ok().copied().flatten();
+        let answer = agent.as_ref().ok().copied().unwrap_or_default();
         ProbeResult {
             node: peer.node.clone(),
             agent: agent.map(|_| ()),
-            published_reach,
+            published_reach: answer.reach,
+            last_lease_write: answer.lease_write,
             kubelet,
         }
     }
@@ -136,7 +146,7 @@ impl Prober {
     /// The peer agent's `Heartbeat`: whether it answers, and when it last
     /// published that it reaches this agent. An agent from before that RPC
     /// answers UNIMPLEMENTED: reachable, but no contact the controller sees.
-    async fn check_agent(&self, endpoint: &str) -> Result<Option<jiff::Timestamp>, String> {
+    async fn check_agent(&self, endpoint: &str) -> Result<PeerAnswer, String> {
         let result = tokio::time::timeout(self.timeout, async {
             let cached = lock(&self.channels).get(endpoint).cloned();
             let channel = match cached {
@@ -154,14 +164,22 @@ impl Prober {
                     node: self.node.clone(),
                 })
                 .await;
+            let time = |micros: i64| {
+                (micros > 0)
+                    .then(|| jiff::Timestamp::from_microsecond(micros).ok())
+                    .flatten()
+            };
             match answer {
                 Ok(answer) => {
-                    let micros = answer.into_inner().published_reach_unix_micros;
-                    Ok((micros > 0)
-                        .then(|| jiff::Timestamp::from_microsecond(micros).ok())
-                        .flatten())
+                    let answer = answer.into_inner();
+                    Ok(PeerAnswer {
+                        reach: time(answer.published_reach_unix_micros),
+                        lease_write: time(answer.last_lease_write_unix_micros),
+                    })
                 }
-                Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    Ok(PeerAnswer::default())
+                }
                 Err(status) => Err(format!("{:?}: {}", status.code(), error_chain(&status))),
             }
         })
@@ -380,9 +398,21 @@ impl Heartbeat {
                 }
                 None => {}
             }
-            if let Some(seen) =
-                peers::peer_contact(&results, jiff::Timestamp::now(), Instant::now())
-            {
+            let live_results: Vec<ProbeResult> = results
+                .iter()
+                .filter(|r| peers.get(&r.node).is_some_and(|p| p.live))
+                .cloned()
+                .collect();
+            let api_fresh = self
+                .config
+                .fence_timeout
+                .unwrap_or(3 * self.config.interval);
+            if let Some(seen) = peers::peer_contact(
+                &live_results,
+                api_fresh,
+                jiff::Timestamp::now(),
+                Instant::now(),
+            ) {
                 contact.peer = contact.peer.max(seen);
             }
             let tracked = peers::track(&observations, &results, jiff::Timestamp::now());
@@ -415,12 +445,13 @@ impl Heartbeat {
                 jiff::Timestamp::now(),
             );
             let write_sent = Instant::now();
+            let write_sent_at = jiff::Timestamp::now();
             match bounded(timeout, leases.patch(&name, &params, &Patch::Apply(&lease))).await {
                 Ok(_) => {
                     // The moment the renewTime was written, not the answer:
                     // the controller counts the fence timeout from there.
                     contact.api = write_sent;
-                    self.published.published(&observations);
+                    self.published.published(&observations, write_sent_at);
                     self.count_write("ok");
                     if !lease_ok {
                         lease_ok = true;

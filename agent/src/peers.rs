@@ -90,6 +90,8 @@ pub struct ProbeResult {
     /// When the peer last wrote to its Lease that it reaches this agent
     /// (its answer to our heartbeat call); `None`: never, or unknown.
     pub published_reach: Option<jiff::Timestamp>,
+    /// When the peer last wrote its Lease at all; `None`: never, or unknown.
+    pub last_lease_write: Option<jiff::Timestamp>,
     pub kubelet: Option<Result<(), String>>,
 }
 
@@ -97,45 +99,77 @@ pub struct ProbeResult {
 /// (peer node → time of that probe): the answer to a peer's heartbeat call.
 /// The heartbeat updates it after each successful Lease write.
 #[derive(Debug, Default)]
-pub struct PublishedReach(std::sync::Mutex<BTreeMap<String, jiff::Timestamp>>);
+pub struct PublishedReach(std::sync::Mutex<Published>);
+
+#[derive(Debug, Default)]
+struct Published {
+    reach: BTreeMap<String, jiff::Timestamp>,
+    written_at: Option<jiff::Timestamp>,
+}
 
 impl PublishedReach {
-    /// `written` went into a Lease write that succeeded.
-    pub fn published(&self, written: &PeerObservations) {
-        let mut reach = crate::lock(&self.0);
+    /// `written` went into a Lease write that succeeded at `at`.
+    pub fn published(&self, written: &PeerObservations, at: jiff::Timestamp) {
+        let mut published = crate::lock(&self.0);
+        published.written_at = Some(at);
         for (node, seen) in &written.peers {
             if let Some(ok) = &seen.agent.last_ok {
-                reach.insert(node.clone(), ok.0);
+                published.reach.insert(node.clone(), ok.0);
             }
         }
     }
 
+    /// When this agent last published that it reaches `node`.
     pub fn of(&self, node: &str) -> Option<jiff::Timestamp> {
-        crate::lock(&self.0).get(node).copied()
+        crate::lock(&self.0).reach.get(node).copied()
+    }
+
+    /// When this agent last wrote its Lease.
+    pub fn written_at(&self) -> Option<jiff::Timestamp> {
+        crate::lock(&self.0).written_at
     }
 }
 
-/// The newest contact with peers that the controller can see: the latest
-/// reach of this agent any peer published, as a point on this agent's
-/// monotonic clock (`mono_now` is `wall_now`). Contact through a peer that
-/// is cut off from the API server too, or that this agent reaches but that
-/// does not reach it, is not counted: the controller would not know of it
-/// and would count this node fenced while it is not.
+/// The newest contact with peers, as a point on this agent's monotonic
+/// clock (`mono_now` is `wall_now`), from this beat's probes of the peers
+/// that were live when last listed.
+///
+/// - Normally the latest reach of this agent that a peer published: contact
+///   the controller can see. Contact through a peer that is cut off from
+///   the API server too, or that this agent reaches but that does not reach
+///   it, does not count: the controller would not know of it and would
+///   count this node fenced while it is not.
+/// - Except when every live peer answers and none has written its Lease
+///   within `api_fresh`: then the API server is down for everyone (or all
+///   agents are cut off from it), no agent is live for the controller, so
+///   nothing can be failed over, and fencing would only stop every
+///   protected container in the cluster. That counts as contact now.
 pub fn peer_contact(
     results: &[ProbeResult],
+    api_fresh: Duration,
     wall_now: jiff::Timestamp,
     mono_now: std::time::Instant,
 ) -> Option<std::time::Instant> {
-    let newest = results
+    let to_instant = |at: jiff::Timestamp| {
+        let age: Duration = wall_now.duration_since(at).try_into().unwrap_or_default();
+        mono_now.checked_sub(age).unwrap_or(mono_now)
+    };
+    let writes_fresh = |r: &ProbeResult| {
+        r.last_lease_write.is_some_and(|at| {
+            Duration::try_from(wall_now.duration_since(at)).is_ok_and(|age| age <= api_fresh)
+        })
+    };
+    let everyone_cut_off =
+        !results.is_empty() && results.iter().all(|r| r.agent.is_ok() && !writes_fresh(r));
+    if everyone_cut_off {
+        return Some(mono_now);
+    }
+    results
         .iter()
         .filter(|r| r.agent.is_ok())
         .filter_map(|r| r.published_reach)
-        .max()?;
-    let age: Duration = wall_now
-        .duration_since(newest)
-        .try_into()
-        .unwrap_or_default();
-    Some(mono_now.checked_sub(age).unwrap_or(mono_now))
+        .max()
+        .map(to_instant)
 }
 
 /// Which of a peer's things was probed.
@@ -263,6 +297,7 @@ mod tests {
             node: node.into(),
             agent: agent.map_err(str::to_owned),
             published_reach: None,
+            last_lease_write: None,
             kubelet: kubelet.map(|k| k.map_err(str::to_owned)),
         }
     }
@@ -270,15 +305,34 @@ mod tests {
     #[test]
     fn only_reach_a_peer_published_counts_as_contact() {
         let mono = std::time::Instant::now();
+        let fresh = Duration::from_secs(3);
         let mut answering = result("b", Ok(()), None);
-        // B answers, but never wrote that it reaches us (cut off from the
-        // API server too, or our packets reach it and its do not reach us).
-        assert_eq!(peer_contact(&[answering.clone()], at(10), mono), None);
+        answering.last_lease_write = Some(at(10));
+        // B answers and writes its Lease, but never wrote that it reaches
+        // us (our packets reach it, its packets do not reach us).
+        assert_eq!(
+            peer_contact(&[answering.clone()], fresh, at(10), mono),
+            None
+        );
         answering.published_reach = Some(at(7));
         let mut failing = result("c", Err("refused"), None);
         failing.published_reach = Some(at(9));
-        let contact = peer_contact(&[answering, failing], at(10), mono).unwrap();
-        assert_eq!(mono - contact, Duration::from_secs(3), "B's, 3 s ago");
+        let contact = peer_contact(&[answering.clone(), failing.clone()], fresh, at(10), mono);
+        assert_eq!(
+            mono - contact.unwrap(),
+            Duration::from_secs(3),
+            "B's, 3 s ago"
+        );
+
+        // B cut off from the API server as well, and C unreachable: an
+        // island the controller sees as lost; B's old publication is all.
+        answering.last_lease_write = Some(at(2));
+        let contact = peer_contact(&[answering.clone(), failing], fresh, at(10), mono);
+        assert_eq!(mono - contact.unwrap(), Duration::from_secs(3));
+        // Every live peer answers and none reaches the API server: down for
+        // everyone, nothing can be failed over, so no reason to fence.
+        assert_eq!(peer_contact(&[answering], fresh, at(10), mono), Some(mono));
+        assert_eq!(peer_contact(&[], fresh, at(10), mono), None);
 
         let reach = PublishedReach::default();
         let written = track(
@@ -287,9 +341,10 @@ mod tests {
             at(5),
         )
         .observations;
-        reach.published(&written);
+        reach.published(&written, at(6));
         assert_eq!(reach.of("b"), Some(at(5)));
         assert_eq!(reach.of("c"), None);
+        assert_eq!(reach.written_at(), Some(at(6)));
     }
 
     #[test]

@@ -306,9 +306,15 @@ impl Agent for AgentService {
             .published
             .of(&caller)
             .map_or(0, |at| at.as_microsecond());
+        let written = self
+            .inner
+            .published
+            .written_at()
+            .map_or(0, |at| at.as_microsecond());
         Ok(Response::new(pb::HeartbeatResponse {
             node: self.inner.node.node_name.clone(),
             published_reach_unix_micros: published,
+            last_lease_write_unix_micros: written,
         }))
     }
 

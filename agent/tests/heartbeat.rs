@@ -603,11 +603,41 @@ async fn an_agent_cut_off_from_api_and_peers_kills_its_protected_containers() {
 }
 
 /// Two nodes cut off from the API server together that still reach each
-/// other: for the controller both are lost, so each must fence. Contact
-/// with a peer counts only when that peer published it.
+/// other, while a third node's agent is live for the controller: A and B
+/// are lost for it, so each must fence. Contact with a peer counts only
+/// when that peer published it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_cut_off_together_fence_although_they_reach_each_other() {
     let f = fixture("fence-island").await;
+    // Node C: live (renewed just now, for a minute), unreachable from A and
+    // B, as if on the other side of the partition with the API server.
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": "ferry-agent-node-c",
+            "labels": {"app.kubernetes.io/component": "ferry-agent", "ferry.dev/node": "node-c"},
+            "annotations": {"ferry.dev/grpc-endpoint": format!("127.0.0.1:{}", common::free_port())},
+        },
+        "spec": {"holderIdentity": "test", "leaseDurationSeconds": 60,
+                 "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
+    });
+    f.leases
+        .patch(
+            "ferry-agent-node-c",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&lease),
+        )
+        .await
+        .unwrap();
+    wait_for("A to know node C", Duration::from_secs(30), || async {
+        observations(&f.leases, "node-a")
+            .await?
+            .peers
+            .contains_key("node-c")
+            .then_some(())
+    })
+    .await;
     let mut cgroups = TestCgroups::mount("ferry-fence-island");
     let protected = cgroups.spawn_in(&format!(
         "kubepods/besteffort/pod{POD_UID}/{}",
@@ -627,8 +657,36 @@ async fn agents_cut_off_together_fence_although_they_reach_each_other() {
         f.a.log_text()
     );
     assert_eq!(cgroups.ended_by(protected), Some(Some(libc::SIGKILL)));
-    // They still answer each other: A's peer silence is B's publishing.
-    assert!(metric(&f.a, "ferry_agent_peer_silence_seconds").await > FENCE_TIMEOUT.as_secs_f64());
+}
+
+/// Every agent cut off from the API server (an API server restart, or the
+/// API server down for everyone) while all still reach each other: no
+/// agent is live for the controller, so nothing can be failed over, and
+/// nothing is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_do_not_fence_when_the_api_server_is_down_for_everyone() {
+    let f = fixture("fence-api-down").await;
+    let mut cgroups = TestCgroups::mount("ferry-fence-api-down");
+    let protected = cgroups.spawn_in(&format!(
+        "kubepods/besteffort/pod{POD_UID}/{}",
+        f.container_id
+    ));
+    f.proxy.cut();
+    f.b_proxy.cut();
+    let limit = (FENCE_TIMEOUT + 2 * HEARTBEAT).as_secs_f64();
+    wait_for(
+        "A to be without the API server past the timeout",
+        Duration::from_secs(30),
+        || async { (metric(&f.a, "ferry_agent_api_silence_seconds").await > limit).then_some(()) },
+    )
+    .await;
+    assert_eq!(metric(&f.a, "ferry_agent_fence_actions_total").await, 0.0);
+    assert_eq!(
+        cgroups.ended_by(protected),
+        None,
+        "log:\n{}",
+        f.a.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

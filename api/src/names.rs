@@ -57,3 +57,7 @@ pub const FAILED_NODE_TAINT: &str = "ferry.dev/node-lost";
 /// Kubernetes' non-graceful node shutdown taint: an administrator's (or a
 /// remediation system's) word that the node's workloads are stopped.
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
+
+/// Annotation ferry sets on a pod's owner (ReplicaSet, StatefulSet) to make
+/// it retry creating a replacement at once; its value is when.
+pub const NUDGED_ANNOTATION: &str = "ferry.dev/nudged-at";

@@ -434,6 +434,9 @@ pub struct FailoverRecord {
     pub fenced_at: Option<Time>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fence: String,
+    /// When ferry last made the owner retry creating the replacement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_nudged_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_at: Option<Time>,
     #[serde(default, skip_serializing_if = "String::is_empty")]

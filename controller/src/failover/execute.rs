@@ -85,6 +85,9 @@ pub async fn advance(
         Action::ReleasePod { name, gate_index } => release(&pods, name, *gate_index)
             .await
             .map(|()| step.record.clone()),
+        Action::NudgeOwner { owner } => nudge(context, namespace, owner, world.now)
+            .await
+            .map(|()| step.record.clone()),
         Action::DeletePods { names } => {
             let mut result = Ok(step.record.clone());
             for name in names {
@@ -122,7 +125,39 @@ fn describe(action: &Action) -> String {
         ),
         Action::ReleasePod { name, .. } => format!("releasing pod {name}"),
         Action::DeletePods { names } => format!("deleting {}", names.join(", ")),
+        Action::NudgeOwner { owner } => format!("asking {owner} to retry"),
     }
+}
+
+/// Annotates the owner, which makes its controller sync it (and retry
+/// creating pods) at once instead of after its backoff.
+async fn nudge(
+    context: &Context,
+    namespace: &str,
+    owner: &str,
+    now: jiff::Timestamp,
+) -> Result<(), String> {
+    let patch = Patch::Merge(serde_json::json!({
+        "metadata": {"annotations": {ferry_api::names::NUDGED_ANNOTATION: now.to_string()}}
+    }));
+    let params = PatchParams::default();
+    let client = context.client.clone();
+    let result = match owner.split_once('/') {
+        Some(("ReplicaSet", name)) => {
+            Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(client, namespace)
+                .patch(name, &params, &patch)
+                .await
+                .map(|_| ())
+        }
+        Some(("StatefulSet", name)) => {
+            Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client, namespace)
+                .patch(name, &params, &patch)
+                .await
+                .map(|_| ())
+        }
+        _ => return Ok(()),
+    };
+    result.map_err(|err| format!("annotating {namespace}/{owner}: {err}"))
 }
 
 /// Asks the target agent to prepare each archive.

@@ -87,6 +87,8 @@ pub enum Action {
     /// Drop the failover: what failed recovered before anything was
     /// stopped, so the original keeps running.
     Cancel,
+    /// Make the owner (`Kind/name`) retry creating the replacement now.
+    NudgeOwner { owner: String },
 }
 
 /// The next step of a failover.
@@ -464,6 +466,15 @@ fn stop_pod(record: &FailoverRecord, when: &str) -> Step {
     )
 }
 
+/// How long the owner may take to create the replacement before it is asked
+/// to retry, and again.
+const NUDGE_EVERY: Duration = Duration::from_secs(2);
+
+/// Owners whose controllers retry at once when the object changes.
+fn nudgeable(owner: &str) -> bool {
+    owner.starts_with("ReplicaSet/") || owner.starts_with("StatefulSet/")
+}
+
 /// Whether the kubelet reports every container of a pod being deleted as
 /// terminated: it stopped them, and restarts nothing once deletion began.
 /// The pod object itself goes only seconds later, after sandbox teardown.
@@ -558,14 +569,37 @@ fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
                 )
             })
             .collect();
-        return Step::wait(
-            record,
-            format!(
-                "waiting for {} to create the replacement (its pods now: {})",
-                record.owner,
-                owned.join(", ")
-            ),
+        let waiting = format!(
+            "waiting for {} to create the replacement (its pods now: {})",
+            record.owner,
+            owned.join(", ")
         );
+        // Admission refuses the owner's tries that a webhook replica with a
+        // stale view let through unrewritten (one on a partitioned node, its
+        // endpoint still listed), and the owner backs off further each time.
+        // A change to the owner makes it try again at once.
+        let since = record
+            .owner_nudged_at
+            .as_ref()
+            .or(record.fenced_at.as_ref())
+            .map_or(record.started_at.0, |t| t.0);
+        let due = since.checked_add(NUDGE_EVERY).unwrap_or(since);
+        if nudgeable(&record.owner) && world.now >= due {
+            let mut nudged = record.clone();
+            nudged.owner_nudged_at = Some(Time(world.now));
+            let mut step = Step::of(
+                Action::NudgeOwner {
+                    owner: record.owner.clone(),
+                },
+                nudged,
+                format!("{waiting}; asked it to retry now"),
+            );
+            step.wake_at = world.now.checked_add(NUDGE_EVERY).ok();
+            return step;
+        }
+        let mut step = Step::wait(record, waiting);
+        step.wake_at = Some(due);
+        return step;
     };
     let extras: Vec<String> = world
         .pods
@@ -1000,6 +1034,33 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_slow_to_replace_is_asked_to_retry_every_two_seconds() {
+        let mut record = prepared_record(FailoverStage::Fenced);
+        record.fenced_at = Some(Time(at(1000)));
+        let world = World::new(vec![]);
+        let step = world.next(&record, 2500);
+        assert_eq!(step.action, Action::Wait);
+        assert_eq!(step.wake_at, Some(at(3000)));
+        let step = world.next(&record, 3000);
+        assert_eq!(
+            step.action,
+            Action::NudgeOwner {
+                owner: "ReplicaSet/web".into()
+            }
+        );
+        let nudged = step.record;
+        assert_eq!(nudged.owner_nudged_at, Some(Time(at(3000))));
+        assert_eq!(world.next(&nudged, 4000).action, Action::Wait);
+        assert!(matches!(
+            world.next(&nudged, 5000).action,
+            Action::NudgeOwner { .. }
+        ));
+        // Owners other than ReplicaSets and StatefulSets are left alone.
+        record.owner = "Job/batch".into();
+        assert_eq!(world.next(&record, 9000).action, Action::Wait);
+    }
+
+    #[test]
     fn cold_and_extra_replacements_are_removed() {
         let record = prepared_record(FailoverStage::Fenced);
         // The webhook failed open: the owner's pod came without the rewrite.
@@ -1022,7 +1083,7 @@ mod tests {
         ));
         // Older pods of the owner are other replicas, not replacements.
         world.pods = vec![pod("web-0", "u0", -60_000, None)];
-        assert_eq!(world.next(&evicted, 2000).action, Action::Wait);
+        assert_eq!(world.next(&evicted, 1000).action, Action::Wait);
         // Two replacements claimed by two webhook replicas: the younger goes.
         world.pods = vec![
             gated(pod("web-2", "u2", 1000, Some("u1"))),

@@ -55,6 +55,7 @@ pub fn plan_failover(
         evidence: failure.evidence.clone(),
         fenced_at: None,
         fence: String::new(),
+        owner_nudged_at: None,
         restored_at: None,
         message: failure.detail.clone(),
     };

@@ -19,6 +19,9 @@ pub struct HeartbeatResponse {
     /// the caller's agent that the callee wrote to its Lease; 0: none.
     #[prost(int64, tag = "2")]
     pub published_reach_unix_micros: i64,
+    /// Unix microseconds of the callee's last successful Lease write; 0: none.
+    #[prost(int64, tag = "3")]
+    pub last_lease_write_unix_micros: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -457,10 +460,11 @@ pub mod agent_client {
         }
         /// Peer agents call this every heartbeat. Answering shows the caller it
         /// reaches this agent; the answer says when this agent last wrote to its
-        /// Lease that it reaches the caller. Only contact the controller can see
-        /// keeps the caller from fencing itself: a peer that is cut off from the
-        /// API server too, or that the caller reaches but which cannot reach the
-        /// caller, does not.
+        /// Lease that it reaches the caller, and when it last wrote its Lease at
+        /// all. Contact the controller can see keeps the caller from fencing
+        /// itself; a peer cut off from the API server too counts only when every
+        /// peer answers and none reaches the API server (the API server is down
+        /// for everyone, and nothing can be failed over).
         pub async fn heartbeat(
             &mut self,
             request: impl tonic::IntoRequest<super::HeartbeatRequest>,
@@ -794,10 +798,11 @@ pub mod agent_server {
         ) -> std::result::Result<tonic::Response<super::NodeInfo>, tonic::Status>;
         /// Peer agents call this every heartbeat. Answering shows the caller it
         /// reaches this agent; the answer says when this agent last wrote to its
-        /// Lease that it reaches the caller. Only contact the controller can see
-        /// keeps the caller from fencing itself: a peer that is cut off from the
-        /// API server too, or that the caller reaches but which cannot reach the
-        /// caller, does not.
+        /// Lease that it reaches the caller, and when it last wrote its Lease at
+        /// all. Contact the controller can see keeps the caller from fencing
+        /// itself; a peer cut off from the API server too counts only when every
+        /// peer answers and none reaches the API server (the API server is down
+        /// for everyone, and nothing can be failed over).
         async fn heartbeat(
             &self,
             request: tonic::Request<super::HeartbeatRequest>,
