@@ -175,6 +175,13 @@ cmd_install() {
     pod-security.kubernetes.io/warn=privileged \
     pod-security.kubernetes.io/audit=privileged >/dev/null
 
+  # Helm installs the chart's crds/ once and never upgrades them: a cluster
+  # from an earlier run keeps an older CheckpointPolicy schema, and the
+  # controller's status writes with new fields then fail (server-side
+  # apply answers 500). Apply the CRD first, as an upgrade must.
+  log "kubectl apply --server-side charts/ferry/crds (helm does not upgrade CRDs)"
+  k apply --server-side --force-conflicts --field-manager=ferry-install \
+    -f "$REPO/charts/ferry/crds/" >/dev/null || die "applying the CRD failed"
   log "helm upgrade --install $RELEASE charts/ferry -n $NS (host IP $ip)"
   helm_out="$(mktemp)"
   if ! "$helm" upgrade --install "$RELEASE" "$REPO/charts/ferry" -n "$NS" --create-namespace \
