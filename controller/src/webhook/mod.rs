@@ -17,7 +17,7 @@
 mod https;
 pub use https::{WebhookListener, serve, serve_listener, server_config};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -503,7 +503,11 @@ struct Inner {
     /// Failed-pod UIDs already given to a replacement, so two pods created
     /// at once never restore the same failure. Entries leave once the
     /// failover is no longer pending in any status.
-    claimed: Mutex<HashSet<String>>,
+    /// With when: a claim whose pod never came (its creation failed after
+    /// this webhook answered) expires after [`CLAIM_TTL`], or the owner's
+    /// retries would never be rewritten again.
+    claimed: Mutex<HashMap<String, std::time::Instant>>,
+    claim_ttl: std::time::Duration,
     metrics: WebhookMetrics,
 }
 
@@ -514,7 +518,8 @@ impl WebhookState {
         Self {
             inner: Arc::new(Inner {
                 policies,
-                claimed: Mutex::new(HashSet::new()),
+                claimed: Mutex::new(HashMap::new()),
+                claim_ttl: CLAIM_TTL,
                 metrics,
             }),
         }
@@ -632,9 +637,11 @@ impl WebhookState {
             })
             .map(|f| f.pod_uid.as_str())
             .collect();
-        claimed.retain(|uid| pending.contains(uid.as_str()));
+        let ttl = self.inner.claim_ttl;
+        claimed.retain(|uid, at| pending.contains(uid.as_str()) && at.elapsed() < ttl);
+        let taken: HashSet<String> = claimed.keys().cloned().collect();
 
-        let Some(plan) = plan_restore(&pod, &candidates, &claimed) else {
+        let Some(plan) = plan_restore(&pod, &candidates, &taken) else {
             return Ok(None);
         };
         // The patch was built from the typed pod; make sure it applies to
@@ -644,11 +651,16 @@ impl WebhookState {
             .map_err(|e| format!("restore patch does not apply: {e}"))?;
         // A dry run must not use up the failover.
         if !request.dry_run {
-            claimed.insert(plan.failed_pod_uid.clone());
+            claimed.insert(plan.failed_pod_uid.clone(), std::time::Instant::now());
         }
         Ok(Some((plan, pod)))
     }
 }
+
+/// How long a failover given to one replacement pod is not given to
+/// another: two pods created at once never both restore it, and a pod whose
+/// creation failed after the rewrite does not block the owner's next try.
+pub const CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The webhook's routes: `POST /mutate`.
 pub fn router(state: WebhookState) -> Router {
@@ -1249,6 +1261,19 @@ mod tests {
         assert!(second.allowed && second.patch.is_none(), "claimed already");
         assert_eq!(state.metrics().admissions("restored"), 2);
         assert_eq!(state.metrics().admissions("unchanged"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_claim_whose_pod_never_came_expires() {
+        let (mut state, _writer) = state_with(vec![policy("counter", vec![pending()])]);
+        if let Some(inner) = Arc::get_mut(&mut state.inner) {
+            inner.claim_ttl = std::time::Duration::ZERO;
+        }
+        let input = replacement();
+        assert!(state.admit(&request(&input, false)).await.patch.is_some());
+        // The rewritten pod was refused after the webhook answered; the
+        // owner's next try is rewritten again.
+        assert!(state.admit(&request(&input, false)).await.patch.is_some());
     }
 
     #[tokio::test]
