@@ -66,12 +66,38 @@ impl Departure {
     }
 }
 
-/// When the pod's deletion was requested: its deletionTimestamp is that
-/// moment plus the grace period.
+/// When the pod's end began: the earlier of when the API server marked it
+/// as a disruption target and when its deletion was requested (its
+/// deletionTimestamp is that moment plus the grace period). A deletion
+/// shortened later (a kubelet, or ferry stopping the pod) moves the
+/// deletionTimestamp, so callers keep the earliest value they saw.
 pub fn deletion_requested_at(pod: &Pod) -> Option<jiff::Timestamp> {
-    let at = pod.metadata.deletion_timestamp.as_ref()?.0;
-    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
-    at.checked_sub(jiff::SignedDuration::from_secs(grace)).ok()
+    let requested = pod.metadata.deletion_timestamp.as_ref().and_then(|at| {
+        let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+        at.0.checked_sub(jiff::SignedDuration::from_secs(grace)).ok()
+    });
+    let disrupted = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+        })
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0);
+    earliest(requested, disrupted)
+}
+
+/// The earlier of two optional moments.
+pub fn earliest(
+    a: Option<jiff::Timestamp>,
+    b: Option<jiff::Timestamp>,
+) -> Option<jiff::Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Why the API server disrupted the pod, if it did.
@@ -255,7 +281,10 @@ fn classify(
             Some(why) => disrupted(
                 FailureTrigger::PodLoss,
                 format!("pod disrupted ({why})"),
-                deletion_requested_at(pod),
+                earliest(
+                    deletion_requested_at(pod),
+                    departure.and_then(|d| d.requested_at),
+                ),
             ),
             None => Verdict::Released(
                 "being deleted by its controller or a user, without a disruption: not a failure"
@@ -459,6 +488,34 @@ mod tests {
             world.run(&status(90, &["b"]), 101).failures[0].reason,
             FailureTrigger::PodLoss
         );
+    }
+
+    #[test]
+    fn a_disruption_dates_from_its_first_sign_not_from_a_shortened_deletion() {
+        let mut world = healthy();
+        // Evicted at 95 with 30 s of grace; later stopped with 1 s of grace
+        // at 99, which moves the deletionTimestamp to 100.
+        let mut evicted = deleting(pod(1, "Running"), true);
+        evicted.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(125)),
+        );
+        evicted.metadata.deletion_grace_period_seconds = Some(30);
+        assert_eq!(deletion_requested_at(&evicted), Some(at(95)));
+        let mut stopped = evicted.clone();
+        stopped.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(100)),
+        );
+        stopped.metadata.deletion_grace_period_seconds = Some(1);
+        let first = Departure::of(&evicted, at(95));
+        world.departed.insert("u1".into(), first);
+        world.pods = vec![stopped.clone()];
+        let failures = world.run(&status(90, &["b"]), 101).failures;
+        assert_eq!(failures[0].failed_at, Some(at(95)));
+        // The DisruptionTarget condition's time counts when it is earlier.
+        let mut marked = stopped;
+        marked.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_transition_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(94)));
+        assert_eq!(deletion_requested_at(&marked), Some(at(94)));
     }
 
     #[test]

@@ -222,12 +222,18 @@ impl Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let departure = detect::Departure::of(pod, now);
         // A disruption seen once stays: the final delete event may lack it.
-        let known = departed.get(&uid).and_then(|d| d.disruption.clone());
+        // The first request stays too: a shortened deletion moves it later.
+        let known = departed.get(&uid);
+        let disruption = departure
+            .disruption
+            .or_else(|| known.and_then(|d| d.disruption.clone()));
+        let requested_at =
+            detect::earliest(departure.requested_at, known.and_then(|d| d.requested_at));
         departed.insert(
             uid,
             detect::Departure {
-                disruption: departure.disruption.or(known),
-                requested_at: departure.requested_at,
+                disruption,
+                requested_at,
                 seen_at: now,
             },
         );
