@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::events::{Recorder, Reporter};
@@ -138,6 +138,8 @@ pub struct Context {
     status_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When the caches of pods, nodes and agent Leases had all synced.
     synced_at: OnceLock<jiff::Timestamp>,
+    /// When a watch of pods, nodes or agent Leases last failed.
+    watch_failed_at: Mutex<Option<jiff::Timestamp>>,
     /// Pods seen being deleted, by UID, so one already gone from the cache
     /// can still be told apart: disrupted (a failure) or deleted on purpose.
     departed: Mutex<BTreeMap<String, detect::Departure>>,
@@ -196,6 +198,7 @@ impl Context {
             status_writes: Mutex::default(),
             status_locks: Mutex::default(),
             synced_at: OnceLock::new(),
+            watch_failed_at: Mutex::default(),
             departed: Mutex::default(),
             budget: failover::budget::Budget::new(config.max_concurrent_failovers),
         };
@@ -209,6 +212,42 @@ impl Context {
     /// When every cache had synced; `None` until then.
     pub fn synced_at(&self) -> Option<jiff::Timestamp> {
         self.synced_at.get().copied()
+    }
+
+    /// When the watches behind the caches started and last failed.
+    pub fn watched(&self) -> view::Watched {
+        view::Watched {
+            synced_at: self.synced_at(),
+            failed_at: *self
+                .watch_failed_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        }
+    }
+
+    /// Notes a failed watch: the view is incomplete until the watches ran
+    /// a Lease period without an error (see [`view::complete`]). The
+    /// watcher retries by itself.
+    fn watch_failed(&self, resource: &'static str, error: &watcher::Error) {
+        let mut failed_at = self
+            .watch_failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failed_at.is_none_or(|at| {
+            jiff::Timestamp::now()
+                .duration_since(at)
+                .try_into()
+                .is_ok_and(|ago: Duration| ago > 2 * view::WATCH_RETRY_MAX)
+        }) {
+            tracing::warn!(resource, error = %error, "watch failed; retrying, and deciding no failover until it has run a Lease period without an error");
+        } else {
+            tracing::debug!(resource, error = %error, "watch failed again");
+        }
+        *failed_at = Some(jiff::Timestamp::now());
+        self.metrics
+            .watch_errors
+            .get_or_create(&metrics::ErrorLabels { reason: resource })
+            .inc();
     }
 
     /// Remembers a pod that is being (or was) deleted.
@@ -311,8 +350,18 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    // A short ceiling: the view stays closed after an error until a retry
+    // got through (see `view::WATCH_RETRY_MAX`).
+    let backoff = kube::runtime::watcher::ExponentialBackoff::from(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(view::WATCH_RETRY_MAX)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times(),
+    );
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(backoff)
         .modify(|object: &mut K| object.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects();
@@ -499,25 +548,38 @@ pub async fn run(
     let pod_store = store.clone();
     let pod_context = context.clone();
     let pod_leading = leading.clone();
-    tokio::spawn(pod_events.try_for_each(move |pod| {
+    // `for_each`, never `try_for_each`: an error ends a `try_for_each`, and
+    // with it the stream that keeps the cache current.
+    tokio::spawn(pod_events.for_each(move |pod| {
+        let pod = match pod {
+            Ok(pod) => pod,
+            Err(error) => {
+                pod_context.watch_failed("pods", &error);
+                return futures::future::ready(());
+            }
+        };
         if pod.metadata.deletion_timestamp.is_some()
             || pod_context.pods.get(&ObjectRef::from_obj(&pod)).is_none()
         {
             pod_context.pod_departing(&pod, jiff::Timestamp::now());
         }
         if !*pod_leading.borrow() {
-            return futures::future::ready(Ok(()));
+            return futures::future::ready(());
         }
         for policy in policies_for_pod(&pod_store, &pod) {
             let _ = pod_triggers.send(policy);
         }
-        futures::future::ready(Ok(()))
+        futures::future::ready(())
     }));
     let lease_triggers = triggers.clone();
     let lease_store = store.clone();
     let lease_leading = leading.clone();
     let mut peer_views: HashMap<String, PeerView> = HashMap::new();
+    let lease_context = context.clone();
     tokio::spawn(lease_events.for_each(move |lease| {
+        if let Err(error) = &lease {
+            lease_context.watch_failed("agent_leases", error);
+        }
         if let Ok(lease) = &lease
             && let Some(agent) = agents::AgentInfo::from_lease(lease)
         {
@@ -543,7 +605,15 @@ pub async fn run(
     let node_cache = nodes.clone();
     let taint_client = client.clone();
     let node_leading = leading.clone();
-    tokio::spawn(node_events.try_for_each(move |node| {
+    let node_context = context.clone();
+    tokio::spawn(node_events.for_each(move |node| {
+        let node = match node {
+            Ok(node) => node,
+            Err(error) => {
+                node_context.watch_failed("nodes", &error);
+                return futures::future::ready(());
+            }
+        };
         let leader = *node_leading.borrow();
         if leader {
             nodes::lift_taints(&taint_client, [&node], &node_store.state());
@@ -557,13 +627,13 @@ pub async fn run(
         if node_states.get(&node.name_any()) != Some(&state) {
             node_states.insert(node.name_any(), state);
             if !leader {
-                return futures::future::ready(Ok(()));
+                return futures::future::ready(());
             }
             for policy in policies_for_node_name(&node_store, &node.name_any()) {
                 let _ = triggers.send(policy);
             }
         }
-        futures::future::ready(Ok(()))
+        futures::future::ready(())
     }));
     let caches_synced = {
         let (pods, nodes, leases) = (pods.clone(), nodes.clone(), leases.clone());

@@ -61,6 +61,8 @@ pub struct Metrics {
     /// 1 while failovers may be decided (caches synced, agents watched
     /// for a Lease period), else 0.
     pub view_complete: Gauge,
+    /// Failed watches of pods, nodes and agent Leases, by resource.
+    pub watch_errors: Family<ErrorLabels, Counter>,
     /// Failovers in progress and failed pods waiting for a slot.
     pub failovers_running: Gauge,
     pub failovers_queued: Family<PolicyLabels, Gauge>,
@@ -143,6 +145,12 @@ impl Default for Metrics {
             "Reconciliations that decided no failover because the view was incomplete, by reason",
             failover_decisions_deferred.clone(),
         );
+        let watch_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Failed watches of pods, nodes and agent Leases, by resource (reason); each closes the view for a Lease period",
+            watch_errors.clone(),
+        );
         let view_complete = Gauge::default();
         registry.register(
             "view_complete",
@@ -171,6 +179,7 @@ impl Default for Metrics {
         Self {
             failover_decisions_deferred,
             view_complete,
+            watch_errors,
             failovers_running,
             failovers_queued,
             suspect_nodes,

@@ -4,6 +4,10 @@
 //! Lease read a moment ago says little about whether it is still renewed.
 //! So no failure is detected and no failover acted on until the caches
 //! synced and the agents have been watched for at least one Lease period.
+//! The same holds after a watch broke (an API server restart, a network
+//! blip): until the watches have run without an error for a Lease period
+//! again, the caches may be missing what happened meanwhile, and agents
+//! whose renewals were lost with the API server look silent.
 
 use std::time::Duration;
 
@@ -13,6 +17,22 @@ use crate::agents::AgentIndex;
 /// no agent Lease states its own duration.
 pub const DEFAULT_AGENT_PERIOD: Duration = Duration::from_secs(15);
 
+/// The longest a broken watch of pods, nodes or agent Leases waits before
+/// it tries again (its backoff's ceiling). With jitter a wait lasts up to
+/// twice this; a view that saw no error for longer than that has had a
+/// successful attempt since the last error.
+pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// When the watches behind the view started, and when one last failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// When every cache had synced, on this controller's clock (`None`:
+    /// not yet).
+    pub synced_at: Option<jiff::Timestamp>,
+    /// The last error of the pod, node or agent Lease watch, if any.
+    pub failed_at: Option<jiff::Timestamp>,
+}
+
 /// Why a decision has to wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incomplete {
@@ -20,6 +40,8 @@ pub enum Incomplete {
     CachesNotSynced,
     /// The agents have been watched for less than one Lease period.
     AgentViewTooYoung { watched: Duration, needed: Duration },
+    /// A watch failed less than one Lease period ago.
+    WatchInterrupted { since: Duration, needed: Duration },
 }
 
 impl Incomplete {
@@ -28,6 +50,7 @@ impl Incomplete {
         match self {
             Self::CachesNotSynced => "caches_not_synced",
             Self::AgentViewTooYoung { .. } => "agent_view_too_young",
+            Self::WatchInterrupted { .. } => "watch_interrupted",
         }
     }
 
@@ -36,6 +59,7 @@ impl Incomplete {
         match self {
             Self::CachesNotSynced => None,
             Self::AgentViewTooYoung { watched, needed } => Some(needed.saturating_sub(*watched)),
+            Self::WatchInterrupted { since, needed } => Some(needed.saturating_sub(*since)),
         }
     }
 }
@@ -48,6 +72,12 @@ impl std::fmt::Display for Incomplete {
                 f,
                 "agents watched for {:.1}s, less than one Lease period ({:.1}s)",
                 watched.as_secs_f64(),
+                needed.as_secs_f64()
+            ),
+            Self::WatchInterrupted { since, needed } => write!(
+                f,
+                "a watch of pods, nodes or agent Leases failed {:.1}s ago; the view counts again once it ran {:.1}s without an error",
+                since.as_secs_f64(),
                 needed.as_secs_f64()
             ),
         }
@@ -64,18 +94,32 @@ pub fn agent_period(agents: &AgentIndex) -> Duration {
         .unwrap_or(DEFAULT_AGENT_PERIOD)
 }
 
-/// `synced_at`: when every cache had synced, on this controller's clock
-/// (`None`: not yet). Ok when a failover may be decided at `now`.
+/// Ok when a failover may be decided at `now`.
 pub fn complete(
-    synced_at: Option<jiff::Timestamp>,
+    watched: Watched,
     agents: &AgentIndex,
     now: jiff::Timestamp,
 ) -> Result<(), Incomplete> {
-    let synced_at = synced_at.ok_or(Incomplete::CachesNotSynced)?;
-    let watched: Duration = now.duration_since(synced_at).try_into().unwrap_or_default();
+    let synced_at = watched.synced_at.ok_or(Incomplete::CachesNotSynced)?;
+    let age = |since: jiff::Timestamp| -> Duration {
+        now.duration_since(since).try_into().unwrap_or_default()
+    };
     let needed = agent_period(agents);
-    if watched < needed {
-        return Err(Incomplete::AgentViewTooYoung { watched, needed });
+    let watched_for = age(synced_at);
+    if watched_for < needed {
+        return Err(Incomplete::AgentViewTooYoung {
+            watched: watched_for,
+            needed,
+        });
+    }
+    if let Some(failed_at) = watched.failed_at {
+        // The retry after the error must have happened, and the agents
+        // must have had a Lease period to renew through it.
+        let needed = needed.max(2 * WATCH_RETRY_MAX);
+        let since = age(failed_at);
+        if since < needed {
+            return Err(Incomplete::WatchInterrupted { since, needed });
+        }
     }
     Ok(())
 }
@@ -90,7 +134,7 @@ mod tests {
 
     #[test]
     fn nothing_is_decided_before_the_caches_synced() {
-        let err = complete(None, &AgentIndex::default(), at(100)).unwrap_err();
+        let err = complete(Watched::default(), &AgentIndex::default(), at(100)).unwrap_err();
         assert_eq!(err, Incomplete::CachesNotSynced);
         assert_eq!(err.reason(), "caches_not_synced");
     }
@@ -98,12 +142,39 @@ mod tests {
     #[test]
     fn a_fresh_view_waits_one_agent_lease_period() {
         let agents = AgentIndex::default();
-        let err = complete(Some(at(0)), &agents, at(10)).unwrap_err();
+        let fresh = Watched {
+            synced_at: Some(at(0)),
+            failed_at: None,
+        };
+        let err = complete(fresh, &agents, at(10)).unwrap_err();
         assert_eq!(err.retry_in(), Some(Duration::from_secs(5)));
         assert!(
             err.to_string()
                 .contains("less than one Lease period (15.0s)")
         );
-        assert_eq!(complete(Some(at(0)), &agents, at(15)), Ok(()));
+        assert_eq!(complete(fresh, &agents, at(15)), Ok(()));
+    }
+
+    #[test]
+    fn a_failed_watch_closes_the_view_for_a_lease_period_after_its_last_error() {
+        let agents = AgentIndex::default();
+        let interrupted = Watched {
+            synced_at: Some(at(0)),
+            failed_at: Some(at(100)),
+        };
+        let err = complete(interrupted, &agents, at(110)).unwrap_err();
+        assert_eq!(err.reason(), "watch_interrupted");
+        assert_eq!(err.retry_in(), Some(Duration::from_secs(5)));
+        assert!(err.to_string().contains("failed 10.0s ago"), "{err}");
+        assert_eq!(complete(interrupted, &agents, at(115)), Ok(()));
+        // A view that was still young when the watch failed waits for both.
+        let young = Watched {
+            synced_at: Some(at(100)),
+            failed_at: Some(at(90)),
+        };
+        assert_eq!(
+            complete(young, &agents, at(110)).unwrap_err().reason(),
+            "agent_view_too_young"
+        );
     }
 }

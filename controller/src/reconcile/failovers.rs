@@ -34,7 +34,7 @@ pub(super) async fn advance_failovers(
     problems: &mut Vec<(String, String)>,
 ) -> Duration {
     let key = format!("{namespace}/{}", policy.name_any());
-    if let Err(incomplete) = view::complete(snapshot.synced_at, &snapshot.agents, snapshot.now) {
+    if let Err(incomplete) = view::complete(snapshot.watched, &snapshot.agents, snapshot.now) {
         context.metrics.view_complete.set(0);
         context
             .metrics

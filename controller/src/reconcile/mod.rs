@@ -103,7 +103,7 @@ pub(super) struct Snapshot {
     pub(super) nodes: Vec<Arc<Node>>,
     pub(super) agents: AgentIndex,
     pub(super) policies: Vec<Arc<CheckpointPolicy>>,
-    pub(super) synced_at: Option<jiff::Timestamp>,
+    pub(super) watched: crate::view::Watched,
     pub(super) now: jiff::Timestamp,
 }
 
@@ -119,7 +119,7 @@ impl Snapshot {
             departed: context.departed(),
             nodes: context.nodes.state(),
             agents: AgentIndex::from_leases(context.leases.state().iter().map(AsRef::as_ref)),
-            synced_at: context.synced_at(),
+            watched: context.watched(),
             policies: context
                 .policies()
                 .map(|s| s.state())
