@@ -80,6 +80,22 @@ pub fn decide(
     }
 }
 
+/// When [`decide`] says [`Decision::Fence`] if no contact comes before:
+/// just after the newer of the two contacts plus the timeout. `None` when
+/// it never does (fencing off, or no live peer).
+pub fn fence_due(
+    contact: Contact,
+    live_peers: usize,
+    timeout: Option<Duration>,
+) -> Option<Instant> {
+    let timeout = timeout.filter(|t| !t.is_zero())?;
+    if live_peers == 0 {
+        return None;
+    }
+    // `decide` fences once the silence is longer than the timeout.
+    Some(contact.api.max(contact.peer) + timeout + Duration::from_millis(1))
+}
+
 /// One container this agent checkpointed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -403,6 +419,30 @@ mod tests {
             Decision::Disabled
         );
         assert_eq!(decide(contact, 1, None, at(100)), Decision::Disabled);
+    }
+
+    #[test]
+    fn the_fence_is_due_the_moment_decide_would_fence() {
+        let start = Instant::now();
+        let timeout = Some(3 * SECOND);
+        let contact = Contact {
+            api: start + SECOND,
+            peer: start + 2 * SECOND,
+        };
+        let due = fence_due(contact, 1, timeout).unwrap();
+        assert_eq!(
+            decide(contact, 1, timeout, due - Duration::from_millis(1)),
+            Decision::InContact
+        );
+        assert!(matches!(
+            decide(contact, 1, timeout, due),
+            Decision::Fence { .. }
+        ));
+        assert_eq!(due - start, 5 * SECOND + Duration::from_millis(1));
+        // Never due when `decide` never fences.
+        assert_eq!(fence_due(contact, 0, timeout), None);
+        assert_eq!(fence_due(contact, 1, None), None);
+        assert_eq!(fence_due(contact, 1, Some(Duration::ZERO)), None);
     }
 
     fn targets(ids: &[&str], uids: &[&str]) -> FenceTargets {

@@ -17,7 +17,8 @@
 //!    (a peer that stops or starts answering) is published within the
 //!    heartbeat that saw it, and a successful write is this agent's evidence
 //!    of API contact at the same rate;
-//! 4. decide whether to fence, and if so kill the protected containers.
+//! 4. tell the [`crate::watchdog`] the contact it had (also right after
+//!    the probes); the watchdog fences when the timeout runs out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,15 +31,17 @@ use ferry_telemetry::error_chain;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::fencing::{self, Contact, Decision, ProtectedContainers};
+use crate::fencing::{Contact, ProtectedContainers};
 use crate::lease::{FIELD_MANAGER, LeaseConfig, desired_lease, lease_name};
 use crate::metrics::{Metrics, ProbeLabels, ResultLabels, TargetLabels};
-use crate::peers::{self, Peer, ProbeResult, PublishedReach};
+use crate::peers::{self, Peer, PeersAnswered, ProbeResult, PublishedReach};
 use crate::service::NodeFacts;
 use crate::store::Store;
 use crate::tls::MutualTls;
+use crate::watchdog::{FenceInputs, FencedPods, Watchdog};
 use crate::{Error, lock};
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_client::AgentClient;
@@ -326,6 +329,24 @@ async fn bounded<T>(
     }
 }
 
+/// Tells the watchdog about new contact; a change only, so a cut-off agent
+/// does not wake it every heartbeat.
+fn report(
+    inputs: &watch::Sender<FenceInputs>,
+    contact: Contact,
+    live_peers: usize,
+    answered: Option<PeersAnswered>,
+) {
+    inputs.send_if_modified(|current| {
+        let next = FenceInputs {
+            contact,
+            live_peers,
+            answered,
+        };
+        std::mem::replace(current, next) != next
+    });
+}
+
 impl Heartbeat {
     /// Runs until the process ends.
     pub async fn run(self) -> Result<(), Error> {
@@ -353,11 +374,30 @@ impl Heartbeat {
         let mut list_due = true;
         let mut listed_once = false;
         let mut lease_ok = false;
-        let mut fencing = false;
-        // Pods this agent fenced (UID → when), kept stopped and published in
-        // its Lease, so the controller goes on with their failover when the
-        // node is back and the kubelet cannot run them cold meanwhile.
-        let mut fenced_pods = BTreeMap::<String, jiff::Timestamp>::new();
+        // Pods the watchdog fenced (UID → when), kept stopped and published
+        // in the Lease, so the controller goes on with their failover when
+        // the node is back and the kubelet cannot run them cold meanwhile.
+        let fenced_pods = FencedPods::default();
+        let (fence_inputs, inputs) = watch::channel(FenceInputs {
+            contact,
+            // Peers not known yet count as one: a restarted agent must
+            // still fence.
+            live_peers: 1,
+            answered: None,
+        });
+        tokio::spawn(
+            Watchdog {
+                node: self.facts.node_name.clone(),
+                interval: self.config.interval,
+                timeout: self.config.fence_timeout,
+                proc_root: self.config.proc_root.clone(),
+                store: self.store.clone(),
+                protected: self.protected.clone(),
+                metrics: self.metrics.clone(),
+                fenced: fenced_pods.clone(),
+            }
+            .run(inputs),
+        );
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for beat in 0u64.. {
@@ -407,14 +447,21 @@ impl Heartbeat {
                 .config
                 .fence_timeout
                 .unwrap_or(3 * self.config.interval);
-            if let Some(seen) = peers::peer_contact(
-                &live_results,
-                api_fresh,
-                jiff::Timestamp::now(),
-                Instant::now(),
-            ) {
+            let (wall_now, mono_now) = (jiff::Timestamp::now(), Instant::now());
+            if let Some(seen) = peers::peer_contact(&live_results, api_fresh, wall_now, mono_now) {
                 contact.peer = contact.peer.max(seen);
             }
+            let answered = peers::peers_answered(&live_results, wall_now, mono_now);
+            // Peers not known yet (started while cut off from the API
+            // server) count as one: a restarted agent must still fence.
+            let live = peers
+                .values()
+                .filter(|p| p.live)
+                .count()
+                .max(usize::from(!listed_once));
+            // At once, not after the Lease write: a probe that answered
+            // just before the deadline must hold the watchdog back.
+            report(&fence_inputs, contact, live, answered);
             let tracked = peers::track(&observations, &results, jiff::Timestamp::now());
             for flip in &tracked.flips {
                 let error = tracked
@@ -441,7 +488,7 @@ impl Heartbeat {
                 &self.lease,
                 &self.facts,
                 &observations,
-                &fenced_pods,
+                &lock(&fenced_pods).clone(),
                 jiff::Timestamp::now(),
             );
             let write_sent = Instant::now();
@@ -474,44 +521,7 @@ impl Heartbeat {
             self.metrics
                 .peer_silence
                 .set(now.saturating_duration_since(contact.peer).as_secs_f64());
-            // Peers not known yet (started while cut off from the API
-            // server) count as one: a restarted agent must still fence.
-            let live = peers
-                .values()
-                .filter(|p| p.live)
-                .count()
-                .max(usize::from(!listed_once));
-            match fencing::decide(contact, live, self.config.fence_timeout, now) {
-                Decision::Fence { silent_for } => {
-                    if !fencing {
-                        tracing::warn!(
-                            silent_ms = silent_for.as_millis() as u64,
-                            live_peers = live,
-                            "cut off from the API server and every peer: fencing, stopping every protected container"
-                        );
-                    }
-                    fencing = true;
-                    let stopped = self.fence(None).await;
-                    let at = jiff::Timestamp::now();
-                    for uid in stopped {
-                        fenced_pods.entry(uid).or_insert(at);
-                    }
-                }
-                _ => {
-                    if fencing {
-                        fencing = false;
-                        tracing::info!(
-                            pods = fenced_pods.len(),
-                            "in contact again: the pods fenced meanwhile stay stopped until failed over (or for {}s)",
-                            fencing::FENCE_HOLD.as_secs()
-                        );
-                    }
-                    fenced_pods = fencing::still_held(&fenced_pods, jiff::Timestamp::now());
-                    if !fenced_pods.is_empty() {
-                        self.fence(Some(&fenced_pods)).await;
-                    }
-                }
-            }
+            report(&fence_inputs, contact, live, answered);
         }
         Ok(())
     }
@@ -521,48 +531,6 @@ impl Heartbeat {
             .lease_writes
             .get_or_create(&ResultLabels { result })
             .inc();
-    }
-
-    /// One fencing pass: kills every process of a protected container, or
-    /// of the `held` pods only. Returns the UIDs of the pods it covered.
-    async fn fence(&self, held: Option<&BTreeMap<String, jiff::Timestamp>>) -> Vec<String> {
-        let store = self.store.clone();
-        let protected = self.protected.clone();
-        let node = self.facts.node_name.clone();
-        let proc_root = self.config.proc_root.clone();
-        let held = held.map(fencing::pods_only);
-        let pass = tokio::task::spawn_blocking(move || {
-            let targets = match held {
-                Some(targets) => targets,
-                None => fencing::fence_targets(&protected.entries(), &store.list()?, &node),
-            };
-            fencing::kill_protected(&proc_root, &targets).map(|killed| (targets, killed))
-        })
-        .await;
-        self.metrics.fence_actions.inc();
-        match pass {
-            Ok(Ok((targets, killed))) => {
-                self.metrics.fenced_processes.inc_by(killed.len() as u64);
-                for process in &killed {
-                    tracing::warn!(pid = process.pid, target = %process.target, "fenced: killed a process of a protected container");
-                }
-                tracing::debug!(
-                    containers = targets.container_ids.len(),
-                    pods = targets.pod_uids.len(),
-                    killed = killed.len(),
-                    "fencing pass"
-                );
-                targets.pod_uids.into_iter().collect()
-            }
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, "fencing pass failed");
-                Vec::new()
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "fencing task failed");
-                Vec::new()
-            }
-        }
     }
 }
 

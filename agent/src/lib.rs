@@ -23,6 +23,7 @@ pub mod service;
 pub mod store;
 pub mod sys;
 pub mod tls;
+pub mod watchdog;
 
 use std::path::PathBuf;
 

@@ -357,6 +357,8 @@ async fn run(args: Args) -> Result<(), Error> {
                 fencing: fence_timeout.map(|timeout| ferry_api::agent::FencingInfo {
                     timeout_millis: millis(timeout),
                     heartbeat_millis: millis(args.heartbeat_interval),
+                    // The watchdog fences when the timeout runs out.
+                    lag_millis: Some(0),
                     ..ferry_api::agent::FencingInfo::default()
                 }),
             },

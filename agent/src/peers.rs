@@ -130,6 +130,64 @@ impl PublishedReach {
     }
 }
 
+/// What a heartbeat in which every live peer answered says about the API
+/// server: when that heartbeat was, and the newest Lease write any of the
+/// peers reported, both on this agent's monotonic clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeersAnswered {
+    pub at: std::time::Instant,
+    /// `None`: no peer reported a Lease write.
+    pub newest_write: Option<std::time::Instant>,
+}
+
+/// `Some` when this beat's probes reached every peer that was live when
+/// last listed (and there was one).
+pub fn peers_answered(
+    results: &[ProbeResult],
+    wall_now: jiff::Timestamp,
+    mono_now: std::time::Instant,
+) -> Option<PeersAnswered> {
+    if results.is_empty() || results.iter().any(|r| r.agent.is_err()) {
+        return None;
+    }
+    Some(PeersAnswered {
+        at: mono_now,
+        newest_write: results
+            .iter()
+            .filter_map(|r| r.last_lease_write)
+            .max()
+            .map(|at| to_instant(at, wall_now, mono_now)),
+    })
+}
+
+/// Whether the API server is down for everyone at `now`: in a heartbeat at
+/// most `answer_age` ago every live peer answered, and none has written
+/// its Lease within `api_fresh`. Then no agent is live for the controller,
+/// so nothing can be failed over, and fencing would only stop every
+/// protected container in the cluster. Judged at `now`, not when the
+/// answers came: the fence watchdog asks at its deadline, between beats.
+pub fn api_down_for_everyone(
+    answered: Option<PeersAnswered>,
+    api_fresh: Duration,
+    answer_age: Duration,
+    now: std::time::Instant,
+) -> bool {
+    answered.is_some_and(|a| {
+        now.saturating_duration_since(a.at) <= answer_age
+            && a.newest_write
+                .is_none_or(|write| now.saturating_duration_since(write) > api_fresh)
+    })
+}
+
+fn to_instant(
+    at: jiff::Timestamp,
+    wall_now: jiff::Timestamp,
+    mono_now: std::time::Instant,
+) -> std::time::Instant {
+    let age: Duration = wall_now.duration_since(at).try_into().unwrap_or_default();
+    mono_now.checked_sub(age).unwrap_or(mono_now)
+}
+
 /// The newest contact with peers, as a point on this agent's monotonic
 /// clock (`mono_now` is `wall_now`), from this beat's probes of the peers
 /// that were live when last listed.
@@ -139,29 +197,16 @@ impl PublishedReach {
 ///   the API server too, or that this agent reaches but that does not reach
 ///   it, does not count: the controller would not know of it and would
 ///   count this node fenced while it is not.
-/// - Except when every live peer answers and none has written its Lease
-///   within `api_fresh`: then the API server is down for everyone (or all
-///   agents are cut off from it), no agent is live for the controller, so
-///   nothing can be failed over, and fencing would only stop every
-///   protected container in the cluster. That counts as contact now.
+/// - Except when the API server is down for everyone
+///   ([`api_down_for_everyone`]): that counts as contact now.
 pub fn peer_contact(
     results: &[ProbeResult],
     api_fresh: Duration,
     wall_now: jiff::Timestamp,
     mono_now: std::time::Instant,
 ) -> Option<std::time::Instant> {
-    let to_instant = |at: jiff::Timestamp| {
-        let age: Duration = wall_now.duration_since(at).try_into().unwrap_or_default();
-        mono_now.checked_sub(age).unwrap_or(mono_now)
-    };
-    let writes_fresh = |r: &ProbeResult| {
-        r.last_lease_write.is_some_and(|at| {
-            Duration::try_from(wall_now.duration_since(at)).is_ok_and(|age| age <= api_fresh)
-        })
-    };
-    let everyone_cut_off =
-        !results.is_empty() && results.iter().all(|r| r.agent.is_ok() && !writes_fresh(r));
-    if everyone_cut_off {
+    let answered = peers_answered(results, wall_now, mono_now);
+    if api_down_for_everyone(answered, api_fresh, Duration::ZERO, mono_now) {
         return Some(mono_now);
     }
     results
@@ -169,7 +214,7 @@ pub fn peer_contact(
         .filter(|r| r.agent.is_ok())
         .filter_map(|r| r.published_reach)
         .max()
-        .map(to_instant)
+        .map(|at| to_instant(at, wall_now, mono_now))
 }
 
 /// Which of a peer's things was probed.
@@ -300,6 +345,29 @@ mod tests {
             last_lease_write: None,
             kubelet: kubelet.map(|k| k.map_err(str::to_owned)),
         }
+    }
+
+    #[test]
+    fn the_api_server_down_for_everyone_is_judged_when_asked_not_when_answered() {
+        let mono = std::time::Instant::now();
+        let second = Duration::from_secs(1);
+        let fresh = 3 * second;
+        let mut b = result("b", Ok(()), None);
+        b.last_lease_write = Some(at(8));
+        // At 10 every peer answered; B wrote its Lease 2 s before.
+        let answered = peers_answered(&[b.clone()], at(10), mono);
+        assert_eq!(answered.unwrap().newest_write, Some(mono - 2 * second));
+        assert!(!api_down_for_everyone(answered, fresh, second, mono));
+        // Asked at 11.5, before the next heartbeat: B's write is 3.5 s old.
+        let later = mono + 1500 * Duration::from_millis(1);
+        assert!(api_down_for_everyone(answered, fresh, 2 * second, later));
+        // Answers older than the allowed age say nothing.
+        assert!(!api_down_for_everyone(answered, fresh, second, later));
+        // A live peer that did not answer: maybe an island, never "everyone".
+        let c = result("c", Err("refused"), None);
+        assert_eq!(peers_answered(&[b, c], at(10), mono), None);
+        assert_eq!(peers_answered(&[], at(10), mono), None);
+        assert!(!api_down_for_everyone(None, fresh, second, later));
     }
 
     #[test]

@@ -29,7 +29,6 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const FENCE_TIMEOUT: Duration = Duration::from_secs(3);
-const POD_UID: &str = "3f2a1b4c-0000-4000-8000-000000000001";
 
 async fn namespace(plane: &ControlPlane, name: &str) -> Api<Lease> {
     let client = plane.client().await.unwrap();
@@ -270,6 +269,8 @@ async fn agents_publish_each_other_and_a_killed_peer_within_two_heartbeats() {
         FencingInfo {
             timeout_millis: 3000,
             heartbeat_millis: 1000,
+            // The watchdog fences on a timer, not on the next heartbeat.
+            lag_millis: Some(0),
             ..FencingInfo::default()
         }
     );
@@ -449,9 +450,24 @@ struct Fixture {
     a: AgentProcess,
     b: AgentProcess,
     container_id: String,
+    /// Each test's own: tests run in parallel on one host, and a fencing
+    /// agent kills every process of its pod it finds there.
+    pod_uid: String,
+}
+
+/// A pod UID unique to the test (its namespace).
+fn pod_uid_of(namespace_name: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    namespace_name.hash(&mut hasher);
+    format!(
+        "3f2a1b4c-0000-4000-8000-{:012x}",
+        hasher.finish() & 0xffff_ffff_ffff
+    )
 }
 
 async fn fixture(namespace_name: &str) -> Fixture {
+    let pod_uid = pod_uid_of(namespace_name);
     let plane = ControlPlane::shared().await.unwrap();
     let leases = namespace(plane, namespace_name).await;
     let dir = tempfile::tempdir().unwrap();
@@ -481,7 +497,7 @@ async fn fixture(namespace_name: &str) -> Fixture {
             container: Some(pb::ContainerRef {
                 namespace: "default".into(),
                 pod: "counter-0".into(),
-                pod_uid: POD_UID.into(),
+                pod_uid: pod_uid.clone(),
                 container: "app".into(),
             }),
             peers: vec![b.peer()],
@@ -514,6 +530,7 @@ async fn fixture(namespace_name: &str) -> Fixture {
         a,
         b,
         container_id,
+        pod_uid,
     }
 }
 
@@ -522,11 +539,11 @@ async fn an_agent_cut_off_from_api_and_peers_kills_its_protected_containers() {
     let mut f = fixture("fence-cut").await;
     let mut cgroups = TestCgroups::mount("ferry-fence-cut");
     let by_id = cgroups.spawn_in(&format!(
-        "kubepods/besteffort/pod{POD_UID}/{}",
-        f.container_id
+        "kubepods/besteffort/pod{}/{}",
+        f.pod_uid, f.container_id
     ));
     // The kubelet restarted the container: new id, same pod.
-    let restarted = cgroups.spawn_in(&format!("kubepods/besteffort/pod{POD_UID}/restarted0"));
+    let restarted = cgroups.spawn_in(&format!("kubepods/besteffort/pod{}/restarted0", f.pod_uid));
     let bystander =
         cgroups.spawn_in("kubepods/besteffort/pod11111111-2222-4333-8444-555555555555/other00");
 
@@ -570,12 +587,12 @@ async fn an_agent_cut_off_from_api_and_peers_kills_its_protected_containers() {
             let annotations = lease.metadata.annotations?;
             let fencing: FencingInfo =
                 serde_json::from_str(annotations.get(FENCING_ANNOTATION)?).ok()?;
-            fencing.fenced_pods.get(POD_UID).cloned()
+            fencing.fenced_pods.get(&f.pod_uid).cloned()
         },
     )
     .await;
     assert!(fenced_at.0 <= jiff::Timestamp::now());
-    let again = cgroups.spawn_in(&format!("kubepods/besteffort/pod{POD_UID}/restarted1"));
+    let again = cgroups.spawn_in(&format!("kubepods/besteffort/pod{}/restarted1", f.pod_uid));
     let other =
         cgroups.spawn_in("kubepods/besteffort/pod11111111-2222-4333-8444-555555555555/other01");
     wait_for(
@@ -640,8 +657,8 @@ async fn agents_cut_off_together_fence_although_they_reach_each_other() {
     .await;
     let mut cgroups = TestCgroups::mount("ferry-fence-island");
     let protected = cgroups.spawn_in(&format!(
-        "kubepods/besteffort/pod{POD_UID}/{}",
-        f.container_id
+        "kubepods/besteffort/pod{}/{}",
+        f.pod_uid, f.container_id
     ));
     let cut_at = Instant::now();
     f.proxy.cut();
@@ -668,8 +685,8 @@ async fn agents_do_not_fence_when_the_api_server_is_down_for_everyone() {
     let f = fixture("fence-api-down").await;
     let mut cgroups = TestCgroups::mount("ferry-fence-api-down");
     let protected = cgroups.spawn_in(&format!(
-        "kubepods/besteffort/pod{POD_UID}/{}",
-        f.container_id
+        "kubepods/besteffort/pod{}/{}",
+        f.pod_uid, f.container_id
     ));
     f.proxy.cut();
     f.b_proxy.cut();
@@ -694,8 +711,8 @@ async fn an_agent_that_still_reaches_a_peer_does_not_fence() {
     let f = fixture("fence-peer").await;
     let mut cgroups = TestCgroups::mount("ferry-fence-peer");
     let protected = cgroups.spawn_in(&format!(
-        "kubepods/besteffort/pod{POD_UID}/{}",
-        f.container_id
+        "kubepods/besteffort/pod{}/{}",
+        f.pod_uid, f.container_id
     ));
 
     f.proxy.cut();

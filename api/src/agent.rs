@@ -48,6 +48,12 @@ pub struct FencingInfo {
     pub timeout_millis: u64,
     /// How often the agent renews its Lease and probes its peers.
     pub heartbeat_millis: u64,
+    /// How long after `timeoutMillis` of silence the fence comes at most,
+    /// besides the kill pass itself: 0 for an agent that fences on a timer
+    /// at the deadline. Agents that fenced on their next heartbeat do not
+    /// set it; for them it is one heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_millis: Option<u64>,
     /// Pods whose containers this agent stopped by fencing, by pod UID, with
     /// when. While a pod is listed the agent keeps it stopped, so its
     /// failover can go on after the node is back, and the kubelet does not
