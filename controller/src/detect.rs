@@ -74,7 +74,8 @@ impl Departure {
 pub fn deletion_requested_at(pod: &Pod) -> Option<jiff::Timestamp> {
     let requested = pod.metadata.deletion_timestamp.as_ref().and_then(|at| {
         let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
-        at.0.checked_sub(jiff::SignedDuration::from_secs(grace)).ok()
+        at.0.checked_sub(jiff::SignedDuration::from_secs(grace))
+            .ok()
     });
     let disrupted = pod
         .status
@@ -90,10 +91,7 @@ pub fn deletion_requested_at(pod: &Pod) -> Option<jiff::Timestamp> {
 }
 
 /// The earlier of two optional moments.
-pub fn earliest(
-    a: Option<jiff::Timestamp>,
-    b: Option<jiff::Timestamp>,
-) -> Option<jiff::Timestamp> {
+pub fn earliest(a: Option<jiff::Timestamp>, b: Option<jiff::Timestamp>) -> Option<jiff::Timestamp> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

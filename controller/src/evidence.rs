@@ -257,6 +257,24 @@ pub fn last_contact_of(node_name: &str, agents: &AgentIndex) -> Option<jiff::Tim
     last_contact(node_name, agents.get(node_name), agents)
 }
 
+/// The last time a peer agent reached the node's kubelet.
+pub fn kubelet_contact_of(node_name: &str, agents: &AgentIndex) -> Option<jiff::Timestamp> {
+    agents
+        .by_node
+        .values()
+        .filter(|peer| peer.node != node_name)
+        .filter_map(|peer| {
+            peer.observations
+                .peers
+                .get(node_name)?
+                .kubelet
+                .last_ok
+                .as_ref()
+        })
+        .map(|t| t.0)
+        .max()
+}
+
 /// The last time anything heard from the node's agent.
 fn last_contact(
     node_name: &str,

@@ -35,9 +35,10 @@ pub const STOP_GRACE_SECONDS: i64 = 1;
 /// Clock slack when comparing a pod's creation with the failure.
 pub const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
-/// Added to a node's fence timeout and one heartbeat (the agent decides
-/// once per heartbeat) before its self-fencing is trusted: the kill itself
-/// and a little clock difference between the agent and the controller.
+/// Added to a node's fence timeout and the agent's lag (see
+/// `FencingInfo::lag_millis`) before its self-fencing is trusted: the kill
+/// itself and a little clock difference between the agent and the
+/// controller.
 pub const FENCE_MARGIN: Duration = Duration::from_millis(500);
 
 /// What the machine sees of the world for one failover.
@@ -50,8 +51,10 @@ pub struct Observed<'a> {
     pub from_node: Option<&'a Node>,
     /// How the failed node's agent fences itself (from its last Lease).
     pub from_fencing: Option<&'a FencingInfo>,
-    /// The last time anything heard from the failed node.
+    /// The last time anything heard from the failed node's agent.
     pub last_contact: Option<jiff::Timestamp>,
+    /// The last time a peer reached the failed node's kubelet.
+    pub kubelet_contact: Option<jiff::Timestamp>,
     /// When the failed node's agent last renewed its Lease. Only that renewal
     /// shows the node back together with what its agent fenced meanwhile
     /// (a peer's probe may succeed before it).
@@ -347,8 +350,22 @@ fn node_fence(record: &FailoverRecord, world: &Observed<'_>) -> Fence {
         ));
     };
     let since = world.last_contact.unwrap_or(record.started_at.0);
+    // An agent that was down when its node was cut off (crashed, being
+    // rolled) fenced nothing: its kubelet answered after the agent fell
+    // silent. Only the kubelet, the agent's own report or an administrator
+    // can say the pod stopped then.
+    let agent_gap =
+        Duration::from_millis(fencing.heartbeat_millis.saturating_mul(2)) + FENCE_MARGIN;
+    if let Some(kubelet) = world.kubelet_contact
+        && since.checked_add(agent_gap).is_ok_and(|t| kubelet > t)
+    {
+        return Fence::Waiting(format!(
+            "the agent of node {node} fell silent at {since} while its kubelet still answered at {kubelet}: it was not running when the node was cut off, so it cannot have fenced; waiting for its kubelet to confirm, for the agent to report pod {} fenced, or for `kubectl taint node {node} {OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute`",
+            record.pod
+        ));
+    }
     let timeout = Duration::from_millis(fencing.timeout_millis)
-        + Duration::from_millis(fencing.heartbeat_millis)
+        + Duration::from_millis(fencing.lag_millis.unwrap_or(fencing.heartbeat_millis))
         + FENCE_MARGIN;
     let fenced_by = since.checked_add(timeout).unwrap_or(since);
     let why = format!(
@@ -740,6 +757,7 @@ mod tests {
         node: Option<Node>,
         fencing: Option<FencingInfo>,
         last_contact: Option<jiff::Timestamp>,
+        kubelet_contact: Option<jiff::Timestamp>,
         renewed: Option<jiff::Timestamp>,
         target_live: bool,
     }
@@ -755,6 +773,7 @@ mod tests {
                     ..FencingInfo::default()
                 }),
                 last_contact: Some(at(-500)),
+                kubelet_contact: Some(at(-500)),
                 renewed: Some(at(-500)),
                 target_live: true,
             }
@@ -770,6 +789,7 @@ mod tests {
                     from_node: self.node.as_ref(),
                     from_fencing: self.fencing.as_ref(),
                     last_contact: self.last_contact,
+                    kubelet_contact: self.kubelet_contact,
                     from_renewed: self.renewed,
                     target_live: self.target_live,
                     tolerations: &[],
@@ -885,6 +905,7 @@ mod tests {
                 from_node: world.node.as_ref(),
                 from_fencing: world.fencing.as_ref(),
                 last_contact: world.last_contact,
+                kubelet_contact: world.kubelet_contact,
                 from_renewed: world.last_contact,
                 target_live: true,
                 tolerations: &[],
@@ -949,6 +970,20 @@ mod tests {
         );
         assert_eq!(step.record.stage, FailoverStage::Fenced);
         assert!(step.record.fence.contains("fenced itself"));
+        // An agent that fences on a timer at the deadline (lag 0) spares
+        // the heartbeat: fenced by 3.0 s.
+        world.fencing = Some(FencingInfo {
+            timeout_millis: 3000,
+            heartbeat_millis: 1000,
+            lag_millis: Some(0),
+            ..FencingInfo::default()
+        });
+        let step = world.next(&record, 2900);
+        assert_eq!(step.wake_at, Some(at(3000)));
+        assert!(matches!(
+            world.next(&record, 3000).action,
+            Action::ForceRemovePod { .. }
+        ));
     }
 
     #[test]
@@ -962,6 +997,54 @@ mod tests {
             world.last_contact = Some(at(now - 100));
             assert_eq!(world.next(&record, now).action, Action::Wait);
         }
+    }
+
+    #[test]
+    fn an_agent_that_was_down_when_its_node_was_cut_off_is_not_trusted_to_fence() {
+        let mut record = prepared_record(FailoverStage::Prepared);
+        record.reason = FailureTrigger::NodeLoss;
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        world.node = Some(node("a", "Unknown", &[FAILED_NODE_TAINT]));
+        // The agent went silent at -30 s (crashed, being rolled); peers
+        // reached its kubelet until -0.5 s, when the node was cut off.
+        world.last_contact = Some(at(-30_000));
+        world.renewed = Some(at(-30_000));
+        world.kubelet_contact = Some(at(-500));
+        let step = world.next(&record, 100_000);
+        assert_eq!(step.action, Action::Wait);
+        assert!(step.note.contains("cannot have fenced"), "{}", step.note);
+        assert_eq!(step.wake_at, None);
+        // A kubelet answering within two heartbeats of the agent's last
+        // sign is the same cut: the deadline holds.
+        world.kubelet_contact = Some(at(-28_000));
+        assert!(matches!(
+            world.next(&record, 100_000).action,
+            Action::ForceRemovePod { .. }
+        ));
+        // The agent came back and reports the pod fenced: that counts.
+        world.kubelet_contact = Some(at(-500));
+        let mut fencing = world.fencing.clone().unwrap();
+        fencing.fenced_pods.insert(
+            "u1".into(),
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(at(-400)),
+        );
+        world.fencing = Some(fencing);
+        world.renewed = Some(at(99_000));
+        assert!(matches!(
+            world.next(&record, 100_000).action,
+            Action::ForceRemovePod { .. }
+        ));
+        // So does out-of-service.
+        world.fencing = None;
+        world.node = Some(node(
+            "a",
+            "Unknown",
+            &[FAILED_NODE_TAINT, OUT_OF_SERVICE_TAINT],
+        ));
+        assert!(matches!(
+            world.next(&record, 100_000).action,
+            Action::ForceRemovePod { .. }
+        ));
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub(super) async fn advance_failovers(
                 .get(&failover.from_node)
                 .and_then(|a| a.fencing.as_ref()),
             last_contact: evidence::last_contact_of(&failover.from_node, &snapshot.agents),
+            kubelet_contact: evidence::kubelet_contact_of(&failover.from_node, &snapshot.agents),
             from_renewed: snapshot.agents.get(&failover.from_node).map(|a| a.renewed),
             target_live: failover
                 .to_node
