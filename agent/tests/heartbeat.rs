@@ -13,7 +13,7 @@ mod common;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{AgentProcess, Pki};
@@ -22,7 +22,7 @@ use ferry_api::agent::{
     PeerObservations,
 };
 use ferry_proto::v1 as pb;
-use ferry_testenv::ControlPlane;
+use ferry_testenv::{ApiProxy, ControlPlane};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -90,71 +90,6 @@ async fn metric(agent: &AgentProcess, series: &str) -> f64 {
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0.0, |v| v.parse().unwrap())
-}
-
-/// A TCP proxy to the API server that the test can cut and reopen.
-struct ApiProxy {
-    port: u16,
-    upstream: String,
-    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl ApiProxy {
-    async fn start(plane: &ControlPlane) -> Self {
-        let upstream = plane.server().trim_start_matches("https://").to_owned();
-        let mut proxy = Self {
-            port: common::free_port(),
-            upstream,
-            tasks: Arc::default(),
-        };
-        proxy.open().await;
-        proxy
-    }
-
-    async fn open(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        let upstream = self.upstream.clone();
-        let tasks = self.tasks.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let upstream = upstream.clone();
-                let connection = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                tasks.lock().unwrap().push(connection.abort_handle());
-            }
-        });
-        self.tasks.lock().unwrap().push(accept.abort_handle());
-    }
-
-    /// Resets every connection and refuses new ones.
-    fn cut(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    /// A kubeconfig that reaches the API server through this proxy.
-    fn kubeconfig(&self, plane: &ControlPlane, dir: &Path) -> PathBuf {
-        let text = std::fs::read_to_string(plane.kubeconfig_path()).unwrap();
-        let path = dir.join(format!("kubeconfig-{}", self.port));
-        let proxied = text.replace(plane.server(), &format!("https://127.0.0.1:{}", self.port));
-        std::fs::write(&path, proxied).unwrap();
-        path
-    }
-}
-
-impl Drop for ApiProxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
 }
 
 async fn start_agent(

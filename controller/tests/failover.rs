@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Installation, create, eventually, install};
+use common::{Installation, Setup, create, eventually, install, install_with};
 use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage, FailureTrigger, Phase};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
@@ -710,6 +710,55 @@ fn metric_sum(metrics: &str, family: &str) -> f64 {
         .filter(|l| l.starts_with(family) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A controller whose watches break (its connections to the API server
+/// reset, as in an API server restart) decides nothing until they ran a
+/// Lease period without an error, and its caches follow the cluster again
+/// afterwards: a pod evicted just after the outage is failed over warm.
+#[tokio::test]
+async fn a_broken_watch_closes_the_view_and_the_caches_follow_again() {
+    let mut setup = Setup::new(3, 256 << 10, &["apps"]);
+    setup.controller_proxy = true;
+    let mut ferry = install_with(&setup).await;
+    let client = ferry.client.clone();
+    let (pod, uid, _node, standby) = protected_counter(&ferry).await;
+    let proxy = ferry.controller_proxy.as_mut().unwrap();
+    proxy.cut();
+    // Shorter than the leader's renew deadline: it stays the leader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.open().await;
+    evict(&client, "apps", &pod.name_any()).await;
+    failed_over(
+        &ferry,
+        "apps",
+        "counter",
+        "counter",
+        &uid,
+        &standby,
+        FailureTrigger::PodLoss,
+    )
+    .await;
+    let metrics = reqwest::get(format!("{}/metrics", ferry.controller_http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric_sum(&metrics, "ferry_controller_watch_errors_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "ferry_controller_failover_decisions_deferred_total{reason=\"watch_interrupted\"}"
+        ) > 0.0,
+        "{metrics}"
+    );
+    let log = ferry.controller.log_text();
+    assert!(!log.contains("lost leadership"), "{log}");
+    assert!(log.contains("watch failed; retrying"), "{log}");
 }
 
 /// A replica standing by fills its caches and watches the agents but acts

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use ferry_testenv::{ControlPlane, Options};
+use ferry_testenv::{ApiProxy, ControlPlane, Options};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -147,6 +147,24 @@ impl Process {
         self.child = Some(child);
     }
 
+    /// SIGSTOP: frozen, like a process on a node cut off from everything;
+    /// [`Process::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "signal {signal} to {}", self.name);
+    }
+
     /// SIGKILL: no chance to clean up, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -205,6 +223,8 @@ pub struct Installation {
     pub agents: Vec<(String, Process, String)>,
     pub controller: Process,
     pub controller_http: String,
+    /// The controller's way to the API server, when [`Setup::controller_proxy`].
+    pub controller_proxy: Option<ApiProxy>,
 }
 
 /// What to install; [`install`] takes the defaults of the tests.
@@ -218,6 +238,10 @@ pub struct Setup<'a> {
     pub controller_log_format: &'a str,
     pub controller_rust_log: &'a str,
     pub agent_rust_log: &'a str,
+    /// Reach the API server through an [`ApiProxy`] the test can cut.
+    pub controller_proxy: bool,
+    /// Added to every agent's arguments.
+    pub agent_args: &'a [&'a str],
 }
 
 impl<'a> Setup<'a> {
@@ -229,6 +253,8 @@ impl<'a> Setup<'a> {
             controller_log_format: "text",
             controller_rust_log: "info,ferry_controller=debug",
             agent_rust_log: "info",
+            controller_proxy: false,
+            agent_args: &[],
         }
     }
 }
@@ -274,7 +300,7 @@ pub async fn install_with(setup: &Setup<'_>) -> Installation {
     for (index, &grpc) in ports.iter().enumerate().take(nodes) {
         let node = format!("kwok-node-{index}");
 
-        let args = vec![
+        let mut args = vec![
             format!("--node-name={node}"),
             format!("--grpc-addr=127.0.0.1:{grpc}"),
             // Nobody scrapes the agents here: any free port.
@@ -290,6 +316,7 @@ pub async fn install_with(setup: &Setup<'_>) -> Installation {
             format!("--pod-name=ferry-agent-{index}"),
             "--log-format=text".into(),
         ];
+        args.extend(setup.agent_args.iter().map(|a| (*a).to_owned()));
         let process = Process::spawn(
             &format!("agent-{node}"),
             &dir,
@@ -304,13 +331,22 @@ pub async fn install_with(setup: &Setup<'_>) -> Installation {
     }
     let http_port = ports[nodes];
     let webhook_port = ports[nodes + 1];
+    let controller_proxy = if setup.controller_proxy {
+        Some(ApiProxy::start(&plane).await)
+    } else {
+        None
+    };
+    let controller_kubeconfig = controller_proxy.as_ref().map_or_else(
+        || plane.kubeconfig_path().to_path_buf(),
+        |proxy| proxy.kubeconfig(&plane, &dir),
+    );
     let controller = Process::spawn(
         "controller",
         &dir,
         &workspace_binary("ferry-controller"),
         &controller_args(&pki, http_port, webhook_port, setup.controller_log_format),
         &[
-            ("KUBECONFIG", plane.kubeconfig_path().display().to_string()),
+            ("KUBECONFIG", controller_kubeconfig.display().to_string()),
             ("RUST_LOG", setup.controller_rust_log.into()),
             ("POD_NAMESPACE", AGENT_NAMESPACE.into()),
             ("POD_NAME", "ferry-controller-test".into()),
@@ -325,6 +361,7 @@ pub async fn install_with(setup: &Setup<'_>) -> Installation {
         agents,
         controller,
         controller_http: format!("http://127.0.0.1:{http_port}"),
+        controller_proxy,
     };
     installation.wait_ready().await;
     installation

@@ -10,6 +10,9 @@
 
 mod certs;
 mod process;
+mod proxy;
+
+pub use proxy::ApiProxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
