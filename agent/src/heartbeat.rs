@@ -21,7 +21,6 @@
 //!    the probes); the watchdog fences when the timeout runs out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,14 +33,13 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::fencing::{Contact, ProtectedContainers};
+use crate::fencing::Contact;
 use crate::lease::{FIELD_MANAGER, LeaseConfig, desired_lease, lease_name};
 use crate::metrics::{Metrics, ProbeLabels, ResultLabels, TargetLabels};
 use crate::peers::{self, Peer, PeersAnswered, ProbeResult, PublishedReach};
 use crate::service::NodeFacts;
-use crate::store::Store;
 use crate::tls::MutualTls;
-use crate::watchdog::{FenceInputs, FencedPods, Watchdog};
+use crate::watchdog::{FenceInputs, Fencer, Watchdog};
 use crate::{Error, lock};
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_client::AgentClient;
@@ -58,9 +56,6 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
     /// `None`: this agent never fences.
     pub fence_timeout: Option<Duration>,
-    /// Where the host's processes are listed (`/proc`; the agent needs the
-    /// host PID namespace).
-    pub proc_root: PathBuf,
 }
 
 impl HeartbeatConfig {
@@ -79,8 +74,8 @@ pub struct Heartbeat {
     pub tls: MutualTls,
     pub config: HeartbeatConfig,
     pub metrics: Arc<Metrics>,
-    pub store: Arc<Store>,
-    pub protected: Arc<ProtectedContainers>,
+    /// Stops protected containers; the watchdog uses it.
+    pub fencer: Arc<Fencer>,
     /// What peers are told this agent published of them.
     pub published: Arc<PublishedReach>,
 }
@@ -377,7 +372,7 @@ impl Heartbeat {
         // Pods the watchdog fenced (UID → when), kept stopped and published
         // in the Lease, so the controller goes on with their failover when
         // the node is back and the kubelet cannot run them cold meanwhile.
-        let fenced_pods = FencedPods::default();
+        let fenced_pods = self.fencer.fenced.clone();
         let (fence_inputs, inputs) = watch::channel(FenceInputs {
             contact,
             // Peers not known yet count as one: a restarted agent must
@@ -387,14 +382,9 @@ impl Heartbeat {
         });
         tokio::spawn(
             Watchdog {
-                node: self.facts.node_name.clone(),
+                fencer: self.fencer.clone(),
                 interval: self.config.interval,
                 timeout: self.config.fence_timeout,
-                proc_root: self.config.proc_root.clone(),
-                store: self.store.clone(),
-                protected: self.protected.clone(),
-                metrics: self.metrics.clone(),
-                fenced: fenced_pods.clone(),
             }
             .run(inputs),
         );

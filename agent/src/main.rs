@@ -307,6 +307,14 @@ async fn run(args: Args) -> Result<(), Error> {
     };
     let protected = Arc::new(protected);
     let published = Arc::new(ferry_agent::peers::PublishedReach::default());
+    let fencer = Arc::new(ferry_agent::watchdog::Fencer {
+        node: args.node_name.clone(),
+        proc_root: args.proc_root.clone(),
+        store: store.clone(),
+        protected: protected.clone(),
+        metrics: metrics.clone(),
+        fenced: ferry_agent::watchdog::FencedPods::default(),
+    });
     if let Some(namespace) = &args.lease_namespace {
         ferry_agent::names::dns_label("--lease-namespace", namespace)?;
         let endpoint = match (&args.advertise_endpoint, &args.pod_ip) {
@@ -367,11 +375,9 @@ async fn run(args: Args) -> Result<(), Error> {
             config: HeartbeatConfig {
                 interval: args.heartbeat_interval,
                 fence_timeout,
-                proc_root: args.proc_root.clone(),
             },
             metrics: metrics.clone(),
-            store: store.clone(),
-            protected: protected.clone(),
+            fencer: fencer.clone(),
             published: published.clone(),
         };
         tracing::info!(
@@ -407,6 +413,7 @@ async fn run(args: Args) -> Result<(), Error> {
         metrics: metrics.clone(),
         protected,
         published,
+        fencer,
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

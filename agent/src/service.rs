@@ -19,6 +19,7 @@ use crate::replication::{PeerTarget, Replicator};
 use crate::runc::RuncRuntime;
 use crate::runtime::Runtime;
 use crate::store::{ArchiveMeta, Incoming, Retention, RuntimeInfo, Store};
+use crate::watchdog::Fencer;
 use crate::{Error, convert, image, names};
 
 /// Chunks queued between the network and the file writer of one transfer.
@@ -57,6 +58,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     protected: Arc<ProtectedContainers>,
     published: Arc<PublishedReach>,
+    fencer: Arc<Fencer>,
 }
 
 /// What the service is built from.
@@ -74,6 +76,8 @@ pub struct ServiceParts {
     pub protected: Arc<ProtectedContainers>,
     /// What this agent's Lease last said it reaches (peers' heartbeats).
     pub published: Arc<PublishedReach>,
+    /// Stops pods the controller asks to be fenced.
+    pub fencer: Arc<Fencer>,
 }
 
 impl AgentService {
@@ -88,6 +92,7 @@ impl AgentService {
             metrics,
             protected,
             published,
+            fencer,
         } = parts;
         Self {
             inner: Arc::new(Inner {
@@ -100,6 +105,7 @@ impl AgentService {
                 metrics,
                 protected,
                 published,
+                fencer,
             }),
         }
     }
@@ -786,6 +792,32 @@ impl Agent for AgentService {
             RuncRuntime::container_id(&container.namespace, &container.pod, &container.container);
         runc.delete(&id).await?;
         Ok(Response::new(pb::DeleteContainerResponse {}))
+    }
+
+    async fn fence_pod(
+        &self,
+        request: Request<pb::FencePodRequest>,
+    ) -> Result<Response<pb::FencePodResponse>, Status> {
+        let request = request.into_inner();
+        if request.pod_uid.is_empty() {
+            return Err(Status::invalid_argument("FencePod needs pod_uid"));
+        }
+        let killed = self
+            .inner
+            .fencer
+            .fence_pod(&request.pod_uid)
+            .await
+            .map_err(|e| {
+                Status::internal(format!(
+                    "fencing pod {}/{} ({}): {e}",
+                    request.namespace, request.pod, request.pod_uid
+                ))
+            })?;
+        tracing::warn!(namespace = %request.namespace, pod = %request.pod, pod_uid = %request.pod_uid, killed,
+            "fenced a pod on the controller's request: its kubelet is lost, and it stays stopped while it is failed over");
+        Ok(Response::new(pb::FencePodResponse {
+            killed_processes: killed as u64,
+        }))
     }
 }
 

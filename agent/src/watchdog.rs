@@ -39,17 +39,25 @@ pub struct FenceInputs {
 /// publishes them in the Lease.
 pub type FencedPods = Arc<Mutex<BTreeMap<String, jiff::Timestamp>>>;
 
-/// Stops protected containers; see the module documentation.
+/// Kills the processes of protected containers and remembers the pods it
+/// stopped; shared by the watchdog and the `FencePod` RPC.
 #[derive(Debug)]
-pub struct Watchdog {
+pub struct Fencer {
     pub node: String,
-    pub interval: Duration,
-    pub timeout: Option<Duration>,
     pub proc_root: PathBuf,
     pub store: Arc<Store>,
     pub protected: Arc<ProtectedContainers>,
     pub metrics: Arc<Metrics>,
     pub fenced: FencedPods,
+}
+
+/// Stops protected containers when contact runs out; see the module
+/// documentation.
+#[derive(Debug)]
+pub struct Watchdog {
+    pub fencer: Arc<Fencer>,
+    pub interval: Duration,
+    pub timeout: Option<Duration>,
 }
 
 impl Watchdog {
@@ -82,10 +90,10 @@ impl Watchdog {
                     }
                     cut_off = true;
                     if now >= next_pass {
-                        self.metrics.fence_actions.inc();
-                        let stopped = self.pass(None).await;
+                        self.fencer.metrics.fence_actions.inc();
+                        let stopped = self.fencer.pass(None).await;
                         let at = jiff::Timestamp::now();
-                        let mut fenced = lock(&self.fenced);
+                        let mut fenced = lock(&self.fencer.fenced);
                         for uid in stopped {
                             fenced.entry(uid).or_insert(at);
                         }
@@ -97,19 +105,19 @@ impl Watchdog {
                     if cut_off {
                         cut_off = false;
                         tracing::info!(
-                            pods = lock(&self.fenced).len(),
+                            pods = lock(&self.fencer.fenced).len(),
                             "in contact again: the pods fenced meanwhile stay stopped until failed over (or for {}s)",
                             fencing::FENCE_HOLD.as_secs()
                         );
                     }
                     let held = {
-                        let mut fenced = lock(&self.fenced);
+                        let mut fenced = lock(&self.fencer.fenced);
                         *fenced = fencing::still_held(&fenced, jiff::Timestamp::now());
                         fenced.clone()
                     };
                     if !held.is_empty() {
                         if now >= next_pass {
-                            self.pass(Some(&held)).await;
+                            self.fencer.pass(Some(&held)).await;
                             next_pass = Instant::now() + self.interval;
                         }
                         wake = Some(next_pass);
@@ -137,10 +145,42 @@ impl Watchdog {
             }
         }
     }
+}
+
+impl Fencer {
+    /// Stops the pod with this UID on request (its node lost the kubelet,
+    /// the agent is in contact, and the controller needs the pod stopped
+    /// before it restores it elsewhere): kills its processes and holds it
+    /// stopped like a pod fenced while cut off, listed in the Lease.
+    /// Returns how many processes were killed, or why it could not look.
+    pub async fn fence_pod(&self, pod_uid: &str) -> Result<usize, String> {
+        let at = jiff::Timestamp::now();
+        lock(&self.fenced).entry(pod_uid.to_owned()).or_insert(at);
+        let only = BTreeMap::from([(pod_uid.to_owned(), at)]);
+        self.metrics.fence_actions.inc();
+        self.pass_counting(Some(&only))
+            .await
+            .map(|(_, killed)| killed)
+    }
 
     /// One fencing pass: kills every process of a protected container, or
     /// of the `held` pods only. Returns the UIDs of the pods it covered.
     async fn pass(&self, held: Option<&BTreeMap<String, jiff::Timestamp>>) -> Vec<String> {
+        match self.pass_counting(held).await {
+            Ok((pods, _)) => pods,
+            Err(error) => {
+                tracing::error!(%error, "fencing pass failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// [`Fencer::pass`], with how many processes it killed, or why it
+    /// could not look.
+    async fn pass_counting(
+        &self,
+        held: Option<&BTreeMap<String, jiff::Timestamp>>,
+    ) -> Result<(Vec<String>, usize), String> {
         let store = self.store.clone();
         let protected = self.protected.clone();
         let node = self.node.clone();
@@ -166,16 +206,10 @@ impl Watchdog {
                     killed = killed.len(),
                     "fencing pass"
                 );
-                targets.pod_uids.into_iter().collect()
+                Ok((targets.pod_uids.into_iter().collect(), killed.len()))
             }
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, "fencing pass failed");
-                Vec::new()
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "fencing task failed");
-                Vec::new()
-            }
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(err) => Err(format!("fencing task: {err}")),
         }
     }
 }

@@ -437,6 +437,10 @@ pub struct FailoverRecord {
     /// When ferry last made the owner retry creating the replacement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_nudged_at: Option<Time>,
+    /// When ferry last asked the failed node's agent to stop the pod (its
+    /// kubelet was lost, its agent was not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_requested_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_at: Option<Time>,
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -361,27 +361,13 @@ async fn deployment_fails_over_on_pod_deletion_container_failure_and_node_loss()
     assert_eq!(record.from_node, node);
     println!("container failure: {record:?}");
 
-    // 3. Node loss: the pod's node turns NotReady and stays so. Its agent
-    // (a process on this host) does not fence kwok's pods, so the failover
-    // waits until the node is declared out of service.
+    // 3. Node loss: the pod's node turns NotReady and stays so (its kubelet
+    // is lost), while its agent stays in contact: the agent never fences by
+    // itself then, so the controller asks it to stop the pod (FencePod),
+    // and takes the pod listed as fenced in the agent's Lease as the fence.
     let uid = pod.uid().unwrap();
     let (node, standby) = protected(&ferry, "apps", "counter", &uid).await;
     common::lose_node(client, &node).await;
-    let waiting = eventually(
-        "the failover waiting for the fence",
-        WAIT,
-        || ferry.logs(),
-        || async {
-            let status = get_policy(client, "apps", "counter").await.status?;
-            let failover = status.failovers.iter().find(|f| f.pod_uid == uid)?;
-            (failover.stage == FailoverStage::Prepared).then(|| failover.clone())
-        },
-    )
-    .await;
-    assert!(
-        waiting.evidence.iter().any(|e| e.contains("Ready=Unknown")),
-        "{waiting:?}"
-    );
     let tainted = eventually(
         "the lost node tainted NoSchedule",
         WAIT,
@@ -398,17 +384,6 @@ async fn deployment_fails_over_on_pod_deletion_container_failure_and_node_loss()
     )
     .await;
     let () = tainted;
-    // Not fenced yet: the old pod is still there, and no replacement runs.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let status = get_policy(client, "apps", "counter").await.status.unwrap();
-    assert!(
-        status
-            .failovers
-            .iter()
-            .any(|f| f.pod_uid == uid && f.stage == FailoverStage::Prepared),
-        "no fence without evidence: {status:?}"
-    );
-    declare_out_of_service(client, &node).await;
     let (record, _pod) = failed_over(
         &ferry,
         "apps",
@@ -419,6 +394,23 @@ async fn deployment_fails_over_on_pod_deletion_container_failure_and_node_loss()
         FailureTrigger::NodeLoss,
     )
     .await;
+    assert!(
+        record.evidence.iter().any(|e| e.contains("Ready=Unknown")),
+        "{record:?}"
+    );
+    assert!(
+        record.fence.contains("reports it stopped"),
+        "fenced by the agent on request: {record:?}"
+    );
+    assert!(
+        ferry
+            .agent(&node)
+            .1
+            .log_text()
+            .contains("fenced a pod on the controller's request"),
+        "{}",
+        ferry.logs()
+    );
     assert_eq!(record.from_node, node);
     println!("node loss: {record:?}");
     let started = events(client, "apps", "FailoverStarted").await;
@@ -831,7 +823,8 @@ async fn a_warm_standby_takes_over_and_decides_without_waiting() {
         "{}",
         logs(&ferry)
     );
-    declare_out_of_service(&client, &node).await;
+    // The node's kubelet is lost, its agent is not: the new leader has
+    // the agent stop the pod (FencePod).
     let (record, _pod) = failed_over(
         &ferry,
         "apps",
@@ -843,6 +836,7 @@ async fn a_warm_standby_takes_over_and_decides_without_waiting() {
     )
     .await;
     assert_eq!(record.from_node, node);
+    assert!(record.fence.contains("reports it stopped"), "{record:?}");
     let after = metrics(standby_http).await;
     assert_eq!(
         metric_sum(
@@ -897,17 +891,27 @@ async fn an_agent_outage_on_a_ready_node_fails_nothing_over() {
     ferry.agent_mut(&node).start();
 }
 
+/// Agents that do not fence themselves: while such an agent is frozen
+/// with its node NotReady, nothing but out-of-service can fence the node.
+const NO_SELF_FENCING: &[&str] = &["--fence-timeout=0"];
+
 /// A node that flaps (NotReady, Ready, NotReady) never restores twice: the
 /// first failover is cancelled when the node comes back before it was
 /// fenced (the original pod keeps running), and only the second, fenced by
-/// the out-of-service taint, restores.
+/// the out-of-service taint, restores. While NotReady the node is cut off
+/// whole: its agent is frozen (and does not fence itself), so neither it
+/// nor the controller's FencePod can stop the pod.
 #[tokio::test]
 async fn a_flapping_node_never_restores_twice() {
-    let ferry = install(3, 256 << 10, &["apps"]).await;
+    let mut setup = Setup::new(3, 256 << 10, &["apps"]);
+    setup.agent_args = NO_SELF_FENCING;
+    let ferry = install_with(&setup).await;
     let client = &ferry.client;
     let (_pod, uid, node, standby) = protected_counter(&ferry).await;
     let switch = common::NodeSwitch::take(client, &node).await;
+    let agent = &ferry.agent(&node).1;
 
+    agent.pause();
     switch.set(client, &node, false).await;
     eventually(
         "the first failover waiting for the fence",
@@ -924,6 +928,7 @@ async fn a_flapping_node_never_restores_twice() {
     )
     .await;
     switch.set(client, &node, true).await;
+    agent.resume();
     eventually(
         "the first failover cancelled",
         WAIT,
@@ -944,6 +949,7 @@ async fn a_flapping_node_never_restores_twice() {
         "the original keeps running"
     );
 
+    agent.pause();
     switch.set(client, &node, false).await;
     declare_out_of_service(client, &node).await;
     let (record, _pod) = failed_over(
@@ -964,6 +970,7 @@ async fn a_flapping_node_never_restores_twice() {
         1,
         "restored once"
     );
+    agent.resume();
 }
 
 /// A zone lost at once is paced: with maxConcurrent 1, one failover runs and
@@ -971,7 +978,12 @@ async fn a_flapping_node_never_restores_twice() {
 /// budget that holds them, until it finishes.
 #[tokio::test]
 async fn losing_a_zone_is_paced_by_the_budget() {
-    let ferry = install(6, 64 << 10, &["apps"]).await;
+    // The zone is cut off whole: its agents are frozen and do not fence
+    // themselves, so every failover waits for out-of-service, and the
+    // queue can be seen before anything is fenced.
+    let mut setup = Setup::new(6, 64 << 10, &["apps"]);
+    setup.agent_args = NO_SELF_FENCING;
+    let ferry = install_with(&setup).await;
     let client = &ferry.client;
     // Three pods on whichever nodes the scheduler picks: the "zone" is
     // every node that runs one, so the test does not depend on placement.
@@ -1002,6 +1014,7 @@ async fn losing_a_zone_is_paced_by_the_budget() {
     .await;
     let mut switches = Vec::new();
     for node in &nodes {
+        ferry.agent(node).1.pause();
         let switch = common::NodeSwitch::take(client, node).await;
         switch.set(client, node, false).await;
         switches.push(switch);
@@ -1042,4 +1055,7 @@ async fn losing_a_zone_is_paced_by_the_budget() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(switches);
+    for node in &nodes {
+        ferry.agent(node).1.resume();
+    }
 }

@@ -88,6 +88,9 @@ pub async fn advance(
         Action::NudgeOwner { owner } => nudge(context, namespace, owner, world.now)
             .await
             .map(|()| step.record.clone()),
+        Action::AskAgentToFence { node } => ask_to_fence(record, node, namespace, agents, context)
+            .await
+            .map(|()| step.record.clone()),
         Action::DeletePods { names } => {
             let mut result = Ok(step.record.clone());
             for name in names {
@@ -126,6 +129,7 @@ fn describe(action: &Action) -> String {
         Action::ReleasePod { name, .. } => format!("releasing pod {name}"),
         Action::DeletePods { names } => format!("deleting {}", names.join(", ")),
         Action::NudgeOwner { owner } => format!("asking {owner} to retry"),
+        Action::AskAgentToFence { node } => format!("asking the agent of node {node} to fence"),
     }
 }
 
@@ -161,6 +165,42 @@ async fn nudge(
 }
 
 /// Asks the target agent to prepare each archive.
+/// Asks the failed node's agent to stop the failed pod. The agent lists it
+/// in its Lease, which is what the machine takes as the fence.
+async fn ask_to_fence(
+    record: &FailoverRecord,
+    node: &str,
+    namespace: &str,
+    agents: &AgentIndex,
+    context: &Context,
+) -> Result<(), String> {
+    let agent = agents
+        .get(node)
+        .ok_or_else(|| format!("no agent Lease for node {node}"))?;
+    let mut client = context.agents.client(&agent.endpoint)?;
+    let mut request = tonic::Request::new(pb::FencePodRequest {
+        pod_uid: record.pod_uid.clone(),
+        namespace: namespace.to_owned(),
+        pod: record.pod.clone(),
+    });
+    request.set_timeout(Duration::from_secs(10));
+    match client.fence_pod(request).await {
+        Ok(response) => {
+            tracing::info!(node, pod = %record.pod, killed = response.into_inner().killed_processes,
+                "the agent stopped the failed pod");
+            Ok(())
+        }
+        Err(status) => {
+            context.agents.forget(&agent.endpoint);
+            Err(format!(
+                "pod {namespace}/{}: {}",
+                record.pod,
+                status_message(&status)
+            ))
+        }
+    }
+}
+
 async fn prepare(
     record: &FailoverRecord,
     node: &str,

@@ -92,6 +92,9 @@ pub enum Action {
     Cancel,
     /// Make the owner (`Kind/name`) retry creating the replacement now.
     NudgeOwner { owner: String },
+    /// Ask the failed node's agent to stop the failed pod (`FencePod`): its
+    /// kubelet is lost, its agent is in contact and so never fences itself.
+    AskAgentToFence { node: String },
 }
 
 /// The next step of a failover.
@@ -301,6 +304,8 @@ enum Fence {
     Confirmed(String),
     WaitUntil(jiff::Timestamp, String),
     Waiting(String),
+    /// Ask the node's agent to stop the pod.
+    AskAgent(String),
 }
 
 fn has_taint(node: &Node, key: &str) -> bool {
@@ -327,6 +332,22 @@ fn fenced_by_agent(record: &FailoverRecord, world: &Observed<'_>) -> Option<jiff
         .map(|at| at.0)
 }
 
+/// How often the failed node's agent is asked again to fence a pod while
+/// its Lease does not list it yet.
+pub const FENCE_ASK_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether the failed node's agent renewed its own Lease within a
+/// heartbeat and the margin: in contact, so it will not fence by itself,
+/// but it answers. (A lost node's agent is silent for two heartbeats.)
+fn agent_in_contact(world: &Observed<'_>) -> bool {
+    let heartbeat = world.from_fencing.map_or(1000, |f| f.heartbeat_millis);
+    let fresh = Duration::from_millis(heartbeat) + FENCE_MARGIN;
+    world.from_renewed.is_some_and(|renewed| {
+        Duration::try_from(world.now.duration_since(renewed)).is_ok_and(|age| age <= fresh)
+            || renewed > world.now
+    })
+}
+
 /// Whether the instance on a lost node is known to be stopped.
 fn node_fence(record: &FailoverRecord, world: &Observed<'_>) -> Fence {
     let node = &record.from_node;
@@ -343,6 +364,20 @@ fn node_fence(record: &FailoverRecord, world: &Observed<'_>) -> Fence {
             "the agent of node {node} reports it stopped pod {} at {at} while cut off, and keeps it stopped",
             record.pod
         ));
+    }
+    if agent_in_contact(world) {
+        let why = format!(
+            "the kubelet of node {node} is lost but its agent is not (so it does not fence by itself): asked it to stop pod {}; waiting for its Lease to list the pod as fenced",
+            record.pod
+        );
+        let again = record
+            .fence_requested_at
+            .as_ref()
+            .and_then(|t| t.0.checked_add(FENCE_ASK_EVERY).ok());
+        return match again {
+            Some(at) if world.now < at => Fence::WaitUntil(at, why),
+            _ => Fence::AskAgent(why),
+        };
     }
     let Some(fencing) = world.from_fencing else {
         return Fence::Waiting(format!(
@@ -466,6 +501,19 @@ fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
             step
         }
         Fence::Waiting(why) => Step::wait(record, why),
+        Fence::AskAgent(why) => {
+            let mut asked = record.clone();
+            asked.fence_requested_at = Some(Time(world.now));
+            let mut step = Step::of(
+                Action::AskAgentToFence {
+                    node: record.from_node.clone(),
+                },
+                asked,
+                why,
+            );
+            step.wake_at = world.now.checked_add(FENCE_ASK_EVERY).ok();
+            step
+        }
     }
 }
 
@@ -1045,6 +1093,49 @@ mod tests {
             world.next(&record, 100_000).action,
             Action::ForceRemovePod { .. }
         ));
+    }
+
+    #[test]
+    fn a_lost_kubelet_with_a_live_agent_is_fenced_through_the_agent() {
+        let mut record = prepared_record(FailoverStage::Prepared);
+        record.reason = FailureTrigger::NodeLoss;
+        let mut world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
+        world.node = Some(node("a", "Unknown", &[FAILED_NODE_TAINT]));
+        // The agent renews its Lease: in contact, so it never fences by
+        // itself, and the deadline keeps moving.
+        world.renewed = Some(at(99_600));
+        world.last_contact = Some(at(99_600));
+        world.kubelet_contact = Some(at(80_000));
+        let step = world.next(&record, 100_000);
+        assert_eq!(step.action, Action::AskAgentToFence { node: "a".into() });
+        assert_eq!(step.record.fence_requested_at, Some(Time(at(100_000))));
+        assert_eq!(step.wake_at, Some(at(102_000)));
+        assert!(
+            step.note.contains("kubelet of node a is lost"),
+            "{}",
+            step.note
+        );
+        // Asked; the Lease does not list the pod yet: wait, then ask again.
+        let asked = step.record;
+        world.renewed = Some(at(101_000));
+        world.last_contact = Some(at(101_000));
+        let step = world.next(&asked, 101_500);
+        assert_eq!(step.action, Action::Wait);
+        assert_eq!(step.wake_at, Some(at(102_000)));
+        assert!(matches!(
+            world.next(&asked, 102_000).action,
+            Action::AskAgentToFence { .. }
+        ));
+        // The agent lists the pod as fenced: the old pod object goes.
+        let mut fencing = world.fencing.clone().unwrap();
+        fencing.fenced_pods.insert(
+            "u1".into(),
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(at(100_100)),
+        );
+        world.fencing = Some(fencing);
+        let step = world.next(&asked, 101_500);
+        assert!(matches!(step.action, Action::ForceRemovePod { .. }));
+        assert!(step.record.fence.contains("reports it stopped"));
     }
 
     #[test]

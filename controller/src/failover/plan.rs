@@ -56,6 +56,7 @@ pub fn plan_failover(
         fenced_at: None,
         fence: String::new(),
         owner_nudged_at: None,
+        fence_requested_at: None,
         restored_at: None,
         message: failure.detail.clone(),
     };

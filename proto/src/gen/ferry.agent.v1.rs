@@ -345,6 +345,24 @@ pub struct DeleteContainerRequest {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteContainerResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FencePodRequest {
+    #[prost(string, tag = "1")]
+    pub pod_uid: ::prost::alloc::string::String,
+    /// For logs.
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub pod: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FencePodResponse {
+    /// Processes killed by this request (0: none was running).
+    #[prost(uint64, tag = "1")]
+    pub killed_processes: u64,
+}
 /// Generated client implementations.
 pub mod agent_client {
     #![allow(
@@ -776,6 +794,34 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("ferry.agent.v1.Agent", "DeleteContainer"));
             self.inner.unary(req, path, codec).await
         }
+        /// Stops every process of a pod on this node, without its kubelet, and
+        /// keeps it stopped: the controller asks when the node's kubelet is lost
+        /// but its agent is not, before it restores the pod elsewhere. The agent
+        /// lists the pod as fenced in its Lease.
+        pub async fn fence_pod(
+            &mut self,
+            request: impl tonic::IntoRequest<super::FencePodRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FencePodResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ferry.agent.v1.Agent/FencePod",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "FencePod"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -903,6 +949,17 @@ pub mod agent_server {
             request: tonic::Request<super::DeleteContainerRequest>,
         ) -> std::result::Result<
             tonic::Response<super::DeleteContainerResponse>,
+            tonic::Status,
+        >;
+        /// Stops every process of a pod on this node, without its kubelet, and
+        /// keeps it stopped: the controller asks when the node's kubelet is lost
+        /// but its agent is not, before it restores the pod elsewhere. The agent
+        /// lists the pod as fenced in its Lease.
+        async fn fence_pod(
+            &self,
+            request: tonic::Request<super::FencePodRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FencePodResponse>,
             tonic::Status,
         >;
     }
@@ -1542,6 +1599,49 @@ pub mod agent_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteContainerSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ferry.agent.v1.Agent/FencePod" => {
+                    #[allow(non_camel_case_types)]
+                    struct FencePodSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::UnaryService<super::FencePodRequest>
+                    for FencePodSvc<T> {
+                        type Response = super::FencePodResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::FencePodRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::fence_pod(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = FencePodSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
