@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 
+use ferry_api::agent::{PeerObservation, Reachability};
+
 use crate::agents::{AgentIndex, AgentInfo};
 use crate::placement::node_ready_condition;
 
@@ -259,20 +261,7 @@ pub fn last_contact_of(node_name: &str, agents: &AgentIndex) -> Option<jiff::Tim
 
 /// The last time a peer agent reached the node's kubelet.
 pub fn kubelet_contact_of(node_name: &str, agents: &AgentIndex) -> Option<jiff::Timestamp> {
-    agents
-        .by_node
-        .values()
-        .filter(|peer| peer.node != node_name)
-        .filter_map(|peer| {
-            peer.observations
-                .peers
-                .get(node_name)?
-                .kubelet
-                .last_ok
-                .as_ref()
-        })
-        .map(|t| t.0)
-        .max()
+    last_reached(node_name, agents, |o| &o.kubelet)
 }
 
 /// The last time anything heard from the node's agent.
@@ -282,21 +271,26 @@ fn last_contact(
     agents: &AgentIndex,
 ) -> Option<jiff::Timestamp> {
     let renewed = agent.map(|a| a.renewed);
-    let probed = agents
+    renewed.max(last_reached(node_name, agents, |o| &o.agent))
+}
+
+/// The last time any peer reached `target` of the node.
+fn last_reached(
+    node_name: &str,
+    agents: &AgentIndex,
+    target: impl Fn(&PeerObservation) -> &Reachability,
+) -> Option<jiff::Timestamp> {
+    agents
         .by_node
         .values()
         .filter(|peer| peer.node != node_name)
         .filter_map(|peer| {
-            peer.observations
-                .peers
-                .get(node_name)?
-                .agent
+            target(peer.observations.peers.get(node_name)?)
                 .last_ok
                 .as_ref()
         })
         .map(|t| t.0)
-        .max();
-    renewed.max(probed)
+        .max()
 }
 
 #[cfg(test)]
