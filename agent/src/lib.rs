@@ -11,6 +11,7 @@ pub mod encryption;
 pub mod fencing;
 pub mod heartbeat;
 pub mod image;
+pub mod incoming;
 pub mod kubelet;
 pub mod lease;
 pub mod metrics;

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_server::Agent;
 use ferry_proto::v1::push_replica_request::Message;
@@ -13,12 +12,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::containerd::ContainerdImporter;
 use crate::fencing::{Protected, ProtectedContainers};
+use crate::incoming::{self, Piece};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::peers::PublishedReach;
 use crate::replication::{PeerTarget, Replicator};
 use crate::runc::RuncRuntime;
 use crate::runtime::Runtime;
-use crate::store::{ArchiveMeta, Incoming, Retention, RuntimeInfo, Store};
+use crate::store::{ArchiveMeta, Retention, RuntimeInfo, Store};
 use crate::watchdog::Fencer;
 use crate::{Error, convert, image, names};
 
@@ -194,92 +194,6 @@ fn outcomes_to_proto(outcomes: Vec<crate::replication::Outcome>) -> Vec<pb::Repl
             resumed_from: outcome.resumed_from,
         })
         .collect()
-}
-
-/// What flows from the network task to the writer task.
-enum Piece {
-    Data(Bytes),
-    End,
-}
-
-/// Writes the pieces of one transfer; publishes the archive on `End`. When
-/// the channel closes without `End` (the sender vanished) the partial file
-/// stays for a resumed attempt.
-fn write_incoming(
-    mut incoming: Incoming,
-    mut pieces: mpsc::Receiver<Piece>,
-    zstd: bool,
-) -> Result<ArchiveMeta, Error> {
-    let id = incoming.meta().id.clone();
-    let ended = if zstd {
-        let mut decoder = zstd::stream::write::Decoder::new(IncomingWriter(&mut incoming))
-            .map_err(|e| Error::io("decompressing", &id, e))?;
-        let ended = drain(&mut pieces, |data| {
-            std::io::Write::write_all(&mut decoder, data).map_err(|e| unwrap_incoming_error(e, &id))
-        })?;
-        if ended {
-            std::io::Write::flush(&mut decoder).map_err(|e| unwrap_incoming_error(e, &id))?;
-        }
-        ended
-    } else {
-        drain(&mut pieces, |data| incoming.write(data))?
-    };
-    if !ended {
-        return Err(Error::Peer {
-            peer: "sender".into(),
-            endpoint: String::new(),
-            step: "receiving",
-            message: format!(
-                "stream of archive {id} ended early; {} bytes kept for a resumed transfer",
-                incoming.received()
-            ),
-        });
-    }
-    incoming.finish()
-}
-
-/// Feeds data pieces to `write` until `End` (true) or a closed channel (false).
-fn drain(
-    pieces: &mut mpsc::Receiver<Piece>,
-    mut write: impl FnMut(&[u8]) -> Result<(), Error>,
-) -> Result<bool, Error> {
-    loop {
-        match pieces.blocking_recv() {
-            Some(Piece::Data(data)) => write(&data)?,
-            Some(Piece::End) => return Ok(true),
-            None => return Ok(false),
-        }
-    }
-}
-
-/// Lets a zstd decoder write into an incoming replica.
-struct IncomingWriter<'a>(&'a mut Incoming);
-
-impl std::io::Write for IncomingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf).map_err(std::io::Error::other)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Recovers the store's error from inside an io::Error made by `IncomingWriter`.
-fn unwrap_incoming_error(err: std::io::Error, id: &str) -> Error {
-    if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        if let Some(inner) = err.into_inner()
-            && let Ok(store_error) = inner.downcast::<Error>()
-        {
-            return *store_error;
-        }
-        return Error::Metadata {
-            id: id.to_owned(),
-            path: PathBuf::new(),
-            reason: "unreadable error".into(),
-        };
-    }
-    Error::io("decompressing", id, err)
 }
 
 #[tonic::async_trait]
@@ -498,7 +412,8 @@ impl Agent for AgentService {
         let id = incoming.meta().id.clone();
         let (sender, pieces) = mpsc::channel(QUEUED_CHUNKS);
         let zstd = header.zstd;
-        let writer = tokio::task::spawn_blocking(move || write_incoming(incoming, pieces, zstd));
+        let writer =
+            tokio::task::spawn_blocking(move || incoming::write_incoming(incoming, pieces, zstd));
         let mut bytes_received = 0u64;
         let mut failure = None;
         loop {
