@@ -218,6 +218,82 @@ pub fn still_held(
         .collect()
 }
 
+/// File name of the fenced-pod list in the data dir.
+pub const FENCED_FILE: &str = "fenced-pods.json";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FencedFile {
+    pods: BTreeMap<String, jiff::Timestamp>,
+}
+
+/// The pods this agent fenced (UID → when), kept on disk: an agent that
+/// restarts while it holds a pod stopped (its failover still running)
+/// must go on holding it, and go on listing it in its Lease.
+#[derive(Debug)]
+pub struct FencedPods {
+    path: PathBuf,
+    pods: Mutex<BTreeMap<String, jiff::Timestamp>>,
+}
+
+impl FencedPods {
+    /// Loads `<data_dir>/fenced-pods.json` (empty if absent), keeping the
+    /// pods still held at `now`.
+    pub fn open(data_dir: &Path, now: jiff::Timestamp) -> Result<Self, Error> {
+        let path = data_dir.join(FENCED_FILE);
+        let pods = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<FencedFile>(&bytes)
+                    .map_err(|e| Error::Metadata {
+                        id: String::new(),
+                        path: path.clone(),
+                        reason: format!("unreadable fenced-pod list: {e}"),
+                    })?
+                    .pods
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(err) => return Err(Error::io("reading", &path, err)),
+        };
+        Ok(Self {
+            path,
+            pods: Mutex::new(still_held(&pods, now)),
+        })
+    }
+
+    /// The pods held now.
+    pub fn held(&self) -> BTreeMap<String, jiff::Timestamp> {
+        lock(&self.pods).clone()
+    }
+
+    /// Adds pods fenced `at` (those already held keep their time) and drops
+    /// those whose hold ended by `at`; writes the file when that changed
+    /// anything (a small file, written only when a fence starts or ends).
+    /// Returns the pods held now.
+    pub fn update(
+        &self,
+        fenced: impl IntoIterator<Item = String>,
+        at: jiff::Timestamp,
+    ) -> Result<BTreeMap<String, jiff::Timestamp>, Error> {
+        let mut pods = lock(&self.pods);
+        let mut updated = still_held(&pods, at);
+        for uid in fenced {
+            updated.entry(uid).or_insert(at);
+        }
+        if updated != *pods {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            crate::store::write_json_atomically(
+                dir,
+                &self.path,
+                &FencedFile {
+                    pods: updated.clone(),
+                },
+            )?;
+            crate::store::sync_dir(dir)?;
+            *pods = updated;
+        }
+        Ok(pods.clone())
+    }
+}
+
 /// Targets that are these pods and nothing else.
 pub fn pods_only(pods: &BTreeMap<String, jiff::Timestamp>) -> FenceTargets {
     FenceTargets {
@@ -371,6 +447,41 @@ mod tests {
         let targets = pods_only(&held);
         assert!(targets.container_ids.is_empty());
         assert_eq!(targets.pod_uids, BTreeSet::from(["new".to_owned()]));
+    }
+
+    #[test]
+    fn fenced_pods_survive_a_restart_until_their_hold_ends() {
+        let at = |s: i64| jiff::Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fenced = FencedPods::open(dir.path(), at(0)).unwrap();
+        assert!(fenced.held().is_empty());
+        fenced.update(["a".to_owned()], at(10)).unwrap();
+        // Fenced again later: the first time counts.
+        fenced
+            .update(["a".to_owned(), "b".to_owned()], at(20))
+            .unwrap();
+        let reopened = FencedPods::open(dir.path(), at(30)).unwrap();
+        assert_eq!(
+            reopened.held(),
+            BTreeMap::from([("a".to_owned(), at(10)), ("b".to_owned(), at(20))])
+        );
+        // After the hold, gone from memory and from the file.
+        let held = reopened.update([], at(615)).unwrap();
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            FencedPods::open(dir.path(), at(616)).unwrap().held().len(),
+            1
+        );
+        assert!(
+            FencedPods::open(dir.path(), at(700))
+                .unwrap()
+                .held()
+                .is_empty()
+        );
+        // A damaged file is an error that names it.
+        std::fs::write(dir.path().join(FENCED_FILE), b"{").unwrap();
+        let err = FencedPods::open(dir.path(), at(0)).unwrap_err().to_string();
+        assert!(err.contains(FENCED_FILE), "{err}");
     }
 
     #[test]

@@ -478,7 +478,7 @@ impl Heartbeat {
                 &self.lease,
                 &self.facts,
                 &observations,
-                &lock(&fenced_pods).clone(),
+                &fenced_pods.held(),
                 jiff::Timestamp::now(),
             );
             let write_sent = Instant::now();

@@ -313,7 +313,10 @@ async fn run(args: Args) -> Result<(), Error> {
         store: store.clone(),
         protected: protected.clone(),
         metrics: metrics.clone(),
-        fenced: ferry_agent::watchdog::FencedPods::default(),
+        fenced: Arc::new(ferry_agent::fencing::FencedPods::open(
+            &args.data_dir,
+            jiff::Timestamp::now(),
+        )?),
     });
     if let Some(namespace) = &args.lease_namespace {
         ferry_agent::names::dns_label("--lease-namespace", namespace)?;

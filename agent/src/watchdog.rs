@@ -13,13 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::fencing::{self, Contact, Decision, ProtectedContainers};
-use crate::lock;
+use crate::fencing::{self, Contact, Decision, FencedPods, ProtectedContainers};
 use crate::metrics::Metrics;
 use crate::peers::{self, PeersAnswered};
 use crate::store::Store;
@@ -35,10 +34,6 @@ pub struct FenceInputs {
     pub answered: Option<PeersAnswered>,
 }
 
-/// Pods this agent fenced (UID → when), shared with the heartbeat, which
-/// publishes them in the Lease.
-pub type FencedPods = Arc<Mutex<BTreeMap<String, jiff::Timestamp>>>;
-
 /// Kills the processes of protected containers and remembers the pods it
 /// stopped; shared by the watchdog and the `FencePod` RPC.
 #[derive(Debug)]
@@ -48,7 +43,9 @@ pub struct Fencer {
     pub store: Arc<Store>,
     pub protected: Arc<ProtectedContainers>,
     pub metrics: Arc<Metrics>,
-    pub fenced: FencedPods,
+    /// Pods fenced (UID → when), shared with the heartbeat, which publishes
+    /// them in the Lease.
+    pub fenced: Arc<FencedPods>,
 }
 
 /// Stops protected containers when contact runs out; see the module
@@ -92,11 +89,7 @@ impl Watchdog {
                     if now >= next_pass {
                         self.fencer.metrics.fence_actions.inc();
                         let stopped = self.fencer.pass(None).await;
-                        let at = jiff::Timestamp::now();
-                        let mut fenced = lock(&self.fencer.fenced);
-                        for uid in stopped {
-                            fenced.entry(uid).or_insert(at);
-                        }
+                        self.fencer.hold(stopped);
                         next_pass = Instant::now() + self.interval;
                     }
                     wake = Some(next_pass);
@@ -105,16 +98,12 @@ impl Watchdog {
                     if cut_off {
                         cut_off = false;
                         tracing::info!(
-                            pods = lock(&self.fencer.fenced).len(),
+                            pods = self.fencer.fenced.held().len(),
                             "in contact again: the pods fenced meanwhile stay stopped until failed over (or for {}s)",
                             fencing::FENCE_HOLD.as_secs()
                         );
                     }
-                    let held = {
-                        let mut fenced = lock(&self.fencer.fenced);
-                        *fenced = fencing::still_held(&fenced, jiff::Timestamp::now());
-                        fenced.clone()
-                    };
+                    let held = self.fencer.hold(Vec::new());
                     if !held.is_empty() {
                         if now >= next_pass {
                             self.fencer.pass(Some(&held)).await;
@@ -155,12 +144,32 @@ impl Fencer {
     /// Returns how many processes were killed, or why it could not look.
     pub async fn fence_pod(&self, pod_uid: &str) -> Result<usize, String> {
         let at = jiff::Timestamp::now();
-        lock(&self.fenced).entry(pod_uid.to_owned()).or_insert(at);
+        self.fenced
+            .update([pod_uid.to_owned()], at)
+            .map_err(|e| format!("recording the fence: {e}"))?;
         let only = BTreeMap::from([(pod_uid.to_owned(), at)]);
         self.metrics.fence_actions.inc();
         self.pass_counting(Some(&only))
             .await
             .map(|(_, killed)| killed)
+    }
+
+    /// Adds `stopped` to the held pods and drops those whose hold ended;
+    /// returns the pods held now. A list that cannot be written stays held
+    /// in memory (and is logged): stopping comes first.
+    fn hold(&self, stopped: Vec<String>) -> BTreeMap<String, jiff::Timestamp> {
+        let now = jiff::Timestamp::now();
+        match self.fenced.update(stopped.iter().cloned(), now) {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::error!(%error, "could not record the fenced pods: a restart would forget them");
+                let mut held = fencing::still_held(&self.fenced.held(), now);
+                for uid in stopped {
+                    held.entry(uid).or_insert(now);
+                }
+                held
+            }
+        }
     }
 
     /// One fencing pass: kills every process of a protected container, or

@@ -388,6 +388,7 @@ struct Fixture {
     /// Each test's own: tests run in parallel on one host, and a fencing
     /// agent kills every process of its pod it finds there.
     pod_uid: String,
+    pki: Pki,
 }
 
 /// A pod UID unique to the test (its namespace).
@@ -466,6 +467,7 @@ async fn fixture(namespace_name: &str) -> Fixture {
         b,
         container_id,
         pod_uid,
+        pki,
     }
 }
 
@@ -552,6 +554,36 @@ async fn an_agent_cut_off_from_api_and_peers_kills_its_protected_containers() {
         "only fenced pods stay stopped"
     );
     assert_eq!(cgroups.ended_by(bystander), None);
+
+    // A restarted agent still holds the pod: it is on disk.
+    f.a.restart(&f.pki).await;
+    let after_restart =
+        cgroups.spawn_in(&format!("kubepods/besteffort/pod{}/restarted2", f.pod_uid));
+    wait_for(
+        "the fenced pod stopped again after the agent restarted",
+        Duration::from_secs(20),
+        || {
+            let done = cgroups.ended_by(after_restart).is_some();
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    let restarted_at = jiff::Timestamp::now();
+    let listed = wait_for(
+        "the restarted agent's Lease to name the fenced pod",
+        Duration::from_secs(20),
+        || async {
+            let lease = f.leases.get("ferry-agent-node-a").await.ok()?;
+            let renewed = lease.spec.as_ref()?.renew_time.as_ref()?.0;
+            let annotations = lease.metadata.annotations?;
+            let fencing: FencingInfo =
+                serde_json::from_str(annotations.get(FENCING_ANNOTATION)?).ok()?;
+            (renewed > restarted_at).then(|| fencing.fenced_pods.get(&f.pod_uid).cloned())?
+        },
+    )
+    .await;
+    assert_eq!(listed, fenced_at, "the first fence time is kept");
+    assert_eq!(cgroups.ended_by(other), None);
 }
 
 /// Two nodes cut off from the API server together that still reach each
