@@ -13,15 +13,19 @@ use ferry_api::names::FAILED_NODE_TAINT;
 
 use crate::placement::node_ready;
 
-/// Index of ferry's taint on `node`, when it should come off now.
-pub fn taint_to_lift(node: &Node, policies: &[Arc<CheckpointPolicy>]) -> Option<usize> {
-    let index = node
-        .spec
+/// Index of ferry's taint on `node`, if it carries it.
+pub fn taint_index(node: &Node) -> Option<usize> {
+    node.spec
         .as_ref()?
         .taints
         .as_ref()?
         .iter()
-        .position(|t| t.key == FAILED_NODE_TAINT)?;
+        .position(|t| t.key == FAILED_NODE_TAINT)
+}
+
+/// Index of ferry's taint on `node`, when it should come off now.
+pub fn taint_to_lift(node: &Node, policies: &[Arc<CheckpointPolicy>]) -> Option<usize> {
+    let index = taint_index(node)?;
     let name = node.name_any();
     let failing_over = policies
         .iter()

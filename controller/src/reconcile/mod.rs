@@ -174,11 +174,21 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
             )
             .await;
             requeue = requeue.min(poll);
-            crate::nodes::lift_taints(
-                &context.client,
-                snapshot.nodes.iter().map(AsRef::as_ref),
-                &context.policies().map(|s| s.state()).unwrap_or_default(),
-            );
+            // A failover that ended here may free a tainted node that
+            // became Ready long before: no node event would come for it.
+            let tainted: Vec<&Node> = snapshot
+                .nodes
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|n| crate::nodes::taint_index(n).is_some())
+                .collect();
+            if !tainted.is_empty() {
+                crate::nodes::lift_taints(
+                    &context.client,
+                    tainted,
+                    &context.policies().map(|s| s.state()).unwrap_or_default(),
+                );
+            }
             if policy.spec.strategy == Strategy::Checkpoint {
                 let next = schedule(
                     policy,
