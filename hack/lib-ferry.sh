@@ -118,24 +118,36 @@ leader_deciding() {
     grep -q '^ferry_controller_view_complete 1$'
 }
 
-# Puts the controller leader on node $1, deterministically: while it runs
-# elsewhere its pod is deleted (it releases the Lease on SIGTERM) and the
-# Ready replica on $1, the only candidate then, takes the Lease.
+# Puts the controller leader on node $1, deterministically. While it runs
+# on the other node, that node is cordoned and the leader's pod deleted (it
+# releases the Lease on SIGTERM): every candidate left, the standby and the
+# replacement pod, runs on $1, so the race for the released Lease is won on
+# $1 whoever wins it. (Without the cordon the replacement started on the
+# old node and won the race there as often as not; CI lost it 5 times.)
+# Then a replica is put back on the other node as the standby.
 place_leader() { # node
-  local node="$1" line attempt
+  local node="$1" other line attempt
+  other="$(other_node "$node")"
   wait_for 180 "a Ready controller replica on $node" controller_ready_on "$node" || return 1
-  for attempt in 1 2 3 4 5; do
+  for attempt in 1 2 3; do
     if leader_on "$node"; then
-      log "controller leader: $(leader | awk '{print $1}') on $node"
-      wait_for 60 "the leader deciding failovers (caches synced, agents watched one Lease period)" leader_deciding || return 1
-      return 0
+      spread_controller_to "$other" || return 1
+      if leader_on "$node"; then
+        log "controller leader: $(leader | awk '{print $1}') on $node"
+        wait_for 60 "the leader deciding failovers (caches synced, agents watched one Lease period)" leader_deciding || return 1
+        return 0
+      fi
     fi
     line="$(leader || true)"
-    if [[ -n "$line" ]]; then
-      log "moving the controller leader off $(awk '{print $2}' <<<"$line") (attempt $attempt)"
+    if [[ -n "$line" && "$(awk '{print $2}' <<<"$line")" == "$other" ]]; then
+      log "moving the controller leader off $other (attempt $attempt)"
+      kubectl cordon "$other" >/dev/null
       kubectl -n ferry-system delete pod "$(awk '{print $1}' <<<"$line")" --wait=false >/dev/null
+      poll 60 leader_on "$node" || true
+      kubectl uncordon "$other" >/dev/null
+    else
+      poll 30 leader_on "$node" || true
     fi
-    poll 60 leader_on "$node" || true
   done
   fail "could not place the controller leader on $node"
 }
