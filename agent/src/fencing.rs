@@ -126,19 +126,7 @@ impl ProtectedContainers {
     /// Loads `<data_dir>/protected-containers.json` (empty if absent).
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         let path = data_dir.join(PROTECTED_FILE);
-        let entries = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice::<ProtectedFile>(&bytes)
-                    .map_err(|e| Error::Metadata {
-                        id: String::new(),
-                        path: path.clone(),
-                        reason: format!("unreadable protected-container list: {e}"),
-                    })?
-                    .containers
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(Error::io("reading", &path, err)),
-        };
+        let entries = read_list::<ProtectedFile>(&path, "protected-container list")?.containers;
         Ok(Self {
             path,
             entries: Mutex::new(entries),
@@ -168,6 +156,22 @@ impl ProtectedContainers {
 
     pub fn entries(&self) -> Vec<Protected> {
         lock(&self.entries).clone()
+    }
+}
+
+/// Reads one of the agent's JSON lists; an absent file is an empty list.
+fn read_list<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+    what: &str,
+) -> Result<T, Error> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Metadata {
+            id: String::new(),
+            path: path.to_path_buf(),
+            reason: format!("unreadable {what}: {e}"),
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(err) => Err(Error::io("reading", path, err)),
     }
 }
 
@@ -240,19 +244,7 @@ impl FencedPods {
     /// pods still held at `now`.
     pub fn open(data_dir: &Path, now: jiff::Timestamp) -> Result<Self, Error> {
         let path = data_dir.join(FENCED_FILE);
-        let pods = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice::<FencedFile>(&bytes)
-                    .map_err(|e| Error::Metadata {
-                        id: String::new(),
-                        path: path.clone(),
-                        reason: format!("unreadable fenced-pod list: {e}"),
-                    })?
-                    .pods
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(err) => return Err(Error::io("reading", &path, err)),
-        };
+        let pods = read_list::<FencedFile>(&path, "fenced-pod list")?.pods;
         Ok(Self {
             path,
             pods: Mutex::new(still_held(&pods, now)),
