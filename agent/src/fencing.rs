@@ -141,15 +141,12 @@ impl ProtectedContainers {
         let Some(updated) = with_entry(&entries, entry) else {
             return Ok(false);
         };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        crate::store::write_json_atomically(
-            dir,
+        write_list(
             &self.path,
             &ProtectedFile {
                 containers: updated.clone(),
             },
         )?;
-        crate::store::sync_dir(dir)?;
         *entries = updated;
         Ok(true)
     }
@@ -173,6 +170,14 @@ fn read_list<T: serde::de::DeserializeOwned + Default>(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(err) => Err(Error::io("reading", path, err)),
     }
+}
+
+/// Writes one of the agent's JSON lists durably (temp file, fsync,
+/// rename, fsync of the directory). Blocking.
+fn write_list<T: Serialize>(path: &Path, list: &T) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    crate::store::write_json_atomically(dir, path, list)?;
+    crate::store::sync_dir(dir)
 }
 
 /// The list with `entry` added (`None`: it is already there), at most
@@ -271,15 +276,12 @@ impl FencedPods {
             updated.entry(uid).or_insert(at);
         }
         if updated != *pods {
-            let dir = self.path.parent().unwrap_or(Path::new("."));
-            crate::store::write_json_atomically(
-                dir,
+            write_list(
                 &self.path,
                 &FencedFile {
                     pods: updated.clone(),
                 },
             )?;
-            crate::store::sync_dir(dir)?;
             *pods = updated;
         }
         Ok(pods.clone())

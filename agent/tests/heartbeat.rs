@@ -348,6 +348,16 @@ impl TestCgroups {
             .unwrap()
             .map(|status| status.signal())
     }
+
+    /// Waits up to 20 s for process `index` to end; returns the signal
+    /// that ended it.
+    async fn wait_ended(&mut self, index: usize, what: &str) -> Option<i32> {
+        wait_for(what, Duration::from_secs(20), || {
+            let ended = self.ended_by(index);
+            async move { ended }
+        })
+        .await
+    }
 }
 
 impl Drop for TestCgroups {
@@ -532,16 +542,10 @@ async fn an_agent_cut_off_from_api_and_peers_kills_its_protected_containers() {
     let again = cgroups.spawn_in(&format!("kubepods/besteffort/pod{}/restarted1", f.pod_uid));
     let other =
         cgroups.spawn_in("kubepods/besteffort/pod11111111-2222-4333-8444-555555555555/other01");
-    wait_for(
-        "the fenced pod's restarted container stopped again",
-        Duration::from_secs(20),
-        || {
-            let done = cgroups.ended_by(again).is_some();
-            async move { done.then_some(()) }
-        },
-    )
-    .await;
-    assert_eq!(cgroups.ended_by(again), Some(Some(libc::SIGKILL)));
+    let signal = cgroups
+        .wait_ended(again, "the fenced pod's restarted container stopped again")
+        .await;
+    assert_eq!(signal, Some(libc::SIGKILL));
     let later = jiff::Timestamp::now() + 3 * HEARTBEAT;
     wait_for("three more renewals", Duration::from_secs(20), || async {
         let o = observations(&f.leases, "node-a").await?;
@@ -559,15 +563,12 @@ async fn an_agent_cut_off_from_api_and_peers_kills_its_protected_containers() {
     f.a.restart(&f.pki).await;
     let after_restart =
         cgroups.spawn_in(&format!("kubepods/besteffort/pod{}/restarted2", f.pod_uid));
-    wait_for(
-        "the fenced pod stopped again after the agent restarted",
-        Duration::from_secs(20),
-        || {
-            let done = cgroups.ended_by(after_restart).is_some();
-            async move { done.then_some(()) }
-        },
-    )
-    .await;
+    cgroups
+        .wait_ended(
+            after_restart,
+            "the fenced pod stopped again after the agent restarted",
+        )
+        .await;
     let restarted_at = jiff::Timestamp::now();
     let listed = wait_for(
         "the restarted agent's Lease to name the fenced pod",
@@ -630,11 +631,7 @@ async fn agents_cut_off_together_fence_although_they_reach_each_other() {
     let cut_at = Instant::now();
     f.proxy.cut();
     f.b_proxy.cut();
-    wait_for("A to fence", Duration::from_secs(20), || {
-        let done = cgroups.ended_by(protected).is_some();
-        async move { done.then_some(()) }
-    })
-    .await;
+    cgroups.wait_ended(protected, "A to fence").await;
     assert!(
         cut_at.elapsed() > FENCE_TIMEOUT - HEARTBEAT,
         "fenced before the timeout; log:\n{}",
