@@ -368,6 +368,28 @@ where
     (reader, stream)
 }
 
+/// The objects of a watch stream. Its errors are recorded (the view closes
+/// for a while, see [`Context::watch_failed`]) and dropped, never ending
+/// the stream: the watcher retries by itself, and the stream is what keeps
+/// the cache current. (A `try_for_each` on it once ended at the first
+/// error and froze the cache.)
+fn watched_objects<K>(
+    context: Arc<Context>,
+    resource: &'static str,
+    events: impl futures::Stream<Item = Result<K, watcher::Error>>,
+) -> impl futures::Stream<Item = K> {
+    events.filter_map(move |event| {
+        let object = match event {
+            Ok(object) => Some(object),
+            Err(error) => {
+                context.watch_failed(resource, &error);
+                None
+            }
+        };
+        futures::future::ready(object)
+    })
+}
+
 /// Policies a changed pod matters to: those selecting it now and those
 /// whose status remembers it (it may have been deleted or relabelled).
 fn policies_for_pod(
@@ -548,16 +570,10 @@ pub async fn run(
     let pod_store = store.clone();
     let pod_context = context.clone();
     let pod_leading = leading.clone();
-    // `for_each`, never `try_for_each`: an error ends a `try_for_each`, and
-    // with it the stream that keeps the cache current.
+    let pod_events = watched_objects(context.clone(), "pods", pod_events);
+    let lease_events = watched_objects(context.clone(), "agent_leases", lease_events);
+    let node_events = watched_objects(context.clone(), "nodes", node_events);
     tokio::spawn(pod_events.for_each(move |pod| {
-        let pod = match pod {
-            Ok(pod) => pod,
-            Err(error) => {
-                pod_context.watch_failed("pods", &error);
-                return futures::future::ready(());
-            }
-        };
         if pod.metadata.deletion_timestamp.is_some()
             || pod_context.pods.get(&ObjectRef::from_obj(&pod)).is_none()
         {
@@ -575,14 +591,8 @@ pub async fn run(
     let lease_store = store.clone();
     let lease_leading = leading.clone();
     let mut peer_views: HashMap<String, PeerView> = HashMap::new();
-    let lease_context = context.clone();
     tokio::spawn(lease_events.for_each(move |lease| {
-        if let Err(error) = &lease {
-            lease_context.watch_failed("agent_leases", error);
-        }
-        if let Ok(lease) = &lease
-            && let Some(agent) = agents::AgentInfo::from_lease(lease)
-        {
+        if let Some(agent) = agents::AgentInfo::from_lease(&lease) {
             let view = PeerView::of(&agent);
             let changed = match peer_views.get(&agent.node) {
                 Some(old) => view.changed_nodes(old),
@@ -605,15 +615,7 @@ pub async fn run(
     let node_cache = nodes.clone();
     let taint_client = client.clone();
     let node_leading = leading.clone();
-    let node_context = context.clone();
     tokio::spawn(node_events.for_each(move |node| {
-        let node = match node {
-            Ok(node) => node,
-            Err(error) => {
-                node_context.watch_failed("nodes", &error);
-                return futures::future::ready(());
-            }
-        };
         let leader = *node_leading.borrow();
         if leader {
             nodes::lift_taints(&taint_client, [&node], &node_store.state());
