@@ -163,7 +163,7 @@ async fn run(args: Args) -> Result<(), Error> {
             cert: args.webhook_cert.clone().unwrap_or_default(),
             key: args.webhook_key.clone().unwrap_or_default(),
         };
-        let state = WebhookState::new(store, metrics.webhook.clone());
+        let state = WebhookState::reading_fresh(store, metrics.webhook.clone(), client.clone());
         let listener = ferry_controller::webhook::WebhookListener::bind(addr, &tls).await?;
         tokio::spawn(async move {
             if let Err(err) =

@@ -365,3 +365,105 @@ async fn replacement_pods_are_pointed_at_the_checkpoint() {
     watch_task.abort();
     let _ = std::fs::remove_dir_all(cert_dir);
 }
+
+/// The AdmissionRequest the API server would send for creating `pod` in
+/// `namespace`.
+fn create_request(
+    pod: &Pod,
+    namespace: &str,
+) -> kube::core::admission::AdmissionRequest<kube::core::DynamicObject> {
+    let review: kube::core::admission::AdmissionReview<kube::core::DynamicObject> =
+        serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "req-stale",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace,
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod,
+            }
+        }))
+        .unwrap();
+    review.try_into().unwrap()
+}
+
+/// A webhook replica whose watch fell behind (its node cut off from the API
+/// server while the API server still reaches it) holds a cache without the
+/// failover. Reading the namespace's policies fresh, it still rewrites the
+/// replacement; trusting its cache, it would not, and the failover guard
+/// would refuse every retry the API server sent over that connection.
+#[tokio::test]
+async fn a_replica_with_a_stale_cache_decides_on_what_the_api_server_has_now() {
+    const STALE_NS: &str = "ferry-webhook-stale";
+    let plane = ControlPlane::shared().await.expect("control plane");
+    let client = plane.client().await.expect("client");
+    install_crd(&client).await;
+    namespace(&client, STALE_NS).await;
+    let policies: Api<CheckpointPolicy> = Api::namespaced(client.clone(), STALE_NS);
+    let policy: CheckpointPolicy = serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "CheckpointPolicy",
+        "metadata": {"name": "counter", "namespace": STALE_NS},
+        "spec": {"selector": {"matchLabels": {"app": "counter"}}}
+    }))
+    .unwrap();
+    let _ = policies.delete("counter", &DeleteParams::default()).await;
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("create policy");
+
+    // The cache as the replica last saw it: the policy, nothing pending.
+    let (stale, mut writer) = reflector::store::<CheckpointPolicy>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(policy.clone()));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+
+    // Since then the leader recorded a failover.
+    policies
+        .patch_status(
+            "counter",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"failovers": [failover("uid-s", "ReplicaSet/s", "Fenced")]}}),
+            ),
+        )
+        .await
+        .expect("write failover to status");
+
+    let request = create_request(&replica("s"), STALE_NS);
+    let trusting = WebhookState::new(stale.clone(), register_metrics(&mut Registry::default()));
+    let answer = trusting.admit(&request).await;
+    assert!(
+        answer.patch.is_none(),
+        "the stale cache alone misses the failover"
+    );
+
+    let fresh = WebhookState::reading_fresh(
+        stale,
+        register_metrics(&mut Registry::default()),
+        client.clone(),
+    );
+    let verdict = fresh.decide(&request).await;
+    assert!(verdict.decided);
+    assert!(verdict.response.allowed);
+    let patch: Value = serde_json::from_slice(
+        verdict
+            .response
+            .patch
+            .as_deref()
+            .expect("the replacement is rewritten"),
+    )
+    .unwrap();
+    assert!(
+        patch.to_string().contains(RESTORE_IMAGE),
+        "restores from the checkpoint: {patch}"
+    );
+    policies
+        .delete("counter", &DeleteParams::default())
+        .await
+        .unwrap();
+}

@@ -509,18 +509,69 @@ struct Inner {
     claimed: Mutex<HashMap<String, std::time::Instant>>,
     claim_ttl: std::time::Duration,
     metrics: WebhookMetrics,
+    /// With a client, each decision reads the pod's namespace's policies
+    /// from the API server instead of trusting the cache (see
+    /// [`WebhookState::reading_fresh`]).
+    fresh: Option<FreshReads>,
 }
+
+/// The client decisions read through.
+#[derive(Clone)]
+struct FreshReads(kube::Client);
+
+impl std::fmt::Debug for FreshReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FreshReads")
+    }
+}
+
+/// An answer, and whether the webhook could decide at all. An undecided
+/// answer closes the connection, so the API server's next call dials a
+/// replica again instead of reusing this one's connection.
+#[derive(Debug)]
+pub struct Verdict {
+    pub response: AdmissionResponse,
+    pub decided: bool,
+}
+
+/// How long a decision waits for the API server's answer about the pod's
+/// namespace's policies; well inside the API server's webhook timeout.
+const FRESH_READ_TIMEOUT: Duration = Duration::from_millis(1500);
 
 impl WebhookState {
     /// `policies` is a reflector store of all CheckpointPolicies (the
     /// controller's own store works).
     pub fn new(policies: Store<CheckpointPolicy>, metrics: WebhookMetrics) -> Self {
+        Self::build(policies, metrics, None)
+    }
+
+    /// Like [`WebhookState::new`], but a pod with an owner is decided on the
+    /// policies of its namespace as the API server has them now. A replica
+    /// whose watch fell behind (its node cut off from the API server while
+    /// the API server still reaches it, and it holds the API server's
+    /// connection) would otherwise answer every replacement "no failover
+    /// pending" from a stale cache, for as long as that connection lives.
+    /// A replica that cannot read them answers undecided.
+    pub fn reading_fresh(
+        policies: Store<CheckpointPolicy>,
+        metrics: WebhookMetrics,
+        client: kube::Client,
+    ) -> Self {
+        Self::build(policies, metrics, Some(client))
+    }
+
+    fn build(
+        policies: Store<CheckpointPolicy>,
+        metrics: WebhookMetrics,
+        fresh: Option<kube::Client>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 policies,
                 claimed: Mutex::new(HashMap::new()),
                 claim_ttl: CLAIM_TTL,
                 metrics,
+                fresh: fresh.map(FreshReads),
             }),
         }
     }
@@ -532,6 +583,15 @@ impl WebhookState {
     /// Answers one admission request: always allowed, patched when a
     /// failover matches.
     pub async fn admit(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        self.decide(request).await.response
+    }
+
+    /// Like [`WebhookState::admit`], saying whether the webhook decided.
+    pub async fn decide(&self, request: &AdmissionRequest<DynamicObject>) -> Verdict {
+        let decided = |response| Verdict {
+            response,
+            decided: true,
+        };
         let response = AdmissionResponse::from(request);
         let is_pod_create = request.operation == Operation::Create
             && request.kind.group.is_empty()
@@ -540,7 +600,7 @@ impl WebhookState {
             && request.sub_resource.is_none();
         if !is_pod_create {
             self.inner.metrics.count("unchanged");
-            return response;
+            return decided(response);
         }
         match self.plan(request).await {
             Ok(Some((plan, pod))) => match response.clone().with_patch(plan.patch.clone()) {
@@ -558,13 +618,13 @@ impl WebhookState {
                         "replacement pod restores from checkpoint"
                     );
                     self.inner.metrics.count("restored");
-                    patched
+                    decided(patched)
                 }
                 Err(err) => self.failed(request, &err.to_string(), response),
             },
             Ok(None) => {
                 self.inner.metrics.count("unchanged");
-                response
+                decided(response)
             }
             Err(problem) => self.failed(request, &problem, response),
         }
@@ -575,7 +635,7 @@ impl WebhookState {
         request: &AdmissionRequest<DynamicObject>,
         problem: &str,
         response: AdmissionResponse,
-    ) -> AdmissionResponse {
+    ) -> Verdict {
         tracing::warn!(
             namespace = request.namespace.as_deref().unwrap_or_default(),
             name = %request.name,
@@ -584,7 +644,37 @@ impl WebhookState {
             "admitting pod unmodified: the webhook could not decide"
         );
         self.inner.metrics.count("error");
-        response
+        Verdict {
+            response,
+            decided: false,
+        }
+    }
+
+    /// The policies of `namespace`: as the API server has them now when
+    /// reading fresh, else from the cache.
+    async fn namespace_policies(
+        &self,
+        namespace: Option<&str>,
+        cached: &[Arc<CheckpointPolicy>],
+    ) -> Result<Vec<CheckpointPolicy>, String> {
+        let Some(FreshReads(client)) = &self.inner.fresh else {
+            return Ok(cached
+                .iter()
+                .filter(|p| p.metadata.namespace.as_deref() == namespace)
+                .map(|p| (**p).clone())
+                .collect());
+        };
+        let namespace = namespace.ok_or("pod without a namespace")?;
+        let api = kube::Api::<CheckpointPolicy>::namespaced(client.clone(), namespace);
+        match tokio::time::timeout(FRESH_READ_TIMEOUT, api.list(&Default::default())).await {
+            Ok(Ok(list)) => Ok(list.items),
+            Ok(Err(err)) => Err(format!(
+                "reading the CheckpointPolicies of namespace {namespace} from the API server: {err}"
+            )),
+            Err(_) => Err(format!(
+                "reading the CheckpointPolicies of namespace {namespace} from the API server: no answer within {FRESH_READ_TIMEOUT:?}"
+            )),
+        }
     }
 
     async fn plan(
@@ -614,11 +704,11 @@ impl WebhookState {
         }
         let all = self.inner.policies.state();
         let namespace = pod.metadata.namespace.as_deref();
-        let candidates: Vec<CheckpointPolicy> = all
+        let here = self.namespace_policies(namespace, &all).await?;
+        let candidates: Vec<CheckpointPolicy> = here
             .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == namespace)
             .filter(|p| p.status.as_ref().is_some_and(|s| !s.failovers.is_empty()))
-            .map(|p| (**p).clone())
+            .cloned()
             .collect();
 
         // One lock from lookup to claim, so concurrent CREATEs serialise.
@@ -629,6 +719,9 @@ impl WebhookState {
             .unwrap_or_else(PoisonError::into_inner);
         let pending: HashSet<&str> = all
             .iter()
+            .map(AsRef::as_ref)
+            .filter(|p| p.metadata.namespace.as_deref() != namespace)
+            .chain(&here)
             .filter_map(|p| p.status.as_ref())
             .flat_map(|s| &s.failovers)
             .filter(|f| {
@@ -692,7 +785,17 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
                     .map_err(|_| "no request in review".to_owned())
             });
     match request {
-        Ok(request) => axum::Json(state.admit(&request).await.into_review()).into_response(),
+        Ok(request) => {
+            let verdict = state.decide(&request).await;
+            let mut response = axum::Json(verdict.response.into_review()).into_response();
+            if !verdict.decided {
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            response
+        }
         Err(err) => {
             tracing::warn!(error = %err, uid, "unreadable AdmissionReview; allowing");
             state.inner.metrics.count("error");
@@ -1303,6 +1406,79 @@ mod tests {
         let response = state.admit(&weird).await;
         assert!(response.allowed && response.patch.is_none());
         assert_eq!(state.metrics().admissions("error"), 1);
+    }
+
+    /// A review of `pod_json` as the API server posts it.
+    fn review_body(pod_json: &Value) -> Bytes {
+        Bytes::from(
+            serde_json::to_vec(&json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": "req-1",
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": NS,
+                    "operation": "CREATE",
+                    "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                    "object": pod_json,
+                }
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// A client of an API server that is not there (nothing listens on
+    /// port 1), as a replica cut off from the API server has.
+    fn unreachable_api_server() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_cannot_read_the_policies_answers_undecided_and_hangs_up() {
+        // Its cache says nothing is pending: trusting it would be wrong
+        // answers for as long as the API server keeps this connection.
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(policy("counter", vec![])));
+        writer.apply_watcher_event(&Event::InitDone);
+        let state = WebhookState::reading_fresh(
+            reader,
+            WebhookMetrics::default(),
+            unreachable_api_server(),
+        );
+        let response = mutate(State(state.clone()), review_body(&replacement())).await;
+        assert_eq!(
+            response
+                .headers()
+                .get(axum::http::header::CONNECTION)
+                .map(|v| v.to_str().unwrap()),
+            Some("close"),
+            "the API server's next call must dial a replica again"
+        );
+        let body = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES)
+            .await
+            .unwrap();
+        let review: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(review["response"]["allowed"], json!(true), "{review}");
+        assert!(review["response"]["patch"].is_null(), "{review}");
+        assert_eq!(state.metrics().admissions("error"), 1);
+
+        // Pods without an owner are never replacements: decided at once.
+        let mut bare = replacement();
+        bare["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ownerReferences");
+        let response = mutate(State(state.clone()), review_body(&bare)).await;
+        assert!(
+            response
+                .headers()
+                .get(axum::http::header::CONNECTION)
+                .is_none()
+        );
+        assert_eq!(state.metrics().admissions("unchanged"), 1);
     }
 
     #[tokio::test]
