@@ -3,6 +3,7 @@
 use ferry_proto::v1 as pb;
 
 use crate::Error;
+use crate::retention::Retention;
 use crate::store::{ArchiveMeta, RuntimeInfo};
 
 pub fn archive_to_proto(meta: &ArchiveMeta) -> pb::Archive {
@@ -28,6 +29,7 @@ pub fn archive_to_proto(meta: &ArchiveMeta) -> pb::Archive {
             ..Default::default()
         }),
         container_image: meta.container_image.clone(),
+        retention: meta.retention.map(Retention::to_proto),
     }
 }
 
@@ -51,6 +53,7 @@ pub fn archive_from_proto(archive: pb::Archive) -> Result<ArchiveMeta, Error> {
         container_image: archive.container_image,
         // How the bytes are stored is each agent's own business.
         encrypted: false,
+        retention: archive.retention.as_ref().map(Retention::from_proto),
         runtime: RuntimeInfo {
             runtime: source.runtime,
             architecture: source.architecture,

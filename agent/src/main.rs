@@ -19,6 +19,7 @@ use ferry_agent::runc::{RuncConfig, RuncRuntime};
 use ferry_agent::runtime::{Runtime, SyntheticRuntime};
 use ferry_agent::service::{AgentService, NodeFacts, ServiceParts};
 use ferry_agent::store::Store;
+use ferry_agent::sweeper::SweepConfig;
 use ferry_agent::tls::{MutualTls, TlsFiles};
 use ferry_agent::{Error, sys};
 use ferry_proto::v1::agent_server::AgentServer;
@@ -137,6 +138,15 @@ struct Args {
     /// Largest archive the store accepts.
     #[arg(long, default_value_t = 64 << 30)]
     max_archive_bytes: u64,
+    /// How often the store applies each container's retention by itself
+    /// (a `maxAge` runs out without a new checkpoint) and removes abandoned
+    /// partial replicas.
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    store_sweep_interval: Duration,
+    /// A partial replica no transfer touched for this long is removed; an
+    /// interrupted transfer resumes only within it.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    partial_transfer_ttl: Duration,
     /// Outgoing replica transfers at once.
     #[arg(long, default_value_t = 2)]
     max_concurrent_transfers: usize,
@@ -398,6 +408,14 @@ async fn run(args: Args) -> Result<(), Error> {
             "no --lease-namespace: no peers are known, so this agent neither probes nor fences"
         );
     }
+    tokio::spawn(ferry_agent::sweeper::run(
+        store.clone(),
+        metrics.clone(),
+        SweepConfig {
+            every: args.store_sweep_interval.max(Duration::from_secs(1)),
+            partial_transfer_ttl: args.partial_transfer_ttl,
+        },
+    ));
     let service = AgentService::new(ServiceParts {
         node,
         store,

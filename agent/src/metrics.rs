@@ -36,6 +36,12 @@ pub struct TargetLabels {
     pub target: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeletionLabels {
+    /// `retention`, `sweep`, `gone_pod`, `requested`, `policy_deleted`.
+    pub reason: &'static str,
+}
+
 /// The agent's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -50,6 +56,8 @@ pub struct Metrics {
     pub received_bytes: Counter,
     pub stored_archives: Gauge,
     pub stored_bytes: Gauge,
+    pub archives_deleted: Family<DeletionLabels, Counter>,
+    pub incoming_swept: Counter,
     pub peer_probe_failures: Family<ProbeLabels, Counter>,
     pub peer_probe_duration: Family<TargetLabels, Histogram>,
     pub peers_unreachable: Gauge,
@@ -58,6 +66,14 @@ pub struct Metrics {
     pub peer_silence: Gauge<f64, AtomicU64>,
     pub fence_actions: Counter,
     pub fenced_processes: Counter,
+}
+
+impl Metrics {
+    pub fn count_deleted(&self, reason: &'static str, archives: usize) {
+        self.archives_deleted
+            .get_or_create(&DeletionLabels { reason })
+            .inc_by(archives as u64);
+    }
 }
 
 impl Default for Metrics {
@@ -75,6 +91,8 @@ impl Default for Metrics {
             received_bytes: Counter::default(),
             stored_archives: Gauge::default(),
             stored_bytes: Gauge::default(),
+            archives_deleted: Family::default(),
+            incoming_swept: Counter::default(),
             peer_probe_failures: Family::default(),
             // 0.5 ms to ~4 s.
             peer_probe_duration: Family::new_with_constructor(|| {
@@ -137,6 +155,16 @@ impl Default for Metrics {
             "stored_bytes",
             "Bytes of archives in the store",
             metrics.stored_bytes.clone(),
+        );
+        registry.register(
+            "archives_deleted",
+            "Archives deleted from the store by reason",
+            metrics.archives_deleted.clone(),
+        );
+        registry.register(
+            "incoming_swept",
+            "Partial replicas removed after no transfer touched them for too long",
+            metrics.incoming_swept.clone(),
         );
         registry.register(
             "peer_probe_failures",

@@ -18,7 +18,8 @@ use crate::peers::PublishedReach;
 use crate::replication::{PeerTarget, Replicator};
 use crate::runc::RuncRuntime;
 use crate::runtime::Runtime;
-use crate::store::{ArchiveMeta, Retention, RuntimeInfo, Store};
+use crate::retention::{self, Retention};
+use crate::store::{ArchiveMeta, RuntimeInfo, Store};
 use crate::watchdog::Fencer;
 use crate::{Error, convert, image, names};
 
@@ -121,6 +122,31 @@ impl AgentService {
             .await
             .map_err(|e| Status::internal(format!("store task failed: {e}")))?
             .map_err(Status::from)
+    }
+
+    /// Applies the retention stored with `archive` to its container's
+    /// archives here, whether this node took it or holds a replica. A
+    /// failure is logged: the archive itself is stored.
+    async fn enforce_retention(&self, archive: &ArchiveMeta) {
+        let Some(rules) = archive.retention else {
+            return;
+        };
+        let like = archive.clone();
+        let now = jiff::Timestamp::now().as_millisecond();
+        match self
+            .blocking(move |store| store.enforce_retention(&like, rules, now))
+            .await
+        {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(?deleted, policy = %archive.policy, namespace = %archive.namespace,
+                    pod = %archive.pod, container = %archive.container, "retention removed archives");
+                self.inner.metrics.count_deleted("retention", deleted.len());
+            }
+            Ok(_) => {}
+            Err(status) => {
+                tracing::warn!(archive = %archive.id, error = %status.message(), "retention failed")
+            }
+        }
     }
 
     /// Refreshes the stored-archives gauges.
@@ -295,6 +321,7 @@ impl Agent for AgentService {
             size_bytes: 0,
             container_image: String::new(),
             encrypted: false,
+            retention: request.retention.as_ref().map(Retention::from_proto),
             runtime: RuntimeInfo {
                 runtime: node.runtime.clone(),
                 architecture: node.architecture.clone(),
@@ -345,26 +372,7 @@ impl Agent for AgentService {
             container = %archive.container, bytes = archive.size_bytes, checkpoint_ms = checkpoint_millis,
             runtime_ms = taken.elapsed.as_millis() as u64, "checkpoint stored"
         );
-        if let Some(retention) = request.retention {
-            let like = archive.clone();
-            let rules = Retention {
-                keep: usize::try_from(retention.keep.max(1)).unwrap_or(1),
-                max_bytes: (retention.max_bytes > 0).then_some(retention.max_bytes),
-                max_age: (retention.max_age_seconds > 0)
-                    .then(|| Duration::from_secs(retention.max_age_seconds)),
-            };
-            let now = jiff::Timestamp::now().as_millisecond();
-            match self
-                .blocking(move |store| store.enforce_retention(&like, rules, now))
-                .await
-            {
-                Ok(deleted) if !deleted.is_empty() => {
-                    tracing::info!(?deleted, "retention removed archives")
-                }
-                Ok(_) => {}
-                Err(status) => tracing::warn!(error = %status.message(), "retention failed"),
-            }
-        }
+        self.enforce_retention(&archive).await;
         let outcomes = self.inner.replicator.replicate(&archive.id, &peers).await;
         self.update_store_gauges().await;
         Ok(Response::new(pb::CheckpointResponse {
@@ -450,6 +458,7 @@ impl Agent for AgentService {
         let result = match (written, failure) {
             (Ok(meta), None) => {
                 tracing::info!(archive = %meta.id, bytes = meta.size_bytes, received = bytes_received, "replica verified and stored");
+                self.enforce_retention(&meta).await;
                 self.update_store_gauges().await;
                 Ok(Response::new(pb::PushReplicaResponse {
                     archive: Some(convert::archive_to_proto(&meta)),
@@ -557,17 +566,38 @@ impl Agent for AgentService {
         if !request.policy.is_empty() {
             names::policy_ref("policy", &request.policy)?;
         }
+        if request.gone_pods.is_some() && request.policy.is_empty() {
+            return Err(Status::invalid_argument(
+                "gone_pods needs the policy whose pods it names",
+            ));
+        }
+        let reason = match (&request.gone_pods, request.policy.is_empty()) {
+            (Some(_), _) => "gone_pod",
+            (None, false) => "policy_deleted",
+            (None, true) => "requested",
+        };
         let (deleted, freed_bytes) = self
             .blocking(move |store| {
                 let mut ids = request.archive_ids;
                 if !request.policy.is_empty() {
-                    ids.extend(
-                        store
-                            .list()?
-                            .into_iter()
-                            .filter(|a| a.policy == request.policy)
-                            .map(|a| a.id),
-                    );
+                    let archives = store.list()?;
+                    match &request.gone_pods {
+                        Some(gone) => {
+                            let live = gone.live_pod_uids.iter().map(String::as_str).collect();
+                            ids.extend(retention::gone_pod_victims(
+                                &archives,
+                                &request.policy,
+                                &live,
+                                gone.taken_before_millis,
+                            ));
+                        }
+                        None => ids.extend(
+                            archives
+                                .into_iter()
+                                .filter(|a| a.policy == request.policy)
+                                .map(|a| a.id),
+                        ),
+                    }
                 }
                 let mut deleted = Vec::new();
                 let mut freed = 0;
@@ -581,6 +611,7 @@ impl Agent for AgentService {
                 Ok((deleted, freed))
             })
             .await?;
+        self.inner.metrics.count_deleted(reason, deleted.len());
         tracing::info!(?deleted, freed_bytes, "archives deleted");
         self.update_store_gauges().await;
         Ok(Response::new(pb::DeleteArchivesResponse {

@@ -33,6 +33,7 @@ use crate::encryption::{
     self, ArchiveKey, Format, HEADER_LEN, Opener, SEALED_SEGMENT, SEGMENT, Sealer,
 };
 use crate::lock;
+use crate::retention::{self, Retention};
 use crate::{Error, names};
 
 /// Size of the buffer archives are copied and hashed through; bounds memory.
@@ -78,6 +79,10 @@ pub struct ArchiveMeta {
     /// peers). Absent in metadata written before encryption existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypted: bool,
+    /// The policy's retention when the checkpoint was taken; absent in
+    /// metadata written before it travelled with the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
 }
 
 impl ArchiveMeta {
@@ -105,57 +110,9 @@ impl ArchiveMeta {
 
     /// Archives of the same container under the same policy compete for
     /// retention.
-    fn retention_group(&self) -> (&str, &str, &str, &str) {
+    pub(crate) fn retention_group(&self) -> (&str, &str, &str, &str) {
         (&self.policy, &self.namespace, &self.pod, &self.container)
     }
-}
-
-/// Retention rules for one container's archives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
-    /// Newest archives kept; at least 1.
-    pub keep: usize,
-    /// Upper bound on the bytes kept; `None` for no bound.
-    pub max_bytes: Option<u64>,
-    /// Archives older than this go; `None` for no bound.
-    pub max_age: Option<Duration>,
-}
-
-/// Which archives of one retention group to delete. The newest archive is
-/// always kept: it is the one a failover needs.
-pub fn retention_victims(
-    archives: &[ArchiveMeta],
-    rules: Retention,
-    now_millis: i64,
-) -> Vec<String> {
-    let mut newest_first: Vec<&ArchiveMeta> = archives.iter().collect();
-    newest_first.sort_by(|a, b| {
-        b.taken_at_millis
-            .cmp(&a.taken_at_millis)
-            .then_with(|| a.id.cmp(&b.id))
-    });
-    let mut kept_bytes = 0u64;
-    let mut victims = Vec::new();
-    for (index, archive) in newest_first.iter().enumerate() {
-        if index == 0 {
-            kept_bytes = archive.size_bytes;
-            continue;
-        }
-        let too_many = index >= rules.keep.max(1);
-        let too_big = rules
-            .max_bytes
-            .is_some_and(|max| kept_bytes.saturating_add(archive.size_bytes) > max);
-        let too_old = rules.max_age.is_some_and(|age| {
-            let age_millis = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            now_millis.saturating_sub(archive.taken_at_millis) > age_millis
-        });
-        if too_many || too_big || too_old {
-            victims.push(archive.id.clone());
-        } else {
-            kept_bytes += archive.size_bytes;
-        }
-    }
-    victims
 }
 
 /// The archive store of one agent.
@@ -246,6 +203,36 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Removes partial replicas no transfer has touched for `max_idle` and
+    /// none is writing now: a sender that died mid-transfer and never
+    /// resumed would otherwise hold their space until the agent restarts.
+    /// Returns how many transfers were removed.
+    pub fn sweep_incoming(&self, max_idle: Duration) -> Result<usize, Error> {
+        let mut removed = HashSet::new();
+        for entry in read_dir(&self.incoming)? {
+            let (stem, _) = split_name(&entry);
+            let idle = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > max_idle);
+            if !idle {
+                continue;
+            }
+            // Held while removing, so a transfer cannot claim the id between
+            // the check and the removal.
+            let receiving = lock(&self.receiving);
+            if receiving.contains(&stem) {
+                continue;
+            }
+            remove_logged(&entry, "idle partial replica");
+            drop(receiving);
+            removed.insert(stem);
+        }
+        Ok(removed.len())
     }
 
     fn content_path(&self, id: &str) -> PathBuf {
@@ -576,11 +563,25 @@ impl Store {
             .into_iter()
             .filter(|a| a.retention_group() == like.retention_group())
             .collect();
-        let victims = retention_victims(&group, rules, now_millis);
-        for id in &victims {
-            self.delete(id)?;
+        self.delete_all(retention::victims(&group, rules, now_millis))
+    }
+
+    /// Applies every container's own retention to its archives (see
+    /// [`retention::sweep_victims`]); returns the ids deleted.
+    pub fn sweep_retention(&self, now_millis: i64) -> Result<Vec<String>, Error> {
+        let archives = self.list()?;
+        self.delete_all(retention::sweep_victims(&archives, now_millis))
+    }
+
+    /// Deletes `ids`; returns those that were here.
+    pub fn delete_all(&self, ids: Vec<String>) -> Result<Vec<String>, Error> {
+        let mut deleted = Vec::new();
+        for id in ids {
+            if self.delete(&id)? > 0 {
+                deleted.push(id);
+            }
         }
-        Ok(victims)
+        Ok(deleted)
     }
 
     /// Bytes held per policy, for metrics.
@@ -1154,41 +1155,8 @@ mod tests {
             container_image: "counter:1".into(),
             runtime: RuntimeInfo::default(),
             encrypted: false,
+            retention: None,
         }
-    }
-
-    fn rules(keep: usize, max_bytes: Option<u64>, max_age_secs: Option<u64>) -> Retention {
-        Retention {
-            keep,
-            max_bytes,
-            max_age: max_age_secs.map(Duration::from_secs),
-        }
-    }
-
-    #[test]
-    fn retention_keeps_the_newest_n() {
-        let archives = [meta(1, 1000, 10), meta(2, 3000, 10), meta(3, 2000, 10)];
-        assert_eq!(
-            retention_victims(&archives, rules(2, None, None), 4000),
-            vec![hex::encode([1; 32])]
-        );
-    }
-
-    #[test]
-    fn retention_bounds_bytes_but_always_keeps_the_newest() {
-        let archives = [meta(1, 1000, 60), meta(2, 2000, 60), meta(3, 3000, 200)];
-        let mut victims = retention_victims(&archives, rules(10, Some(100), None), 4000);
-        victims.sort();
-        assert_eq!(victims, vec![hex::encode([1; 32]), hex::encode([2; 32])]);
-    }
-
-    #[test]
-    fn retention_drops_old_archives_but_not_the_newest() {
-        let archives = [meta(1, 0, 1), meta(2, 10_000, 1)];
-        assert_eq!(
-            retention_victims(&archives, rules(10, None, Some(5)), 100_000),
-            vec![hex::encode([1; 32])]
-        );
     }
 
     // Encryption at rest, on real files.

@@ -287,6 +287,7 @@ async fn hostile_names_and_ids_are_rejected() {
             .delete_archives(pb::DeleteArchivesRequest {
                 archive_ids: vec![value.into()],
                 policy: String::new(),
+                gone_pods: None,
             })
             .await
             .unwrap_err();

@@ -374,7 +374,7 @@ pub fn import_archive_with(
                 size_bytes: 0,
                 container_image: "counter:1".into(),
                 runtime: RuntimeInfo::default(),
-                encrypted: false,
+                ..ArchiveMeta::default()
             },
         )
         .unwrap();

@@ -152,6 +152,10 @@ pub struct Archive {
     /// Image the container ran (restores need it on the target too).
     #[prost(string, tag = "8")]
     pub container_image: ::prost::alloc::string::String,
+    /// The policy's retention when the checkpoint was taken. Every node that
+    /// holds a copy applies it to the container's archives, standbys too.
+    #[prost(message, optional, tag = "9")]
+    pub retention: ::core::option::Option<Retention>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -255,6 +259,19 @@ pub struct DeleteArchivesRequest {
     pub archive_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(string, tag = "2")]
     pub policy: ::prost::alloc::string::String,
+    /// With a policy: only the archives of pods that no longer exist, that
+    /// is of pods not named here, taken before `taken_before_millis` (so a
+    /// pod too new for the caller's view keeps its first archives).
+    #[prost(message, optional, tag = "3")]
+    pub gone_pods: ::core::option::Option<GonePods>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GonePods {
+    #[prost(string, repeated, tag = "1")]
+    pub live_pod_uids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(int64, tag = "2")]
+    pub taken_before_millis: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
