@@ -17,7 +17,9 @@
 #      answer; the new copy continues from the checkpoint;
 #   5. cuts of 1, 2.5 and 4 s that heal by themselves: the same prober, one
 #      app pod at the end that did not restart from zero; the summary says
-#      what each cut led to (the detection/false-positive trade-off).
+#      what each cut led to (the detection/false-positive trade-off);
+#   6. retention: every node, standbys included, holds at most `keep`
+#      archives per container, and none of pods gone for minutes.
 # Scenarios 1 and 4 run with the controller leader on the affected node and
 # again on the other one (placed deterministically). Exits 1 at the first
 # failed check, with diagnostics.
@@ -352,6 +354,28 @@ short_cut() { # seconds
   rm -f "$probes" "$new_file"
 }
 
+# ---- 6. retention on every node ------------------------------------------------
+# After all of the above (a quarter of an hour, a dozen failovers): every
+# node, standbys included, holds at most `keep` archives per container, and
+# archives of pods that no longer exist are gone once the controller's
+# sweep (every 60 s, for archives older than 120 s) came by.
+no_group_over() { [[ -z "$(over_retention "$1")" ]]; }
+
+retention_holds() {
+  SCENARIO="retention on every node"
+  say "Scenario: $SCENARIO"
+  local keep needed stale
+  keep="$(policy | jq -r '.spec.retention.keep // 3')"
+  poll 30 no_group_over "$keep" ||
+    fail "$SCENARIO: more than $keep archives of one container: $(over_retention "$keep")"
+  needed="$(kubectl -n "$NS" get pods -o jsonpath='{.items[*].metadata.uid}') $(policy |
+    jq -r '[.status.lastFailover.podUid, .status.failovers[]?.podUid, .status.checkpoints[]?.podUid] | map(select(. != null)) | join(" ")')"
+  stale="$(stale_gone_pods 200 "$needed")"
+  [[ -z "$stale" ]] || fail "$SCENARIO: archives of pods that no longer exist stayed: $stale"
+  log "ok: at most $keep archives per container; per node: $(archive_groups |
+    awk '{ n[$1]++; a[$1] += $2 } END { for (k in n) printf "%s %d archives of %d containers; ", k, a[k], n[k] }')"
+}
+
 node_ready() {
   kubectl get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null
 }
@@ -368,10 +392,13 @@ short_cut 1
 short_cut 2.5
 short_cut 4
 
+retention_holds
+
 say "Summary"
 log "agent kept off a Ready node for $((2 * DEFAULT_NODE_LOSS_GRACE))s (leader on it, then elsewhere): no failover, Degraded"
 log "scale 1->3->1 and a rollout: no failover"
 log "helm upgrade rolling every ferry pod: no failover"
+log "retention: at most keep archives per container on every node; none of gone pods"
 {
   printf 'partition, leader on\told copy last answered\tnew copy first answered\n'
   cat "$PARTITION_TIMINGS"

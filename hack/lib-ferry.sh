@@ -195,3 +195,25 @@ agent_ready_on() { # node
 }
 
 other_node() { [[ "$1" == ferry-a ]] && echo ferry-b || echo ferry-a; }
+
+# ---- archives on the nodes' disks ---------------------------------------------
+# One line per container's archives on a node: "node count podUid pod/container
+# newest-taken-at-millis", read from the agents' data dirs on this host.
+archive_groups() {
+  local node state="${FERRY_CLUSTER_STATE:-/var/lib/ferry-cluster}"
+  for node in ferry-a ferry-b; do
+    find "$state/nodes/$node/ferry/archives" -name '*.json' -exec cat {} + 2>/dev/null |
+      jq -rs --arg node "$node" 'group_by([.policy, .podUid, .container])[]
+        | "\($node) \(length) \(.[0].podUid) \(.[0].pod)/\(.[0].container) \(map(.takenAtMillis) | max)"'
+  done
+}
+
+# Groups with more than $1 archives (retention broken on that node).
+over_retention() { archive_groups | awk -v keep="$1" '$2 > keep'; }
+
+# Groups of pods that are gone (not in $2, a space-separated list of live or
+# still-needed pod UIDs) whose newest archive is older than $1 seconds.
+stale_gone_pods() { # seconds uids
+  local cutoff=$(( $(date +%s%3N) - $1 * 1000 ))
+  archive_groups | awk -v cutoff="$cutoff" -v live=" $2 " 'index(live, " " $3 " ") == 0 && $5 < cutoff'
+}

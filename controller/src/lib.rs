@@ -133,6 +133,8 @@ pub struct Context {
     pub checkpoint_timeout: Duration,
     /// When each policy's status was last written (`namespace/name`).
     status_writes: Mutex<HashMap<String, std::time::Instant>>,
+    /// When each policy's archives of gone pods were last swept.
+    gone_pod_sweeps: Mutex<HashMap<String, std::time::Instant>>,
     /// Held while a policy's status is written, so a background write of
     /// checkpoint progress never lands after, and undoes, a later write.
     status_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -196,6 +198,7 @@ impl Context {
             recorder,
             checkpoint_timeout: config.checkpoint_timeout,
             status_writes: Mutex::default(),
+            gone_pod_sweeps: Mutex::default(),
             status_locks: Mutex::default(),
             synced_at: OnceLock::new(),
             watch_failed_at: Mutex::default(),
@@ -317,8 +320,26 @@ impl Context {
             .insert(policy.to_owned(), std::time::Instant::now());
     }
 
+    /// Whether `policy`'s gone pods are due for a sweep (at most once per
+    /// `every`); a due sweep counts as started.
+    pub fn gone_pod_sweep_due(&self, policy: &str, every: Duration) -> bool {
+        let mut sweeps = self
+            .gone_pod_sweeps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = sweeps.get(policy).is_none_or(|at| at.elapsed() >= every);
+        if due {
+            sweeps.insert(policy.to_owned(), std::time::Instant::now());
+        }
+        due
+    }
+
     pub fn forget_policy(&self, policy: &str) {
         self.status_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(policy);
+        self.gone_pod_sweeps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(policy);

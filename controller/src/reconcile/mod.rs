@@ -4,6 +4,7 @@
 //! checkpoints → compute conditions → write status only when it changed.
 
 mod failovers;
+mod gone_pods;
 use failovers::advance_failovers;
 
 use std::collections::BTreeMap;
@@ -208,6 +209,23 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
                     "strategy StateApi is measured by hack/ scripts only; the controller checkpoints with strategy Checkpoint".into(),
                 ));
             }
+        }
+        // With a complete view only: a pod missing from a cache that is not
+        // synced is not gone.
+        let key = format!("{namespace}/{name}");
+        if crate::view::complete(snapshot.watched, &snapshot.agents, now).is_ok()
+            && context.gone_pod_sweep_due(&key, gone_pods::SWEEP_EVERY)
+        {
+            let live = gone_pods::live_pod_uids(
+                &snapshot.pods,
+                policy.status.iter().chain(std::iter::once(&status)),
+            );
+            gone_pods::sweep(
+                context,
+                &snapshot.agents,
+                gone_pods::request(&key, live, now),
+                now,
+            );
         }
         if let Some(age) = set_protection(
             &mut status,
@@ -646,6 +664,7 @@ async fn cleanup(policy: &CheckpointPolicy, context: &Context) -> Result<Action,
                 let mut request = tonic::Request::new(pb::DeleteArchivesRequest {
                     archive_ids: Vec::new(),
                     policy: key.clone(),
+                    gone_pods: None,
                 });
                 request.set_timeout(Duration::from_secs(10));
                 client
