@@ -12,11 +12,13 @@ mod crd;
 mod duration;
 pub mod names;
 mod policy;
+mod tolerations;
 
 pub use conditions::{ConditionStatus, set_condition};
 pub use crd::{CRD_FILE, CRD_NAME, crd_yaml};
 pub use duration::parse_duration;
 pub use policy::*;
+pub use tolerations::toleration_problems;
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]

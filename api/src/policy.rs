@@ -108,15 +108,27 @@ pub struct CheckpointPolicySpec {
 }
 
 /// Constraints on the standby nodes.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
     /// Labels a standby node must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
 
-    /// Taints of standby nodes that the replicas and restored pods tolerate.
+    /// Taints of standby nodes that the replicas and restored pods tolerate,
+    /// validated as a Pod's tolerations are (restored pods carry them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(t, !has(t.operator) || t.operator in ['Exists', 'Equal'])")
+        .message("placement.tolerations[].operator must be Exists or Equal"))]
+    #[x_kube(validation = Rule::new("self.all(t, !has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute'])")
+        .message("placement.tolerations[].effect must be NoSchedule, PreferNoSchedule or NoExecute (or empty for all)"))]
+    #[x_kube(validation = Rule::new("self.all(t, !has(t.operator) || t.operator != 'Exists' || !has(t.value) || t.value == '')")
+        .message("placement.tolerations[].value must be empty when operator is Exists"))]
+    #[x_kube(validation = Rule::new("self.all(t, (has(t.key) && t.key != '') || (has(t.operator) && t.operator == 'Exists'))")
+        .message("placement.tolerations[].key may be empty only with operator Exists"))]
+    #[x_kube(validation = Rule::new("self.all(t, !has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute'))")
+        .message("placement.tolerations[].tolerationSeconds needs effect NoExecute"))]
     pub tolerations: Vec<Toleration>,
 
     /// Node label whose values the standbys are spread over (for example

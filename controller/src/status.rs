@@ -86,6 +86,10 @@ pub fn validate(spec: &CheckpointPolicySpec) -> Result<ValidSpec, Vec<String>> {
     if spec.strategy == ferry_api::Strategy::StateApi && spec.state_api.is_none() {
         problems.push("spec.stateApi: required when strategy is StateApi".into());
     }
+    problems.extend(ferry_api::toleration_problems(
+        "spec.placement.tolerations",
+        &spec.placement.tolerations,
+    ));
     if spec.failover.max_concurrent < 1 {
         problems.push("spec.failover.maxConcurrent: must be at least 1".into());
     }
@@ -466,13 +470,19 @@ mod tests {
                 "selector": {},
                 "interval": "soon",
                 "strategy": "StateApi",
+                "placement": {"tolerations": [{"key": "k", "operator": "Sometimes"}]},
             })),
             at(100),
         );
         assert_eq!(status.phase, Some(Phase::Degraded));
         let (state, reason, message) = ready(&status);
         assert_eq!((state, reason), ("False", "InvalidSpec"));
-        for field in ["spec.interval", "spec.selector", "spec.stateApi"] {
+        for field in [
+            "spec.interval",
+            "spec.selector",
+            "spec.stateApi",
+            "spec.placement.tolerations[0].operator",
+        ] {
             assert!(message.contains(field), "{message} names {field}");
         }
     }

@@ -201,6 +201,31 @@ fn invalid_cases() -> Vec<(&'static str, serde_json::Value, &'static [&'static s
             json!({"placement": {"topologySpreadKey": "not a key!"}}),
             &["spec.placement.topologySpreadKey"],
         ),
+        (
+            "toleration operator Sometimes",
+            json!({"placement": {"tolerations": [{"key": "k", "operator": "Sometimes"}]}}),
+            &["spec.placement.tolerations", "operator must be Exists or Equal"],
+        ),
+        (
+            "toleration effect unknown",
+            json!({"placement": {"tolerations": [{"key": "k", "operator": "Exists", "effect": "Never"}]}}),
+            &["spec.placement.tolerations", "effect must be"],
+        ),
+        (
+            "toleration value with Exists",
+            json!({"placement": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}),
+            &["spec.placement.tolerations", "value must be empty when operator is Exists"],
+        ),
+        (
+            "toleration without key or Exists",
+            json!({"placement": {"tolerations": [{"operator": "Equal", "value": "v"}]}}),
+            &["spec.placement.tolerations", "key may be empty only with operator Exists"],
+        ),
+        (
+            "tolerationSeconds without NoExecute",
+            json!({"placement": {"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 5}]}}),
+            &["spec.placement.tolerations", "tolerationSeconds needs effect NoExecute"],
+        ),
     ]
 }
 
