@@ -161,7 +161,11 @@ async fn nudge(
         }
         _ => return Ok(()),
     };
-    result.map_err(|err| format!("annotating {namespace}/{owner}: {err}"))
+    match result {
+        // An owner that is gone has nothing to retry.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        other => other.map_err(|err| format!("annotating {namespace}/{owner}: {err}")),
+    }
 }
 
 /// Asks the target agent to prepare each archive.

@@ -146,7 +146,17 @@ fn give_up(record: &FailoverRecord, why: String) -> Step {
     failed.stage = FailoverStage::Failed;
     failed.message = format!("{}; {why}", record.message);
     let note = failed.message.clone();
-    Step::of(Action::Record, failed, note)
+    // The failover guard refused the owner's tries while this ran, and the
+    // owner backs off further after each refusal (up to many minutes). With
+    // the guard lifted it is asked to create its pod now, cold but running.
+    let action = if nudgeable(&record.owner) {
+        Action::NudgeOwner {
+            owner: record.owner.clone(),
+        }
+    } else {
+        Action::Record
+    };
+    Step::of(action, failed, note)
 }
 
 /// The next step of `record` in `world`.
@@ -1320,6 +1330,15 @@ mod tests {
         let step = world.next(&record, late);
         assert_eq!(step.record.stage, FailoverStage::Failed);
         assert!(step.record.message.contains("gave up"));
+        // The owner, refused by the guard until now, retries at once.
+        assert_eq!(
+            step.action,
+            Action::NudgeOwner {
+                owner: record.owner.clone()
+            },
+            "{}",
+            record.owner
+        );
     }
 
     #[test]
