@@ -147,6 +147,32 @@ fn check_label(label: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The reference of the checkpoint image prepared to restore `container`
+/// of a pod in `namespace` protected by `policy` (`namespace/name`), with a
+/// fresh random `grant` of 32 hex digits as its tag.
+pub fn checkpoint_image(namespace: &str, policy: &str, container: &str, grant: &str) -> String {
+    let policy_name = policy.rsplit('/').next().unwrap_or(policy);
+    format!(
+        "{}/{namespace}/{policy_name}/{container}:{grant}",
+        ferry_api::names::CHECKPOINT_IMAGE_REPOSITORY
+    )
+}
+
+/// 16 random bytes from the OS, as 32 hex digits.
+pub fn random_grant() -> Result<String, Error> {
+    use aes_gcm::aead::OsRng;
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut bytes = [0u8; 16];
+    OsRng.try_fill_bytes(&mut bytes).map_err(|e| {
+        Error::io(
+            "drawing a restore grant from",
+            "the OS RNG",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(hex::encode(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +230,16 @@ mod tests {
             .to_string();
         assert!(message.starts_with("invalid container:"), "{message}");
         assert!(message.len() < 200, "{message}");
+    }
+
+    #[test]
+    fn checkpoint_images_name_their_namespace_and_policy_and_a_random_grant() {
+        let grant = random_grant().unwrap();
+        assert_eq!(grant.len(), 32);
+        assert_ne!(grant, random_grant().unwrap(), "a fresh grant each time");
+        assert_eq!(
+            checkpoint_image("demo", "demo/counter", "app", &grant),
+            format!("localhost/ferry/checkpoint/demo/counter/app:{grant}")
+        );
     }
 }

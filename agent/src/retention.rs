@@ -162,10 +162,7 @@ mod tests {
     #[test]
     fn retention_keeps_the_newest_n() {
         let archives = [meta(1, 1000, 10), meta(2, 3000, 10), meta(3, 2000, 10)];
-        assert_eq!(
-            victims(&archives, rules(2, None, None), 4000),
-            vec![id(1)]
-        );
+        assert_eq!(victims(&archives, rules(2, None, None), 4000), vec![id(1)]);
     }
 
     #[test]

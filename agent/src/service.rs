@@ -16,9 +16,9 @@ use crate::incoming::{self, Piece};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::peers::PublishedReach;
 use crate::replication::{PeerTarget, Replicator};
+use crate::retention::{self, Retention};
 use crate::runc::RuncRuntime;
 use crate::runtime::Runtime;
-use crate::retention::{self, Retention};
 use crate::store::{ArchiveMeta, RuntimeInfo, Store};
 use crate::watchdog::Fencer;
 use crate::{Error, convert, image, names};
@@ -634,10 +634,11 @@ impl Agent for AgentService {
                 // private temporary copy, verified while written).
                 let plaintext = store.plaintext_archive(&id)?;
                 let meta = plaintext.meta().clone();
-                let reference = format!(
-                    "localhost/ferry/checkpoint-{}:{}",
-                    meta.container,
-                    &id[..16]
+                let reference = names::checkpoint_image(
+                    &meta.namespace,
+                    &meta.policy,
+                    &meta.container,
+                    &names::random_grant()?,
                 );
                 let built = image::build_checkpoint_image(
                     plaintext.path(),

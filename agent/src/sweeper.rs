@@ -43,8 +43,11 @@ pub async fn run(store: Arc<Store>, metrics: Arc<Metrics>, config: SweepConfig) 
                 match partials {
                     Ok(0) => {}
                     Ok(removed) => {
-                        tracing::info!(transfers = removed, ttl_s = config.partial_transfer_ttl.as_secs(),
-                            "removed partial replicas no sender resumed");
+                        tracing::info!(
+                            transfers = removed,
+                            ttl_s = config.partial_transfer_ttl.as_secs(),
+                            "removed partial replicas no sender resumed"
+                        );
                         metrics.incoming_swept.inc_by(removed as u64);
                     }
                     Err(err) => tracing::warn!(error = %err, "sweeping partial replicas failed"),

@@ -203,10 +203,7 @@ async fn archives_of_gone_pods_go_and_those_of_live_pods_stay() {
 async fn a_partial_replica_whose_sender_never_returns_is_swept() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let flags = [
-        "--store-sweep-interval=1s",
-        "--partial-transfer-ttl=2s",
-    ];
+    let flags = ["--store-sweep-interval=1s", "--partial-transfer-ttl=2s"];
     let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &flags).await;
     let incoming = b.data_dir.join("incoming");
     let id = "ab".repeat(32);

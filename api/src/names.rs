@@ -61,3 +61,10 @@ pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 /// Annotation ferry sets on a pod's owner (ReplicaSet, StatefulSet) to make
 /// it retry creating a replacement at once; its value is when.
 pub const NUDGED_ANNOTATION: &str = "ferry.dev/nudged-at";
+
+/// Repository of every checkpoint image a restore runs:
+/// `<repository>/<namespace>/<policy>/<container>:<grant>`. Admission
+/// (the chart's ValidatingAdmissionPolicies) lets a pod run one only in that
+/// namespace, and only as the replacement of a pending failover of that
+/// policy; the tag is a random grant, so names cannot be guessed.
+pub const CHECKPOINT_IMAGE_REPOSITORY: &str = "localhost/ferry/checkpoint";

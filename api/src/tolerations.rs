@@ -23,14 +23,10 @@ pub fn toleration_problems(field: &str, tolerations: &[Toleration]) -> Vec<Strin
             ));
         }
         if operator == "Exists" && !value.is_empty() {
-            problems.push(format!(
-                "{at}.value: must be empty when operator is Exists"
-            ));
+            problems.push(format!("{at}.value: must be empty when operator is Exists"));
         }
         if key.is_empty() && operator != "Exists" {
-            problems.push(format!(
-                "{at}.key: may be empty only with operator Exists"
-            ));
+            problems.push(format!("{at}.key: may be empty only with operator Exists"));
         }
         if !key.is_empty() && !qualified_name(key) {
             problems.push(format!(
@@ -89,11 +85,15 @@ mod tests {
     #[test]
     fn well_formed_tolerations_pass() {
         let ok = [
-            toleration(serde_json::json!({"key": "ferry.dev/standby", "operator": "Exists", "effect": "NoSchedule"})),
+            toleration(
+                serde_json::json!({"key": "ferry.dev/standby", "operator": "Exists", "effect": "NoSchedule"}),
+            ),
             toleration(serde_json::json!({"key": "dedicated", "value": "db"})),
             toleration(serde_json::json!({"operator": "Exists"})),
-            toleration(serde_json::json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists",
-                "effect": "NoExecute", "tolerationSeconds": 30})),
+            toleration(
+                serde_json::json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                "effect": "NoExecute", "tolerationSeconds": 30}),
+            ),
         ];
         assert_eq!(toleration_problems("t", &ok), Vec::<String>::new());
     }
@@ -106,7 +106,9 @@ mod tests {
             toleration(serde_json::json!({"value": "v"})),
             toleration(serde_json::json!({"key": "not a key!", "operator": "Exists"})),
             toleration(serde_json::json!({"key": "k", "operator": "Exists", "effect": "Never"})),
-            toleration(serde_json::json!({"key": "k", "operator": "Exists", "tolerationSeconds": 5})),
+            toleration(
+                serde_json::json!({"key": "k", "operator": "Exists", "tolerationSeconds": 5}),
+            ),
         ];
         let problems = toleration_problems("spec.placement.tolerations", &bad);
         let expected = [

@@ -204,7 +204,10 @@ fn invalid_cases() -> Vec<(&'static str, serde_json::Value, &'static [&'static s
         (
             "toleration operator Sometimes",
             json!({"placement": {"tolerations": [{"key": "k", "operator": "Sometimes"}]}}),
-            &["spec.placement.tolerations", "operator must be Exists or Equal"],
+            &[
+                "spec.placement.tolerations",
+                "operator must be Exists or Equal",
+            ],
         ),
         (
             "toleration effect unknown",
@@ -214,17 +217,26 @@ fn invalid_cases() -> Vec<(&'static str, serde_json::Value, &'static [&'static s
         (
             "toleration value with Exists",
             json!({"placement": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}),
-            &["spec.placement.tolerations", "value must be empty when operator is Exists"],
+            &[
+                "spec.placement.tolerations",
+                "value must be empty when operator is Exists",
+            ],
         ),
         (
             "toleration without key or Exists",
             json!({"placement": {"tolerations": [{"operator": "Equal", "value": "v"}]}}),
-            &["spec.placement.tolerations", "key may be empty only with operator Exists"],
+            &[
+                "spec.placement.tolerations",
+                "key may be empty only with operator Exists",
+            ],
         ),
         (
             "tolerationSeconds without NoExecute",
             json!({"placement": {"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 5}]}}),
-            &["spec.placement.tolerations", "tolerationSeconds needs effect NoExecute"],
+            &[
+                "spec.placement.tolerations",
+                "tolerationSeconds needs effect NoExecute",
+            ],
         ),
     ]
 }

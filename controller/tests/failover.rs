@@ -188,11 +188,9 @@ async fn failed_over(
     );
     let container = &spec.containers[0];
     assert!(
-        container
-            .image
-            .as_deref()
-            .unwrap()
-            .starts_with("localhost/ferry/checkpoint-app:"),
+        container.image.as_deref().unwrap().starts_with(&format!(
+            "localhost/ferry/checkpoint/{namespace}/{name}/app:"
+        )),
         "{:?}",
         container.image
     );

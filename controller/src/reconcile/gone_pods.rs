@@ -49,7 +49,11 @@ pub(super) fn live_pod_uids<'a>(
 }
 
 /// What each agent is asked to delete.
-pub(super) fn request(policy: &str, live: Vec<String>, now: jiff::Timestamp) -> pb::DeleteArchivesRequest {
+pub(super) fn request(
+    policy: &str,
+    live: Vec<String>,
+    now: jiff::Timestamp,
+) -> pb::DeleteArchivesRequest {
     let grace = i64::try_from(GRACE.as_millis()).unwrap_or(i64::MAX);
     pb::DeleteArchivesRequest {
         archive_ids: Vec::new(),

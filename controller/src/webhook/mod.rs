@@ -536,7 +536,7 @@ pub struct Verdict {
 
 /// How long a decision waits for the API server's answer about the pod's
 /// namespace's policies; well inside the API server's webhook timeout.
-const FRESH_READ_TIMEOUT: Duration = Duration::from_millis(1500);
+const FRESH_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl WebhookState {
     /// `policies` is a reflector store of all CheckpointPolicies (the

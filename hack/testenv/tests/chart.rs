@@ -2275,3 +2275,162 @@ async fn failover_guard_refuses_replacements_without_the_restore() -> TestResult
     }
     Ok(())
 }
+
+/// A pod of `owner` (a ReplicaSet name, or none for a bare pod) that runs
+/// `image`, optionally carrying ferry's rewrite for the failed pod `claims`.
+fn pod_running(
+    owner: Option<&str>,
+    image: &str,
+    claims: Option<&str>,
+) -> k8s_openapi::api::core::v1::Pod {
+    let mut pod = guarded_pod(owner.unwrap_or("bare"), claims, claims.is_some());
+    if owner.is_none() {
+        pod.metadata.owner_references = None;
+    }
+    pod.spec.as_mut().expect("spec").containers[0].image = Some(image.to_owned());
+    pod
+}
+
+/// The attack on the tenant boundary: a checkpoint image is a copy of a
+/// process's memory. A pod in another namespace that names it, a pod of the
+/// same namespace that ferry did not admit, and an update that swaps it
+/// into an existing pod are all refused by the API server itself; only the
+/// replacement of the pending failover runs it.
+#[tokio::test]
+async fn checkpoint_images_run_only_in_the_replacement_ferry_admitted() -> TestResult {
+    let cp = ControlPlane::shared().await?;
+    install_crd(cp).await?;
+    for template in [
+        "templates/failover-guard.yaml",
+        "templates/checkpoint-images.yaml",
+    ] {
+        let rendered = render(&["--show-only", template]).await?;
+        let mut apply = cp.kubectl();
+        apply.args([
+            "apply",
+            "--server-side",
+            "--field-manager=ferry-chart-test",
+            "-f",
+            "-",
+        ]);
+        let out = run(apply, Some(rendered.clone().into_bytes())).await?;
+        assert!(
+            out.status.success(),
+            "applying {template} failed:\n{}\n{rendered}",
+            describe(&out)
+        );
+    }
+    let client = cp.client().await?;
+    for ns in ["victim", "thief"] {
+        ensure_namespace(cp, ns).await?;
+    }
+    let image = "localhost/ferry/checkpoint/victim/web/app:4f1b7c2e9a0d4c6b8e3f5a7d9c1b3e5f";
+    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "victim",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("ferry.dev", "v1alpha1", "CheckpointPolicy"),
+            "checkpointpolicies",
+        ),
+    );
+    let policy: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CheckpointPolicy",
+        "metadata": {"name": "web", "namespace": "victim"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}},
+    }))?;
+    policies.create(&PostParams::default(), &policy).await?;
+    policies
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"failovers": [{
+                "reason": "NodeLoss", "pod": "web-1", "podUid": "failed-uid",
+                "owner": "ReplicaSet/web", "fromNode": "a", "toNode": "b", "stage": "Fenced",
+                "containers": [{"container": "app", "archive": "aa", "image": image}],
+                "startedAt": "2026-12-05T10:00:00Z"}]}})),
+        )
+        .await?;
+
+    // The thief's pod, in its own namespace: refused once the API server
+    // loaded the policy (asynchronously).
+    let stolen = pod_running(None, image, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let refusal = loop {
+        match try_create(&client, "thief", &stolen).await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a pod of another namespace ran the checkpoint image"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.contains("belongs to another namespace") && refusal.contains(image),
+        "{refusal}"
+    );
+    // The same namespace: a bare pod, or a pod that claims another
+    // failover, is refused once the guard's params are loaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let refusal = loop {
+        match try_create(&client, "victim", &pod_running(None, image, None)).await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a pod ferry did not admit ran the checkpoint image"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.contains("may run only in the replacement that ferry admitted"),
+        "{refusal}"
+    );
+    assert!(
+        try_create(
+            &client,
+            "victim",
+            &pod_running(Some("web"), image, Some("other-uid"))
+        )
+        .await
+        .is_err()
+    );
+    // The replacement ferry's webhook rewrote: admitted.
+    try_create(
+        &client,
+        "victim",
+        &pod_running(Some("web"), image, Some("failed-uid")),
+    )
+    .await?;
+
+    // An existing pod cannot be switched to a checkpoint image.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "victim");
+    let plain = pods
+        .create(
+            &PostParams::default(),
+            &pod_running(None, "counter:1", None),
+        )
+        .await?;
+    let name = plain.metadata.name.clone().unwrap_or_default();
+    let swapped = pods
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(serde_json::json!({
+                "spec": {"containers": [{"name": "app", "image": image}]}})),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let refusal = swapped.expect_err("swapping a checkpoint image into a pod");
+    assert!(
+        refusal.contains("cannot be set on an existing pod"),
+        "{refusal}"
+    );
+    pods.delete(&name, &Default::default()).await?;
+    Ok(())
+}
