@@ -372,7 +372,9 @@ retention_holds() {
     jq -r '[.status.lastFailover.podUid, .status.failovers[]?.podUid, .status.checkpoints[]?.podUid] | map(select(. != null)) | join(" ")')"
   stale="$(stale_gone_pods 200 "$needed")"
   [[ -z "$stale" ]] || fail "$SCENARIO: archives of pods that no longer exist stayed: $stale"
-  log "ok: at most $keep archives per container; per node: $(archive_groups |
+  poll 60 no_checkpoint_images_left ||
+    fail "$SCENARIO: checkpoint images left after the failovers: $(checkpoint_images_left | paste -sd ';')"
+  log "ok: at most $keep archives per container; no checkpoint image left; per node: $(archive_groups |
     awk '{ n[$1]++; a[$1] += $2 } END { for (k in n) printf "%s %d archives of %d containers; ", k, a[k], n[k] }')"
 }
 

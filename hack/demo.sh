@@ -15,8 +15,9 @@
 #
 #   hack/demo.sh [--assert] [--down]
 #     --assert  exit non-zero unless each restore continues the counter from
-#               its checkpoint (not from zero), the ballast verifies and
-#               exactly one app pod, owned by its ReplicaSet, is left
+#               its checkpoint (not from zero), the ballast verifies,
+#               exactly one app pod, owned by its ReplicaSet, is left and
+#               no checkpoint image is left on either node
 #               (the tier-5 test, hack/e2e.sh, runs this)
 #     --down    tear the cluster down at the end (hack/cluster.sh down)
 #
@@ -32,7 +33,7 @@ for arg in "$@"; do
   case "$arg" in
     --assert) ASSERT=1 ;;
     --down) DOWN=1 ;;
-    *) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
 
@@ -201,6 +202,12 @@ scenario() {
     fail "$name: expected exactly one app pod, got: $(jq -r '[.items[].metadata.name] | join(" ")' <<<"$pods")"
   owners="$(jq -r '[.items[] | select(.metadata.deletionTimestamp == null) | .metadata.ownerReferences[]? | select(.controller) | .kind] | join(",")' <<<"$pods")"
   [[ "$owners" == ReplicaSet ]] || fail "$name: the app pod is owned by '$owners', not its ReplicaSet"
+  # A checkpoint image is a copy of the app's memory: gone once restored.
+  if poll 60 no_checkpoint_images_left; then
+    log "checkpoint images left after the restore: none (either node's containerd, disk, Node.status.images)"
+  else
+    fail "$name: checkpoint images left after the restore: $(checkpoint_images_left | paste -sd ';')"
+  fi
 }
 
 kill_container() { # pod node ip

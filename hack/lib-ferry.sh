@@ -217,3 +217,22 @@ stale_gone_pods() { # seconds uids
   local cutoff=$(( $(date +%s%3N) - $1 * 1000 ))
   archive_groups | awk -v cutoff="$cutoff" -v live=" $2 " 'index(live, " " $3 " ") == 0 && $5 < cutoff'
 }
+
+# What restores left behind, one "node place name" a line (nothing once
+# ferry released them): checkpoint images in each node's containerd, files
+# in its agent's images directory, checkpoint images in Node.status.images.
+# A node whose containerd is down (failed) is skipped there.
+checkpoint_images_left() {
+  local node ctr state="${FERRY_CLUSTER_STATE:-/var/lib/ferry-cluster}"
+  ctr="$(hack/containerd.sh 2>/dev/null | tail -n1)/ctr"
+  for node in ferry-a ferry-b; do
+    "$ctr" --address "/run/ferry-cluster/$node/containerd.sock" -n k8s.io images list --quiet 2>/dev/null |
+      grep '^localhost/ferry/checkpoint' | sed "s|^|$node containerd |" || true
+    find "$state/nodes/$node/ferry/images" -mindepth 1 -maxdepth 1 2>/dev/null | sed "s|^|$node disk |"
+    kubectl get node "$node" -o json |
+      jq -r '.status.images[]?.names[]? | select(startswith("localhost/ferry/checkpoint"))' |
+      sed "s|^|$node Node.status.images |"
+  done
+}
+
+no_checkpoint_images_left() { [[ -z "$(checkpoint_images_left)" ]]; }

@@ -201,6 +201,7 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
             .delete_archives(pb::DeleteArchivesRequest {
                 archive_ids: vec![],
                 policy: "tier4/bench".into(),
+                gone_pods: None,
             })
             .await
             .unwrap();

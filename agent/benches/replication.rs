@@ -614,6 +614,7 @@ async fn replicate(pki: &Pki, sender: &AgentProcess, receiver: &AgentProcess, id
         .delete_archives(pb::DeleteArchivesRequest {
             archive_ids: vec![id.to_owned()],
             policy: String::new(),
+            gone_pods: None,
         })
         .await
         .unwrap();

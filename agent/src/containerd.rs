@@ -83,6 +83,22 @@ impl ContainerdImporter {
         Ok(took)
     }
 
+    /// Removes the image `reference` and waits for containerd's garbage
+    /// collection, so its content (plaintext process memory) leaves the
+    /// content store too. An image that is not there is no error; returns
+    /// whether it was there.
+    pub async fn remove(&self, reference: &str) -> Result<bool, Error> {
+        let filter = format!("name=={reference}");
+        let listed = self.ctr(&["images", "list", "--quiet", &filter]).await?;
+        if !listed.lines().any(|line| line.trim() == reference) {
+            return Ok(false);
+        }
+        self.ctr(&["images", "rm", "--sync", reference]).await?;
+        tracing::info!(image = reference, containerd = %self.config.address.display(),
+            "checkpoint image removed from containerd");
+        Ok(true)
+    }
+
     /// Runs `ctr --address … --namespace … <args>`; returns its stdout.
     async fn ctr(&self, args: &[&str]) -> Result<String, Error> {
         let config = &self.config;

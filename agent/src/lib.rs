@@ -17,6 +17,7 @@ pub mod lease;
 pub mod metrics;
 pub mod names;
 pub mod peers;
+pub mod prepared;
 pub mod replication;
 pub mod retention;
 pub mod runc;

@@ -14,6 +14,7 @@ use ferry_agent::heartbeat::{Heartbeat, HeartbeatConfig};
 use ferry_agent::kubelet::{KubeletClient, KubeletConfig};
 use ferry_agent::lease::LeaseConfig;
 use ferry_agent::metrics::Metrics;
+use ferry_agent::prepared::PreparedRestores;
 use ferry_agent::replication::{ReplicationConfig, Replicator};
 use ferry_agent::runc::{RuncConfig, RuncRuntime};
 use ferry_agent::runtime::{Runtime, SyntheticRuntime};
@@ -147,6 +148,11 @@ struct Args {
     /// interrupted transfer resumes only within it.
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     partial_transfer_ttl: Duration,
+    /// What a restore left on this node (its checkpoint image in
+    /// containerd, the image's files) is removed when the controller says
+    /// the restore is done, or at the latest this long after it was made.
+    #[arg(long, value_parser = parse_duration, default_value = "15m")]
+    prepared_restore_ttl: Duration,
     /// Outgoing replica transfers at once.
     #[arg(long, default_value_t = 2)]
     max_concurrent_transfers: usize,
@@ -416,21 +422,31 @@ async fn run(args: Args) -> Result<(), Error> {
             partial_transfer_ttl: args.partial_transfer_ttl,
         },
     ));
+    let importer = match args.restore_backend {
+        RestoreBackend::None => None,
+        RestoreBackend::Containerd => Some(ContainerdImporter::new(ContainerdConfig {
+            ctr: args.ctr.clone(),
+            address: args.containerd_address.clone(),
+            namespace: args.containerd_namespace.clone(),
+            ..ContainerdConfig::default()
+        })),
+    };
+    let prepared = Arc::new(PreparedRestores::new(
+        args.data_dir.join("images"),
+        importer.clone(),
+    ));
+    tokio::spawn(ferry_agent::sweeper::release_stale_restores(
+        prepared.clone(),
+        args.store_sweep_interval.max(Duration::from_secs(1)),
+        args.prepared_restore_ttl,
+    ));
     let service = AgentService::new(ServiceParts {
         node,
         store,
         replicator,
         runtime,
-        images_dir: args.data_dir.join("images"),
-        importer: match args.restore_backend {
-            RestoreBackend::None => None,
-            RestoreBackend::Containerd => Some(ContainerdImporter::new(ContainerdConfig {
-                ctr: args.ctr.clone(),
-                address: args.containerd_address.clone(),
-                namespace: args.containerd_namespace.clone(),
-                ..ContainerdConfig::default()
-            })),
-        },
+        prepared,
+        importer,
         metrics: metrics.clone(),
         protected,
         published,

@@ -1,6 +1,5 @@
 //! The gRPC service `ferry.agent.v1.Agent`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use crate::fencing::{Protected, ProtectedContainers};
 use crate::incoming::{self, Piece};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::peers::PublishedReach;
+use crate::prepared::PreparedRestores;
 use crate::replication::{PeerTarget, Replicator};
 use crate::retention::{self, Retention};
 use crate::runc::RuncRuntime;
@@ -53,7 +53,8 @@ struct Inner {
     store: Arc<Store>,
     replicator: Arc<Replicator>,
     runtime: Option<Runtime>,
-    images_dir: PathBuf,
+    /// What restores left on this node, removed once they are done.
+    prepared: Arc<PreparedRestores>,
     /// Where prepared checkpoint images are imported (containerd nodes).
     importer: Option<ContainerdImporter>,
     metrics: Arc<Metrics>,
@@ -69,7 +70,8 @@ pub struct ServiceParts {
     pub store: Arc<Store>,
     pub replicator: Arc<Replicator>,
     pub runtime: Option<Runtime>,
-    pub images_dir: PathBuf,
+    /// What restores left on this node (built under its directory).
+    pub prepared: Arc<PreparedRestores>,
     /// Where prepared checkpoint images are imported (containerd nodes).
     pub importer: Option<ContainerdImporter>,
     pub metrics: Arc<Metrics>,
@@ -88,7 +90,7 @@ impl AgentService {
             store,
             replicator,
             runtime,
-            images_dir,
+            prepared,
             importer,
             metrics,
             protected,
@@ -101,7 +103,7 @@ impl AgentService {
                 store,
                 replicator,
                 runtime,
-                images_dir,
+                prepared,
                 importer,
                 metrics,
                 protected,
@@ -612,6 +614,12 @@ impl Agent for AgentService {
             })
             .await?;
         self.inner.metrics.count_deleted(reason, deleted.len());
+        for id in &deleted {
+            // A restore prepared from an archive goes with it.
+            if let Err(err) = self.inner.prepared.release(id).await {
+                tracing::warn!(archive = %id, error = %err, "could not remove the restore prepared from a deleted archive");
+            }
+        }
         tracing::info!(?deleted, freed_bytes, "archives deleted");
         self.update_store_gauges().await;
         Ok(Response::new(pb::DeleteArchivesResponse {
@@ -626,7 +634,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::PrepareRestoreResponse>, Status> {
         let id = request.into_inner().archive_id;
         names::archive_id("archive_id", &id)?;
-        let images_dir = self.inner.images_dir.clone();
+        let build_dir = self.inner.prepared.build_dir(&id);
         let (meta, path, built) = self
             .blocking(move |store| {
                 // A restore must never start from bytes that changed on disk:
@@ -644,7 +652,7 @@ impl Agent for AgentService {
                     plaintext.path(),
                     &id,
                     &reference,
-                    &images_dir.join(&id),
+                    &build_dir,
                     true,
                 )?;
                 // The decrypted copy goes when `plaintext` drops; the image's
@@ -665,6 +673,12 @@ impl Agent for AgentService {
                     meta.id
                 ))
             })?;
+            let record_id = meta.id.clone();
+            let reference = built.reference.clone();
+            let prepared = self.inner.prepared.clone();
+            tokio::task::spawn_blocking(move || prepared.record(&record_id, &reference))
+                .await
+                .map_err(|e| Status::internal(format!("recording the prepared image: {e}")))??;
             importer
                 .import(archive, &built.reference)
                 .await
@@ -677,6 +691,22 @@ impl Agent for AgentService {
             image: built.reference,
             pod_annotations,
             archive_path: path.display().to_string(),
+        }))
+    }
+
+    async fn release_restore(
+        &self,
+        request: Request<pb::ReleaseRestoreRequest>,
+    ) -> Result<Response<pb::ReleaseRestoreResponse>, Status> {
+        let id = request.into_inner().archive_id;
+        let released = self.inner.prepared.release(&id).await?;
+        if !released.images.is_empty() || released.bytes > 0 {
+            tracing::info!(archive = %id, images = ?released.images, freed_bytes = released.bytes,
+                "restore released: its prepared image and files are gone");
+        }
+        Ok(Response::new(pb::ReleaseRestoreResponse {
+            images: released.images,
+            freed_bytes: released.bytes,
         }))
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::Metrics;
+use crate::prepared::PreparedRestores;
 use crate::store::Store;
 
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +55,34 @@ pub async fn run(store: Arc<Store>, metrics: Arc<Metrics>, config: SweepConfig) 
                 }
             }
             Err(err) => tracing::warn!(error = %err, "the store sweep task failed"),
+        }
+    }
+}
+
+/// Every `every`, removes what restores left behind more than `ttl` ago:
+/// the controller releases a restore once it finished, so what is older is
+/// a release that never came (a controller that died or lost the node).
+pub async fn release_stale_restores(
+    prepared: Arc<PreparedRestores>,
+    every: Duration,
+    ttl: Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let finder = prepared.clone();
+        let stale = tokio::task::spawn_blocking(move || finder.older_than(ttl))
+            .await
+            .unwrap_or_default();
+        for id in stale {
+            match prepared.release(&id).await {
+                Ok(released) => tracing::info!(archive = %id, images = ?released.images,
+                    freed_bytes = released.bytes, ttl_s = ttl.as_secs(),
+                    "removed a restore nobody released within its TTL"),
+                Err(err) => tracing::warn!(archive = %id, error = %err,
+                    "could not remove a stale prepared restore"),
+            }
         }
     }
 }

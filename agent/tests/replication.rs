@@ -597,6 +597,35 @@ async fn encrypted_agents_replicate_and_keep_no_plaintext_on_disk() {
         std::fs::read_dir(b.data_dir.join("tmp")).unwrap().count(),
         0
     );
+
+    // Once the restore is released, no plaintext copy is left anywhere
+    // under the agent's data directory.
+    let released = pki
+        .controller(&b.endpoint)
+        .await
+        .release_restore(pb::ReleaseRestoreRequest {
+            archive_id: archive.id.clone(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("release restore: {s}\n{}", b.log_text()))
+        .into_inner();
+    assert!(
+        released.freed_bytes >= archive.size_bytes,
+        "freed {} bytes",
+        released.freed_bytes
+    );
+    assert!(!std::path::Path::new(&restore.archive_path).exists());
+    for file in files_under(&b.data_dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        for marker in [b"checkpoint/pages-1.img".as_slice(), b"config.dump"] {
+            assert!(
+                !contains(&bytes, marker),
+                "after the release {} holds plaintext {:?}",
+                file.display(),
+                String::from_utf8_lossy(marker)
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,6 +159,19 @@ async fn failed_over(
     assert!(!record.cold_start, "{record:?}");
     assert_eq!(record.to_node.as_deref(), Some(standby));
     assert!(record.restored_at.is_some());
+    // The restore ran: what the standby prepared for it is released.
+    let prepared = ferry.dir.join(standby).join("images");
+    eventually(
+        "the standby to release the prepared restore",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            std::fs::read_dir(&prepared)
+                .map_or(true, |mut entries| entries.next().is_none())
+                .then_some(())
+        },
+    )
+    .await;
     let replacement_name = record
         .replacement_pod
         .clone()

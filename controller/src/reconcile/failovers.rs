@@ -1,16 +1,18 @@
 //! The failover step of a reconciliation: advance recorded failovers one
 //! step each, then detect new failures and start those the budget admits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
-use ferry_api::{CheckpointPolicy, CheckpointPolicyStatus, FailoverStage};
+use ferry_api::{CheckpointPolicy, CheckpointPolicyStatus, FailoverRecord, FailoverStage};
+use ferry_proto::v1 as pb;
 
 use super::{FAILOVER_POLL, NODE_LOSS_SLACK, PendingEvents, RESYNC, Snapshot};
+use crate::agents::{AgentIndex, status_message};
 use crate::detect::{self, World};
 use crate::failover::execute;
 use crate::failover::machine::Observed;
@@ -110,6 +112,7 @@ pub(super) async fn advance_failovers(
         }
         let finished = outcome.finished();
         let Some(record) = outcome.record else {
+            release_restore(context, &snapshot.agents, &failover);
             events.push((
                 EventType::Normal,
                 "FailoverCancelled",
@@ -129,6 +132,7 @@ pub(super) async fn advance_failovers(
             still_running.push(record);
             continue;
         }
+        release_restore(context, &snapshot.agents, &record);
         let result = match (record.stage, record.cold_start) {
             (FailoverStage::Completed, false) => "restored",
             (FailoverStage::Completed, true) => "cold_start",
@@ -246,6 +250,60 @@ pub(super) async fn advance_failovers(
 }
 
 /// Failovers in progress per policy, as the cached statuses say.
+/// Asks the target node's agent, in the background, to remove what it
+/// prepared for this failover's restore (the checkpoint image in its
+/// container runtime and the image's files): the restored pod runs, or the
+/// failover ended without it, and a copy of the process's memory must not
+/// outlive the restore. A failed call is logged; the agent removes what
+/// nobody released after its TTL.
+fn release_restore(context: &Context, agents: &AgentIndex, record: &FailoverRecord) {
+    let Some(node) = record.to_node.clone() else {
+        return;
+    };
+    let Some(agent) = agents.get(&node) else {
+        return;
+    };
+    let archives: BTreeSet<String> = record
+        .containers
+        .iter()
+        .map(|c| c.archive.clone())
+        .chain(record.archive.clone())
+        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    if archives.is_empty() {
+        return;
+    }
+    let pool = context.agents.clone();
+    let endpoint = agent.endpoint.clone();
+    let pod = record.pod.clone();
+    tokio::spawn(async move {
+        for archive_id in archives {
+            let mut request = tonic::Request::new(pb::ReleaseRestoreRequest {
+                archive_id: archive_id.clone(),
+            });
+            request.set_timeout(RELEASE_TIMEOUT);
+            let result = match pool.client(&endpoint) {
+                Ok(mut client) => client
+                    .release_restore(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| status_message(&s)),
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(released) => tracing::info!(%pod, %node, archive = %short(&archive_id),
+                    images = ?released.images, freed_bytes = released.freed_bytes,
+                    "released the restore: its prepared image and files are gone"),
+                Err(error) => tracing::warn!(%pod, %node, archive = %short(&archive_id), %error,
+                    "could not release the restore; the agent removes it after its TTL"),
+            }
+        }
+    });
+}
+
+/// Removing an image waits for containerd's garbage collection.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn running_failovers(context: &Context) -> BTreeMap<String, usize> {
     context
         .policies()

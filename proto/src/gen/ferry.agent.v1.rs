@@ -283,6 +283,22 @@ pub struct DeleteArchivesResponse {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseRestoreRequest {
+    #[prost(string, tag = "1")]
+    pub archive_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseRestoreResponse {
+    /// Images removed from the container runtime.
+    #[prost(string, repeated, tag = "1")]
+    pub images: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Bytes of prepared files removed.
+    #[prost(uint64, tag = "2")]
+    pub freed_bytes: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PrepareRestoreRequest {
     #[prost(string, tag = "1")]
     pub archive_id: ::prost::alloc::string::String,
@@ -729,6 +745,34 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("ferry.agent.v1.Agent", "PrepareRestore"));
             self.inner.unary(req, path, codec).await
         }
+        /// Removes everything PrepareRestore left for an archive on this node (the
+        /// image imported into the container runtime, its build directory and any
+        /// decrypted copy): the controller calls it once the restore finished or
+        /// failed. Releasing what is not there succeeds.
+        pub async fn release_restore(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReleaseRestoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReleaseRestoreResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ferry.agent.v1.Agent/ReleaseRestore",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "ReleaseRestore"));
+            self.inner.unary(req, path, codec).await
+        }
         /// The `runc` runtime only (hosts that are not Kubernetes nodes: the local
         /// demo, tier-4 tests, benchmarks); the kubelet runtime answers
         /// UNIMPLEMENTED, since there the kubelet owns containers.
@@ -938,6 +982,17 @@ pub mod agent_server {
             request: tonic::Request<super::PrepareRestoreRequest>,
         ) -> std::result::Result<
             tonic::Response<super::PrepareRestoreResponse>,
+            tonic::Status,
+        >;
+        /// Removes everything PrepareRestore left for an archive on this node (the
+        /// image imported into the container runtime, its build directory and any
+        /// decrypted copy): the controller calls it once the restore finished or
+        /// failed. Releasing what is not there succeeds.
+        async fn release_restore(
+            &self,
+            request: tonic::Request<super::ReleaseRestoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReleaseRestoreResponse>,
             tonic::Status,
         >;
         /// The `runc` runtime only (hosts that are not Kubernetes nodes: the local
@@ -1483,6 +1538,51 @@ pub mod agent_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PrepareRestoreSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ferry.agent.v1.Agent/ReleaseRestore" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReleaseRestoreSvc<T: Agent>(pub Arc<T>);
+                    impl<
+                        T: Agent,
+                    > tonic::server::UnaryService<super::ReleaseRestoreRequest>
+                    for ReleaseRestoreSvc<T> {
+                        type Response = super::ReleaseRestoreResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReleaseRestoreRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::release_restore(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReleaseRestoreSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
