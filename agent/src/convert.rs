@@ -76,7 +76,9 @@ impl From<Error> for tonic::Status {
             | Error::SizeMismatch { .. }
             | Error::SegmentCorrupt { .. }
             | Error::EncryptedSize { .. } => Self::data_loss(message),
-            Error::StoreFull { .. } => Self::resource_exhausted(message),
+            Error::StoreFull { .. } | Error::NoRoom { .. } | Error::TooManyTransfers { .. } => {
+                Self::resource_exhausted(message)
+            }
             Error::OffsetMismatch { .. } | Error::TransferInProgress { .. } => {
                 Self::aborted(message)
             }

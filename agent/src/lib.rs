@@ -111,6 +111,23 @@ pub enum Error {
     #[error("archive {id} is already being received from another sender")]
     TransferInProgress { id: String },
 
+    /// An incoming replica would not fit: the disk, or this node's quota,
+    /// with what the transfers in flight already reserved.
+    #[error(
+        "archive {id} ({size} bytes) refused: {limit} has {available} bytes left after {reserved} bytes reserved by transfers in flight"
+    )]
+    NoRoom {
+        id: String,
+        size: u64,
+        limit: String,
+        available: u64,
+        reserved: u64,
+    },
+
+    /// More incoming replicas at once than this agent takes.
+    #[error("archive {id} refused: {max} incoming transfers are already running; retry later")]
+    TooManyTransfers { id: String, max: usize },
+
     #[error("archive {id}: metadata {path}: {reason}")]
     Metadata {
         id: String,

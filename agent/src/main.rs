@@ -19,7 +19,7 @@ use ferry_agent::replication::{ReplicationConfig, Replicator};
 use ferry_agent::runc::{RuncConfig, RuncRuntime};
 use ferry_agent::runtime::{Runtime, SyntheticRuntime};
 use ferry_agent::service::{AgentService, NodeFacts, ServiceParts};
-use ferry_agent::store::Store;
+use ferry_agent::store::{Store, StoreLimits};
 use ferry_agent::sweeper::SweepConfig;
 use ferry_agent::tls::{MutualTls, TlsFiles};
 use ferry_agent::{Error, sys};
@@ -139,6 +139,19 @@ struct Args {
     /// Largest archive the store accepts.
     #[arg(long, default_value_t = 64 << 30)]
     max_archive_bytes: u64,
+    /// Replicas this agent receives at once; more are refused
+    /// (RESOURCE_EXHAUSTED) and the sender retries.
+    #[arg(long, default_value_t = 8)]
+    max_incoming_transfers: usize,
+    /// Bytes of archives this node holds at most, replicas in flight
+    /// included (0: no quota, the disk is the bound). An incoming replica
+    /// that would exceed it is refused before a byte is written.
+    #[arg(long, default_value_t = 0)]
+    store_quota_bytes: u64,
+    /// Free disk space incoming replicas always leave, so checkpoints of
+    /// this node's own pods still fit.
+    #[arg(long, default_value_t = 1 << 30)]
+    store_reserve_free_bytes: u64,
     /// How often the store applies each container's retention by itself
     /// (a `maxAge` runs out without a new checkpoint) and removes abandoned
     /// partial replicas.
@@ -248,16 +261,22 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     let store_dir = args.data_dir.clone();
     let max_archive_bytes = args.max_archive_bytes;
-    let store =
-        tokio::task::spawn_blocking(move || Store::open_with(&store_dir, max_archive_bytes, key))
-            .await
-            .map_err(|e| {
-                Error::io(
-                    "opening the store in",
-                    &args.data_dir,
-                    std::io::Error::other(e),
-                )
-            })??;
+    let limits = StoreLimits {
+        max_incoming: args.max_incoming_transfers.max(1),
+        quota_bytes: (args.store_quota_bytes > 0).then_some(args.store_quota_bytes),
+        reserve_free_bytes: args.store_reserve_free_bytes,
+    };
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_with(&store_dir, max_archive_bytes, key).map(|s| s.with_limits(limits))
+    })
+    .await
+    .map_err(|e| {
+        Error::io(
+            "opening the store in",
+            &args.data_dir,
+            std::io::Error::other(e),
+        )
+    })??;
     let store = Arc::new(store);
     let kubelet_port = match (args.runtime, args.kubelet_port) {
         (RuntimeKind::Kubelet, 0) => kubelet_port_of(&args.node_name).await?,

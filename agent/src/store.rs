@@ -115,6 +115,29 @@ impl ArchiveMeta {
     }
 }
 
+/// Bounds on what peers can make this store hold.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    /// Incoming replicas at once.
+    pub max_incoming: usize,
+    /// Bytes of archives this node holds at most, replicas in flight
+    /// included; `None`: the disk is the bound.
+    pub quota_bytes: Option<u64>,
+    /// Free disk space every incoming replica leaves, so checkpoints of
+    /// this node's own pods still fit.
+    pub reserve_free_bytes: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_incoming: 8,
+            quota_bytes: None,
+            reserve_free_bytes: 0,
+        }
+    }
+}
+
 /// The archive store of one agent.
 #[derive(Debug)]
 pub struct Store {
@@ -124,8 +147,10 @@ pub struct Store {
     max_archive_bytes: u64,
     /// New archives are encrypted with this key; `None`: stored in plaintext.
     key: Option<ArchiveKey>,
-    /// Ids with a replica transfer in progress: one writer per partial file.
-    receiving: Arc<Mutex<HashSet<String>>>,
+    /// Ids with a replica transfer in progress (one writer per partial
+    /// file), with the bytes each still has to write: reserved space.
+    receiving: Arc<Mutex<HashMap<String, u64>>>,
+    limits: StoreLimits,
     /// Parsed metadata of visible archives, so listing (for retention and
     /// gauges, after every checkpoint) reads the directory, not every file.
     /// Metadata is written once and never changed in place.
@@ -155,6 +180,7 @@ impl Store {
             max_archive_bytes,
             key,
             receiving: Arc::default(),
+            limits: StoreLimits::default(),
             listed: Arc::default(),
         };
         for dir in [root, &store.archives, &store.incoming, &store.tmp] {
@@ -166,6 +192,12 @@ impl Store {
         }
         store.clean_leftovers()?;
         Ok(store)
+    }
+
+    /// The same store with `limits` on incoming replicas.
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Temporary files from interrupted imports, archive bytes without
@@ -225,7 +257,7 @@ impl Store {
             // Held while removing, so a transfer cannot claim the id between
             // the check and the removal.
             let receiving = lock(&self.receiving);
-            if receiving.contains(&stem) {
+            if receiving.contains_key(&stem) {
                 continue;
             }
             remove_logged(&entry, "idle partial replica");
@@ -637,6 +669,59 @@ impl Store {
         })
     }
 
+    /// Claims the transfer of `meta` and reserves its declared size before a
+    /// byte is written: a peer that declares more than fits (the disk, the
+    /// node's quota) or opens more transfers than allowed is refused at
+    /// once, and what is reserved for the others stays theirs.
+    fn reserve(&self, meta: &ArchiveMeta) -> Result<ReceivingGuard, Error> {
+        let mut receiving = lock(&self.receiving);
+        if receiving.contains_key(&meta.id) {
+            return Err(Error::TransferInProgress {
+                id: meta.id.clone(),
+            });
+        }
+        if receiving.len() >= self.limits.max_incoming {
+            return Err(Error::TooManyTransfers {
+                id: meta.id.clone(),
+                max: self.limits.max_incoming,
+            });
+        }
+        let reserved: u64 = receiving.values().sum();
+        let free = self
+            .free_bytes()
+            .saturating_sub(self.limits.reserve_free_bytes)
+            .saturating_sub(reserved);
+        // Encryption adds a few bytes per segment; a margin covers them.
+        let needed = meta.size_bytes.saturating_add(meta.size_bytes / 64);
+        if needed > free {
+            return Err(Error::NoRoom {
+                id: meta.id.clone(),
+                size: meta.size_bytes,
+                limit: format!("the disk of {}", self.archives.display()),
+                available: free,
+                reserved,
+            });
+        }
+        if let Some(quota) = self.limits.quota_bytes {
+            let stored: u64 = self.list()?.iter().map(|a| a.size_bytes).sum();
+            let left = quota.saturating_sub(stored).saturating_sub(reserved);
+            if meta.size_bytes > left {
+                return Err(Error::NoRoom {
+                    id: meta.id.clone(),
+                    size: meta.size_bytes,
+                    limit: format!("the node's archive quota of {quota} bytes ({stored} stored)"),
+                    available: left,
+                    reserved,
+                });
+            }
+        }
+        receiving.insert(meta.id.clone(), meta.size_bytes);
+        Ok(ReceivingGuard {
+            set: self.receiving.clone(),
+            id: meta.id.clone(),
+        })
+    }
+
     /// Starts (or resumes at `offset`) receiving the archive `meta`.
     /// `Ok(None)`: the archive is already stored and verified.
     pub fn receive(&self, meta: ArchiveMeta, offset: u64) -> Result<Option<Incoming>, Error> {
@@ -651,7 +736,7 @@ impl Store {
         if self.get(&meta.id).is_ok() {
             return Ok(None);
         }
-        let guard = ReceivingGuard::claim(&self.receiving, &meta.id)?;
+        let guard = self.reserve(&meta)?;
         let part = self.incoming.join(format!("{}.part", meta.id));
         let header = self.incoming.join(format!("{}.json", meta.id));
 
@@ -1043,31 +1128,13 @@ impl Incoming {
 /// Marks an id as being received; released on drop.
 #[derive(Debug)]
 struct ReceivingGuard {
-    set: Arc<Mutex<HashSet<String>>>,
+    set: Arc<Mutex<HashMap<String, u64>>>,
     id: String,
-}
-
-impl ReceivingGuard {
-    fn claim(set: &Arc<Mutex<HashSet<String>>>, id: &str) -> Result<Self, Error> {
-        let mut ids = set
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !ids.insert(id.to_owned()) {
-            return Err(Error::TransferInProgress { id: id.to_owned() });
-        }
-        Ok(Self {
-            set: set.clone(),
-            id: id.to_owned(),
-        })
-    }
 }
 
 impl Drop for ReceivingGuard {
     fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.id);
+        lock(&self.set).remove(&self.id);
     }
 }
 

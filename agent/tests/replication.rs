@@ -393,7 +393,15 @@ async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
     let small_disk = dir.path().join("d");
     let _tmpfs = Tmpfs::mount(&small_disk, "48m");
     let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
-    let d = AgentProcess::start(&pki, "node-d", &small_disk, 0, &[]).await;
+    // No free space kept back: the tmpfs is the whole bound here.
+    let d = AgentProcess::start(
+        &pki,
+        "node-d",
+        &small_disk,
+        0,
+        &["--store-reserve-free-bytes=0"],
+    )
+    .await;
     let first = import_archive(&a.data_dir, 8 * MIB, 1);
     let too_big = import_archive(&a.data_dir, 64 * MIB, 2);
 
@@ -419,9 +427,13 @@ async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
         .replicas
         .remove(0);
     assert!(!outcome.ok);
+    // Refused before a byte is written: the declared size does not fit.
     assert!(
         outcome.error.contains("ResourceExhausted")
-            && outcome.error.contains("no space left in the archive store"),
+            && outcome.error.contains(&format!(
+                "archive {} ({} bytes) refused: the disk of",
+                too_big.id, too_big.size_bytes
+            )),
         "{}",
         outcome.error
     );

@@ -1,0 +1,199 @@
+//! Peers that try to exhaust a node, with real agent processes on
+//! loopback: a replica declared larger than the disk or the node's quota,
+//! and more concurrent streams than the agent takes. Each is refused before
+//! a byte is written, and transfers already running are not disturbed.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{AgentProcess, Pki, import_archive, listed};
+use ferry_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+const MIB: u64 = 1 << 20;
+
+fn header(id: &str, size_bytes: u64) -> pb::PushReplicaRequest {
+    pb::PushReplicaRequest {
+        message: Some(pb::push_replica_request::Message::Header(
+            pb::ReplicaHeader {
+                archive: Some(pb::Archive {
+                    id: id.to_owned(),
+                    policy: "default/counter".into(),
+                    container: Some(pb::ContainerRef {
+                        namespace: "default".into(),
+                        pod: "counter-0".into(),
+                        pod_uid: "3f2a1b4c-0000-4000-8000-000000000001".into(),
+                        container: "app".into(),
+                    }),
+                    source_node: "node-evil".into(),
+                    size_bytes,
+                    ..Default::default()
+                }),
+                offset: 0,
+                zstd: false,
+            },
+        )),
+    }
+}
+
+fn chunk(bytes: usize) -> pb::PushReplicaRequest {
+    pb::PushReplicaRequest {
+        message: Some(pb::push_replica_request::Message::Chunk(
+            vec![0x5a; bytes].into(),
+        )),
+    }
+}
+
+/// A stream that sent its header and one chunk and then stays open.
+struct Hanging {
+    _sender: mpsc::Sender<pb::PushReplicaRequest>,
+    call: tokio::task::JoinHandle<Result<tonic::Response<pb::PushReplicaResponse>, tonic::Status>>,
+}
+
+async fn hanging_stream(pki: &Pki, agent: &AgentProcess, id: &str, size: u64) -> Hanging {
+    let (sender, stream) = mpsc::channel(4);
+    sender.send(header(id, size)).await.unwrap();
+    sender.send(chunk(64 * 1024)).await.unwrap();
+    let mut client = pki.controller(&agent.endpoint).await;
+    let call = tokio::spawn(async move { client.push_replica(ReceiverStream::new(stream)).await });
+    let part = agent.data_dir.join("incoming").join(format!("{id}.part"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "stream {id} never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Hanging {
+        _sender: sender,
+        call,
+    }
+}
+
+async fn push_refusal(pki: &Pki, agent: &AgentProcess, id: &str, size: u64) -> tonic::Status {
+    let mut client = pki.controller(&agent.endpoint).await;
+    client
+        .push_replica(tokio_stream::iter(vec![header(id, size), chunk(1024)]))
+        .await
+        .expect_err("the replica must be refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_declared_larger_than_the_disk_or_quota_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
+    let quota = format!("--store-quota-bytes={}", 12 * MIB);
+    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[&quota]).await;
+
+    // Larger than any archive may be: refused at once.
+    let status = push_refusal(&pki, &b, &"aa".repeat(32), 1 << 50).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+    assert!(
+        status.message().contains("the store accepts at most"),
+        "{status}"
+    );
+    // Larger than the quota (and than this disk): refused before a byte.
+    let status = push_refusal(&pki, &b, &"ab".repeat(32), 40 << 30).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("refused"), "{status}");
+    assert_eq!(
+        std::fs::read_dir(b.data_dir.join("incoming"))
+            .unwrap()
+            .count(),
+        0,
+        "a refused replica writes nothing"
+    );
+
+    // Within the quota: stored. Beyond it: refused, naming the quota.
+    let first = import_archive(&a.data_dir, 8 * MIB, 1);
+    let second = import_archive(&a.data_dir, 8 * MIB, 2);
+    let mut client = pki.controller(&a.endpoint).await;
+    let replicate = |id: &str| pb::ReplicateRequest {
+        archive_id: id.into(),
+        peers: vec![b.peer()],
+    };
+    let outcome = client
+        .replicate(replicate(&first.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .replicas
+        .remove(0);
+    assert!(outcome.ok, "{}", outcome.error);
+    let outcome = client
+        .replicate(replicate(&second.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .replicas
+        .remove(0);
+    assert!(!outcome.ok);
+    assert!(
+        outcome.error.contains("quota of 12582912 bytes"),
+        "{}",
+        outcome.error
+    );
+    assert_eq!(listed(&pki, &b).await, vec![first.id.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_streams_than_allowed_are_refused_and_the_running_ones_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
+    let b = AgentProcess::start(
+        &pki,
+        "node-b",
+        &dir.path().join("b"),
+        0,
+        &["--max-incoming-transfers=2"],
+    )
+    .await;
+
+    // A peer holds both slots with streams it never finishes.
+    let one = hanging_stream(&pki, &b, &"01".repeat(32), 4 * MIB).await;
+    let two = hanging_stream(&pki, &b, &"02".repeat(32), 4 * MIB).await;
+    let status = push_refusal(&pki, &b, &"03".repeat(32), 4 * MIB).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    assert!(
+        status
+            .message()
+            .contains("2 incoming transfers are already running"),
+        "{status}"
+    );
+
+    // The hanging streams end (the peer is cut off); a real replica then
+    // gets through, verified, and nothing of the others became visible.
+    one.call.abort();
+    two.call.abort();
+    drop((one, two));
+    let archive = import_archive(&a.data_dir, 2 * MIB, 9);
+    let mut client = pki.controller(&a.endpoint).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let outcome = client
+            .replicate(pb::ReplicateRequest {
+                archive_id: archive.id.clone(),
+                peers: vec![b.peer()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .replicas
+            .remove(0);
+        if outcome.ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slots never came free: {}",
+            outcome.error
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
+}
