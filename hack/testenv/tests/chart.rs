@@ -2434,3 +2434,111 @@ async fn checkpoint_images_run_only_in_the_replacement_ferry_admitted() -> TestR
     pods.delete(&name, &Default::default()).await?;
     Ok(())
 }
+
+/// Creates (dry run) the Lease `name` in `namespace` as the agents'
+/// ServiceAccount, its token naming `node` (as a token bound to an agent pod
+/// does) or no node; the API server's refusal when it refuses.
+async fn create_lease_as_agent(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    node: Option<&str>,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": namespace}, "spec": {},
+    }))
+    .map_err(|e| e.to_string())?;
+    let mut request = http::Request::post(format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases?dryRun=All"
+    ))
+    .header("Content-Type", "application/json")
+    .header(
+        "Impersonate-User",
+        format!("system:serviceaccount:{namespace}:ferry-agent"),
+    )
+    .header("Impersonate-Group", "system:serviceaccounts")
+    .header("Impersonate-Group", "system:authenticated");
+    if let Some(node) = node {
+        request = request.header(
+            "Impersonate-Extra-authentication.kubernetes.io%2fnode-name",
+            node,
+        );
+    }
+    let request = request.body(body).map_err(|e| e.to_string())?;
+    client
+        .request_text(request)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The attack on the node boundary through the API server: an agent's
+/// token (stolen, or a compromised agent) writing another node's Lease, to
+/// forge that node's contact evidence, or the controller's leader Lease.
+/// RBAC lets the agents write Leases; the chart's admission policy lets
+/// each write only its own node's.
+#[tokio::test]
+async fn an_agent_may_write_only_its_own_nodes_lease() -> TestResult {
+    let cp = ControlPlane::shared().await?;
+    let namespace = "ferry-system";
+    ensure_namespace(cp, namespace).await?;
+    for template in ["templates/agent-rbac.yaml", "templates/agent-leases.yaml"] {
+        let rendered = render(&["--show-only", template]).await?;
+        let mut apply = cp.kubectl();
+        apply.args([
+            "apply",
+            "--server-side",
+            "--field-manager=ferry-chart-test",
+            "-f",
+            "-",
+        ]);
+        let out = run(apply, Some(rendered.clone().into_bytes())).await?;
+        assert!(
+            out.status.success(),
+            "applying {template} failed:\n{}\n{rendered}",
+            describe(&out)
+        );
+    }
+    let client = cp.client().await?;
+    // Its own Lease: allowed (once RBAC and the policy are loaded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Err(e) =
+        create_lease_as_agent(&client, namespace, "ferry-agent-node-a", Some("node-a")).await
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent of node-a may not write its own Lease: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Another node's Lease, and the leader Lease: refused once loaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let refusal = loop {
+        match create_lease_as_agent(&client, namespace, "ferry-agent-node-b", Some("node-a")).await
+        {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the agent of node-a wrote node-b's Lease"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.contains("may write only its own Lease ferry-agent-node-a"),
+        "{refusal}"
+    );
+    let refusal = create_lease_as_agent(&client, namespace, "ferry-controller", Some("node-a"))
+        .await
+        .expect_err("the agent wrote the leader Lease");
+    assert!(refusal.contains("not ferry-controller"), "{refusal}");
+    // A token not bound to a pod names no node: no Lease at all.
+    let refusal = create_lease_as_agent(&client, namespace, "ferry-agent-node-a", None)
+        .await
+        .expect_err("a token without a node wrote a Lease");
+    assert!(refusal.contains("names its node"), "{refusal}");
+    Ok(())
+}
