@@ -23,10 +23,6 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, CustomResourceExt};
 use prometheus_client::registry::Registry;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use serde_json::{Value, json};
 
 const NS: &str = "ferry-webhook-tests";
@@ -57,35 +53,17 @@ async fn namespace(client: &Client, name: &str) {
     }
 }
 
-/// A CA and a serving certificate for 127.0.0.1 it signed, written to a
-/// fresh directory; returns the CA PEM and the files.
+/// A CA and a serving certificate for 127.0.0.1 it signed (ferry's test
+/// PKI), in a fresh directory; returns the CA PEM and the files.
 fn serving_certificate() -> (String, WebhookTls, std::path::PathBuf) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &ca).unwrap();
-
     let dir = std::env::temp_dir().join(format!("ferry-webhook-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let pki = ferry_testenv::TestPki::new(&dir, ferry_proto::tls::AGENT_SERVER_NAME).unwrap();
     let tls = WebhookTls {
-        cert: dir.join("tls.crt"),
-        key: dir.join("tls.key"),
+        cert: pki.controller_cert.clone(),
+        key: pki.controller_key.clone(),
     };
-    std::fs::write(&tls.cert, cert.pem()).unwrap();
-    std::fs::write(&tls.key, key.serialize_pem()).unwrap();
-    (ca_cert.pem(), tls, dir)
+    (pki.ca_pem, tls, dir)
 }
 
 fn failover(uid: &str, owner: &str, stage: &str) -> FailoverRecord {

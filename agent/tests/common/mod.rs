@@ -12,84 +12,23 @@ use std::time::{Duration, Instant};
 use ferry_agent::encryption::ArchiveKey;
 use ferry_agent::store::{ArchiveMeta, RuntimeInfo, Store};
 use ferry_proto::v1::agent_client::AgentClient;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use ferry_testenv::TestPki;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-/// A CA and the certificates signed by it, as files.
-pub struct Pki {
-    pub dir: PathBuf,
-    pub ca: PathBuf,
-    pub agent_cert: PathBuf,
-    pub agent_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    /// A client certificate from a different CA.
-    pub rogue_cert: PathBuf,
-    pub rogue_key: PathBuf,
-}
+/// ferry's test PKI (`ferry_testenv::TestPki`) with gRPC clients of agents.
+#[derive(Debug, Clone)]
+pub struct Pki(pub TestPki);
 
-fn ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).unwrap();
-    (cert, Issuer::new(params, key))
-}
-
-fn leaf(
-    issuer: &Issuer<'_, KeyPair>,
-    name: &str,
-    sans: Vec<String>,
-    usage: ExtendedKeyUsagePurpose,
-) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(sans).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![usage, ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
+impl std::ops::Deref for Pki {
+    type Target = TestPki;
+    fn deref(&self) -> &TestPki {
+        &self.0
+    }
 }
 
 impl Pki {
     pub fn new(dir: &Path) -> Self {
-        let (ca_cert, issuer) = ca("ferry-test-ca");
-        let (agent_cert, agent_key) = leaf(
-            &issuer,
-            "ferry-agent",
-            vec![ferry_agent::tls::AGENT_SERVER_NAME.into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert, client_key) = leaf(
-            &issuer,
-            "ferry-controller",
-            vec!["ferry-controller".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
-        let (_, rogue_issuer) = ca("rogue-ca");
-        let (rogue_cert, rogue_key) = leaf(
-            &rogue_issuer,
-            "ferry-controller",
-            vec!["ferry-controller".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
-        let write = |name: &str, text: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        Self {
-            dir: dir.to_owned(),
-            ca: write("ca.crt", &ca_cert.pem()),
-            agent_cert: write("agent.crt", &agent_cert),
-            agent_key: write("agent.key", &agent_key),
-            client_cert: write("client.crt", &client_cert),
-            client_key: write("client.key", &client_key),
-            rogue_cert: write("rogue.crt", &rogue_cert),
-            rogue_key: write("rogue.key", &rogue_key),
-        }
+        Self(TestPki::new(dir, ferry_agent::tls::AGENT_SERVER_NAME).unwrap())
     }
 
     /// A client that presents the given certificate (or none).
@@ -120,9 +59,12 @@ impl Pki {
 
     /// A client with the controller's valid certificate.
     pub async fn controller(&self, endpoint: &str) -> AgentClient<Channel> {
-        self.client(endpoint, Some((&self.client_cert, &self.client_key)))
-            .await
-            .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
+        self.client(
+            endpoint,
+            Some((&self.controller_cert, &self.controller_key)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
     }
 }
 
@@ -245,7 +187,10 @@ impl AgentProcess {
                 );
             }
             if pki
-                .client(&self.endpoint, Some((&pki.client_cert, &pki.client_key)))
+                .client(
+                    &self.endpoint,
+                    Some((&pki.controller_cert, &pki.controller_key)),
+                )
                 .await
                 .is_ok()
             {

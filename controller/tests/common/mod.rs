@@ -10,72 +10,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use ferry_testenv::{ApiProxy, ControlPlane, Options};
+use ferry_testenv::{ApiProxy, ControlPlane, Options, TestPki};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
 
 pub const AGENT_NAMESPACE: &str = "ferry-system";
 
-/// CA, agent and controller certificates, and the webhook's serving cert.
-pub struct Pki {
-    pub dir: PathBuf,
-    pub ca: PathBuf,
-    pub ca_pem: String,
-    pub agent_cert: PathBuf,
-    pub agent_key: PathBuf,
-    pub controller_cert: PathBuf,
-    pub controller_key: PathBuf,
-}
+/// CA, agent and controller certificates (the controller's also serves the
+/// webhook on 127.0.0.1): ferry's shared test PKI.
+pub type Pki = TestPki;
 
-impl Pki {
-    pub fn new(dir: &Path) -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "ferry-test-ca");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf = |name: &str, sans: Vec<String>| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(sans).unwrap();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (agent_cert, agent_key) = leaf(
-            "ferry-agent",
-            vec![ferry_proto::tls::AGENT_SERVER_NAME.into()],
-        );
-        // The controller's certificate also serves the webhook on 127.0.0.1.
-        let (controller_cert, controller_key) = leaf(
-            "ferry-controller",
-            vec!["ferry-controller".into(), "127.0.0.1".into()],
-        );
-        let write = |name: &str, text: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        Self {
-            dir: dir.to_owned(),
-            ca: write("ca.crt", &ca_cert.pem()),
-            ca_pem: ca_cert.pem(),
-            agent_cert: write("agent.crt", &agent_cert),
-            agent_key: write("agent.key", &agent_key),
-            controller_cert: write("controller.crt", &controller_cert),
-            controller_key: write("controller.key", &controller_key),
-        }
-    }
+/// A fresh [`Pki`] in `dir`.
+pub fn pki(dir: &Path) -> Pki {
+    TestPki::new(dir, ferry_proto::tls::AGENT_SERVER_NAME).unwrap()
 }
 
 pub fn free_port() -> u16 {
@@ -272,7 +220,7 @@ pub async fn install_with(setup: &Setup<'_>) -> Installation {
     let client = plane.client().await.unwrap();
     let dir = plane.dir().join("ferry");
     std::fs::create_dir_all(&dir).unwrap();
-    let pki = Pki::new(&dir);
+    let pki = pki(&dir);
     for namespace in std::iter::once(AGENT_NAMESPACE).chain(namespaces.iter().copied()) {
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": namespace, "labels": {"ferry-test": "yes"}},

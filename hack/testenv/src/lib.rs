@@ -9,9 +9,11 @@
 //! or, for the per-binary shared control plane, by the next run.
 
 mod certs;
+mod pki;
 mod process;
 mod proxy;
 
+pub use pki::TestPki;
 pub use proxy::ApiProxy;
 
 use std::path::{Path, PathBuf};
