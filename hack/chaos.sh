@@ -331,8 +331,9 @@ short_cut() { # seconds
   both="$(awk '$2 != "-" && $3 != "-"' "$probes" | head -3)"
   [[ -z "$both" ]] || fail "$SCENARIO: both copies answered in one round: $both"
   app_pods_are 1 || fail "$SCENARIO: not exactly one app pod: $(kubectl -n "$NS" get pods -l app="$APP" -o name | paste -sd' ')"
-  counter="$(counter_of "$IP")"
-  ((counter > 0)) || fail "$SCENARIO: the app answers counter $counter: it started from zero"
+  app_ready || fail "$SCENARIO: the app pod $POD ($IP) stopped answering after the cut healed: $(kubectl -n "$NS" get pods -l app="$APP" -o wide 2>&1 | tail -n +2 | paste -sd ';')"
+  counter="$(counter_of "$IP" || true)"
+  ((counter > 0)) || fail "$SCENARIO: the app answers counter ${counter:-none}: it started from zero"
   # Shorter than unreachableGracePeriod: nothing at all may happen.
   if awk -v c="$1" 'BEGIN { exit !(c < 2) }'; then
     no_failover_since "$FINGERPRINT"

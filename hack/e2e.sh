@@ -22,6 +22,12 @@ fi
 # --purge: the next run starts from empty node stores, so nothing an
 # earlier run left (images, archives) can pass or fail this one, and a
 # reused CI machine's disk does not fill up run after run.
+if ((status != 0)); then
+  # The purge below deletes the components' logs with the state.
+  kept="${TMPDIR:-/tmp}/ferry-e2e-logs"
+  rm -rf "$kept" && cp -r /var/lib/ferry-cluster/logs "$kept" 2>/dev/null &&
+    echo "==> the cluster's logs are kept in $kept" >&2
+fi
 echo "==> hack/cluster.sh down --purge (and its leftover check)" >&2
 hack/cluster.sh down --purge || status=1
 echo "==> tier 5 (e2e) took $((SECONDS - started))s, exit $status" >&2
