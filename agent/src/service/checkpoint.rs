@@ -1,0 +1,208 @@
+//! Taking a checkpoint: the runtime's checkpoint into the store, the
+//! container remembered for fencing, retention, replication to the peers.
+
+use super::*;
+
+impl AgentService {
+    pub(super) async fn take_checkpoint(
+        &self,
+        request: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let request = request.into_inner();
+        let started = Instant::now();
+        names::policy_ref("policy", &request.policy)?;
+        let container = request
+            .container
+            .ok_or_else(|| Status::invalid_argument("container is required"))?;
+        names::dns_label("container.namespace", &container.namespace)?;
+        names::dns_subdomain("container.pod", &container.pod)?;
+        names::uid("container.pod_uid", &container.pod_uid)?;
+        names::dns_label("container.container", &container.container)?;
+        let peers = peers_from_proto(request.peers)?;
+        let runtime = self.inner.runtime.as_ref().ok_or_else(|| {
+            Status::from(Error::Unsupported {
+                what: "Checkpoint",
+                reason: "no runtime configured".into(),
+            })
+        })?;
+        let timeout = match request.timeout_seconds {
+            0 => DEFAULT_CHECKPOINT_TIMEOUT,
+            seconds => Duration::from_secs(u64::from(seconds).min(3600)),
+        };
+        let metrics = &self.inner.metrics;
+        let taken = match runtime
+            .checkpoint(
+                &container.namespace,
+                &container.pod,
+                &container.container,
+                timeout,
+            )
+            .await
+        {
+            Ok(taken) => taken,
+            Err(err) => {
+                metrics
+                    .checkpoints
+                    .get_or_create(&ResultLabels { result: "runtime" })
+                    .inc();
+                return Err(err.into());
+            }
+        };
+        let node = &self.inner.node;
+        let meta = ArchiveMeta {
+            id: String::new(),
+            policy: request.policy.clone(),
+            namespace: container.namespace.clone(),
+            pod: container.pod.clone(),
+            pod_uid: container.pod_uid.clone(),
+            container: container.container.clone(),
+            source_node: node.node_name.clone(),
+            taken_at_millis: jiff::Timestamp::now().as_millisecond(),
+            size_bytes: 0,
+            container_image: String::new(),
+            encrypted: false,
+            retention: request.retention.as_ref().map(Retention::from_proto),
+            runtime: RuntimeInfo {
+                runtime: node.runtime.clone(),
+                architecture: node.architecture.clone(),
+                kernel_version: node.kernel_version.clone(),
+                criu_version: node.criu_version.clone(),
+                container_runtime: node.container_runtime.clone(),
+            },
+        };
+        let source = taken.path.clone();
+        let protected = self.inner.protected.clone();
+        let imported = self
+            .blocking(move |store| {
+                let mut meta = meta;
+                let facts = image::read_checkpoint_metadata(&source)?;
+                meta.container_image = facts
+                    .rootfs_image_name
+                    .or(facts.rootfs_image)
+                    .unwrap_or_default();
+                let archive = store.import_file(&source, meta)?;
+                record_protected(&protected, &archive, facts.container_id);
+                Ok(archive)
+            })
+            .await;
+        if let Err(err) = runtime.discard(&taken).await {
+            tracing::warn!(path = %taken.path.display(), error = %err, "could not remove the runtime's copy");
+        }
+        let archive = match imported {
+            Ok(archive) => archive,
+            Err(status) => {
+                metrics
+                    .checkpoints
+                    .get_or_create(&ResultLabels { result: "store" })
+                    .inc();
+                return Err(status);
+            }
+        };
+        let checkpoint_millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        metrics
+            .checkpoints
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        metrics
+            .checkpoint_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.checkpoint_bytes.inc_by(archive.size_bytes);
+        tracing::info!(
+            archive = %archive.id, policy = %archive.policy, namespace = %archive.namespace, pod = %archive.pod,
+            container = %archive.container, bytes = archive.size_bytes, checkpoint_ms = checkpoint_millis,
+            runtime_ms = taken.elapsed.as_millis() as u64, "checkpoint stored"
+        );
+        self.enforce_retention(&archive).await;
+        let outcomes = self.inner.replicator.replicate(&archive.id, &peers).await;
+        self.update_store_gauges().await;
+        Ok(Response::new(pb::CheckpointResponse {
+            archive: Some(convert::archive_to_proto(&archive)),
+            checkpoint_millis,
+            replicas: outcomes_to_proto(outcomes),
+        }))
+    }
+
+    /// Applies the retention stored with `archive` to its container's
+    /// archives here, whether this node took it or holds a replica. A
+    /// failure is logged: the archive itself is stored.
+    pub(super) async fn enforce_retention(&self, archive: &ArchiveMeta) {
+        let Some(rules) = archive.retention else {
+            return;
+        };
+        let like = archive.clone();
+        let now = jiff::Timestamp::now().as_millisecond();
+        match self
+            .blocking(move |store| store.enforce_retention(&like, rules, now))
+            .await
+        {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(?deleted, policy = %archive.policy, namespace = %archive.namespace,
+                    pod = %archive.pod, container = %archive.container, "retention removed archives");
+                self.inner.metrics.count_deleted("retention", deleted.len());
+            }
+            Ok(_) => {}
+            Err(status) => {
+                tracing::warn!(archive = %archive.id, error = %status.message(), "retention failed")
+            }
+        }
+    }
+}
+
+/// Remembers the container a checkpoint was taken of, for fencing. Its id
+/// comes from the archive the runtime wrote (`config.dump`): the id of
+/// exactly the container that was dumped, where the pod's status could
+/// already name a restarted one. A failure is logged, not returned: the
+/// checkpoint itself succeeded.
+fn record_protected(protected: &ProtectedContainers, archive: &ArchiveMeta, id: Option<String>) {
+    let Some(id) = id else {
+        tracing::warn!(archive = %archive.id, "the archive names no container id: fencing cannot protect this container");
+        return;
+    };
+    let entry = Protected {
+        id,
+        namespace: archive.namespace.clone(),
+        pod: archive.pod.clone(),
+        pod_uid: archive.pod_uid.clone(),
+        container: archive.container.clone(),
+    };
+    match protected.record(entry) {
+        Ok(true) => tracing::info!(
+            namespace = %archive.namespace, pod = %archive.pod, container = %archive.container,
+            "container recorded as protected: fencing stops it when this node is cut off"
+        ),
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(archive = %archive.id, error = %err, "could not record the protected container")
+        }
+    }
+}
+
+pub(super) fn peers_from_proto(peers: Vec<pb::Peer>) -> Result<Vec<PeerTarget>, Error> {
+    peers
+        .into_iter()
+        .map(|peer| {
+            names::dns_subdomain("peers[].node_name", &peer.node_name)?;
+            names::endpoint("peers[].endpoint", &peer.endpoint)?;
+            Ok(PeerTarget {
+                node_name: peer.node_name,
+                endpoint: peer.endpoint,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn outcomes_to_proto(
+    outcomes: Vec<crate::replication::Outcome>,
+) -> Vec<pb::ReplicaOutcome> {
+    outcomes
+        .into_iter()
+        .map(|outcome| pb::ReplicaOutcome {
+            node_name: outcome.node_name,
+            ok: outcome.result.is_ok(),
+            error: outcome.result.err().unwrap_or_default(),
+            bytes_sent: outcome.bytes_sent,
+            millis: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
+            resumed_from: outcome.resumed_from,
+        })
+        .collect()
+}

@@ -1,0 +1,88 @@
+//! Preparing a restore on this node (a checkpoint image the runtime
+//! restores from) and releasing what it left once the restore ran.
+
+use super::*;
+
+impl AgentService {
+    pub(super) async fn prepare_restore_here(
+        &self,
+        request: Request<pb::PrepareRestoreRequest>,
+    ) -> Result<Response<pb::PrepareRestoreResponse>, Status> {
+        let id = request.into_inner().archive_id;
+        names::archive_id("archive_id", &id)?;
+        let build_dir = self.inner.prepared.build_dir(&id);
+        let (meta, path, built) = self
+            .blocking(move |store| {
+                // A restore must never start from bytes that changed on disk:
+                // the archive is verified (an encrypted one decrypted to a
+                // private temporary copy, verified while written).
+                let plaintext = store.plaintext_archive(&id)?;
+                let meta = plaintext.meta().clone();
+                let reference = names::checkpoint_image(
+                    &meta.namespace,
+                    &meta.policy,
+                    &meta.container,
+                    &names::random_grant()?,
+                );
+                let built = image::build_checkpoint_image(
+                    plaintext.path(),
+                    &id,
+                    &reference,
+                    &build_dir,
+                    true,
+                )?;
+                // The decrypted copy goes when `plaintext` drops; the image's
+                // layer is the same plaintext archive and stays as the file
+                // to restore from.
+                let path = if plaintext.is_copy() {
+                    built.layout_dir.join("blobs").join("sha256").join(&id)
+                } else {
+                    plaintext.path().to_owned()
+                };
+                Ok((meta, path, built))
+            })
+            .await?;
+        if let Some(importer) = &self.inner.importer {
+            let archive = built.archive_path.as_deref().ok_or_else(|| {
+                Status::internal(format!(
+                    "checkpoint image of archive {} was built without its OCI archive",
+                    meta.id
+                ))
+            })?;
+            let record_id = meta.id.clone();
+            let reference = built.reference.clone();
+            let prepared = self.inner.prepared.clone();
+            tokio::task::spawn_blocking(move || prepared.record(&record_id, &reference))
+                .await
+                .map_err(|e| Status::internal(format!("recording the prepared image: {e}")))??;
+            importer
+                .import(archive, &built.reference)
+                .await
+                .map_err(Status::from)?;
+        }
+        let mut pod_annotations = std::collections::HashMap::new();
+        pod_annotations.insert("ferry.dev/restore-archive".to_owned(), meta.id.clone());
+        Ok(Response::new(pb::PrepareRestoreResponse {
+            archive: Some(convert::archive_to_proto(&meta)),
+            image: built.reference,
+            pod_annotations,
+            archive_path: path.display().to_string(),
+        }))
+    }
+
+    pub(super) async fn release_restore_here(
+        &self,
+        request: Request<pb::ReleaseRestoreRequest>,
+    ) -> Result<Response<pb::ReleaseRestoreResponse>, Status> {
+        let id = request.into_inner().archive_id;
+        let released = self.inner.prepared.release(&id).await?;
+        if !released.images.is_empty() || released.bytes > 0 {
+            tracing::info!(archive = %id, images = ?released.images, freed_bytes = released.bytes,
+                "restore released: its prepared image and files are gone");
+        }
+        Ok(Response::new(pb::ReleaseRestoreResponse {
+            images: released.images,
+            freed_bytes: released.bytes,
+        }))
+    }
+}
