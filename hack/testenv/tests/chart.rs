@@ -2105,6 +2105,29 @@ async fn agent_restore_backend_reaches_flags_and_mounts() -> TestResult {
     Ok(())
 }
 
+/// Renders each of `templates` alone and applies it (server-side) to the
+/// control plane.
+async fn apply_templates(cp: &ControlPlane, templates: &[&str]) -> TestResult {
+    for template in templates {
+        let rendered = render(&["--show-only", template]).await?;
+        let mut apply = cp.kubectl();
+        apply.args([
+            "apply",
+            "--server-side",
+            "--field-manager=ferry-chart-test",
+            "-f",
+            "-",
+        ]);
+        let out = run(apply, Some(rendered.clone().into_bytes())).await?;
+        assert!(
+            out.status.success(),
+            "applying {template} failed:\n{}\n{rendered}",
+            describe(&out)
+        );
+    }
+    Ok(())
+}
+
 /// A pod of `owner` (a ReplicaSet name), optionally carrying ferry's
 /// rewrite for the failed pod `claims`.
 fn guarded_pod(owner: &str, claims: Option<&str>, gated: bool) -> k8s_openapi::api::core::v1::Pod {
@@ -2155,21 +2178,7 @@ async fn try_create(
 async fn failover_guard_refuses_replacements_without_the_restore() -> TestResult {
     let cp = ControlPlane::shared().await?;
     install_crd(cp).await?;
-    let guard = render(&["--show-only", "templates/failover-guard.yaml"]).await?;
-    let mut apply = cp.kubectl();
-    apply.args([
-        "apply",
-        "--server-side",
-        "--field-manager=ferry-chart-test",
-        "-f",
-        "-",
-    ]);
-    let out = run(apply, Some(guard.clone().into_bytes())).await?;
-    assert!(
-        out.status.success(),
-        "applying the guard failed:\n{}\n{guard}",
-        describe(&out)
-    );
+    apply_templates(cp, &["templates/failover-guard.yaml"]).await?;
 
     let client = cp.client().await?;
     for ns in ["guarded", "unguarded"] {
@@ -2300,26 +2309,14 @@ fn pod_running(
 async fn checkpoint_images_run_only_in_the_replacement_ferry_admitted() -> TestResult {
     let cp = ControlPlane::shared().await?;
     install_crd(cp).await?;
-    for template in [
-        "templates/failover-guard.yaml",
-        "templates/checkpoint-images.yaml",
-    ] {
-        let rendered = render(&["--show-only", template]).await?;
-        let mut apply = cp.kubectl();
-        apply.args([
-            "apply",
-            "--server-side",
-            "--field-manager=ferry-chart-test",
-            "-f",
-            "-",
-        ]);
-        let out = run(apply, Some(rendered.clone().into_bytes())).await?;
-        assert!(
-            out.status.success(),
-            "applying {template} failed:\n{}\n{rendered}",
-            describe(&out)
-        );
-    }
+    apply_templates(
+        cp,
+        &[
+            "templates/failover-guard.yaml",
+            "templates/checkpoint-images.yaml",
+        ],
+    )
+    .await?;
     let client = cp.client().await?;
     for ns in ["victim", "thief"] {
         ensure_namespace(cp, ns).await?;
@@ -2483,23 +2480,11 @@ async fn an_agent_may_write_only_its_own_nodes_lease() -> TestResult {
     let cp = ControlPlane::shared().await?;
     let namespace = "ferry-system";
     ensure_namespace(cp, namespace).await?;
-    for template in ["templates/agent-rbac.yaml", "templates/agent-leases.yaml"] {
-        let rendered = render(&["--show-only", template]).await?;
-        let mut apply = cp.kubectl();
-        apply.args([
-            "apply",
-            "--server-side",
-            "--field-manager=ferry-chart-test",
-            "-f",
-            "-",
-        ]);
-        let out = run(apply, Some(rendered.clone().into_bytes())).await?;
-        assert!(
-            out.status.success(),
-            "applying {template} failed:\n{}\n{rendered}",
-            describe(&out)
-        );
-    }
+    apply_templates(
+        cp,
+        &["templates/agent-rbac.yaml", "templates/agent-leases.yaml"],
+    )
+    .await?;
     let client = cp.client().await?;
     // Its own Lease: allowed (once RBAC and the policy are loaded).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
