@@ -211,9 +211,10 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
             }
         }
         // With a complete view only: a pod missing from a cache that is not
-        // synced is not gone.
+        // synced is not gone. A suspended policy keeps its archives.
         let key = format!("{namespace}/{name}");
-        if crate::view::complete(snapshot.watched, &snapshot.agents, now).is_ok()
+        if !policy.spec.suspend
+            && crate::view::complete(snapshot.watched, &snapshot.agents, now).is_ok()
             && context.gone_pod_sweep_due(&key, gone_pods::SWEEP_EVERY)
         {
             let live = gone_pods::live_pod_uids(
