@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! <images>/<archive id>/        build directory of the image
-//! <images>/<archive id>.refs    references imported into containerd, one a line
+//! <images>/<archive id>.refs    "<failover> <reference>" per image imported into containerd
 //! ```
 
 use std::fs;
@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use crate::containerd::ContainerdImporter;
 use crate::{Error, names};
+
+/// One line of a refs file: the failover it was prepared for, the image.
+type Prepared<'a> = (&'a str, &'a str);
 
 /// What one release removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -33,11 +36,16 @@ pub struct Released {
 pub struct PreparedRestores {
     dir: PathBuf,
     importer: Option<ContainerdImporter>,
+    busy: tokio::sync::Mutex<()>,
 }
 
 impl PreparedRestores {
     pub fn new(dir: PathBuf, importer: Option<ContainerdImporter>) -> Self {
-        Self { dir, importer }
+        Self {
+            dir,
+            importer,
+            busy: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Where the image of `archive_id` is built.
@@ -49,10 +57,15 @@ impl PreparedRestores {
         self.dir.join(format!("{archive_id}.refs"))
     }
 
-    /// Notes that `reference` was imported for `archive_id`, before the
-    /// import, so a crash in between still leaves a trace to clean up.
-    pub fn record(&self, archive_id: &str, reference: &str) -> Result<(), Error> {
+    /// Notes that `reference` is imported for `archive_id` on behalf of
+    /// `failover` (empty: none named), before the import, so a crash in
+    /// between still leaves a trace to clean up.
+    pub fn record(&self, archive_id: &str, failover: &str, reference: &str) -> Result<(), Error> {
         names::archive_id("archive_id", archive_id)?;
+        let failover = if failover.is_empty() { "-" } else { failover };
+        if failover != "-" {
+            names::uid("failover", failover)?;
+        }
         let path = self.refs_path(archive_id);
         fs::create_dir_all(&self.dir).map_err(|e| Error::io("creating", &self.dir, e))?;
         let mut file = fs::OpenOptions::new()
@@ -61,26 +74,48 @@ impl PreparedRestores {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io("opening", &path, e))?;
-        writeln!(file, "{reference}").map_err(|e| Error::io("writing", &path, e))
+        writeln!(file, "{failover} {reference}").map_err(|e| Error::io("writing", &path, e))
     }
 
-    /// Removes everything prepared for `archive_id`; nothing prepared is no
-    /// error.
-    pub async fn release(&self, archive_id: &str) -> Result<Released, Error> {
+    /// Held while a restore is prepared or released, so a release that
+    /// comes late (a cancelled failover) never removes what a newer
+    /// preparation of the same archive is building or importing.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.busy.lock().await
+    }
+
+    /// Removes what was prepared for `archive_id` on behalf of `failover`
+    /// (everything when empty), and the build directory once nothing of the
+    /// archive is left; nothing prepared is no error.
+    pub async fn release(&self, archive_id: &str, failover: &str) -> Result<Released, Error> {
         names::archive_id("archive_id", archive_id)?;
+        let _busy = self.lock().await;
         let refs_path = self.refs_path(archive_id);
         let refs = match fs::read_to_string(&refs_path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(Error::io("reading", &refs_path, e)),
         };
+        let (gone, kept): (Vec<Prepared<'_>>, Vec<Prepared<'_>>) = refs
+            .lines()
+            .filter_map(|line| line.trim().split_once(' '))
+            .partition(|(owner, _)| failover.is_empty() || *owner == failover);
+        let gone: Vec<&str> = gone.into_iter().map(|(_, reference)| reference).collect();
         let mut released = Released::default();
         if let Some(importer) = &self.importer {
-            for reference in refs.lines().map(str::trim).filter(|r| !r.is_empty()) {
+            for reference in &gone {
                 if importer.remove(reference).await? {
-                    released.images.push(reference.to_owned());
+                    released.images.push((*reference).to_owned());
                 }
             }
+        }
+        if !kept.is_empty() {
+            let rest: String = kept
+                .iter()
+                .map(|(owner, reference)| format!("{owner} {reference}\n"))
+                .collect();
+            fs::write(&refs_path, rest).map_err(|e| Error::io("writing", &refs_path, e))?;
+            return Ok(released);
         }
         let build = self.build_dir(archive_id);
         released.bytes = tokio::task::spawn_blocking(move || remove_tree(&build))
@@ -158,17 +193,41 @@ mod tests {
         let build = prepared.build_dir(&id);
         fs::create_dir_all(build.join("layout/blobs")).unwrap();
         fs::write(build.join("layout/blobs/layer"), vec![7u8; 4096]).unwrap();
-        prepared
-            .record(&id, "localhost/ferry/checkpoint/demo/counter/app:00")
-            .unwrap();
+        let failover = "3f2a1b4c-0000-4000-8000-000000000001";
+        let newer = "3f2a1b4c-0000-4000-8000-000000000002";
+        // A retry of the same preparation, then a newer failover's.
+        for grant in ["00", "01"] {
+            prepared
+                .record(
+                    &id,
+                    failover,
+                    &format!("localhost/ferry/checkpoint/demo/counter/app:{grant}"),
+                )
+                .unwrap();
+        }
         assert_eq!(prepared.older_than(Duration::ZERO), vec![id.clone()]);
         assert!(prepared.older_than(Duration::from_secs(3600)).is_empty());
 
-        let released = prepared.release(&id).await.unwrap();
+        prepared
+            .record(&id, newer, "localhost/ferry/checkpoint/demo/counter/app:02")
+            .unwrap();
+        // Releasing the first failover keeps what the newer one still has.
+        assert_eq!(prepared.release(&id, failover).await.unwrap().bytes, 0);
+        assert!(build.exists());
+        let refs = fs::read_to_string(dir.path().join(format!("{id}.refs"))).unwrap();
+        assert_eq!(
+            refs,
+            format!("{newer} localhost/ferry/checkpoint/demo/counter/app:02\n")
+        );
+
+        let released = prepared.release(&id, newer).await.unwrap();
         assert_eq!(released.bytes, 4096);
         assert!(!build.exists());
         assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
-        assert_eq!(prepared.release(&id).await.unwrap(), Released::default());
-        assert!(prepared.release("../etc").await.is_err());
+        assert_eq!(
+            prepared.release(&id, "").await.unwrap(),
+            Released::default()
+        );
+        assert!(prepared.release("../etc", "").await.is_err());
     }
 }

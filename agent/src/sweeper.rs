@@ -76,7 +76,7 @@ pub async fn release_stale_restores(
             .await
             .unwrap_or_default();
         for id in stale {
-            match prepared.release(&id).await {
+            match prepared.release(&id, "").await {
                 Ok(released) => tracing::info!(archive = %id, images = ?released.images,
                     freed_bytes = released.bytes, ttl_s = ttl.as_secs(),
                     "removed a restore nobody released within its TTL"),

@@ -218,6 +218,7 @@ async fn a_flipped_byte_is_detected_and_rejected() {
     let status = client
         .prepare_restore(pb::PrepareRestoreRequest {
             archive_id: archive.id.clone(),
+            failover: String::new(),
         })
         .await
         .unwrap_err();
@@ -597,6 +598,7 @@ async fn encrypted_agents_replicate_and_keep_no_plaintext_on_disk() {
         .await
         .prepare_restore(pb::PrepareRestoreRequest {
             archive_id: archive.id.clone(),
+            failover: String::new(),
         })
         .await
         .unwrap_or_else(|s| panic!("prepare restore: {s}\n{}", b.log_text()))
@@ -617,6 +619,7 @@ async fn encrypted_agents_replicate_and_keep_no_plaintext_on_disk() {
         .await
         .release_restore(pb::ReleaseRestoreRequest {
             archive_id: archive.id.clone(),
+            failover: String::new(),
         })
         .await
         .unwrap_or_else(|s| panic!("release restore: {s}\n{}", b.log_text()))

@@ -159,7 +159,7 @@ impl AgentService {
         self.inner.metrics.count_deleted(reason, deleted.len());
         for id in &deleted {
             // A restore prepared from an archive goes with it.
-            if let Err(err) = self.inner.prepared.release(id).await {
+            if let Err(err) = self.inner.prepared.release(id, "").await {
                 tracing::warn!(archive = %id, error = %err, "could not remove the restore prepared from a deleted archive");
             }
         }

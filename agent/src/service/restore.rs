@@ -8,8 +8,16 @@ impl AgentService {
         &self,
         request: Request<pb::PrepareRestoreRequest>,
     ) -> Result<Response<pb::PrepareRestoreResponse>, Status> {
-        let id = request.into_inner().archive_id;
+        let pb::PrepareRestoreRequest {
+            archive_id: id,
+            failover,
+        } = request.into_inner();
         names::archive_id("archive_id", &id)?;
+        if !failover.is_empty() {
+            names::uid("failover", &failover)?;
+        }
+        // A late release of an earlier preparation waits for this one.
+        let _busy = self.inner.prepared.lock().await;
         let build_dir = self.inner.prepared.build_dir(&id);
         let (meta, path, built) = self
             .blocking(move |store| {
@@ -52,7 +60,7 @@ impl AgentService {
             let record_id = meta.id.clone();
             let reference = built.reference.clone();
             let prepared = self.inner.prepared.clone();
-            tokio::task::spawn_blocking(move || prepared.record(&record_id, &reference))
+            tokio::task::spawn_blocking(move || prepared.record(&record_id, &failover, &reference))
                 .await
                 .map_err(|e| Status::internal(format!("recording the prepared image: {e}")))??;
             importer
@@ -74,8 +82,11 @@ impl AgentService {
         &self,
         request: Request<pb::ReleaseRestoreRequest>,
     ) -> Result<Response<pb::ReleaseRestoreResponse>, Status> {
-        let id = request.into_inner().archive_id;
-        let released = self.inner.prepared.release(&id).await?;
+        let pb::ReleaseRestoreRequest {
+            archive_id: id,
+            failover,
+        } = request.into_inner();
+        let released = self.inner.prepared.release(&id, &failover).await?;
         if !released.images.is_empty() || released.bytes > 0 {
             tracing::info!(archive = %id, images = ?released.images, freed_bytes = released.bytes,
                 "restore released: its prepared image and files are gone");

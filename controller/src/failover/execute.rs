@@ -221,6 +221,7 @@ async fn prepare(
     for archive in archives {
         let mut request = tonic::Request::new(pb::PrepareRestoreRequest {
             archive_id: archive.clone(),
+            failover: record.pod_uid.clone(),
         });
         request.set_timeout(Duration::from_secs(120));
         match client.prepare_restore(request).await {

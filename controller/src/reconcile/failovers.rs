@@ -275,11 +275,13 @@ fn release_restore(context: &Context, agents: &AgentIndex, record: &FailoverReco
     }
     let pool = context.agents.clone();
     let endpoint = agent.endpoint.clone();
+    let failover = record.pod_uid.clone();
     let pod = record.pod.clone();
     tokio::spawn(async move {
         for archive_id in archives {
             let mut request = tonic::Request::new(pb::ReleaseRestoreRequest {
                 archive_id: archive_id.clone(),
+                failover: failover.clone(),
             });
             request.set_timeout(RELEASE_TIMEOUT);
             let result = match pool.client(&endpoint) {

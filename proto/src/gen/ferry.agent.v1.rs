@@ -286,6 +286,11 @@ pub struct DeleteArchivesResponse {
 pub struct ReleaseRestoreRequest {
     #[prost(string, tag = "1")]
     pub archive_id: ::prost::alloc::string::String,
+    /// Only what was prepared for this failover (PrepareRestoreRequest's
+    /// `failover`); the files go once nothing of the archive is left. Empty:
+    /// everything prepared for the archive.
+    #[prost(string, tag = "2")]
+    pub failover: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -302,6 +307,11 @@ pub struct ReleaseRestoreResponse {
 pub struct PrepareRestoreRequest {
     #[prost(string, tag = "1")]
     pub archive_id: ::prost::alloc::string::String,
+    /// What the preparation is for (the failed pod's UID), so releasing that
+    /// failover removes all it prepared, retries included, and nothing of
+    /// another failover's.
+    #[prost(string, tag = "2")]
+    pub failover: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
