@@ -1,6 +1,7 @@
-//! The store's own housekeeping on a timer: what no request triggers.
-//! Retention whose `maxAge` ran out while no new checkpoint came, and
-//! partial replicas whose sender died and never resumed.
+//! The agent's own housekeeping on a timer: what no request triggers.
+//! Retention whose `maxAge` ran out while no new checkpoint came, partial
+//! replicas whose sender died and never resumed, and restores nobody
+//! released.
 
 use std::sync::Arc;
 use std::time::Duration;
