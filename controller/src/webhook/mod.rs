@@ -1136,8 +1136,9 @@ mod tests {
         );
     }
 
-    fn request(pod_json: &Value, dry_run: bool) -> AdmissionRequest<DynamicObject> {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+    /// The AdmissionReview the API server posts for creating `pod_json`.
+    fn review(pod_json: &Value, dry_run: bool) -> Value {
+        json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
@@ -1150,8 +1151,12 @@ mod tests {
                 "object": pod_json,
                 "dryRun": dry_run
             }
-        }))
-        .unwrap();
+        })
+    }
+
+    fn request(pod_json: &Value, dry_run: bool) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_value(review(pod_json, dry_run)).unwrap();
         review.try_into().unwrap()
     }
 
@@ -1236,24 +1241,9 @@ mod tests {
         assert_eq!(state.metrics().admissions("error"), 1);
     }
 
-    /// A review of `pod_json` as the API server posts it.
+    /// The body of that review, as the handler receives it.
     fn review_body(pod_json: &Value) -> Bytes {
-        Bytes::from(
-            serde_json::to_vec(&json!({
-                "apiVersion": "admission.k8s.io/v1",
-                "kind": "AdmissionReview",
-                "request": {
-                    "uid": "req-1",
-                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "namespace": NS,
-                    "operation": "CREATE",
-                    "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                    "object": pod_json,
-                }
-            }))
-            .unwrap(),
-        )
+        Bytes::from(serde_json::to_vec(&review(pod_json, false)).unwrap())
     }
 
     /// A client of an API server that is not there (nothing listens on
