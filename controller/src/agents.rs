@@ -181,6 +181,38 @@ impl AgentPool {
         Ok(AgentClient::new(channel))
     }
 
+    /// Sends `request` to the agents of `agents` at once, each call bounded
+    /// by `timeout`; an agent whose Lease expired gets no call and an error.
+    /// Returns each node's answer.
+    pub async fn delete_archives_on<'a>(
+        &self,
+        agents: impl IntoIterator<Item = &'a AgentInfo>,
+        request: &ferry_proto::v1::DeleteArchivesRequest,
+        timeout: Duration,
+        now: jiff::Timestamp,
+    ) -> Vec<(
+        String,
+        Result<ferry_proto::v1::DeleteArchivesResponse, String>,
+    )> {
+        let calls = agents.into_iter().map(|agent| async move {
+            if !agent.live(now) {
+                return (agent.node.clone(), Err("agent lease expired".to_owned()));
+            }
+            let result = async {
+                let mut call = tonic::Request::new(request.clone());
+                call.set_timeout(timeout);
+                self.client(&agent.endpoint)?
+                    .delete_archives(call)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| status_message(&s))
+            }
+            .await;
+            (agent.node.clone(), result)
+        });
+        futures::future::join_all(calls).await
+    }
+
     /// Drops the channel of an endpoint after a transport error, so the
     /// next call reconnects (an agent that restarted on the same address).
     pub fn forget(&self, endpoint: &str) {

@@ -16,7 +16,7 @@ use ferry_api::CheckpointPolicyStatus;
 use ferry_proto::v1 as pb;
 
 use crate::Context;
-use crate::agents::{AgentIndex, status_message};
+use crate::agents::{AgentIndex, AgentInfo};
 
 /// How often one policy's gone pods are swept.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -74,25 +74,19 @@ pub(super) fn sweep(
     request: pb::DeleteArchivesRequest,
     now: jiff::Timestamp,
 ) {
-    let endpoints: Vec<(String, String)> = agents
+    let live: Vec<AgentInfo> = agents
         .by_node
         .values()
         .filter(|a| a.live(now))
-        .map(|a| (a.node.clone(), a.endpoint.clone()))
+        .cloned()
         .collect();
     let context = context.clone();
     tokio::spawn(async move {
-        for (node, endpoint) in endpoints {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(Duration::from_secs(10));
-            let result = match context.agents.client(&endpoint) {
-                Ok(mut client) => client
-                    .delete_archives(call)
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|s| status_message(&s)),
-                Err(err) => Err(err),
-            };
+        let results = context
+            .agents
+            .delete_archives_on(&live, &request, CALL_TIMEOUT, now)
+            .await;
+        for (node, result) in results {
             match result {
                 Ok(done) if !done.deleted.is_empty() => tracing::info!(
                     policy = %request.policy, %node, archives = done.deleted.len(),
@@ -104,6 +98,9 @@ pub(super) fn sweep(
         }
     });
 }
+
+/// How long one agent may take to answer a sweep.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

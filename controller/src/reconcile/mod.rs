@@ -24,7 +24,7 @@ use ferry_api::names::{CONTROLLER_FIELD_MANAGER, POLICY_FINALIZER};
 use ferry_api::{CheckpointPolicy, CheckpointPolicyStatus, Strategy};
 use ferry_proto::v1 as pb;
 
-use crate::agents::{AgentIndex, status_message};
+use crate::agents::AgentIndex;
 use crate::checkpointer::{Admission, Failure as CheckpointFailure, Job};
 use crate::detect;
 use crate::metrics::{ErrorLabels, PolicyLabels};
@@ -654,31 +654,21 @@ async fn cleanup(policy: &CheckpointPolicy, context: &Context) -> Result<Action,
     }
     let agents = AgentIndex::from_leases(context.leases.state().iter().map(AsRef::as_ref));
     let now = jiff::Timestamp::now();
-    let calls = agents.by_node.values().map(|agent| {
-        let key = key.clone();
-        async move {
-            if !agent.live(now) {
-                return (agent.node.clone(), Err("agent lease expired".to_owned()));
-            }
-            let result = async {
-                let mut client = context.agents.client(&agent.endpoint)?;
-                let mut request = tonic::Request::new(pb::DeleteArchivesRequest {
-                    archive_ids: Vec::new(),
-                    policy: key.clone(),
-                    gone_pods: None,
-                });
-                request.set_timeout(Duration::from_secs(10));
-                client
-                    .delete_archives(request)
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| status_message(&s))
-            }
-            .await;
-            (agent.node.clone(), result)
-        }
-    });
-    for (node, result) in futures::future::join_all(calls).await {
+    let request = pb::DeleteArchivesRequest {
+        archive_ids: Vec::new(),
+        policy: key.clone(),
+        gone_pods: None,
+    };
+    let results = context
+        .agents
+        .delete_archives_on(
+            agents.by_node.values(),
+            &request,
+            Duration::from_secs(10),
+            now,
+        )
+        .await;
+    for (node, result) in results {
         match result {
             Ok(deleted) => tracing::info!(policy = %key, %node, archives = deleted.deleted.len(),
                 freed_bytes = deleted.freed_bytes, "deleted the policy's archives"),
