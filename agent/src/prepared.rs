@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::containerd::ContainerdImporter;
+use crate::store::untouched_for;
 use crate::{Error, names};
 
 /// One line of a refs file: the failover it was prepared for, the image.
@@ -137,14 +138,7 @@ impl PreparedRestores {
         };
         let mut ids: Vec<String> = entries
             .filter_map(Result::ok)
-            .filter(|entry| {
-                entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|modified| modified.elapsed().ok())
-                    .is_some_and(|age| age > ttl)
-            })
+            .filter(|entry| untouched_for(&entry.path(), ttl))
             .filter_map(|entry| {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let id = name.strip_suffix(".refs").unwrap_or(&name).to_owned();

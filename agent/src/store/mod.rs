@@ -228,12 +228,7 @@ impl Store {
         for entry in read_dir(&self.incoming)? {
             let (stem, ext) = split_name(&entry);
             let header = self.incoming.join(format!("{stem}.json"));
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|modified| modified.elapsed().ok())
-                .is_some_and(|age| age > STALE_INCOMING);
+            let stale = untouched_for(&entry, STALE_INCOMING);
             let headless = ext == "part" && !header.exists();
             let complete = self.archives.join(format!("{stem}.json")).exists();
             if stale || headless || complete || !matches!(ext.as_str(), "part" | "json") {
@@ -462,6 +457,15 @@ impl Store {
         }
         Ok(totals)
     }
+}
+
+/// Whether nothing modified `path` for longer than `age`.
+pub(crate) fn untouched_for(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| modified.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
 }
 
 /// Reads until `buffer` is full or the end; returns the bytes read.

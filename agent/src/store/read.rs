@@ -17,28 +17,11 @@ impl Store {
                 _copy: None,
             });
         }
-        let (meta, mut reader) = self.open_archive(id, 0)?;
         let mut temp = private_temp_file(&self.tmp, "plaintext-")?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; COPY_BUFFER];
-        loop {
-            let read = reader
-                .read(&mut buffer)
-                .map_err(|e| Error::from_read("reading", self.content_path(id), e))?;
-            if read == 0 {
-                break;
-            }
-            hasher.update(&buffer[..read]);
-            temp.write_all(&buffer[..read])
-                .map_err(|e| Error::io("writing", temp.path(), e))?;
-        }
-        let actual = hex::encode(hasher.finalize());
-        if actual != id {
-            return Err(Error::HashMismatch {
-                id: id.to_owned(),
-                actual,
-            });
-        }
+        let meta = self.read_verified(id, |piece| {
+            temp.write_all(piece)
+                .map_err(|e| Error::io("writing", temp.path(), e))
+        })?;
         temp.flush()
             .map_err(|e| Error::io("writing", temp.path(), e))?;
         let copy = temp.into_temp_path();
@@ -120,6 +103,16 @@ impl Store {
 
     /// Re-reads an archive and checks its hash (before a restore trusts it).
     pub fn verify(&self, id: &str) -> Result<ArchiveMeta, Error> {
+        self.read_verified(id, |_| Ok(()))
+    }
+
+    /// Reads archive `id` from its start, handing each piece to `each`,
+    /// and checks that the whole hashes to its id.
+    fn read_verified(
+        &self,
+        id: &str,
+        mut each: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<ArchiveMeta, Error> {
         let (meta, mut reader) = self.open_archive(id, 0)?;
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; COPY_BUFFER];
@@ -131,6 +124,7 @@ impl Store {
                 break;
             }
             hasher.update(&buffer[..read]);
+            each(&buffer[..read])?;
         }
         let actual = hex::encode(hasher.finalize());
         if actual != id {

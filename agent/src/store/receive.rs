@@ -13,13 +13,7 @@ impl Store {
         let mut removed = HashSet::new();
         for entry in read_dir(&self.incoming)? {
             let (stem, _) = split_name(&entry);
-            let idle = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|modified| modified.elapsed().ok())
-                .is_some_and(|age| age > max_idle);
-            if !idle {
+            if !untouched_for(&entry, max_idle) {
                 continue;
             }
             // Held while removing, so a transfer cannot claim the id between
