@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{AgentProcess, Pki, import_archive, listed};
+use common::{AgentProcess, Pki, import_archive, listed, replicate_to};
 use ferry_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -112,25 +112,9 @@ async fn a_replica_declared_larger_than_the_disk_or_quota_is_refused_up_front() 
     let first = import_archive(&a.data_dir, 8 * MIB, 1);
     let second = import_archive(&a.data_dir, 8 * MIB, 2);
     let mut client = pki.controller(&a.endpoint).await;
-    let replicate = |id: &str| pb::ReplicateRequest {
-        archive_id: id.into(),
-        peers: vec![b.peer()],
-    };
-    let outcome = client
-        .replicate(replicate(&first.id))
-        .await
-        .unwrap()
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = replicate_to(&mut client, &first.id, b.peer()).await;
     assert!(outcome.ok, "{}", outcome.error);
-    let outcome = client
-        .replicate(replicate(&second.id))
-        .await
-        .unwrap()
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = replicate_to(&mut client, &second.id, b.peer()).await;
     assert!(!outcome.ok);
     assert!(
         outcome.error.contains("quota of 12582912 bytes"),
@@ -175,16 +159,7 @@ async fn more_streams_than_allowed_are_refused_and_the_running_ones_finish() {
     let mut client = pki.controller(&a.endpoint).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let outcome = client
-            .replicate(pb::ReplicateRequest {
-                archive_id: archive.id.clone(),
-                peers: vec![b.peer()],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .replicas
-            .remove(0);
+        let outcome = replicate_to(&mut client, &archive.id, b.peer()).await;
         if outcome.ok {
             break;
         }

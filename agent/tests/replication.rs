@@ -8,7 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AgentProcess, Pki, import_archive, import_archive_with, key_flag, listed, write_key};
+use common::{
+    AgentProcess, Pki, import_archive, import_archive_with, key_flag, listed, replicate_to,
+    write_key,
+};
 use ferry_proto::v1 as pb;
 use tonic::Code;
 
@@ -186,16 +189,7 @@ async fn a_flipped_byte_is_detected_and_rejected() {
     std::fs::write(&path, bytes).unwrap();
 
     let mut client = pki.controller(&a.endpoint).await;
-    let outcome = client
-        .replicate(pb::ReplicateRequest {
-            archive_id: archive.id.clone(),
-            peers: vec![c.peer()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = replicate_to(&mut client, &archive.id, c.peer()).await;
     assert!(!outcome.ok);
     assert!(
         outcome.error.contains("DataLoss") && outcome.error.contains("is corrupt"),
@@ -407,26 +401,10 @@ async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
     let too_big = import_archive(&a.data_dir, 64 * MIB, 2);
 
     let mut client = pki.controller(&a.endpoint).await;
-    let replicate = |id: &str| pb::ReplicateRequest {
-        archive_id: id.into(),
-        peers: vec![d.peer()],
-    };
-    let outcome = client
-        .replicate(replicate(&first.id))
-        .await
-        .unwrap()
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = replicate_to(&mut client, &first.id, d.peer()).await;
     assert!(outcome.ok, "{}", outcome.error);
 
-    let outcome = client
-        .replicate(replicate(&too_big.id))
-        .await
-        .unwrap()
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = replicate_to(&mut client, &too_big.id, d.peer()).await;
     assert!(!outcome.ok);
     // Refused before a byte is written: the declared size does not fit.
     assert!(
@@ -460,18 +438,12 @@ async fn zstd_compressed_streams_arrive_verified() {
     let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &["--zstd"]).await;
     let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
     let archive = import_archive(&a.data_dir, 48 * MIB + 12_345, 5);
-    let outcome = pki
-        .controller(&a.endpoint)
-        .await
-        .replicate(pb::ReplicateRequest {
-            archive_id: archive.id.clone(),
-            peers: vec![b.peer()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = replicate_to(
+        &mut pki.controller(&a.endpoint).await,
+        &archive.id,
+        b.peer(),
+    )
+    .await;
     assert!(outcome.ok, "{}\n{}", outcome.error, b.log_text());
     assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
     ferry_agent::store::Store::open(&b.data_dir, u64::MAX)

@@ -327,6 +327,25 @@ pub fn import_archive_with(
     meta
 }
 
+/// Asks the agent behind `client` to send archive `id` to `peer`; the
+/// outcome of that one replica.
+pub async fn replicate_to(
+    client: &mut AgentClient<Channel>,
+    id: &str,
+    peer: ferry_proto::v1::Peer,
+) -> ferry_proto::v1::ReplicaOutcome {
+    client
+        .replicate(ferry_proto::v1::ReplicateRequest {
+            archive_id: id.into(),
+            peers: vec![peer],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .replicas
+        .remove(0)
+}
+
 /// Ids of the archives an agent lists.
 pub async fn listed(pki: &Pki, agent: &AgentProcess) -> Vec<String> {
     let mut client = pki.controller(&agent.endpoint).await;
