@@ -145,6 +145,7 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
         .name
         .clone()
         .ok_or(Error::MissingMetadata("metadata.name"))?;
+    let key = format!("{namespace}/{name}");
     let policy_ref = ObjectRef::from_obj(policy);
     let snapshot = Snapshot::take(context, &namespace);
     let now = snapshot.now;
@@ -212,7 +213,6 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
         }
         // With a complete view only: a pod missing from a cache that is not
         // synced is not gone. A suspended policy keeps its archives.
-        let key = format!("{namespace}/{name}");
         if !policy.spec.suspend
             && crate::view::complete(snapshot.watched, &snapshot.agents, now).is_ok()
             && context.gone_pod_sweep_due(&key, gone_pods::SWEEP_EVERY)
@@ -240,14 +240,13 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
                 .metrics
                 .checkpoint_age
                 .get_or_create(&PolicyLabels {
-                    policy: format!("{namespace}/{name}"),
+                    policy: key.clone(),
                 })
                 .set(age.as_secs_f64());
         }
     }
 
     if policy.status.as_ref() != Some(&status) {
-        let key = format!("{namespace}/{name}");
         let since_write = context.since_status_write(&key);
         let wait =
             STATUS_PROGRESS_PERIOD.saturating_sub(since_write.unwrap_or(STATUS_PROGRESS_PERIOD));
