@@ -144,16 +144,7 @@ impl AgentService {
                         ),
                     }
                 }
-                let mut deleted = Vec::new();
-                let mut freed = 0;
-                for id in ids {
-                    let bytes = store.delete(&id)?;
-                    if bytes > 0 {
-                        freed += bytes;
-                        deleted.push(id);
-                    }
-                }
-                Ok((deleted, freed))
+                store.delete_all(ids)
             })
             .await?;
         self.inner.metrics.count_deleted(reason, deleted.len());

@@ -428,25 +428,32 @@ impl Store {
             .into_iter()
             .filter(|a| a.retention_group() == like.retention_group())
             .collect();
-        self.delete_all(retention::victims(&group, rules, now_millis))
+        Ok(self
+            .delete_all(retention::victims(&group, rules, now_millis))?
+            .0)
     }
 
     /// Applies every container's own retention to its archives (see
     /// [`retention::sweep_victims`]); returns the ids deleted.
     pub fn sweep_retention(&self, now_millis: i64) -> Result<Vec<String>, Error> {
         let archives = self.list()?;
-        self.delete_all(retention::sweep_victims(&archives, now_millis))
+        Ok(self
+            .delete_all(retention::sweep_victims(&archives, now_millis))?
+            .0)
     }
 
-    /// Deletes `ids`; returns those that were here.
-    pub fn delete_all(&self, ids: Vec<String>) -> Result<Vec<String>, Error> {
+    /// Deletes `ids`; returns those that were here and the bytes freed.
+    pub fn delete_all(&self, ids: Vec<String>) -> Result<(Vec<String>, u64), Error> {
         let mut deleted = Vec::new();
+        let mut freed = 0;
         for id in ids {
-            if self.delete(&id)? > 0 {
+            let bytes = self.delete(&id)?;
+            if bytes > 0 {
+                freed += bytes;
                 deleted.push(id);
             }
         }
-        Ok(deleted)
+        Ok((deleted, freed))
     }
 
     /// Bytes held per policy, for metrics.
