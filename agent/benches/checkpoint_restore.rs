@@ -99,8 +99,10 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
 
     // Checkpoint on A, replicated to B.
     let before = jiff::Timestamp::now();
-    let taken = a_client
-        .checkpoint(pb::CheckpointRequest {
+    let taken = common::checkpoint_announced(
+        pki,
+        &a.agent,
+        pb::CheckpointRequest {
             policy: "tier4/bench".into(),
             container: Some(container(&pod)),
             peers: vec![b.agent.peer()],
@@ -110,10 +112,11 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
                 max_bytes: 0,
                 max_age_seconds: 0,
             }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        },
+    )
+    .await
+    .unwrap()
+    .into_inner();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = jiff::Timestamp::now();
     let archive = taken.archive.unwrap();

@@ -411,13 +411,14 @@ impl TlsCopy {
             .add(CertificateDer::from_pem_file(&pki.ca).unwrap())
             .unwrap();
         let roots = Arc::new(roots);
+        let (agent_cert, agent_key) = pki.agent("tls-copy");
         let chain = || {
-            CertificateDer::pem_file_iter(&pki.agent_cert)
+            CertificateDer::pem_file_iter(&agent_cert)
                 .unwrap()
                 .collect::<Result<Vec<_>, _>>()
                 .unwrap()
         };
-        let key = || PrivateKeyDer::from_pem_file(&pki.agent_key).unwrap();
+        let key = || PrivateKeyDer::from_pem_file(&agent_key).unwrap();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots.clone(),
             provider.clone(),

@@ -84,8 +84,10 @@ async fn main() {
     for round in 1..=checkpoints {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let started = Instant::now();
-        let response = a_client
-            .checkpoint(pb::CheckpointRequest {
+        let response = common::checkpoint_announced(
+            &pki,
+            &a.agent,
+            pb::CheckpointRequest {
                 policy: "tier4/counter".into(),
                 container: Some(container("counter-0")),
                 peers: vec![b.agent.peer()],
@@ -95,10 +97,11 @@ async fn main() {
                     max_bytes: 0,
                     max_age_seconds: 0,
                 }),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
         let archive = response.archive.unwrap();
         let replica = &response.replicas[0];
         println!(

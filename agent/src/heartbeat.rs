@@ -38,9 +38,9 @@ use crate::lease::{FIELD_MANAGER, LeaseConfig, desired_lease, lease_name};
 use crate::metrics::{Metrics, ProbeLabels, ResultLabels, TargetLabels};
 use crate::peers::{self, Peer, PeersAnswered, ProbeResult, PublishedReach};
 use crate::service::NodeFacts;
-use crate::tls::MutualTls;
 use crate::watchdog::{FenceInputs, Fencer, Watchdog};
 use crate::{Error, lock};
+use ferry_proto::tls::Credentials;
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_client::AgentClient;
 
@@ -71,7 +71,7 @@ pub struct Heartbeat {
     pub client: Client,
     pub lease: LeaseConfig,
     pub facts: NodeFacts,
-    pub tls: MutualTls,
+    pub tls: Credentials,
     pub config: HeartbeatConfig,
     pub metrics: Arc<Metrics>,
     /// Stops protected containers; the watchdog uses it.
@@ -104,7 +104,7 @@ struct PeerAnswer {
 struct Prober {
     /// This agent's node, which peers are asked about.
     node: String,
-    tls: MutualTls,
+    tls: Credentials,
     timeout: Duration,
     /// One HTTP/2 connection per peer endpoint, reused by every probe;
     /// dropped after a failed probe so the next one connects afresh (a
@@ -118,7 +118,7 @@ impl Prober {
     async fn probe(&self, peer: &Peer, metrics: &Metrics) -> ProbeResult {
         let agent = async {
             let started = Instant::now();
-            let result = self.check_agent(&peer.endpoint).await;
+            let result = self.check_agent(&peer.node, &peer.endpoint).await;
             let answered = result.as_ref().map(|_| ()).map_err(Clone::clone);
             observe(metrics, peer, "agent", &answered, started);
             result
@@ -144,15 +144,19 @@ impl Prober {
     /// The peer agent's `Heartbeat`: whether it answers, and when it last
     /// published that it reaches this agent. An agent from before that RPC
     /// answers UNIMPLEMENTED: reachable, but no contact the controller sees.
-    async fn check_agent(&self, endpoint: &str) -> Result<PeerAnswer, String> {
+    async fn check_agent(&self, node: &str, endpoint: &str) -> Result<PeerAnswer, String> {
         let result = tokio::time::timeout(self.timeout, async {
             let cached = lock(&self.channels).get(endpoint).cloned();
             let channel = match cached {
                 Some(channel) => channel,
                 None => {
-                    let channel =
-                        crate::replication::connect_channel(&self.tls, endpoint, self.timeout)
-                            .await?;
+                    let channel = crate::replication::connect_channel(
+                        &self.tls,
+                        node,
+                        endpoint,
+                        self.timeout,
+                    )
+                    .await?;
                     lock(&self.channels).insert(endpoint.to_owned(), channel.clone());
                     channel
                 }
@@ -527,27 +531,21 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_proto::tls::Identity;
 
     fn prober() -> Prober {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["ferry-agent".into()])
+        let cert = Identity::agent("node-a")
+            .certificate_params(Duration::from_secs(3600))
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        for (name, text) in [
-            ("ca.crt", cert.pem()),
-            ("tls.crt", cert.pem()),
-            ("tls.key", key.serialize_pem()),
-        ] {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        let tls = MutualTls::load(&crate::tls::TlsFiles {
-            ca: dir.path().join("ca.crt"),
-            cert: dir.path().join("tls.crt"),
-            key: dir.path().join("tls.key"),
-        })
+        let tls = Credentials::new(
+            cert.pem().as_bytes(),
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
         .unwrap();
         Prober {
             node: "node-a".into(),
@@ -576,8 +574,15 @@ mod tests {
         assert!(timed_out.starts_with("no answer within"), "{timed_out}");
         assert!(started.elapsed() < Duration::from_secs(2));
         // The same for a silent agent, whose channel is then forgotten.
-        let failed = prober.check_agent(&endpoint).await.unwrap_err();
-        assert!(failed.starts_with("no answer within"), "{failed}");
+        let started = Instant::now();
+        let failed = prober.check_agent("node-b", &endpoint).await.unwrap_err();
+        // The connect deadline (TCP and TLS) or the probe's, whichever
+        // fires first.
+        assert!(
+            failed.starts_with("no answer within") || failed.contains("deadline has elapsed"),
+            "{failed}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
         assert!(lock(&prober.channels).is_empty());
         drop(silent);
     }

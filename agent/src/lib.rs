@@ -5,11 +5,14 @@
 //! store, streams them to peer agents over mutual TLS, and prepares restores.
 //! The gRPC API is `ferry.agent.v1` from `ferry-proto`.
 
+pub mod announcements;
+pub mod authz;
 pub mod containerd;
 pub mod convert;
 pub mod encryption;
 pub mod fencing;
 pub mod heartbeat;
+pub mod identity;
 pub mod image;
 pub mod incoming;
 pub mod kubelet;
@@ -22,6 +25,7 @@ pub mod replication;
 pub mod retention;
 pub mod runc;
 pub mod runtime;
+pub mod scope;
 pub mod service;
 pub mod store;
 pub mod sweeper;
@@ -146,6 +150,10 @@ pub enum Error {
     /// TLS material could not be loaded or a TLS connection failed.
     #[error("TLS {what}: {message}")]
     Tls { what: String, message: String },
+
+    /// This agent's certificate could not be obtained.
+    #[error("certificate of the agent of node {node}: {message}")]
+    Identity { node: String, message: String },
 
     /// A certificate or key file is unreadable or not PEM.
     #[error(transparent)]

@@ -11,6 +11,7 @@ use ferry_agent::containerd::{ContainerdConfig, ContainerdImporter};
 use ferry_agent::encryption::ArchiveKey;
 use ferry_agent::fencing::ProtectedContainers;
 use ferry_agent::heartbeat::{Heartbeat, HeartbeatConfig};
+use ferry_agent::identity::CsrConfig;
 use ferry_agent::kubelet::{KubeletClient, KubeletConfig};
 use ferry_agent::lease::LeaseConfig;
 use ferry_agent::metrics::Metrics;
@@ -21,7 +22,7 @@ use ferry_agent::runtime::{Runtime, SyntheticRuntime};
 use ferry_agent::service::{AgentService, NodeFacts, ServiceParts};
 use ferry_agent::store::{Store, StoreLimits};
 use ferry_agent::sweeper::SweepConfig;
-use ferry_agent::tls::{MutualTls, TlsFiles};
+use ferry_agent::tls::{Credentials, TlsFiles};
 use ferry_agent::{Error, sys};
 use ferry_proto::v1::agent_server::AgentServer;
 use ferry_telemetry::{Endpoints, LogFormat, Readiness};
@@ -32,6 +33,17 @@ enum RestoreBackend {
     None,
     /// Checkpoint images are imported into the node's containerd.
     Containerd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IdentitySource {
+    /// `--tls-cert` and `--tls-key`, re-read every
+    /// `--certificate-reload-interval` (hosts that are not Kubernetes
+    /// nodes, tests).
+    Files,
+    /// A CertificateSigningRequest that the ferry controller signs, bound
+    /// to this pod and node by its ServiceAccount token (clusters).
+    KubernetesCsr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,16 +76,40 @@ struct Args {
     #[arg(long, env = "FERRY_DATA_DIR", default_value = "/var/lib/ferry")]
     data_dir: PathBuf,
     /// CA that signs every ferry certificate.
-    #[arg(long, env = "FERRY_TLS_CA", default_value = "/etc/ferry/tls/ca.crt")]
+    #[arg(long, env = "FERRY_TLS_CA", default_value = "/etc/ferry/ca/ca.crt")]
     tls_ca: PathBuf,
-    /// This agent's certificate (must carry the DNS name `ferry-agent`).
+    /// Where this agent's certificate comes from.
+    #[arg(long, value_enum, env = "FERRY_IDENTITY", default_value = "files")]
+    identity: IdentitySource,
+    /// With `--identity files`: this agent's certificate, whose URI SAN is
+    /// `spiffe://ferry.dev/agent/<node>` and DNS SAN `ferry-agent`.
     #[arg(long, env = "FERRY_TLS_CERT", default_value = "/etc/ferry/tls/tls.crt")]
     tls_cert: PathBuf,
-    /// This agent's private key.
+    /// With `--identity files`: its private key.
     #[arg(long, env = "FERRY_TLS_KEY", default_value = "/etc/ferry/tls/tls.key")]
     tls_key: PathBuf,
+    /// With `--identity files`: how often the files are re-read.
+    #[arg(long, env = "FERRY_CERTIFICATE_RELOAD_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    certificate_reload_interval: Duration,
+    /// With `--identity kubernetes-csr`: the signer name the controller
+    /// serves.
+    #[arg(long, env = "FERRY_CSR_SIGNER_NAME", default_value = "ferry.dev/agent")]
+    csr_signer_name: String,
+    /// With `--identity kubernetes-csr`: the certificate's validity (at
+    /// least 10m, the API's minimum; the controller may shorten it).
+    #[arg(long, env = "FERRY_CERTIFICATE_VALIDITY", default_value = "4h", value_parser = parse_duration)]
+    certificate_validity: Duration,
+    /// Renew the certificate when this little of its life is left; default:
+    /// a third of its life.
+    #[arg(long, env = "FERRY_CERTIFICATE_RENEW_BEFORE", value_parser = parse_duration)]
+    certificate_renew_before: Option<Duration>,
     #[arg(long, value_enum, default_value = "kubelet")]
     runtime: RuntimeKind,
+    /// Do not check checkpoint requests against the API server (that the pod
+    /// runs here and a policy of its namespace selects it). Only for agents
+    /// without a Kubernetes API (`--lease-namespace` unset implies it).
+    #[arg(long)]
+    skip_checkpoint_scope: bool,
     /// Address of this node's kubelet.
     #[arg(long, env = "KUBELET_ADDRESS", default_value = "127.0.0.1")]
     kubelet_address: String,
@@ -240,11 +276,7 @@ async fn run(args: Args) -> Result<(), Error> {
     ferry_agent::names::dns_subdomain("--node-name", &args.node_name)?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
-    let tls = MutualTls::load(&TlsFiles {
-        ca: args.tls_ca.clone(),
-        cert: args.tls_cert.clone(),
-        key: args.tls_key.clone(),
-    })?;
+    let tls = credentials(&args, &metrics).await?;
     let key = args
         .encryption_key_file
         .as_deref()
@@ -459,6 +491,26 @@ async fn run(args: Args) -> Result<(), Error> {
         args.store_sweep_interval.max(Duration::from_secs(1)),
         args.prepared_restore_ttl,
     ));
+    let scope = match (&args.lease_namespace, args.skip_checkpoint_scope) {
+        (Some(_), false) => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Serve {
+                    what: "checkpoint scope checks".into(),
+                    message: format!("no Kubernetes configuration: {e}"),
+                })?;
+            Some(ferry_agent::scope::CheckpointScope::new(
+                client,
+                args.node_name.clone(),
+            ))
+        }
+        _ => {
+            tracing::warn!(
+                "checkpoint requests are not checked against the API server (no --lease-namespace, or --skip-checkpoint-scope)"
+            );
+            None
+        }
+    };
     let service = AgentService::new(ServiceParts {
         node,
         store,
@@ -470,6 +522,10 @@ async fn run(args: Args) -> Result<(), Error> {
         protected,
         published,
         fencer,
+        announcements: ferry_agent::announcements::Announcements::open(
+            &args.data_dir.join("replica-announcements.json"),
+        ),
+        scope,
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -480,12 +536,14 @@ async fn run(args: Args) -> Result<(), Error> {
         .await
         .map_err(|e| Error::io("binding", args.grpc_addr.to_string(), e))?;
     let bound = listener.local_addr().unwrap_or(args.grpc_addr);
+    let refused_metrics = metrics.clone();
+    let incoming =
+        ferry_proto::tls::serve_tls(listener, tls.server_config(), move |remote, reason| {
+            refused_metrics.tls_refused.inc();
+            tracing::warn!(%remote, reason, "refused a connection");
+        });
     let grpc = tonic::transport::Server::builder()
-        .tls_config(tls.server())
-        .map_err(|e| Error::Tls {
-            what: "server configuration".into(),
-            message: e.to_string(),
-        })?
+        .layer(ferry_agent::authz::AuthorizeLayer::new(metrics.clone()))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .add_service(health_service)
@@ -494,10 +552,7 @@ async fn run(args: Args) -> Result<(), Error> {
                 .max_decoding_message_size(4 << 20)
                 .max_encoding_message_size(4 << 20),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown(),
-        );
+        .serve_with_incoming_shutdown(incoming, shutdown());
     tracing::info!(addr = %bound, node = %args.node_name, runtime = ?args.runtime, "serving the agent gRPC API with mutual TLS");
     readiness.set();
     let endpoints = Endpoints {
@@ -509,6 +564,68 @@ async fn run(args: Args) -> Result<(), Error> {
         served = grpc => served.map_err(|e| Error::Serve { what: format!("gRPC on {bound}"), message: ferry_telemetry::error_chain(&e) }),
         served = ferry_telemetry::serve(args.http_addr, endpoints) => served.map_err(|e| Error::Serve { what: "/healthz, /readyz and /metrics".into(), message: e.to_string() }),
     }
+}
+
+/// This agent's certificate, and the task that keeps it fresh.
+async fn credentials(args: &Args, metrics: &Arc<Metrics>) -> Result<Credentials, Error> {
+    match args.identity {
+        IdentitySource::Files => {
+            let files = TlsFiles {
+                ca: args.tls_ca.clone(),
+                cert: args.tls_cert.clone(),
+                key: args.tls_key.clone(),
+            };
+            let credentials = Credentials::load(&files)?;
+            check_identity(&credentials, &args.node_name)?;
+            tokio::spawn(ferry_agent::identity::keep_reloaded(
+                files,
+                credentials.clone(),
+                args.certificate_reload_interval.max(Duration::from_secs(1)),
+                metrics.clone(),
+            ));
+            Ok(credentials)
+        }
+        IdentitySource::KubernetesCsr => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Identity {
+                    node: args.node_name.clone(),
+                    message: format!("no Kubernetes configuration: {e}"),
+                })?;
+            let ca_pem = std::fs::read(&args.tls_ca)
+                .map_err(|e| Error::io("reading the CA certificate", &args.tls_ca, e))?;
+            let config = CsrConfig {
+                node: args.node_name.clone(),
+                signer_name: args.csr_signer_name.clone(),
+                ca_pem,
+                validity: args.certificate_validity,
+                renew_before: args.certificate_renew_before,
+                sign_timeout: Duration::from_secs(600),
+            };
+            let credentials =
+                ferry_agent::identity::first_credentials(&client, &config, metrics).await;
+            check_identity(&credentials, &args.node_name)?;
+            tokio::spawn(ferry_agent::identity::keep_renewed(
+                client,
+                config,
+                credentials.clone(),
+                metrics.clone(),
+            ));
+            Ok(credentials)
+        }
+    }
+}
+
+/// An agent must present its own node's identity: peers would refuse it.
+fn check_identity(credentials: &Credentials, node: &str) -> Result<(), Error> {
+    let identity = credentials.identity();
+    if identity.node() == Some(node) {
+        return Ok(());
+    }
+    Err(Error::Identity {
+        node: node.to_owned(),
+        message: format!("the certificate names {identity}"),
+    })
 }
 
 /// The kubelet port this node's Node object advertises.

@@ -42,6 +42,14 @@ pub struct DeletionLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The gRPC method, e.g. `Checkpoint`.
+    pub method: String,
+    /// The caller's identity, e.g. `agent/ferry-b` or `controller`.
+    pub caller: String,
+}
+
 /// The agent's metrics and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -66,6 +74,10 @@ pub struct Metrics {
     pub peer_silence: Gauge<f64, AtomicU64>,
     pub fence_actions: Counter,
     pub fenced_processes: Counter,
+    pub rpc_refused: Family<RefusedLabels, Counter>,
+    pub tls_refused: Counter,
+    pub certificate_expiry: Gauge,
+    pub certificate_renewals: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -104,6 +116,10 @@ impl Default for Metrics {
             peer_silence: Gauge::default(),
             fence_actions: Counter::default(),
             fenced_processes: Counter::default(),
+            rpc_refused: Family::default(),
+            tls_refused: Counter::default(),
+            certificate_expiry: Gauge::default(),
+            certificate_renewals: Family::default(),
             registry: Arc::default(),
         };
         registry.register(
@@ -205,6 +221,26 @@ impl Default for Metrics {
             "fenced_processes",
             "Processes of protected containers killed by fencing",
             metrics.fenced_processes.clone(),
+        );
+        registry.register(
+            "rpc_refused",
+            "Calls refused with PERMISSION_DENIED, by method and caller identity",
+            metrics.rpc_refused.clone(),
+        );
+        registry.register(
+            "tls_refused",
+            "Connections turned away at the TLS handshake (no certificate, another CA, expired, no ferry identity)",
+            metrics.tls_refused.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Unix time when the agent's current certificate expires",
+            metrics.certificate_expiry.clone(),
+        );
+        registry.register(
+            "certificate_renewals",
+            "Certificate renewals, by result",
+            metrics.certificate_renewals.clone(),
         );
         Self {
             registry: Arc::new(registry),

@@ -23,8 +23,8 @@ use tonic::transport::{Channel, Endpoint};
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::store::{ArchiveReader, Store};
-use crate::tls::MutualTls;
 use crate::{Error, convert};
+use ferry_proto::tls::{Credentials, Identity};
 use ferry_telemetry::error_chain;
 
 /// Bytes per gRPC message.
@@ -81,7 +81,7 @@ impl Default for ReplicationConfig {
 #[derive(Debug)]
 pub struct Replicator {
     store: Arc<Store>,
-    tls: MutualTls,
+    tls: Credentials,
     /// One HTTP/2 connection per peer, reused: a TLS handshake per archive
     /// costs more than a small archive's transfer. Dropped after a failed
     /// attempt so the retry connects afresh.
@@ -94,7 +94,7 @@ pub struct Replicator {
 impl Replicator {
     pub fn new(
         store: Arc<Store>,
-        tls: MutualTls,
+        tls: Credentials,
         config: ReplicationConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -108,13 +108,13 @@ impl Replicator {
         }
     }
 
-    async fn client(&self, endpoint: &str) -> Result<AgentClient<Channel>, String> {
+    async fn client(&self, node: &str, endpoint: &str) -> Result<AgentClient<Channel>, String> {
         let cached = lock(&self.channels).get(endpoint).cloned();
         let channel = match cached {
             Some(channel) => channel,
             None => {
                 let channel =
-                    connect_channel(&self.tls, endpoint, self.config.connect_timeout).await?;
+                    connect_channel(&self.tls, node, endpoint, self.config.connect_timeout).await?;
                 lock(&self.channels).insert(endpoint.to_owned(), channel.clone());
                 channel
             }
@@ -201,7 +201,7 @@ impl Replicator {
             message,
         };
         let mut client = self
-            .client(&peer.endpoint)
+            .client(&peer.node_name, &peer.endpoint)
             .await
             .map_err(|message| (peer_error("connecting", message), 0))?;
         let offset = client
@@ -291,13 +291,16 @@ struct Sent {
     resumed_from: u64,
 }
 
-/// Opens a mutual-TLS channel to a peer agent.
+/// Opens a mutual-TLS channel to the agent of `node`.
 pub async fn connect(
-    tls: &MutualTls,
+    tls: &Credentials,
+    node: &str,
     endpoint: &str,
     timeout: Duration,
 ) -> Result<AgentClient<Channel>, String> {
-    Ok(agent_client(connect_channel(tls, endpoint, timeout).await?))
+    Ok(agent_client(
+        connect_channel(tls, node, endpoint, timeout).await?,
+    ))
 }
 
 fn agent_client(channel: Channel) -> AgentClient<Channel> {
@@ -306,20 +309,22 @@ fn agent_client(channel: Channel) -> AgentClient<Channel> {
         .max_encoding_message_size(4 * CHUNK_BYTES)
 }
 
+/// The handshake fails unless the peer's certificate names the agent of
+/// `node`: an address in a stale Lease, or a stolen certificate, never gets
+/// another node's archive.
 pub(crate) async fn connect_channel(
-    tls: &MutualTls,
+    tls: &Credentials,
+    node: &str,
     endpoint: &str,
     timeout: Duration,
 ) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("https://{endpoint}"))
+    Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| e.to_string())?
-        .tls_config(tls.client())
-        .map_err(|e| error_chain(&e))?
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
-        .connect()
+        .connect_with_connector(tls.connector(Identity::agent(node)))
         .await
         .map_err(|e| error_chain(&e))
 }

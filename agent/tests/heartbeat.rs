@@ -436,9 +436,10 @@ async fn fixture(namespace_name: &str) -> Fixture {
         &b_proxy.kubeconfig(plane, dir.path()),
     )
     .await;
-    let mut client = pki.controller(&a.endpoint).await;
-    client
-        .checkpoint(pb::CheckpointRequest {
+    common::checkpoint_announced(
+        &pki,
+        &a,
+        pb::CheckpointRequest {
             policy: "default/counter".into(),
             container: Some(pb::ContainerRef {
                 namespace: "default".into(),
@@ -449,9 +450,10 @@ async fn fixture(namespace_name: &str) -> Fixture {
             peers: vec![b.peer()],
             timeout_seconds: 30,
             retention: None,
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await
+    .unwrap();
     let list: serde_json::Value = serde_json::from_slice(
         &std::fs::read(a.data_dir.join(ferry_agent::fencing::PROTECTED_FILE)).unwrap(),
     )

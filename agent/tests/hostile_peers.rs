@@ -1,7 +1,9 @@
 //! Peers that try to exhaust a node, with real agent processes on
 //! loopback: a replica declared larger than the disk or the node's quota,
 //! and more concurrent streams than the agent takes. Each is refused before
-//! a byte is written, and transfers already running are not disturbed.
+//! a byte is written, and transfers already running are not disturbed. The
+//! hostile peer holds a valid agent certificate (node-evil) and the
+//! controller announced its container: a compromised node, the worst case.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -17,28 +19,39 @@ use tonic::Code;
 
 const MIB: u64 = 1 << 20;
 
+const EVIL: &str = "node-evil";
+
+fn archive(id: &str, size_bytes: u64) -> pb::Archive {
+    pb::Archive {
+        id: id.to_owned(),
+        policy: "default/counter".into(),
+        container: Some(pb::ContainerRef {
+            namespace: "default".into(),
+            pod: "counter-0".into(),
+            pod_uid: "3f2a1b4c-0000-4000-8000-000000000001".into(),
+            container: "app".into(),
+        }),
+        source_node: EVIL.into(),
+        size_bytes,
+        ..Default::default()
+    }
+}
+
 fn header(id: &str, size_bytes: u64) -> pb::PushReplicaRequest {
     pb::PushReplicaRequest {
         message: Some(pb::push_replica_request::Message::Header(
             pb::ReplicaHeader {
-                archive: Some(pb::Archive {
-                    id: id.to_owned(),
-                    policy: "default/counter".into(),
-                    container: Some(pb::ContainerRef {
-                        namespace: "default".into(),
-                        pod: "counter-0".into(),
-                        pod_uid: "3f2a1b4c-0000-4000-8000-000000000001".into(),
-                        container: "app".into(),
-                    }),
-                    source_node: "node-evil".into(),
-                    size_bytes,
-                    ..Default::default()
-                }),
+                archive: Some(archive(id, size_bytes)),
                 offset: 0,
                 zstd: false,
             },
         )),
     }
+}
+
+/// The controller tells `agent` to accept node-evil's replicas.
+async fn announce_evil(pki: &Pki, agent: &AgentProcess) {
+    common::announce(pki, &archive("", 0), &agent.peer()).await;
 }
 
 fn chunk(bytes: usize) -> pb::PushReplicaRequest {
@@ -56,10 +69,11 @@ struct Hanging {
 }
 
 async fn hanging_stream(pki: &Pki, agent: &AgentProcess, id: &str, size: u64) -> Hanging {
+    announce_evil(pki, agent).await;
     let (sender, stream) = mpsc::channel(4);
     sender.send(header(id, size)).await.unwrap();
     sender.send(chunk(64 * 1024)).await.unwrap();
-    let mut client = pki.controller(&agent.endpoint).await;
+    let mut client = pki.as_agent(&agent.endpoint, EVIL).await;
     let call = tokio::spawn(async move { client.push_replica(ReceiverStream::new(stream)).await });
     let part = agent.data_dir.join("incoming").join(format!("{id}.part"));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -74,7 +88,8 @@ async fn hanging_stream(pki: &Pki, agent: &AgentProcess, id: &str, size: u64) ->
 }
 
 async fn push_refusal(pki: &Pki, agent: &AgentProcess, id: &str, size: u64) -> tonic::Status {
-    let mut client = pki.controller(&agent.endpoint).await;
+    announce_evil(pki, agent).await;
+    let mut client = pki.as_agent(&agent.endpoint, EVIL).await;
     client
         .push_replica(tokio_stream::iter(vec![header(id, size), chunk(1024)]))
         .await
@@ -112,9 +127,9 @@ async fn a_replica_declared_larger_than_the_disk_or_quota_is_refused_up_front() 
     let first = import_archive(&a.data_dir, 8 * MIB, 1);
     let second = import_archive(&a.data_dir, 8 * MIB, 2);
     let mut client = pki.controller(&a.endpoint).await;
-    let outcome = replicate_to(&mut client, &first.id, b.peer()).await;
+    let outcome = replicate_to(&pki, &mut client, &first, b.peer()).await;
     assert!(outcome.ok, "{}", outcome.error);
-    let outcome = replicate_to(&mut client, &second.id, b.peer()).await;
+    let outcome = replicate_to(&pki, &mut client, &second, b.peer()).await;
     assert!(!outcome.ok);
     assert!(
         outcome.error.contains("quota of 12582912 bytes"),
@@ -159,7 +174,7 @@ async fn more_streams_than_allowed_are_refused_and_the_running_ones_finish() {
     let mut client = pki.controller(&a.endpoint).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let outcome = replicate_to(&mut client, &archive.id, b.peer()).await;
+        let outcome = replicate_to(&pki, &mut client, &archive, b.peer()).await;
         if outcome.ok {
             break;
         }

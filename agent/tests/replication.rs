@@ -45,12 +45,11 @@ async fn one_gib_archive_replicates_to_two_peers_and_verifies() {
     let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
     let c = AgentProcess::start(&pki, "node-c", &dir.path().join("c"), 0, &[]).await;
 
-    let mut client = pki.controller(&a.endpoint).await;
-    let response = client
-        .checkpoint(checkpoint_request(vec![b.peer(), c.peer()]))
-        .await
-        .unwrap_or_else(|s| panic!("checkpoint: {s}\n{}", a.log_text()))
-        .into_inner();
+    let response =
+        common::checkpoint_announced(&pki, &a, checkpoint_request(vec![b.peer(), c.peer()]))
+            .await
+            .unwrap_or_else(|s| panic!("checkpoint: {s}\n{}", a.log_text()))
+            .into_inner();
     let archive = response.archive.expect("archive");
     assert!(
         archive.size_bytes > GIB,
@@ -79,14 +78,7 @@ async fn one_gib_archive_replicates_to_two_peers_and_verifies() {
             "{} lists the replica",
             peer.name
         );
-        let mut peer_client = pki.controller(&peer.endpoint).await;
-        let stored = peer_client
-            .get_archive(pb::GetArchiveRequest {
-                archive_id: archive.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let stored = common::listed_archive(&pki, peer, &archive.id).await;
         assert_eq!(stored, archive, "{} keeps the same metadata", peer.name);
         // The receiver already verified; check again independently.
         let store = ferry_agent::store::Store::open(&peer.data_dir, u64::MAX).unwrap();
@@ -117,6 +109,12 @@ async fn killed_receiver_leaves_no_visible_partial_and_the_retry_resumes() {
         .join("incoming")
         .join(format!("{}.part", archive.id));
 
+    common::announce(
+        &pki,
+        &ferry_agent::convert::archive_to_proto(&archive),
+        &b.peer(),
+    )
+    .await;
     let mut client = pki.controller(&a.endpoint).await;
     let request = pb::ReplicateRequest {
         archive_id: archive.id.clone(),
@@ -189,7 +187,7 @@ async fn a_flipped_byte_is_detected_and_rejected() {
     std::fs::write(&path, bytes).unwrap();
 
     let mut client = pki.controller(&a.endpoint).await;
-    let outcome = replicate_to(&mut client, &archive.id, c.peer()).await;
+    let outcome = replicate_to(&pki, &mut client, &archive, c.peer()).await;
     assert!(!outcome.ok);
     assert!(
         outcome.error.contains("DataLoss") && outcome.error.contains("is corrupt"),
@@ -213,6 +211,7 @@ async fn a_flipped_byte_is_detected_and_rejected() {
         .prepare_restore(pb::PrepareRestoreRequest {
             archive_id: archive.id.clone(),
             failover: String::new(),
+            namespace: "default".into(),
         })
         .await
         .unwrap_err();
@@ -236,7 +235,10 @@ async fn callers_without_a_valid_certificate_are_refused() {
         // The TLS handshake may fail at connect or at the first call.
         let refused = match pki.client(&a.endpoint, identity).await {
             Err(err) => err,
-            Ok(mut client) => match client.get_node_info(pb::GetNodeInfoRequest {}).await {
+            Ok(mut client) => match client
+                .list_archives(pb::ListArchivesRequest::default())
+                .await
+            {
                 Err(status) => format!("{status:?}"),
                 Ok(_) => panic!("{what}: the agent answered"),
             },
@@ -244,19 +246,11 @@ async fn callers_without_a_valid_certificate_are_refused() {
         eprintln!("{what}: refused: {refused}");
     }
     // A caller with a valid certificate is served.
-    let info = pki
-        .controller(&a.endpoint)
+    pki.controller(&a.endpoint)
         .await
-        .get_node_info(pb::GetNodeInfoRequest {})
+        .list_archives(pb::ListArchivesRequest::default())
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(info.node_name, "node-a");
-    assert_eq!(info.runtime, "synthetic");
-    assert!(
-        info.store_free_bytes > 0,
-        "free bytes of the store's file system"
-    );
+        .unwrap();
 }
 
 #[tokio::test]
@@ -269,15 +263,6 @@ async fn hostile_names_and_ids_are_rejected() {
     let hostile = ["../x", "/etc/passwd", "a\0b", "..", "", long.as_str()];
 
     for value in hostile {
-        let status = client
-            .get_archive(pb::GetArchiveRequest {
-                archive_id: value.into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
-        assert!(status.message().contains("archive_id"), "{status}");
-
         let status = client
             .delete_archives(pb::DeleteArchivesRequest {
                 archive_ids: vec![value.into()],
@@ -336,7 +321,9 @@ async fn hostile_names_and_ids_are_rejected() {
                 },
             )),
         };
-        let status = client
+        let status = pki
+            .as_agent(&a.endpoint, "node-b")
+            .await
             .push_replica(tokio_stream::iter(vec![header]))
             .await
             .unwrap_err();
@@ -401,10 +388,10 @@ async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
     let too_big = import_archive(&a.data_dir, 64 * MIB, 2);
 
     let mut client = pki.controller(&a.endpoint).await;
-    let outcome = replicate_to(&mut client, &first.id, d.peer()).await;
+    let outcome = replicate_to(&pki, &mut client, &first, d.peer()).await;
     assert!(outcome.ok, "{}", outcome.error);
 
-    let outcome = replicate_to(&mut client, &too_big.id, d.peer()).await;
+    let outcome = replicate_to(&pki, &mut client, &too_big, d.peer()).await;
     assert!(!outcome.ok);
     // Refused before a byte is written: the declared size does not fit.
     assert!(
@@ -439,8 +426,9 @@ async fn zstd_compressed_streams_arrive_verified() {
     let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
     let archive = import_archive(&a.data_dir, 48 * MIB + 12_345, 5);
     let outcome = replicate_to(
+        &pki,
         &mut pki.controller(&a.endpoint).await,
-        &archive.id,
+        &archive,
         b.peer(),
     )
     .await;
@@ -507,9 +495,7 @@ async fn encrypted_agents_replicate_and_keep_no_plaintext_on_disk() {
     }
 
     // A real (synthetic) checkpoint: its tar member names are known plaintext.
-    let mut client = pki.controller(&a.endpoint).await;
-    let response = client
-        .checkpoint(checkpoint_request(vec![b.peer()]))
+    let response = common::checkpoint_announced(&pki, &a, checkpoint_request(vec![b.peer()]))
         .await
         .unwrap_or_else(|s| panic!("checkpoint: {s}\n{}", a.log_text()))
         .into_inner();
@@ -571,6 +557,7 @@ async fn encrypted_agents_replicate_and_keep_no_plaintext_on_disk() {
         .prepare_restore(pb::PrepareRestoreRequest {
             archive_id: archive.id.clone(),
             failover: String::new(),
+            namespace: "default".into(),
         })
         .await
         .unwrap_or_else(|s| panic!("prepare restore: {s}\n{}", b.log_text()))
@@ -656,6 +643,12 @@ async fn killed_encrypted_receiver_resumes_after_its_complete_segments() {
         .join("incoming")
         .join(format!("{}.part", archive.id));
 
+    common::announce(
+        &pki,
+        &ferry_agent::convert::archive_to_proto(&archive),
+        &b.peer(),
+    )
+    .await;
     let mut client = pki.controller(&a.endpoint).await;
     let request = pb::ReplicateRequest {
         archive_id: archive.id.clone(),
@@ -738,8 +731,8 @@ async fn a_bad_encryption_key_file_stops_the_agent_with_a_clear_error() {
             "--http-addr=127.0.0.1:0".to_owned(),
             format!("--data-dir={}", dir.path().join("a").display()),
             format!("--tls-ca={}", pki.ca.display()),
-            format!("--tls-cert={}", pki.agent_cert.display()),
-            format!("--tls-key={}", pki.agent_key.display()),
+            format!("--tls-cert={}", pki.agent("node-a").0.display()),
+            format!("--tls-key={}", pki.agent("node-a").1.display()),
             "--runtime=none".to_owned(),
             "--log-format=text".to_owned(),
             key_flag(&key),

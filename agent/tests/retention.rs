@@ -49,9 +49,7 @@ async fn checkpoint(
     peers: Vec<pb::Peer>,
     retention: pb::Retention,
 ) -> String {
-    let mut client = pki.controller(&source.endpoint).await;
-    let response = client
-        .checkpoint(checkpoint_request(peers, retention))
+    let response = common::checkpoint_announced(pki, source, checkpoint_request(peers, retention))
         .await
         .unwrap_or_else(|s| panic!("checkpoint: {s}\n{}", source.log_text()))
         .into_inner();
@@ -99,14 +97,7 @@ async fn a_standby_keeps_only_the_newest_archives_the_policy_asks_for() {
     wait_until_listed(&pki, &b, &newest, "the standby").await;
 
     // The rules travel with the archive: the standby reports what it applies.
-    let mut client = pki.controller(&b.endpoint).await;
-    let archive = client
-        .get_archive(pb::GetArchiveRequest {
-            archive_id: ids[4].clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let archive = common::listed_archive(&pki, &b, &ids[4]).await;
     assert_eq!(archive.retention.map(|r| r.keep), Some(2));
 }
 
@@ -228,10 +219,18 @@ async fn a_partial_replica_whose_sender_never_returns_is_swept() {
             vec![7u8; MIB as usize].into(),
         )),
     };
+    let expected = pb::Archive {
+        source_node: "node-a".into(),
+        policy: "default/counter".into(),
+        container: checkpoint_request(vec![], keep(1)).container,
+        ..Default::default()
+    };
+    common::announce(&pki, &expected, &b.peer()).await;
     let (sender, stream) = tokio::sync::mpsc::channel(4);
     sender.send(header).await.unwrap();
     sender.send(chunk).await.unwrap();
-    let mut client = pki.controller(&b.endpoint).await;
+    // node-a's agent, sending and then never returning.
+    let mut client = pki.as_agent(&b.endpoint, "node-a").await;
     let push = tokio::spawn(async move {
         client
             .push_replica(tokio_stream::wrappers::ReceiverStream::new(stream))

@@ -164,6 +164,28 @@ pub struct Retention {
     pub max_age: Option<String>,
 }
 
+impl CheckpointPolicy {
+    /// The pod selector, parsed. Invalid and empty selectors select nothing
+    /// (`None`); validation reports them.
+    pub fn pod_selector(&self) -> Option<kube::core::Selector> {
+        kube::core::Selector::try_from(self.spec.selector.clone())
+            .ok()
+            .filter(|selector| !selector.selects_all())
+    }
+
+    /// Whether the policy selects a pod with these labels (the pod is in the
+    /// policy's namespace).
+    pub fn selects_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.pod_selector()
+            .is_some_and(|selector| kube::core::SelectorExt::matches(&selector, labels))
+    }
+
+    /// Whether `container` is one the policy protects.
+    pub fn protects_container(&self, container: &str) -> bool {
+        self.spec.containers.is_empty() || self.spec.containers.iter().any(|c| c == container)
+    }
+}
+
 impl Default for Retention {
     fn default() -> Self {
         Self {

@@ -13,7 +13,7 @@ use ferry_api::agent::{
     PeerObservations,
 };
 use ferry_api::names::{AGENT_ENDPOINT_ANNOTATION, AGENT_NODE_INFO_ANNOTATION};
-use ferry_proto::tls::MutualTls;
+use ferry_proto::tls::{Credentials, Identity};
 use ferry_proto::v1::agent_client::AgentClient;
 
 /// What an agent's Lease says.
@@ -137,15 +137,16 @@ impl AgentIndex {
 /// Channels to agents, reused across calls (one HTTP/2 connection each).
 #[derive(Debug)]
 pub struct AgentPool {
-    tls: Option<MutualTls>,
+    tls: Option<Credentials>,
     connect_timeout: Duration,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// By endpoint: the node whose agent answered there, and the channel.
+    channels: Mutex<HashMap<String, (String, Channel)>>,
 }
 
 impl AgentPool {
     /// `tls: None` only for tests that run agents without TLS; production
     /// agents refuse such callers.
-    pub fn new(tls: Option<MutualTls>, connect_timeout: Duration) -> Self {
+    pub fn new(tls: Option<Credentials>, connect_timeout: Duration) -> Self {
         Self {
             tls,
             connect_timeout,
@@ -153,28 +154,28 @@ impl AgentPool {
         }
     }
 
-    /// A client for the agent at `endpoint`. Connecting is lazy: errors
-    /// surface on the first call, naming the endpoint there.
-    pub fn client(&self, endpoint: &str) -> Result<AgentClient<Channel>, String> {
+    /// A client for the agent of `node` at `endpoint`: the connection fails
+    /// unless the agent there presents that node's identity. Connecting is
+    /// lazy: errors surface on the first call, naming the endpoint there.
+    pub fn client(&self, node: &str, endpoint: &str) -> Result<AgentClient<Channel>, String> {
         let mut channels = self
             .channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let channel = match channels.get(endpoint) {
-            Some(channel) => channel.clone(),
-            None => {
-                let scheme = if self.tls.is_some() { "https" } else { "http" };
-                let mut builder = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
+            Some((known, channel)) if known == node => channel.clone(),
+            _ => {
+                let builder = Endpoint::from_shared(format!("http://{endpoint}"))
                     .map_err(|e| format!("agent endpoint {endpoint:?}: {e}"))?
                     .connect_timeout(self.connect_timeout)
                     .tcp_nodelay(true);
-                if let Some(tls) = &self.tls {
-                    builder = builder
-                        .tls_config(tls.client())
-                        .map_err(|e| format!("TLS for agent {endpoint}: {e}"))?;
-                }
-                let channel = builder.connect_lazy();
-                channels.insert(endpoint.to_owned(), channel.clone());
+                let channel = match &self.tls {
+                    Some(tls) => {
+                        builder.connect_with_connector_lazy(tls.connector(Identity::agent(node)))
+                    }
+                    None => builder.connect_lazy(),
+                };
+                channels.insert(endpoint.to_owned(), (node.to_owned(), channel.clone()));
                 channel
             }
         };
@@ -201,7 +202,7 @@ impl AgentPool {
             let result = async {
                 let mut call = tonic::Request::new(request.clone());
                 call.set_timeout(timeout);
-                self.client(&agent.endpoint)?
+                self.client(&agent.node, &agent.endpoint)?
                     .delete_archives(call)
                     .await
                     .map(tonic::Response::into_inner)

@@ -15,8 +15,20 @@ use ferry_api::{CheckpointPolicy, CheckpointRecord};
 use ferry_proto::v1 as pb;
 
 use crate::agents::{AgentPool, status_message};
+use crate::announcements::{Announced, AnnouncementKey};
 use crate::metrics::Metrics;
 use crate::schedule::Target;
+
+/// How long a standby accepts a container's replicas after an announcement:
+/// longer than any checkpoint with its replication takes, so an announcement
+/// made before a checkpoint still holds when its replicas arrive.
+const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(900);
+
+/// Announcements are repeated after this long (well before they run out).
+const ANNOUNCEMENT_REFRESH: Duration = Duration::from_secs(300);
+
+/// Bound on one announcement call.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One checkpoint to take.
 #[derive(Clone, Debug)]
@@ -145,6 +157,8 @@ pub struct Checkpointer {
     results: Mutex<HashMap<ObjectRef<CheckpointPolicy>, Vec<Outcome>>>,
     next_seq: std::sync::atomic::AtomicU64,
     wake: mpsc::UnboundedSender<ObjectRef<CheckpointPolicy>>,
+    /// Which standbys expect which containers' replicas.
+    announced: Announced,
 }
 
 impl Checkpointer {
@@ -172,6 +186,7 @@ impl Checkpointer {
             results: Mutex::default(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
             wake,
+            announced: Announced::default(),
         });
         (checkpointer, woken)
     }
@@ -400,19 +415,71 @@ impl Checkpointer {
         true
     }
 
+    fn announcement(job: &Job, standby: &str) -> AnnouncementKey {
+        AnnouncementKey {
+            standby: standby.to_owned(),
+            source: job.target.node.clone(),
+            policy: job.policy_key(),
+            pod_uid: job.target.pod_uid.clone(),
+            container: job.target.container.clone(),
+        }
+    }
+
+    /// Tells each standby to accept this container's archives from the
+    /// target's node (agents refuse replicas nobody announced), unless it
+    /// was told recently. A standby that misses the announcement refuses the
+    /// replica, and the checkpoint's outcome for it says so.
+    async fn announce_replicas(&self, job: &Job, container: &pb::ContainerRef) {
+        let now = Instant::now();
+        let due = job.peers.iter().filter(|(node, _)| {
+            self.announced
+                .due(&Self::announcement(job, node), ANNOUNCEMENT_REFRESH, now)
+        });
+        let calls = due.map(|(node, endpoint)| async move {
+            let mut request = tonic::Request::new(pb::ExpectReplicasRequest {
+                source_node: job.target.node.clone(),
+                policy: job.policy_key(),
+                container: Some(container.clone()),
+                ttl_seconds: u32::try_from(ANNOUNCEMENT_TTL.as_secs()).unwrap_or(u32::MAX),
+            });
+            request.set_timeout(ANNOUNCE_TIMEOUT);
+            let result = match self.pool.client(node, endpoint) {
+                Ok(mut client) => client
+                    .expect_replicas(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| status_message(&s)),
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(()) => self.announced.record(
+                    Self::announcement(job, node),
+                    ANNOUNCEMENT_TTL,
+                    Instant::now(),
+                ),
+                Err(err) => {
+                    tracing::debug!(node, error = %err, "announcing replicas to a standby failed");
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
     async fn run(&self, job: &Job) -> Result<Done, Failure> {
         let mut client = self
             .pool
-            .client(&job.endpoint)
+            .client(&job.target.node, &job.endpoint)
             .map_err(Failure::AgentUnreachable)?;
+        let container = pb::ContainerRef {
+            namespace: job.namespace.clone(),
+            pod: job.target.pod.clone(),
+            pod_uid: job.target.pod_uid.clone(),
+            container: job.target.container.clone(),
+        };
+        self.announce_replicas(job, &container).await;
         let request = pb::CheckpointRequest {
             policy: job.policy_key(),
-            container: Some(pb::ContainerRef {
-                namespace: job.namespace.clone(),
-                pod: job.target.pod.clone(),
-                pod_uid: job.target.pod_uid.clone(),
-                container: job.target.container.clone(),
-            }),
+            container: Some(container),
             peers: job
                 .peers
                 .iter()
@@ -456,6 +523,10 @@ impl Checkpointer {
             if outcome.ok {
                 replicas.push(outcome.node_name);
             } else {
+                if outcome.error.contains("announced no replicas") {
+                    self.announced
+                        .forget(&Self::announcement(job, &outcome.node_name));
+                }
                 replica_errors.push((outcome.node_name, outcome.error));
             }
         }

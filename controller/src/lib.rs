@@ -10,11 +10,13 @@
 //! pure functions in [`schedule`], [`placement`] and [`detect`].
 
 pub mod agents;
+pub mod announcements;
 pub mod checkpointer;
 pub mod crd;
 pub mod detect;
 pub mod evidence;
 pub mod failover;
+pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod nodes;

@@ -12,10 +12,12 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use ferry_api::CheckpointPolicy;
 use ferry_controller::agents::AgentPool;
+use ferry_controller::identity::CertificateAuthority;
+use ferry_controller::identity::signer::SignerConfig;
 use ferry_controller::leader::{LeaderElection, LeaderElectionConfig};
 use ferry_controller::webhook::{WebhookState, WebhookTls};
 use ferry_controller::{Config, Error, Metrics};
-use ferry_proto::tls::{MutualTls, TlsFiles};
+use ferry_proto::tls::{Credentials, TlsFiles};
 use ferry_telemetry::{Endpoints, LogFormat, Readiness};
 
 /// ferry controller: keeps stateful containers protected by CheckpointPolicies.
@@ -28,15 +30,39 @@ struct Args {
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
-    /// CA that signed the agents' certificates (PEM).
-    #[arg(long, env = "FERRY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    /// The ferry CA's certificate (PEM).
+    #[arg(long, env = "FERRY_TLS_CA")]
     tls_ca: Option<PathBuf>,
-    /// The controller's client certificate for calling agents (PEM).
-    #[arg(long, env = "FERRY_TLS_CERT")]
+    /// The CA's private key (PEM). With it the controller issues its own
+    /// certificate, renews it, and signs the agents' certificate requests.
+    #[arg(long, env = "FERRY_CA_KEY", requires = "tls_ca", conflicts_with_all = ["tls_cert", "tls_key"])]
+    ca_key: Option<PathBuf>,
+    /// Without `--ca-key`: the controller's certificate, whose URI SAN is
+    /// `spiffe://ferry.dev/controller` (PEM, re-read every minute).
+    #[arg(long, env = "FERRY_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
     tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
-    #[arg(long, env = "FERRY_TLS_KEY")]
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Signer name of the agents' CertificateSigningRequests.
+    #[arg(long, env = "FERRY_CSR_SIGNER_NAME", default_value = "ferry.dev/agent")]
+    csr_signer_name: String,
+    /// The agents' ServiceAccount (in `POD_NAMESPACE`): the only requester
+    /// whose certificate requests are signed.
+    #[arg(
+        long,
+        env = "FERRY_AGENT_SERVICE_ACCOUNT",
+        default_value = "ferry-agent"
+    )]
+    agent_service_account: String,
+    /// Validity of the controller's certificate, and the longest an agent's
+    /// certificate may get.
+    #[arg(long, env = "FERRY_CERTIFICATE_VALIDITY", default_value = "4h", value_parser = parse_duration)]
+    certificate_validity: Duration,
+    /// Renew the controller's certificate when this little of its life is
+    /// left; default: a third of its life.
+    #[arg(long, env = "FERRY_CERTIFICATE_RENEW_BEFORE", value_parser = parse_duration)]
+    certificate_renew_before: Option<Duration>,
     /// Call agents without TLS. Only for tests with agents started the same
     /// way; production agents refuse such callers.
     #[arg(long, conflicts_with = "tls_ca")]
@@ -114,6 +140,67 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The controller's certificate, and the tasks that keep it (and, with the
+/// CA key, the agents' certificates) coming.
+fn credentials(
+    args: &Args,
+    client: &kube::Client,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Credentials>, Error> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| ferry_proto::tls::TlsError::Read {
+            path: path.clone(),
+            source,
+        })
+    };
+    match (&args.tls_ca, &args.ca_key, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(ca_key), _, _) => {
+            let ca = Arc::new(CertificateAuthority::new(&read(ca)?, &read(ca_key)?)?);
+            let credentials = ca.own_credentials(args.certificate_validity)?;
+            metrics.certificate_renewed(&credentials.facts(), "ok");
+            tokio::spawn(ferry_controller::identity::keep_own_renewed(
+                ca.clone(),
+                credentials.clone(),
+                args.certificate_validity,
+                args.certificate_renew_before,
+                metrics.clone(),
+            ));
+            tokio::spawn(ferry_controller::identity::signer::run(
+                client.clone(),
+                ca,
+                SignerConfig {
+                    signer_name: args.csr_signer_name.clone(),
+                    agent_namespace: args.agent_namespace.clone(),
+                    agent_service_account: args.agent_service_account.clone(),
+                    max_validity: args.certificate_validity,
+                },
+                metrics.clone(),
+            ));
+            Ok(Some(credentials))
+        }
+        (Some(ca), None, Some(cert), Some(key)) => {
+            let files = TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let credentials = Credentials::load(&files)?;
+            metrics.certificate_renewed(&credentials.facts(), "ok");
+            tokio::spawn(ferry_controller::identity::keep_reloaded(
+                files,
+                credentials.clone(),
+                Duration::from_secs(60),
+                metrics.clone(),
+            ));
+            Ok(Some(credentials))
+        }
+        _ if args.insecure_agents => Ok(None),
+        _ => Err(Error::Tls(ferry_proto::tls::TlsError::Missing(
+            "--tls-ca with --ca-key, or with --tls-cert and --tls-key (or --insecure-agents for tests)",
+        ))),
+    }
+}
+
 async fn run(args: Args) -> Result<(), Error> {
     let client = kube::Client::try_default()
         .await
@@ -122,21 +209,9 @@ async fn run(args: Args) -> Result<(), Error> {
             object: "the controller".into(),
             source,
         })?;
-    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => Some(MutualTls::load(&TlsFiles {
-            ca: ca.clone(),
-            cert: cert.clone(),
-            key: key.clone(),
-        })?),
-        _ if args.insecure_agents => None,
-        _ => {
-            return Err(Error::Tls(ferry_proto::tls::TlsError::Missing(
-                "--tls-ca, --tls-cert and --tls-key (or --insecure-agents for tests)",
-            )));
-        }
-    };
-    let agents = Arc::new(AgentPool::new(tls, Duration::from_secs(5)));
     let metrics = Arc::new(Metrics::default());
+    let tls = credentials(&args, &client, &metrics)?;
+    let agents = Arc::new(AgentPool::new(tls, Duration::from_secs(5)));
     let readiness = Arc::new(Readiness::default());
     let endpoints = Endpoints {
         registry: metrics.registry.clone(),

@@ -70,6 +70,12 @@ pub struct Metrics {
     /// within its grace period), by policy.
     pub suspect_nodes: Family<PolicyLabels, Gauge>,
     pub webhook: crate::webhook::WebhookMetrics,
+    /// Agent certificate requests answered, by outcome.
+    pub certificate_requests: Family<ResultLabels, Counter>,
+    /// Renewals of the controller's own certificate, by result.
+    pub certificate_renewals: Family<ResultLabels, Counter>,
+    /// Unix time when the controller's certificate expires.
+    pub certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -176,7 +182,28 @@ impl Default for Metrics {
             suspect_nodes.clone(),
         );
         let webhook = crate::webhook::register_metrics(&mut registry);
+        let certificate_requests = Family::default();
+        registry.register(
+            "certificate_requests",
+            "Agent CertificateSigningRequests answered (signed, denied, error)",
+            certificate_requests.clone(),
+        );
+        let certificate_renewals = Family::default();
+        registry.register(
+            "certificate_renewals",
+            "Renewals of the controller's own certificate, by result",
+            certificate_renewals.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Unix time when the controller's current certificate expires",
+            certificate_expiry.clone(),
+        );
         Self {
+            certificate_requests,
+            certificate_renewals,
+            certificate_expiry,
             failover_decisions_deferred,
             view_complete,
             watch_errors,
@@ -216,6 +243,27 @@ impl Metrics {
         self.checkpoints
             .get_or_create(&CheckpointLabels { result })
             .inc();
+    }
+
+    pub fn certificate_requests(&self, result: &'static str) {
+        self.certificate_requests
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn certificate_renewed(
+        &self,
+        facts: &ferry_proto::tls::CertificateFacts,
+        result: &'static str,
+    ) {
+        self.certificate_renewals
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        let expiry = facts
+            .not_after
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.certificate_expiry.set(expiry);
     }
 
     pub fn observe(&self, elapsed: Duration, ok: bool) {

@@ -28,9 +28,7 @@ pub struct Target {
 /// `policy`'s pod selector, parsed. Invalid and empty selectors select
 /// nothing (`None`); validation reports them.
 pub fn selector_of(policy: &CheckpointPolicy) -> Option<kube::core::Selector> {
-    kube::core::Selector::try_from(policy.spec.selector.clone())
-        .ok()
-        .filter(|selector| !selector.selects_all())
+    policy.pod_selector()
 }
 
 /// Whether a selector from [`selector_of`] selects `pod`.
@@ -40,7 +38,7 @@ pub fn matches(selector: Option<&kube::core::Selector>, pod: &Pod) -> bool {
 
 /// Whether `policy`'s selector selects `pod` (same namespace assumed).
 pub fn selects(policy: &CheckpointPolicy, pod: &Pod) -> bool {
-    matches(selector_of(policy).as_ref(), pod)
+    policy.selects_labels(pod.labels())
 }
 
 /// `Kind/name` of the pod's controlling owner, empty when it has none.

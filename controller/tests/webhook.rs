@@ -58,7 +58,7 @@ async fn namespace(client: &Client, name: &str) {
 fn serving_certificate() -> (String, WebhookTls, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("ferry-webhook-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let pki = ferry_testenv::TestPki::new(&dir, ferry_proto::tls::AGENT_SERVER_NAME).unwrap();
+    let pki = ferry_testenv::TestPki::new(&dir).unwrap();
     let tls = WebhookTls {
         cert: pki.controller_cert.clone(),
         key: pki.controller_key.clone(),

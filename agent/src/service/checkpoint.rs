@@ -8,6 +8,7 @@ impl AgentService {
         &self,
         request: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let identity = authz::caller(&request)?;
         let request = request.into_inner();
         let started = Instant::now();
         names::policy_ref("policy", &request.policy)?;
@@ -19,6 +20,23 @@ impl AgentService {
         names::uid("container.pod_uid", &container.pod_uid)?;
         names::dns_label("container.container", &container.container)?;
         let peers = peers_from_proto(request.peers)?;
+        if let Some(scope) = &self.inner.scope {
+            match scope.check(&request.policy, &container).await {
+                Ok(()) => {}
+                Err(Ok(reason)) => {
+                    return Err(authz::refuse(
+                        &self.inner.metrics,
+                        "Checkpoint",
+                        &identity,
+                        &format!(
+                            "checkpoint of {}/{}/{}: {reason}",
+                            container.namespace, container.pod, container.container
+                        ),
+                    ));
+                }
+                Err(Err(message)) => return Err(Status::unavailable(message)),
+            }
+        }
         let runtime = self.inner.runtime.as_ref().ok_or_else(|| {
             Status::from(Error::Unsupported {
                 what: "Checkpoint",

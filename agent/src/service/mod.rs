@@ -7,8 +7,6 @@ mod checkpoint;
 mod replicas;
 mod restore;
 
-use checkpoint::{outcomes_to_proto, peers_from_proto};
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +16,7 @@ use ferry_proto::v1::push_replica_request::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::announcements::{Announcements, Expected};
 use crate::containerd::ContainerdImporter;
 use crate::fencing::{Protected, ProtectedContainers};
 use crate::incoming::{self, Piece};
@@ -28,9 +27,11 @@ use crate::replication::{PeerTarget, Replicator};
 use crate::retention::{self, Retention};
 use crate::runc::RuncRuntime;
 use crate::runtime::Runtime;
+use crate::scope::CheckpointScope;
 use crate::store::{ArchiveMeta, RuntimeInfo, Store};
 use crate::watchdog::Fencer;
-use crate::{Error, convert, image, names};
+use crate::{Error, authz, convert, image, names};
+use checkpoint::{outcomes_to_proto, peers_from_proto};
 
 /// Chunks queued between the network and the file writer of one transfer.
 const QUEUED_CHUNKS: usize = 4;
@@ -38,8 +39,7 @@ const QUEUED_CHUNKS: usize = 4;
 /// Default bound on a kubelet checkpoint call.
 const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Facts about this node, reported by `GetNodeInfo` and recorded in every
-/// archive taken here.
+/// Facts about this node, recorded in every archive taken here.
 #[derive(Clone, Debug, Default)]
 pub struct NodeFacts {
     pub node_name: String,
@@ -70,6 +70,8 @@ struct Inner {
     protected: Arc<ProtectedContainers>,
     published: Arc<PublishedReach>,
     fencer: Arc<Fencer>,
+    announcements: Announcements,
+    scope: Option<CheckpointScope>,
 }
 
 /// What the service is built from.
@@ -90,6 +92,11 @@ pub struct ServiceParts {
     pub published: Arc<PublishedReach>,
     /// Stops pods the controller asks to be fenced.
     pub fencer: Arc<Fencer>,
+    /// Which replicas the controller said to accept.
+    pub announcements: Announcements,
+    /// Checks each checkpoint's target against the API server; `None` on
+    /// hosts that are not Kubernetes nodes.
+    pub scope: Option<CheckpointScope>,
 }
 
 impl AgentService {
@@ -105,6 +112,8 @@ impl AgentService {
             protected,
             published,
             fencer,
+            announcements,
+            scope,
         } = parts;
         Self {
             inner: Arc::new(Inner {
@@ -118,6 +127,8 @@ impl AgentService {
                 protected,
                 published,
                 fencer,
+                announcements,
+                scope,
             }),
         }
     }
@@ -153,29 +164,20 @@ impl AgentService {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn get_node_info(
-        &self,
-        _: Request<pb::GetNodeInfoRequest>,
-    ) -> Result<Response<pb::NodeInfo>, Status> {
-        let node = &self.inner.node;
-        let free = self.inner.store.free_bytes();
-        Ok(Response::new(pb::NodeInfo {
-            node_name: node.node_name.clone(),
-            runtime: node.runtime.clone(),
-            architecture: node.architecture.clone(),
-            kernel_version: node.kernel_version.clone(),
-            criu_version: node.criu_version.clone(),
-            container_runtime: node.container_runtime.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            store_free_bytes: free,
-        }))
-    }
-
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let identity = authz::caller(&request)?;
         let caller = request.into_inner().node;
+        if identity.node() != Some(caller.as_str()) {
+            return Err(authz::refuse(
+                &self.inner.metrics,
+                "Heartbeat",
+                &identity,
+                &format!("it claims to be node {caller:?}"),
+            ));
+        }
         let published = self
             .inner
             .published
@@ -198,6 +200,29 @@ impl Agent for AgentService {
         request: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
         self.take_checkpoint(request).await
+    }
+
+    async fn expect_replicas(
+        &self,
+        request: Request<pb::ExpectReplicasRequest>,
+    ) -> Result<Response<pb::ExpectReplicasResponse>, Status> {
+        let request = request.into_inner();
+        names::dns_subdomain("source_node", &request.source_node)?;
+        names::policy_ref("policy", &request.policy)?;
+        let container = container_ref(request.container)?;
+        names::uid("container.pod_uid", &container.pod_uid)?;
+        self.inner.announcements.announce(
+            Expected {
+                source_node: request.source_node,
+                policy: request.policy,
+                namespace: container.namespace,
+                pod_uid: container.pod_uid,
+                container: container.container,
+            },
+            Duration::from_secs(u64::from(request.ttl_seconds)),
+            std::time::SystemTime::now(),
+        );
+        Ok(Response::new(pb::ExpectReplicasResponse {}))
     }
 
     async fn push_replica(
@@ -271,16 +296,6 @@ impl Agent for AgentService {
             .map(convert::archive_to_proto)
             .collect();
         Ok(Response::new(pb::ListArchivesResponse { archives }))
-    }
-
-    async fn get_archive(
-        &self,
-        request: Request<pb::GetArchiveRequest>,
-    ) -> Result<Response<pb::Archive>, Status> {
-        let id = request.into_inner().archive_id;
-        names::archive_id("archive_id", &id)?;
-        let meta = self.blocking(move |store| store.get(&id)).await?;
-        Ok(Response::new(convert::archive_to_proto(&meta)))
     }
 
     async fn delete_archives(

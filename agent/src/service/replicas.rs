@@ -7,6 +7,7 @@ impl AgentService {
         &self,
         request: Request<Streaming<pb::PushReplicaRequest>>,
     ) -> Result<Response<pb::PushReplicaResponse>, Status> {
+        let identity = authz::caller(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.message) {
             Some(Message::Header(header)) => header,
@@ -20,6 +21,26 @@ impl AgentService {
             .archive
             .ok_or_else(|| Status::invalid_argument("header.archive is required"))?;
         let meta = convert::archive_from_proto(archive)?;
+        let expected = Expected {
+            source_node: meta.source_node.clone(),
+            policy: meta.policy.clone(),
+            namespace: meta.namespace.clone(),
+            pod_uid: meta.pod_uid.clone(),
+            container: meta.container.clone(),
+        };
+        let caller_node = identity.node().unwrap_or_default();
+        if let Err(why) =
+            self.inner
+                .announcements
+                .check(caller_node, &expected, std::time::SystemTime::now())
+        {
+            return Err(authz::refuse(
+                &self.inner.metrics,
+                "PushReplica",
+                &identity,
+                &format!("archive {}: {why}", meta.id),
+            ));
+        }
         let offset = header.offset;
         let received = self.inner.metrics.received.clone();
         let incoming = match self

@@ -8,13 +8,31 @@ impl AgentService {
         &self,
         request: Request<pb::PrepareRestoreRequest>,
     ) -> Result<Response<pb::PrepareRestoreResponse>, Status> {
+        let identity = authz::caller(&request)?;
         let pb::PrepareRestoreRequest {
             archive_id: id,
             failover,
+            namespace,
         } = request.into_inner();
         names::archive_id("archive_id", &id)?;
         if !failover.is_empty() {
             names::uid("failover", &failover)?;
+        }
+        names::dns_label("namespace", &namespace)?;
+        let archive = id.clone();
+        let owner = self
+            .blocking(move |store| store.get(&archive))
+            .await?
+            .namespace;
+        if owner != namespace {
+            return Err(authz::refuse(
+                &self.inner.metrics,
+                "PrepareRestore",
+                &identity,
+                &format!(
+                    "archive {id} belongs to namespace {owner}, not {namespace}: a restore never crosses namespaces"
+                ),
+            ));
         }
         // A late release of an earlier preparation waits for this one.
         let _busy = self.inner.prepared.lock().await;

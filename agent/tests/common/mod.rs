@@ -28,7 +28,7 @@ impl std::ops::Deref for Pki {
 
 impl Pki {
     pub fn new(dir: &Path) -> Self {
-        Self(TestPki::new(dir, ferry_agent::tls::AGENT_SERVER_NAME).unwrap())
+        Self(TestPki::new(dir).unwrap())
     }
 
     /// A client that presents the given certificate (or none).
@@ -55,6 +55,14 @@ impl Pki {
             .await
             .map_err(|e| format!("{e:?}"))?;
         Ok(AgentClient::new(channel))
+    }
+
+    /// A client that presents the certificate of the agent of `node`.
+    pub async fn as_agent(&self, endpoint: &str, node: &str) -> AgentClient<Channel> {
+        let (cert, key) = self.agent(node);
+        self.client(endpoint, Some((&cert, &key)))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {endpoint} as node {node}: {e}"))
     }
 
     /// A client with the controller's valid certificate.
@@ -134,8 +142,8 @@ impl AgentProcess {
             format!("--http-addr=127.0.0.1:{http_port}"),
             format!("--data-dir={}", data_dir.display()),
             format!("--tls-ca={}", pki.ca.display()),
-            format!("--tls-cert={}", pki.agent_cert.display()),
-            format!("--tls-key={}", pki.agent_key.display()),
+            format!("--tls-cert={}", pki.agent(name).0.display()),
+            format!("--tls-key={}", pki.agent(name).1.display()),
             "--log-format=text".into(),
         ];
         // The synthetic runtime unless the test picks one.
@@ -327,16 +335,59 @@ pub fn import_archive_with(
     meta
 }
 
-/// Asks the agent behind `client` to send archive `id` to `peer`; the
-/// outcome of that one replica.
+/// Tells `target`, as the controller does, to accept replicas of
+/// `archive`'s container from its source node.
+pub async fn announce(
+    pki: &Pki,
+    archive: &ferry_proto::v1::Archive,
+    target: &ferry_proto::v1::Peer,
+) {
+    pki.controller(&target.endpoint)
+        .await
+        .expect_replicas(ferry_proto::v1::ExpectReplicasRequest {
+            source_node: archive.source_node.clone(),
+            policy: archive.policy.clone(),
+            container: archive.container.clone(),
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("announcing to {}: {s}", target.node_name));
+}
+
+/// A checkpoint on `source` the way the controller asks for one: every
+/// peer first hears that the container's replicas will come.
+pub async fn checkpoint_announced(
+    pki: &Pki,
+    source: &AgentProcess,
+    request: ferry_proto::v1::CheckpointRequest,
+) -> Result<tonic::Response<ferry_proto::v1::CheckpointResponse>, tonic::Status> {
+    let expected = ferry_proto::v1::Archive {
+        source_node: source.name.clone(),
+        policy: request.policy.clone(),
+        container: request.container.clone(),
+        ..Default::default()
+    };
+    for peer in &request.peers {
+        announce(pki, &expected, peer).await;
+    }
+    pki.controller(&source.endpoint)
+        .await
+        .checkpoint(request)
+        .await
+}
+
+/// Asks the agent behind `client` to send archive `meta` to `peer` (told to
+/// expect it first); the outcome of that one replica.
 pub async fn replicate_to(
+    pki: &Pki,
     client: &mut AgentClient<Channel>,
-    id: &str,
+    meta: &ArchiveMeta,
     peer: ferry_proto::v1::Peer,
 ) -> ferry_proto::v1::ReplicaOutcome {
+    announce(pki, &ferry_agent::convert::archive_to_proto(meta), &peer).await;
     client
         .replicate(ferry_proto::v1::ReplicateRequest {
-            archive_id: id.into(),
+            archive_id: meta.id.clone(),
             peers: vec![peer],
         })
         .await
@@ -344,6 +395,20 @@ pub async fn replicate_to(
         .into_inner()
         .replicas
         .remove(0)
+}
+
+/// One archive's metadata as the agent lists it.
+pub async fn listed_archive(pki: &Pki, agent: &AgentProcess, id: &str) -> ferry_proto::v1::Archive {
+    let mut client = pki.controller(&agent.endpoint).await;
+    client
+        .list_archives(ferry_proto::v1::ListArchivesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .archives
+        .into_iter()
+        .find(|a| a.id == id)
+        .unwrap_or_else(|| panic!("{} does not list archive {id}", agent.name))
 }
 
 /// Ids of the archives an agent lists.

@@ -63,7 +63,10 @@ pub async fn advance(
             };
         }
         Action::Prepare { node, archives } => {
-            prepare(record, node, archives, agents, context, world.now).await
+            prepare(
+                record, node, namespace, archives, agents, context, world.now,
+            )
+            .await
         }
         Action::TaintNode { node } => taint(context, node).await.map(|()| step.record.clone()),
         Action::StopPod { name, uid } => {
@@ -181,7 +184,7 @@ async fn ask_to_fence(
     let agent = agents
         .get(node)
         .ok_or_else(|| format!("no agent Lease for node {node}"))?;
-    let mut client = context.agents.client(&agent.endpoint)?;
+    let mut client = context.agents.client(&agent.node, &agent.endpoint)?;
     let mut request = tonic::Request::new(pb::FencePodRequest {
         pod_uid: record.pod_uid.clone(),
         namespace: namespace.to_owned(),
@@ -208,6 +211,7 @@ async fn ask_to_fence(
 async fn prepare(
     record: &FailoverRecord,
     node: &str,
+    namespace: &str,
     archives: &[String],
     agents: &AgentIndex,
     context: &Context,
@@ -216,12 +220,13 @@ async fn prepare(
     let agent = agents
         .live(node, now)
         .ok_or_else(|| format!("the agent of node {node} is not live"))?;
-    let mut client = context.agents.client(&agent.endpoint)?;
+    let mut client = context.agents.client(&agent.node, &agent.endpoint)?;
     let mut answers = Vec::new();
     for archive in archives {
         let mut request = tonic::Request::new(pb::PrepareRestoreRequest {
             archive_id: archive.clone(),
             failover: record.pod_uid.clone(),
+            namespace: namespace.to_owned(),
         });
         request.set_timeout(Duration::from_secs(120));
         match client.prepare_restore(request).await {

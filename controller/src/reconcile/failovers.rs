@@ -275,6 +275,7 @@ fn release_restore(context: &Context, agents: &AgentIndex, record: &FailoverReco
     }
     let pool = context.agents.clone();
     let endpoint = agent.endpoint.clone();
+    let node = agent.node.clone();
     let failover = record.pod_uid.clone();
     let pod = record.pod.clone();
     tokio::spawn(async move {
@@ -284,7 +285,7 @@ fn release_restore(context: &Context, agents: &AgentIndex, record: &FailoverReco
                 failover: failover.clone(),
             });
             request.set_timeout(RELEASE_TIMEOUT);
-            let result = match pool.client(&endpoint) {
+            let result = match pool.client(&node, &endpoint) {
                 Ok(mut client) => client
                     .release_restore(request)
                     .await

@@ -23,7 +23,7 @@ pub type Pki = TestPki;
 
 /// A fresh [`Pki`] in `dir`.
 pub fn pki(dir: &Path) -> Pki {
-    TestPki::new(dir, ferry_proto::tls::AGENT_SERVER_NAME).unwrap()
+    TestPki::new(dir).unwrap()
 }
 
 pub fn free_port() -> u16 {
@@ -255,8 +255,8 @@ pub async fn install_with(setup: &Setup<'_>) -> Installation {
             "--http-addr=127.0.0.1:0".into(),
             format!("--data-dir={}", dir.join(&node).display()),
             format!("--tls-ca={}", pki.ca.display()),
-            format!("--tls-cert={}", pki.agent_cert.display()),
-            format!("--tls-key={}", pki.agent_key.display()),
+            format!("--tls-cert={}", pki.agent(&node).0.display()),
+            format!("--tls-key={}", pki.agent(&node).1.display()),
             "--runtime=synthetic".into(),
             format!("--synthetic-archive-bytes={archive_bytes}"),
             format!("--lease-namespace={AGENT_NAMESPACE}"),
@@ -420,17 +420,15 @@ impl Installation {
     /// Archive ids an agent holds for `policy` (`namespace/name`).
     pub async fn archives(&self, node: &str, policy: &str) -> Vec<String> {
         let (_, _, endpoint) = self.agent(node);
-        let tls = ferry_proto::tls::MutualTls::load(&ferry_proto::tls::TlsFiles {
+        let tls = ferry_proto::tls::Credentials::load(&ferry_proto::tls::TlsFiles {
             ca: self.pki.ca.clone(),
             cert: self.pki.controller_cert.clone(),
             key: self.pki.controller_key.clone(),
         })
         .unwrap();
-        let channel = tonic::transport::Endpoint::from_shared(format!("https://{endpoint}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
             .unwrap()
-            .tls_config(tls.client())
-            .unwrap()
-            .connect()
+            .connect_with_connector(tls.connector(ferry_proto::tls::Identity::agent(node)))
             .await
             .unwrap();
         let mut client = ferry_proto::v1::agent_client::AgentClient::new(channel);

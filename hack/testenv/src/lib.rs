@@ -13,7 +13,7 @@ mod pki;
 mod process;
 mod proxy;
 
-pub use pki::TestPki;
+pub use pki::{TestPki, validity_now};
 pub use proxy::ApiProxy;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +49,10 @@ pub enum Error {
     },
     #[error("generating certificates: {0}")]
     Certificates(#[from] rcgen::Error),
+    #[error("test PKI: {0}")]
+    Pki(String),
+    #[error("test PKI: {0}")]
+    PkiIo(#[from] std::io::Error),
     #[error("starting {component}: {source}")]
     Spawn {
         component: &'static str,
