@@ -126,12 +126,26 @@ prometheus.io/path: /metrics
 {{- end }}
 
 {{/*
-Name of the Secret holding the mutual-TLS material (ca.crt, tls.crt, tls.key)
-that the controller and every agent mount at /etc/ferry/tls: the configured
-name, else "<fullname>-tls".
+Name of the Secret holding the ferry CA (ca.crt and ca.key), mounted by the
+controller only: the configured name, else "<fullname>-ca".
 */}}
-{{- define "ferry.tls.secretName" -}}
-{{- default (printf "%s-tls" (include "ferry.fullname" .)) .Values.tls.secretName }}
+{{- define "ferry.ca.secretName" -}}
+{{- default (printf "%s-ca" (include "ferry.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{/*
+Name of the ConfigMap with the CA certificate alone, which the agents mount.
+*/}}
+{{- define "ferry.ca.bundleName" -}}
+{{- printf "%s-ca" (include "ferry.fullname" .) }}
+{{- end }}
+
+{{/*
+The signer name of the agents' CertificateSigningRequests: one per release
+namespace, so two installations never sign each other's agents.
+*/}}
+{{- define "ferry.csrSignerName" -}}
+{{- printf "ferry.dev/agent-%s" .Release.Namespace }}
 {{- end }}
 
 {{/*
@@ -141,25 +155,6 @@ Name of the Secret holding the key archives are encrypted with at rest
 */}}
 {{- define "ferry.encryption.secretName" -}}
 {{- default (printf "%s-encryption-key" (include "ferry.fullname" .)) .Values.agent.encryption.existingSecret }}
-{{- end }}
-
-{{/*
-Pod volume of that Secret, named "tls". Call with (dict "mode" <int> "root" $).
-Keys are listed explicitly so a Secret that lacks one fails the pod start with
-a clear event instead of an agent that cannot load its certificate.
-*/}}
-{{- define "ferry.tls.volume" -}}
-- name: tls
-  secret:
-    secretName: {{ include "ferry.tls.secretName" .root }}
-    defaultMode: {{ .mode }}
-    items:
-      - key: ca.crt
-        path: ca.crt
-      - key: tls.crt
-        path: tls.crt
-      - key: tls.key
-        path: tls.key
 {{- end }}
 
 {{/*

@@ -261,7 +261,8 @@ async fn rendered_chart_is_accepted_by_the_api_server() -> TestResult {
         "service/ferry-controller",
         "serviceaccount/ferry-controller",
         "serviceaccount/ferry-agent",
-        "secret/ferry-tls",
+        "secret/ferry-ca",
+        "configmap/ferry-ca",
         "clusterrole.rbac.authorization.k8s.io/ferry-controller",
         "clusterrole.rbac.authorization.k8s.io/ferry-agent",
         "clusterrolebinding.rbac.authorization.k8s.io/ferry-controller",
@@ -362,6 +363,10 @@ async fn schema_refuses_invalid_values() -> TestResult {
             "agent.replication.zstd",
         ),
         (&["--set", "tls.generate=yes"], "tls.generate"),
+        (
+            &["--set", "tls.certificateValidity=soon"],
+            "tls.certificateValidity",
+        ),
         (&["--set", "tls.secretName=Not_A_Name"], "tls.secretName"),
         (&["--set", "tls.generat=false"], "generat"),
         (
@@ -496,7 +501,7 @@ async fn agent_fencing_values_reach_flags_and_its_privileges_follow() -> TestRes
         serde_json::json!([{
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "list", "create", "update", "patch"],
+            "verbs": ["list", "create", "patch"],
         }]),
         "agent Role"
     );
@@ -553,18 +558,47 @@ async fn rbac_is_least_privilege() -> TestResult {
         }
     }
 
-    // The agent may ask the kubelet for checkpoints and nothing else,
-    // cluster-wide.
+    // Cluster-wide, the agent may ask the kubelet for checkpoints, read the
+    // one pod and policy a checkpoint request names, and ask for its own
+    // certificate; nothing else (no list or watch of other tenants' pods).
     let agent = find(&docs, "ClusterRole", "ferry-agent").ok_or("no ClusterRole ferry-agent")?;
-    let expected = serde_json::json!([{
-        "apiGroups": [""],
-        "resources": ["nodes/checkpoint"],
-        "verbs": ["create"],
-    }]);
+    let expected = serde_json::json!([
+        {"apiGroups": [""], "resources": ["nodes/checkpoint"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        {"apiGroups": ["ferry.dev"], "resources": ["checkpointpolicies"], "verbs": ["get"]},
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+            "verbs": ["create", "get"]},
+    ]);
     assert_eq!(
         agent["rules"], expected,
-        "agent ClusterRole must grant exactly nodes/checkpoint create"
+        "agent ClusterRole must grant exactly these rules"
     );
+
+    // The controller approves and signs for ferry's own signer name only,
+    // and writes no Lease but its election Lease.
+    let controller =
+        find(&docs, "ClusterRole", "ferry-controller").ok_or("no ClusterRole ferry-controller")?;
+    let signers = controller["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| strings(&r["resources"]).contains(&"signers"))
+        .ok_or("the controller may not sign")?;
+    assert_eq!(
+        signers["resourceNames"],
+        serde_json::json!(["ferry.dev/agent-ferry-system"]),
+        "{signers}"
+    );
+    let role = find(&docs, "Role", "ferry-controller").ok_or("no Role ferry-controller")?;
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        if strings(&rule["verbs"]).contains(&"update") {
+            assert_eq!(
+                rule["resourceNames"],
+                serde_json::json!(["ferry-controller"]),
+                "the controller may update Leases other than its own: {rule}"
+            );
+        }
+    }
 
     // Secrets are never readable.
     for role in &roles {
@@ -804,38 +838,73 @@ fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|v| v["name"] == name)
 }
 
-/// Asserts that the pod spec mounts Secret `secret` read-only at
-/// /etc/ferry/tls in its first container, with the three TLS keys.
-fn assert_mounts_tls_secret(what: &str, pod: &Value, secret: &str) {
+/// The read-only mount at /etc/ferry/ca of the pod's first container, and
+/// its volume.
+fn ca_volume<'a>(what: &str, pod: &'a Value) -> &'a Value {
     let c = &pod["containers"][0];
     let mount = c["volumeMounts"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|m| m["mountPath"] == "/etc/ferry/tls")
-        .unwrap_or_else(|| panic!("{what} mounts nothing at /etc/ferry/tls: {c}"));
-    assert_eq!(mount["readOnly"], true, "{what} TLS mount: {mount}");
+        .find(|m| m["mountPath"] == "/etc/ferry/ca")
+        .unwrap_or_else(|| panic!("{what} mounts nothing at /etc/ferry/ca: {c}"));
+    assert_eq!(mount["readOnly"], true, "{what} CA mount: {mount}");
     let vol_name = mount["name"].as_str().unwrap_or_default();
-    let vol =
-        volume(pod, vol_name).unwrap_or_else(|| panic!("{what} has no volume {vol_name}: {pod}"));
-    assert_eq!(
-        vol["secret"]["secretName"], secret,
-        "{what} TLS volume: {vol}"
-    );
-    let mut keys: Vec<&str> = vol["secret"]["items"]
+    volume(pod, vol_name).unwrap_or_else(|| panic!("{what} has no volume {vol_name}: {pod}"))
+}
+
+/// The keys a volume projects.
+fn volume_keys(vol: &Value, source: &str) -> Vec<String> {
+    let mut keys: Vec<String> = vol[source]["items"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|i| i["key"].as_str())
+        .filter_map(|i| i["key"].as_str().map(str::to_owned))
         .collect();
     keys.sort_unstable();
+    keys
+}
+
+/// The controller mounts the CA Secret `secret`, key included, readable
+/// by its group only.
+fn assert_controller_mounts_the_ca(pod: &Value, secret: &str) {
+    let vol = ca_volume("controller", pod);
     assert_eq!(
-        keys,
-        ["ca.crt", "tls.crt", "tls.key"],
-        "{what} TLS volume: {vol}"
+        vol["secret"]["secretName"], secret,
+        "controller CA volume: {vol}"
     );
+    assert_eq!(volume_keys(vol, "secret"), ["ca.crt", "ca.key"], "{vol}");
     let mode = vol["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
-    assert_eq!(mode & 0o077 & !0o040, 0, "{what}: TLS files mode {mode:o}");
+    assert_eq!(
+        mode & 0o077 & !0o040,
+        0,
+        "controller: CA files mode {mode:o}"
+    );
+}
+
+/// The agent mounts the CA certificate alone, from the ConfigMap, and no
+/// Secret with a certificate or key.
+fn assert_agent_mounts_only_the_ca_certificate(pod: &Value) {
+    let vol = ca_volume("agent", pod);
+    assert_eq!(
+        vol["configMap"]["name"], "ferry-ca",
+        "agent CA volume: {vol}"
+    );
+    assert_eq!(volume_keys(vol, "configMap"), ["ca.crt"], "{vol}");
+    let secrets: Vec<&Value> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| {
+            v["secret"]["secretName"]
+                .as_str()
+                .is_some_and(|name| name != "ferry-encryption-key")
+        })
+        .collect();
+    assert!(
+        secrets.is_empty(),
+        "the agent mounts key material: {secrets:?}"
+    );
 }
 
 #[tokio::test]
@@ -852,9 +921,10 @@ async fn agent_runs_the_kubelet_runtime_with_mutual_tls() -> TestResult {
         "--kubelet-ca=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
         "--kubelet-checkpoint-dir=/var/lib/kubelet/checkpoints",
         "--max-concurrent-transfers=2",
-        "--tls-ca=/etc/ferry/tls/ca.crt",
-        "--tls-cert=/etc/ferry/tls/tls.crt",
-        "--tls-key=/etc/ferry/tls/tls.key",
+        "--identity=kubernetes-csr",
+        "--csr-signer-name=ferry.dev/agent-ferry-system",
+        "--tls-ca=/etc/ferry/ca/ca.crt",
+        "--certificate-validity=4h",
     ] {
         assert!(
             args.contains(&expected),
@@ -888,20 +958,30 @@ async fn agent_runs_the_kubelet_runtime_with_mutual_tls() -> TestResult {
         pod["automountServiceAccountToken"], true,
         "the agent presents its token to the kubelet: {pod}"
     );
-    assert_mounts_tls_secret("agent", pod, "ferry-tls");
+    assert_agent_mounts_only_the_ca_certificate(pod);
 
-    // The controller mounts the same Secret for calling the agents.
+    // The controller alone holds the CA key: it signs.
     let controller =
         find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
     let cpod = &controller["spec"]["template"]["spec"];
-    assert_mounts_tls_secret("controller", cpod, "ferry-tls");
-    // Non-root: it reads its key through the group.
+    assert_controller_mounts_the_ca(cpod, "ferry-ca");
+    let cargs = strings(&cpod["containers"][0]["args"]);
+    for expected in [
+        "--tls-ca=/etc/ferry/ca/ca.crt",
+        "--ca-key=/etc/ferry/ca/ca.key",
+        "--csr-signer-name=ferry.dev/agent-ferry-system",
+        "--agent-service-account=ferry-agent",
+    ] {
+        assert!(
+            cargs.contains(&expected),
+            "controller args lack {expected}: {cargs:?}"
+        );
+    }
+    // Non-root: it reads the key through the group.
     assert_eq!(
         cpod["securityContext"]["fsGroup"], 65532,
         "controller pod: {cpod}"
     );
-    let tls = volume(cpod, "tls").ok_or("controller has no tls volume")?;
-    assert_eq!(tls["secret"]["defaultMode"], 0o440, "controller: {tls}");
 
     // Values reach the flags.
     let docs = documents(
@@ -1093,104 +1173,64 @@ fn mutual_handshake(ca: &[u8], cert: &[u8], key: &[u8], server_name: &str) -> Re
 }
 
 #[tokio::test]
-async fn generated_tls_secret_holds_a_ca_and_a_certificate_for_agents_and_controller() -> TestResult
-{
+async fn generated_ca_signs_and_only_its_certificate_is_public() -> TestResult {
     let docs = documents(&render(&[]).await?)?;
-    let secret = find(&docs, "Secret", "ferry-tls").ok_or("no Secret ferry-tls")?;
-    assert_eq!(secret["type"], "kubernetes.io/tls", "Secret: {secret}");
+    let secret = find(&docs, "Secret", "ferry-ca").ok_or("no Secret ferry-ca")?;
     assert_eq!(
         secret["metadata"]["namespace"], NAMESPACE,
         "Secret: {secret}"
     );
     let ca = secret_data(secret, "ca.crt")?;
-    let cert = secret_data(secret, "tls.crt")?;
-    let key = secret_data(secret, "tls.key")?;
-    for (file, pem, marker) in [
-        ("ca.crt", &ca, "-----BEGIN CERTIFICATE-----"),
-        ("tls.crt", &cert, "-----BEGIN CERTIFICATE-----"),
-        ("tls.key", &key, "PRIVATE KEY-----"),
-    ] {
-        let text = String::from_utf8_lossy(pem);
-        assert!(
-            text.trim_start().starts_with("-----BEGIN ") && text.contains(marker),
-            "{file} is not PEM with {marker}:\n{text}"
-        );
+    let ca_key = secret_data(secret, "ca.key")?;
+    let bundle = find(&docs, "ConfigMap", "ferry-ca").ok_or("no ConfigMap ferry-ca")?;
+    let public = bundle["data"]["ca.crt"].as_str().unwrap_or_default();
+    assert_eq!(
+        public.trim(),
+        String::from_utf8_lossy(&ca).trim(),
+        "the ConfigMap holds another CA"
+    );
+    assert!(!public.contains("PRIVATE KEY"), "the ConfigMap holds a key");
+    // No certificate or key for any component is rendered: each gets its
+    // own at run time.
+    for doc in &docs {
+        if kind(doc) == "Secret" && name(doc) != "ferry-ca" && name(doc) != "ferry-webhook-tls" {
+            panic!("the chart renders key material in Secret {}", name(doc));
+        }
     }
 
-    let dir = TempDir::new("tls")?;
-    for (file, pem) in [("ca.crt", &ca), ("tls.crt", &cert), ("tls.key", &key)] {
-        std::fs::write(dir.0.join(file), pem)?;
-    }
-    // Signed by the CA, for both ends of a TLS connection.
-    for purpose in ["sslserver", "sslclient"] {
-        let out = openssl(
-            &[
-                "verify", "-CAfile", "ca.crt", "-purpose", purpose, "tls.crt",
-            ],
-            &dir.0,
-        )
-        .await?;
-        assert!(out.contains("tls.crt: OK"), "openssl verify: {out}");
-    }
-    let text = openssl(&["x509", "-in", "tls.crt", "-noout", "-text"], &dir.0).await?;
-    for expected in [
-        "DNS:ferry-agent",
-        "DNS:ferry-controller",
-        "TLS Web Server Authentication",
-        "TLS Web Client Authentication",
-        "CA:FALSE",
-    ] {
-        assert!(text.contains(expected), "tls.crt lacks {expected}:\n{text}");
-    }
+    let dir = TempDir::new("ca")?;
+    std::fs::write(dir.0.join("ca.crt"), &ca)?;
+    std::fs::write(dir.0.join("ca.key"), &ca_key)?;
     let ca_text = openssl(&["x509", "-in", "ca.crt", "-noout", "-text"], &dir.0).await?;
     assert!(ca_text.contains("CA:TRUE"), "ca.crt is no CA:\n{ca_text}");
-    // Valid for ten years: still valid in nine, no longer in eleven.
-    let year = 365 * 24 * 3600_u64;
-    for file in ["ca.crt", "tls.crt"] {
-        openssl(
-            &[
-                "x509",
-                "-in",
-                file,
-                "-noout",
-                "-checkend",
-                &(9 * year).to_string(),
-            ],
-            &dir.0,
-        )
-        .await
-        .map_err(|e| format!("{file} expires within nine years: {e}"))?;
-        let mut cmd = Command::new("openssl");
-        cmd.args(["x509", "-in", file, "-noout", "-checkend"])
-            .arg((11 * year).to_string())
-            .current_dir(&dir.0);
-        let out = run(cmd, None).await?;
-        assert!(
-            !out.status.success(),
-            "{file} is valid for more than eleven years:\n{}",
-            describe(&out)
-        );
-    }
-    // The key belongs to the certificate.
-    let cert_pub = openssl(&["x509", "-in", "tls.crt", "-noout", "-pubkey"], &dir.0).await?;
-    let key_pub = openssl(&["pkey", "-in", "tls.key", "-pubout"], &dir.0).await?;
-    assert_eq!(cert_pub, key_pub, "tls.key does not match tls.crt");
+    let cert_pub = openssl(&["x509", "-in", "ca.crt", "-noout", "-pubkey"], &dir.0).await?;
+    let key_pub = openssl(&["pkey", "-in", "ca.key", "-pubout"], &dir.0).await?;
+    assert_eq!(cert_pub, key_pub, "ca.key does not match ca.crt");
 
-    // rustls (the controller's and the agents' TLS stack) accepts it both
-    // ways, under both names, and still checks the name.
-    for server_name in ["ferry-agent", "ferry-controller"] {
-        mutual_handshake(&ca, &cert, &key, server_name)
-            .map_err(|e| format!("mutual TLS as {server_name}: {e}"))?;
-    }
-    let wrong = mutual_handshake(&ca, &cert, &key, "ferry-intruder");
+    // What the controller's signer issues from it is accepted by rustls
+    // (the agents' and the controller's TLS stack) both ways, and the name
+    // is still checked.
+    // helm's genCA key is PKCS#1 RSA; the controller reads it the same way.
+    let pkcs8 = ferry_proto::tls::pkcs8_key(&ca_key)?;
+    let key = rcgen::KeyPair::try_from(pkcs8.as_slice())?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&String::from_utf8_lossy(&ca), key)?;
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let leaf = ferry_proto::tls::Identity::agent("node-a")
+        .certificate_params(std::time::Duration::from_secs(3600))?
+        .signed_by(&leaf_key, &issuer)?;
+    let (cert, key) = (
+        leaf.pem().into_bytes(),
+        leaf_key.serialize_pem().into_bytes(),
+    );
+    mutual_handshake(&ca, &cert, &key, "ferry-agent").map_err(|e| format!("mutual TLS: {e}"))?;
     assert!(
-        wrong.is_err(),
+        mutual_handshake(&ca, &cert, &key, "ferry-intruder").is_err(),
         "a server name the certificate does not carry was accepted"
     );
 
-    // Every render generates new material (no cluster to reuse it from).
+    // Every render generates a new CA (no cluster to reuse it from).
     let again = documents(&render(&[]).await?)?;
-    let again = find(&again, "Secret", "ferry-tls").ok_or("no Secret ferry-tls")?;
+    let again = find(&again, "Secret", "ferry-ca").ok_or("no Secret ferry-ca")?;
     assert_ne!(
         secret_data(again, "ca.crt")?,
         ca,
@@ -1200,13 +1240,16 @@ async fn generated_tls_secret_holds_a_ca_and_a_certificate_for_agents_and_contro
 }
 
 #[tokio::test]
-async fn tls_secret_can_be_provided_by_the_user() -> TestResult {
+async fn the_ca_can_be_provided_by_the_user() -> TestResult {
+    let ca_pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
     let docs = documents(
         &render(&[
             "--set",
             "tls.generate=false",
             "--set",
-            "tls.secretName=my-ferry-certs",
+            "tls.secretName=my-ferry-ca",
+            "--set-string",
+            &format!("tls.caCert={ca_pem}"),
         ])
         .await?,
     )?;
@@ -1223,45 +1266,34 @@ async fn tls_secret_can_be_provided_by_the_user() -> TestResult {
         secrets.is_empty(),
         "tls.generate=false still renders {secrets:?}"
     );
-    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
-    assert_mounts_tls_secret(
-        "agent",
-        &agent["spec"]["template"]["spec"],
-        "my-ferry-certs",
-    );
     let controller =
         find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
-    assert_mounts_tls_secret(
-        "controller",
-        &controller["spec"]["template"]["spec"],
-        "my-ferry-certs",
+    assert_controller_mounts_the_ca(&controller["spec"]["template"]["spec"], "my-ferry-ca");
+    let bundle = find(&docs, "ConfigMap", "ferry-ca").ok_or("no ConfigMap ferry-ca")?;
+    assert_eq!(
+        bundle["data"]["ca.crt"].as_str().unwrap_or_default().trim(),
+        ca_pem
     );
+    assert_agent_mounts_only_the_ca_certificate(agent_pod(&docs)?);
 
-    // Without a name the default one is expected.
-    let docs = documents(&render(&["--set", "tls.generate=false"]).await?)?;
-    let agent = find(&docs, "DaemonSet", "ferry-agent").ok_or("no DaemonSet ferry-agent")?;
-    assert_mounts_tls_secret("agent", &agent["spec"]["template"]["spec"], "ferry-tls");
+    // Without the CA certificate (and no cluster to read it from) the
+    // render fails, naming the value.
+    let err = render(&["--set", "tls.generate=false"]).await.unwrap_err();
+    assert!(err.contains("tls.caCert"), "{err}");
 
     // A generated Secret takes the configured name.
-    let docs = documents(&render(&["--set", "tls.secretName=my-ferry-certs"]).await?)?;
+    let docs = documents(&render(&["--set", "tls.secretName=my-ferry-ca"]).await?)?;
     assert!(
-        find(&docs, "Secret", "my-ferry-certs").is_some(),
-        "no Secret my-ferry-certs"
-    );
-    let controller =
-        find(&docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
-    assert_mounts_tls_secret(
-        "controller",
-        &controller["spec"]["template"]["spec"],
-        "my-ferry-certs",
+        find(&docs, "Secret", "my-ferry-ca").is_some(),
+        "no Secret my-ferry-ca"
     );
     Ok(())
 }
 
 #[tokio::test]
-async fn generated_tls_secret_is_kept_across_upgrades() -> TestResult {
+async fn generated_ca_is_kept_across_upgrades() -> TestResult {
     // Its own namespace, so the other tests' dry runs are unaffected.
-    const NS: &str = "ferry-tls-reuse";
+    const NS: &str = "ferry-ca-reuse";
     let cp = ControlPlane::shared().await?;
     ensure_namespace(cp, NS).await?;
 
@@ -1281,13 +1313,17 @@ async fn generated_tls_secret_is_kept_across_upgrades() -> TestResult {
             ));
         }
         let docs = documents(&String::from_utf8_lossy(&out.stdout))?;
-        find(&docs, "Secret", "ferry-tls")
+        let secret = find(&docs, "Secret", "ferry-ca")
             .cloned()
-            .ok_or_else(|| "no Secret ferry-tls".to_owned())
+            .ok_or_else(|| "no Secret ferry-ca".to_owned())?;
+        let bundle = find(&docs, "ConfigMap", "ferry-ca")
+            .cloned()
+            .ok_or_else(|| "no ConfigMap ferry-ca".to_owned())?;
+        Ok::<_, String>((secret, bundle))
     };
 
     // First install: nothing to reuse; store what it generated.
-    let first = render_against_cluster().await?;
+    let (first, _) = render_against_cluster().await?;
     let mut apply = cp.kubectl();
     apply.args([
         "apply",
@@ -1304,15 +1340,25 @@ async fn generated_tls_secret_is_kept_across_upgrades() -> TestResult {
         describe(&out)
     );
 
-    // Upgrade: the same material comes back.
-    let second = render_against_cluster().await?;
-    for key in ["ca.crt", "tls.crt", "tls.key"] {
+    // Upgrade: the same CA comes back, and the ConfigMap publishes it.
+    let (second, bundle) = render_against_cluster().await?;
+    for key in ["ca.crt", "ca.key"] {
         assert_eq!(
             secret_data(&second, key)?,
             secret_data(&first, key)?,
             "{key} changed on upgrade although the Secret exists"
         );
     }
+    assert_eq!(
+        bundle["data"]["ca.crt"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .as_bytes(),
+        String::from_utf8_lossy(&secret_data(&first, "ca.crt")?)
+            .trim()
+            .as_bytes()
+    );
     Ok(())
 }
 
@@ -1904,6 +1950,10 @@ async fn cluster_values_mount_the_parents_of_per_node_paths() -> TestResult {
         serde_json::json!([
             {"apiGroups": [""], "resources": ["nodes/checkpoint"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            {"apiGroups": ["ferry.dev"], "resources": ["checkpointpolicies"], "verbs": ["get"]},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+                "verbs": ["create", "get"]},
         ]),
         "agent ClusterRole with kubelet.port 0"
     );
