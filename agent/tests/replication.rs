@@ -220,40 +220,6 @@ async fn a_flipped_byte_is_detected_and_rejected() {
 }
 
 #[tokio::test]
-async fn callers_without_a_valid_certificate_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
-
-    for (what, identity) in [
-        ("no client certificate", None),
-        (
-            "a certificate from another CA",
-            Some((pki.rogue_cert.as_path(), pki.rogue_key.as_path())),
-        ),
-    ] {
-        // The TLS handshake may fail at connect or at the first call.
-        let refused = match pki.client(&a.endpoint, identity).await {
-            Err(err) => err,
-            Ok(mut client) => match client
-                .list_archives(pb::ListArchivesRequest::default())
-                .await
-            {
-                Err(status) => format!("{status:?}"),
-                Ok(_) => panic!("{what}: the agent answered"),
-            },
-        };
-        eprintln!("{what}: refused: {refused}");
-    }
-    // A caller with a valid certificate is served.
-    pki.controller(&a.endpoint)
-        .await
-        .list_archives(pb::ListArchivesRequest::default())
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
 async fn hostile_names_and_ids_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());

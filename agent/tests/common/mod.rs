@@ -397,8 +397,8 @@ pub async fn replicate_to(
         .remove(0)
 }
 
-/// One archive's metadata as the agent lists it.
-pub async fn listed_archive(pki: &Pki, agent: &AgentProcess, id: &str) -> ferry_proto::v1::Archive {
+/// The archives an agent lists, newest first.
+pub async fn listed_archives(pki: &Pki, agent: &AgentProcess) -> Vec<ferry_proto::v1::Archive> {
     let mut client = pki.controller(&agent.endpoint).await;
     client
         .list_archives(ferry_proto::v1::ListArchivesRequest::default())
@@ -406,6 +406,12 @@ pub async fn listed_archive(pki: &Pki, agent: &AgentProcess, id: &str) -> ferry_
         .unwrap()
         .into_inner()
         .archives
+}
+
+/// One archive's metadata as the agent lists it.
+pub async fn listed_archive(pki: &Pki, agent: &AgentProcess, id: &str) -> ferry_proto::v1::Archive {
+    listed_archives(pki, agent)
+        .await
         .into_iter()
         .find(|a| a.id == id)
         .unwrap_or_else(|| panic!("{} does not list archive {id}", agent.name))
@@ -413,13 +419,8 @@ pub async fn listed_archive(pki: &Pki, agent: &AgentProcess, id: &str) -> ferry_
 
 /// Ids of the archives an agent lists.
 pub async fn listed(pki: &Pki, agent: &AgentProcess) -> Vec<String> {
-    let mut client = pki.controller(&agent.endpoint).await;
-    client
-        .list_archives(ferry_proto::v1::ListArchivesRequest::default())
+    listed_archives(pki, agent)
         .await
-        .unwrap()
-        .into_inner()
-        .archives
         .into_iter()
         .map(|a| a.id)
         .collect()
