@@ -322,6 +322,32 @@ fn classify(
                 ),
             );
         }
+        // Stopped after the checkpoint and not started again, without a
+        // restart being counted: a restored container, whose checkpoint
+        // image is released once the restore ran, cannot start in place
+        // (ErrImageNeverPull); nor should it, since it would come back
+        // from the old checkpoint.
+        let waiting = current.state.as_ref().and_then(|s| s.waiting.as_ref());
+        let stopped = current
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| {
+                t.finished_at
+                    .as_ref()
+                    .is_some_and(|f| f.0 > record.taken_at.0)
+            });
+        if let (Some(waiting), Some(stopped)) = (waiting, stopped) {
+            return failed(
+                FailureTrigger::ContainerFailure,
+                format!(
+                    "kubelet: container {} stopped (exit code {}) and has not started again ({})",
+                    record.container,
+                    stopped.exit_code,
+                    waiting.reason.as_deref().unwrap_or("waiting")
+                ),
+            );
+        }
     }
     Verdict::Fine
 }
@@ -462,6 +488,30 @@ mod tests {
         );
         assert!(failures[0].evidence[0].starts_with("API server: kubelet:"));
         assert_eq!(failures[0].owner, "ReplicaSet/rs");
+    }
+
+    #[test]
+    fn a_container_that_stopped_and_cannot_start_again_is_a_container_failure() {
+        let mut world = healthy();
+        let mut stuck = pod(1, "Running");
+        stuck.status.as_mut().unwrap().container_statuses = Some(vec![
+            serde_json::from_value(serde_json::json!({"name": "app", "ready": false,
+                "restartCount": 1, "image": "localhost/ferry/checkpoint/ns/p/app:g", "imageID": "",
+                "state": {"waiting": {"reason": "ErrImageNeverPull"}},
+                "lastState": {"terminated": {"exitCode": 137, "finishedAt": at(95).to_string()}}}))
+            .unwrap(),
+        ]);
+        world.pods = vec![stuck.clone()];
+        let failures = world.run(&status(90, &["b"]), 101).failures;
+        assert_eq!(failures[0].reason, FailureTrigger::ContainerFailure);
+        assert!(
+            failures[0].detail.contains("ErrImageNeverPull"),
+            "{}",
+            failures[0].detail
+        );
+        // A stop before the checkpoint was taken is old news.
+        world.pods = vec![stuck];
+        assert!(world.run(&status(96, &["b"]), 101).failures.is_empty());
     }
 
     #[test]
