@@ -224,9 +224,15 @@ async fn run() {
     let a_zstd = AgentProcess::start(&pki, "node-a2", &a_zstd_dir, 0, &refs(&a2_args)).await;
     let b_zstd =
         AgentProcess::start(&pki, "node-b2", &dir.path().join("b2"), 0, &refs(&b2_args)).await;
+    // The sending side runs in this process (the agent's replicator on A's
+    // store, with A's certificate and key): the agents expose no "send this
+    // archive" call, since in a cluster only checkpoints are replicated.
+    let key_a_file = key_files.as_ref().map(|files| files[0].clone());
+    let a_sends = common::sender(&pki, &a, key_a_file.as_deref(), false);
+    let a_zstd_sends = common::sender(&pki, &a_zstd, key_a_file.as_deref(), true);
     for sender in [&a, &a_zstd] {
         assert_eq!(
-            listed(&pki, sender).await,
+            listed(sender),
             vec![archive.id.clone()],
             "{} serves the archive",
             sender.name
@@ -264,8 +270,11 @@ async fn run() {
         secure.add(size, run);
         suite = negotiated;
 
-        ferry.add(size, replicate(&pki, &a, &b, &archive.id).await);
-        ferry_zstd.add(size, replicate(&pki, &a_zstd, &b_zstd, &archive.id).await);
+        ferry.add(size, replicate(&pki, &a_sends, &a, &b, &archive).await);
+        ferry_zstd.add(
+            size,
+            replicate(&pki, &a_zstd_sends, &a_zstd, &b_zstd, &archive).await,
+        );
         eprintln!(
             "round {round}/{runs}: tcp {:.0}, tls+sha256 {:.0}, ferry {:.0}, ferry --zstd {:.0} MiB/s",
             tcp.last(),
@@ -310,13 +319,13 @@ async fn run() {
     );
     let rows = [
         (
-            "ferry Replicate A→B, mTLS, receiver sha256-verifies, fsyncs and publishes",
+            "ferry replication A→B, mTLS, receiver sha256-verifies, fsyncs and publishes",
             &ferry,
             &a,
             &b,
         ),
         (
-            "ferry Replicate A→B with `--zstd` (level 1; pseudo-random data does not compress)",
+            "ferry replication A→B with `--zstd` (level 1; pseudo-random data does not compress)",
             &ferry_zstd,
             &a_zstd,
             &b_zstd,
@@ -576,29 +585,36 @@ fn thread_cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
-/// One `Replicate` call from `sender` to `receiver`, timed from the call to
-/// its return (the receiver has verified and published). Deletes the replica
-/// afterwards so the next run starts from nothing.
-async fn replicate(pki: &Pki, sender: &AgentProcess, receiver: &AgentProcess, id: &str) -> Run {
-    let mut client = pki.controller(&sender.endpoint).await;
-    let cpu_before = (cpu_seconds(sender.pid()), cpu_seconds(receiver.pid()));
+/// One replication from `sender`'s store (through `sending`, the agent's
+/// replicator in this process) to `receiver`, timed until the receiver has
+/// verified and published. The sender's CPU is this process's. Deletes the
+/// replica afterwards so the next run starts from nothing.
+async fn replicate(
+    pki: &Pki,
+    sending: &ferry_agent::replication::Replicator,
+    sender: &AgentProcess,
+    receiver: &AgentProcess,
+    archive: &ferry_agent::store::ArchiveMeta,
+) -> Run {
+    let id = archive.id.as_str();
+    common::announce(
+        pki,
+        &ferry_agent::convert::archive_to_proto(archive),
+        &receiver.peer(),
+    )
+    .await;
+    let me = std::process::id();
+    let cpu_before = (cpu_seconds(me), cpu_seconds(receiver.pid()));
     let started = Instant::now();
-    let response = client
-        .replicate(pb::ReplicateRequest {
-            archive_id: id.to_owned(),
-            peers: vec![receiver.peer()],
-        })
+    let outcomes = sending
+        .replicate(id, &[common::target(&receiver.peer())])
         .await;
     let elapsed = started.elapsed();
     let cpu = (
-        cpu_seconds(sender.pid()) - cpu_before.0,
+        cpu_seconds(me) - cpu_before.0,
         cpu_seconds(receiver.pid()) - cpu_before.1,
     );
-    let outcome = response
-        .unwrap_or_else(|s| panic!("replicate: {s}\n{}", sender.log_text()))
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = ferry_agent::convert::outcomes_to_proto(outcomes).remove(0);
     assert!(
         outcome.ok,
         "replication {} → {} failed: {}\nsender log:\n{}\nreceiver log:\n{}",
@@ -609,7 +625,7 @@ async fn replicate(pki: &Pki, sender: &AgentProcess, receiver: &AgentProcess, id
         receiver.log_text()
     );
     assert_eq!(outcome.resumed_from, 0, "every run starts from nothing");
-    assert_eq!(listed(pki, receiver).await, vec![id.to_owned()]);
+    assert_eq!(listed(receiver), vec![id.to_owned()]);
     pki.controller(&receiver.endpoint)
         .await
         .delete_archives(pb::DeleteArchivesRequest {
@@ -619,7 +635,7 @@ async fn replicate(pki: &Pki, sender: &AgentProcess, receiver: &AgentProcess, id
         })
         .await
         .unwrap();
-    assert!(listed(pki, receiver).await.is_empty());
+    assert!(listed(receiver).is_empty());
     Run { elapsed, cpu }
 }
 

@@ -90,3 +90,18 @@ impl From<Error> for tonic::Status {
         }
     }
 }
+
+/// Replication outcomes as the API reports them.
+pub fn outcomes_to_proto(outcomes: Vec<crate::replication::Outcome>) -> Vec<pb::ReplicaOutcome> {
+    outcomes
+        .into_iter()
+        .map(|outcome| pb::ReplicaOutcome {
+            node_name: outcome.node_name,
+            ok: outcome.result.is_ok(),
+            error: outcome.result.err().unwrap_or_default(),
+            bytes_sent: outcome.bytes_sent,
+            millis: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
+            resumed_from: outcome.resumed_from,
+        })
+        .collect()
+}

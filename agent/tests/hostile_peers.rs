@@ -126,17 +126,16 @@ async fn a_replica_declared_larger_than_the_disk_or_quota_is_refused_up_front() 
     // Within the quota: stored. Beyond it: refused, naming the quota.
     let first = import_archive(&a.data_dir, 8 * MIB, 1);
     let second = import_archive(&a.data_dir, 8 * MIB, 2);
-    let mut client = pki.controller(&a.endpoint).await;
-    let outcome = replicate_to(&pki, &mut client, &first, b.peer()).await;
+    let outcome = replicate_to(&pki, &a, &first, b.peer()).await;
     assert!(outcome.ok, "{}", outcome.error);
-    let outcome = replicate_to(&pki, &mut client, &second, b.peer()).await;
+    let outcome = replicate_to(&pki, &a, &second, b.peer()).await;
     assert!(!outcome.ok);
     assert!(
         outcome.error.contains("quota of 12582912 bytes"),
         "{}",
         outcome.error
     );
-    assert_eq!(listed(&pki, &b).await, vec![first.id.clone()]);
+    assert_eq!(listed(&b), vec![first.id.clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,10 +170,9 @@ async fn more_streams_than_allowed_are_refused_and_the_running_ones_finish() {
     two.call.abort();
     drop((one, two));
     let archive = import_archive(&a.data_dir, 2 * MIB, 9);
-    let mut client = pki.controller(&a.endpoint).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let outcome = replicate_to(&pki, &mut client, &archive, b.peer()).await;
+        let outcome = replicate_to(&pki, &a, &archive, b.peer()).await;
         if outcome.ok {
             break;
         }
@@ -185,5 +183,5 @@ async fn more_streams_than_allowed_are_refused_and_the_running_ones_finish() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
+    assert_eq!(listed(&b), vec![archive.id.clone()]);
 }

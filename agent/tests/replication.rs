@@ -73,12 +73,12 @@ async fn one_gib_archive_replicates_to_two_peers_and_verifies() {
     }
     for peer in [&b, &c] {
         assert_eq!(
-            listed(&pki, peer).await,
+            listed(peer),
             vec![archive.id.clone()],
             "{} lists the replica",
             peer.name
         );
-        let stored = common::listed_archive(&pki, peer, &archive.id).await;
+        let stored = common::listed_archive(peer, &archive.id);
         assert_eq!(stored, archive, "{} keeps the same metadata", peer.name);
         // The receiver already verified; check again independently.
         let store = ferry_agent::store::Store::open(&peer.data_dir, u64::MAX).unwrap();
@@ -115,12 +115,9 @@ async fn killed_receiver_leaves_no_visible_partial_and_the_retry_resumes() {
         &b.peer(),
     )
     .await;
-    let mut client = pki.controller(&a.endpoint).await;
-    let request = pb::ReplicateRequest {
-        archive_id: archive.id.clone(),
-        peers: vec![b.peer()],
-    };
-    let replication = tokio::spawn(async move { client.replicate(request).await });
+    let sending = common::sender(&pki, &a, None, false);
+    let (id, target) = (archive.id.clone(), common::target(&b.peer()));
+    let replication = tokio::spawn(async move { sending.replicate(&id, &[target]).await });
 
     // Kill the receiver once a good part of the archive arrived.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -147,13 +144,7 @@ async fn killed_receiver_leaves_no_visible_partial_and_the_retry_resumes() {
 
     // The sender retries with backoff; the restarted receiver is back in time.
     b.restart(&pki).await;
-    let outcome = replication
-        .await
-        .unwrap()
-        .unwrap_or_else(|s| panic!("replicate: {s}"))
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = ferry_agent::convert::outcomes_to_proto(replication.await.unwrap()).remove(0);
     assert!(outcome.ok, "{}\n{}", outcome.error, a.log_text());
     assert!(
         outcome.resumed_from > 0 && outcome.resumed_from <= held,
@@ -165,7 +156,7 @@ async fn killed_receiver_leaves_no_visible_partial_and_the_retry_resumes() {
         outcome.resumed_from,
         archive.size_bytes - outcome.resumed_from
     );
-    assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
+    assert_eq!(listed(&b), vec![archive.id.clone()]);
     assert!(!part.exists(), "the partial file became the archive");
 }
 
@@ -187,17 +178,14 @@ async fn a_flipped_byte_is_detected_and_rejected() {
     std::fs::write(&path, bytes).unwrap();
 
     let mut client = pki.controller(&a.endpoint).await;
-    let outcome = replicate_to(&pki, &mut client, &archive, c.peer()).await;
+    let outcome = replicate_to(&pki, &a, &archive, c.peer()).await;
     assert!(!outcome.ok);
     assert!(
         outcome.error.contains("DataLoss") && outcome.error.contains("is corrupt"),
         "{}",
         outcome.error
     );
-    assert!(
-        listed(&pki, &c).await.is_empty(),
-        "the corrupt replica is not stored"
-    );
+    assert!(listed(&c).is_empty(), "the corrupt replica is not stored");
     let incoming: Vec<_> = std::fs::read_dir(c.data_dir.join("incoming"))
         .unwrap()
         .collect();
@@ -261,7 +249,7 @@ async fn hostile_names_and_ids_are_rejected() {
 
         if !value.is_empty() {
             let status = client
-                .list_archives(pb::ListArchivesRequest {
+                .delete_archives(pb::DeleteArchivesRequest {
                     policy: value.into(),
                     ..Default::default()
                 })
@@ -296,7 +284,7 @@ async fn hostile_names_and_ids_are_rejected() {
         assert_eq!(status.code(), Code::InvalidArgument, "{value:?}: {status}");
     }
     // Nothing was written anywhere outside the store.
-    assert!(listed(&pki, &a).await.is_empty());
+    assert!(listed(&a).is_empty());
 }
 
 /// A small tmpfs, unmounted on drop.
@@ -353,11 +341,10 @@ async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
     let first = import_archive(&a.data_dir, 8 * MIB, 1);
     let too_big = import_archive(&a.data_dir, 64 * MIB, 2);
 
-    let mut client = pki.controller(&a.endpoint).await;
-    let outcome = replicate_to(&pki, &mut client, &first, d.peer()).await;
+    let outcome = replicate_to(&pki, &a, &first, d.peer()).await;
     assert!(outcome.ok, "{}", outcome.error);
 
-    let outcome = replicate_to(&pki, &mut client, &too_big, d.peer()).await;
+    let outcome = replicate_to(&pki, &a, &too_big, d.peer()).await;
     assert!(!outcome.ok);
     // Refused before a byte is written: the declared size does not fit.
     assert!(
@@ -372,7 +359,7 @@ async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
     eprintln!("full disk: {}", outcome.error);
 
     // The earlier archive is intact and the failed one left nothing behind.
-    assert_eq!(listed(&pki, &d).await, vec![first.id.clone()]);
+    assert_eq!(listed(&d), vec![first.id.clone()]);
     let store = ferry_agent::store::Store::open(&d.data_dir, u64::MAX).unwrap();
     store.verify(&first.id).unwrap();
     let incoming: Vec<_> = std::fs::read_dir(d.data_dir.join("incoming"))
@@ -388,18 +375,13 @@ async fn a_full_disk_gives_a_clear_error_and_keeps_earlier_archives() {
 async fn zstd_compressed_streams_arrive_verified() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &["--zstd"]).await;
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
     let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
     let archive = import_archive(&a.data_dir, 48 * MIB + 12_345, 5);
-    let outcome = replicate_to(
-        &pki,
-        &mut pki.controller(&a.endpoint).await,
-        &archive,
-        b.peer(),
-    )
-    .await;
+    let zstd = common::sender(&pki, &a, None, true);
+    let outcome = common::replicate_with(&pki, &zstd, &archive, b.peer()).await;
     assert!(outcome.ok, "{}\n{}", outcome.error, b.log_text());
-    assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
+    assert_eq!(listed(&b), vec![archive.id.clone()]);
     ferry_agent::store::Store::open(&b.data_dir, u64::MAX)
         .unwrap()
         .verify(&archive.id)
@@ -468,7 +450,7 @@ async fn encrypted_agents_replicate_and_keep_no_plaintext_on_disk() {
     let archive = response.archive.expect("archive");
     let outcome = &response.replicas[0];
     assert!(outcome.ok, "{}\n{}", outcome.error, b.log_text());
-    assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
+    assert_eq!(listed(&b), vec![archive.id.clone()]);
 
     for agent in [&a, &b] {
         let stored = agent
@@ -615,12 +597,9 @@ async fn killed_encrypted_receiver_resumes_after_its_complete_segments() {
         &b.peer(),
     )
     .await;
-    let mut client = pki.controller(&a.endpoint).await;
-    let request = pb::ReplicateRequest {
-        archive_id: archive.id.clone(),
-        peers: vec![b.peer()],
-    };
-    let replication = tokio::spawn(async move { client.replicate(request).await });
+    let sending = common::sender(&pki, &a, Some(&key_a), false);
+    let (id, target) = (archive.id.clone(), common::target(&b.peer()));
+    let replication = tokio::spawn(async move { sending.replicate(&id, &[target]).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 16 * MIB {
         assert!(
@@ -651,19 +630,13 @@ async fn killed_encrypted_receiver_resumes_after_its_complete_segments() {
     drop(head);
 
     b.restart(&pki).await;
-    let outcome = replication
-        .await
-        .unwrap()
-        .unwrap_or_else(|s| panic!("replicate: {s}"))
-        .into_inner()
-        .replicas
-        .remove(0);
+    let outcome = ferry_agent::convert::outcomes_to_proto(replication.await.unwrap()).remove(0);
     assert!(outcome.ok, "{}\n{}", outcome.error, b.log_text());
     // Whole segments only, and fewer archive bytes than the file held
     // (headers and tags, and a torn or unsealed last segment are not counted).
     assert!(
         outcome.resumed_from > 0
-            && outcome.resumed_from % SEGMENT as u64 == 0
+            && outcome.resumed_from.is_multiple_of(SEGMENT as u64)
             && outcome.resumed_from < held,
         "resumed from {} with {held} file bytes held",
         outcome.resumed_from
@@ -672,7 +645,7 @@ async fn killed_encrypted_receiver_resumes_after_its_complete_segments() {
         "encrypted receiver killed at {held} file bytes; retry resumed from {}",
         outcome.resumed_from
     );
-    assert_eq!(listed(&pki, &b).await, vec![archive.id.clone()]);
+    assert_eq!(listed(&b), vec![archive.id.clone()]);
     assert!(!part.exists());
     ferry_agent::store::Store::open_with(
         &b.data_dir,

@@ -61,10 +61,10 @@ async fn checkpoint(
     response.archive.unwrap().id
 }
 
-async fn wait_until_listed(pki: &Pki, agent: &AgentProcess, expected: &[String], what: &str) {
+async fn wait_until_listed(agent: &AgentProcess, expected: &[String], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut held = listed(pki, agent).await;
+        let mut held = listed(agent);
         held.sort();
         let mut want = expected.to_vec();
         want.sort();
@@ -93,11 +93,11 @@ async fn a_standby_keeps_only_the_newest_archives_the_policy_asks_for() {
         ids.push(checkpoint(&pki, &a, vec![b.peer()], keep(2)).await);
     }
     let newest = ids[3..].to_vec();
-    wait_until_listed(&pki, &a, &newest, "the source").await;
-    wait_until_listed(&pki, &b, &newest, "the standby").await;
+    wait_until_listed(&a, &newest, "the source").await;
+    wait_until_listed(&b, &newest, "the standby").await;
 
     // The rules travel with the archive: the standby reports what it applies.
-    let archive = common::listed_archive(&pki, &b, &ids[4]).await;
+    let archive = common::listed_archive(&b, &ids[4]);
     assert_eq!(archive.retention.map(|r| r.keep), Some(2));
 }
 
@@ -117,14 +117,14 @@ async fn max_age_runs_out_on_the_standby_without_a_new_checkpoint() {
     let older = checkpoint(&pki, &a, vec![b.peer()], rules).await;
     let newest = checkpoint(&pki, &a, vec![b.peer()], rules).await;
     let both = [older, newest.clone()];
-    let mut held = listed(&pki, &b).await;
+    let mut held = listed(&b);
     held.sort();
     let mut expected = both.to_vec();
     expected.sort();
     assert_eq!(held, expected, "both are younger than maxAge at first");
     // No checkpoint comes any more; the sweep alone lets the older one go,
     // and the newest stays whatever its age (a failover needs it).
-    wait_until_listed(&pki, &b, &[newest], "after maxAge ran out").await;
+    wait_until_listed(&b, &[newest], "after maxAge ran out").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +169,7 @@ async fn archives_of_gone_pods_go_and_those_of_live_pods_stay() {
         .unwrap()
         .into_inner();
     assert!(deleted(other_policy).is_empty(), "another policy's pods");
-    assert_eq!(listed(&pki, &b).await, vec![id.clone()]);
+    assert_eq!(listed(&b), vec![id.clone()]);
 
     let gone = client
         .delete_archives(prune(Vec::new(), now_millis() + 60_000))
@@ -177,7 +177,7 @@ async fn archives_of_gone_pods_go_and_those_of_live_pods_stay() {
         .unwrap()
         .into_inner();
     assert_eq!(deleted(gone), vec![id]);
-    assert!(listed(&pki, &b).await.is_empty());
+    assert!(listed(&b).is_empty());
 
     let status = client
         .delete_archives(pb::DeleteArchivesRequest {
@@ -262,5 +262,5 @@ async fn a_partial_replica_whose_sender_never_returns_is_swept() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(listed(&pki, &b).await.is_empty());
+    assert!(listed(&b).is_empty());
 }

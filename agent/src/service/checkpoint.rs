@@ -136,7 +136,7 @@ impl AgentService {
         Ok(Response::new(pb::CheckpointResponse {
             archive: Some(convert::archive_to_proto(&archive)),
             checkpoint_millis,
-            replicas: outcomes_to_proto(outcomes),
+            replicas: convert::outcomes_to_proto(outcomes),
         }))
     }
 
@@ -205,22 +205,6 @@ pub(super) fn peers_from_proto(peers: Vec<pb::Peer>) -> Result<Vec<PeerTarget>, 
                 node_name: peer.node_name,
                 endpoint: peer.endpoint,
             })
-        })
-        .collect()
-}
-
-pub(super) fn outcomes_to_proto(
-    outcomes: Vec<crate::replication::Outcome>,
-) -> Vec<pb::ReplicaOutcome> {
-    outcomes
-        .into_iter()
-        .map(|outcome| pb::ReplicaOutcome {
-            node_name: outcome.node_name,
-            ok: outcome.result.is_ok(),
-            error: outcome.result.err().unwrap_or_default(),
-            bytes_sent: outcome.bytes_sent,
-            millis: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
-            resumed_from: outcome.resumed_from,
         })
         .collect()
 }

@@ -31,7 +31,6 @@ use crate::scope::CheckpointScope;
 use crate::store::{ArchiveMeta, RuntimeInfo, Store};
 use crate::watchdog::Fencer;
 use crate::{Error, authz, convert, image, names};
-use checkpoint::{outcomes_to_proto, peers_from_proto};
 
 /// Chunks queued between the network and the file writer of one transfer.
 const QUEUED_CHUNKS: usize = 4;
@@ -245,57 +244,6 @@ impl Agent for AgentService {
             offset,
             complete,
         }))
-    }
-
-    async fn replicate(
-        &self,
-        request: Request<pb::ReplicateRequest>,
-    ) -> Result<Response<pb::ReplicateResponse>, Status> {
-        let request = request.into_inner();
-        names::archive_id("archive_id", &request.archive_id)?;
-        let peers = peers_from_proto(request.peers)?;
-        let id = request.archive_id.clone();
-        self.blocking(move |store| store.get(&id)).await?;
-        let outcomes = self
-            .inner
-            .replicator
-            .replicate(&request.archive_id, &peers)
-            .await;
-        Ok(Response::new(pb::ReplicateResponse {
-            replicas: outcomes_to_proto(outcomes),
-        }))
-    }
-
-    async fn list_archives(
-        &self,
-        request: Request<pb::ListArchivesRequest>,
-    ) -> Result<Response<pb::ListArchivesResponse>, Status> {
-        let filter = request.into_inner();
-        if !filter.policy.is_empty() {
-            names::policy_ref("policy", &filter.policy)?;
-        }
-        if !filter.namespace.is_empty() {
-            names::dns_label("namespace", &filter.namespace)?;
-        }
-        if !filter.pod.is_empty() {
-            names::dns_subdomain("pod", &filter.pod)?;
-        }
-        if !filter.container.is_empty() {
-            names::dns_label("container", &filter.container)?;
-        }
-        let archives = self.blocking(|store| store.list()).await?;
-        let matches = |wanted: &str, actual: &str| wanted.is_empty() || wanted == actual;
-        let archives = archives
-            .iter()
-            .filter(|a| {
-                matches(&filter.policy, &a.policy)
-                    && matches(&filter.namespace, &a.namespace)
-                    && matches(&filter.pod, &a.pod)
-                    && matches(&filter.container, &a.container)
-            })
-            .map(convert::archive_to_proto)
-            .collect();
-        Ok(Response::new(pb::ListArchivesResponse { archives }))
     }
 
     async fn delete_archives(

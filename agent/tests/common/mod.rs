@@ -376,52 +376,98 @@ pub async fn checkpoint_announced(
         .await
 }
 
-/// Asks the agent behind `client` to send archive `meta` to `peer` (told to
-/// expect it first); the outcome of that one replica.
+/// The sending half of `source`'s agent, in this process: its store (with
+/// its encryption key, if it has one) and its node's certificate. Tests
+/// replicate archives they imported with it; in a cluster only checkpoints
+/// are replicated, inside the agent's Checkpoint call.
+pub fn sender(
+    pki: &Pki,
+    source: &AgentProcess,
+    key: Option<&Path>,
+    zstd: bool,
+) -> ferry_agent::replication::Replicator {
+    install_crypto_provider();
+    let key = key.map(|path| ArchiveKey::load(path).unwrap());
+    let store = Store::open_with(&source.data_dir, u64::MAX, key).unwrap();
+    let (cert, key) = pki.agent(&source.name);
+    let credentials = ferry_proto::tls::Credentials::load(&ferry_proto::tls::TlsFiles {
+        ca: pki.ca.clone(),
+        cert,
+        key,
+    })
+    .unwrap();
+    ferry_agent::replication::Replicator::new(
+        std::sync::Arc::new(store),
+        credentials,
+        ferry_agent::replication::ReplicationConfig {
+            zstd,
+            ..Default::default()
+        },
+        std::sync::Arc::new(ferry_agent::metrics::Metrics::default()),
+    )
+}
+
+/// Sends archive `meta` from `source` to `peer` (told to expect it first);
+/// the outcome of that one replica.
 pub async fn replicate_to(
     pki: &Pki,
-    client: &mut AgentClient<Channel>,
+    source: &AgentProcess,
+    meta: &ArchiveMeta,
+    peer: ferry_proto::v1::Peer,
+) -> ferry_proto::v1::ReplicaOutcome {
+    replicate_with(pki, &sender(pki, source, None, false), meta, peer).await
+}
+
+/// Sends archive `meta` with `sender` to `peer` (told to expect it first).
+pub async fn replicate_with(
+    pki: &Pki,
+    sender: &ferry_agent::replication::Replicator,
     meta: &ArchiveMeta,
     peer: ferry_proto::v1::Peer,
 ) -> ferry_proto::v1::ReplicaOutcome {
     announce(pki, &ferry_agent::convert::archive_to_proto(meta), &peer).await;
-    client
-        .replicate(ferry_proto::v1::ReplicateRequest {
-            archive_id: meta.id.clone(),
-            peers: vec![peer],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .replicas
-        .remove(0)
+    let outcomes = sender.replicate(&meta.id, &[target(&peer)]).await;
+    ferry_agent::convert::outcomes_to_proto(outcomes).remove(0)
 }
 
-/// The archives an agent lists, newest first.
-pub async fn listed_archives(pki: &Pki, agent: &AgentProcess) -> Vec<ferry_proto::v1::Archive> {
-    let mut client = pki.controller(&agent.endpoint).await;
-    client
-        .list_archives(ferry_proto::v1::ListArchivesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .archives
+/// Where a sender sends to reach `peer`.
+pub fn target(peer: &ferry_proto::v1::Peer) -> ferry_agent::replication::PeerTarget {
+    ferry_agent::replication::PeerTarget {
+        node_name: peer.node_name.clone(),
+        endpoint: peer.endpoint.clone(),
+    }
 }
 
-/// One archive's metadata as the agent lists it.
-pub async fn listed_archive(pki: &Pki, agent: &AgentProcess, id: &str) -> ferry_proto::v1::Archive {
-    listed_archives(pki, agent)
-        .await
+/// The archives an agent holds, newest first, read from its store's
+/// metadata files (which appear only once an archive is verified).
+pub fn listed_archives(agent: &AgentProcess) -> Vec<ferry_proto::v1::Archive> {
+    let mut metas: Vec<ArchiveMeta> = std::fs::read_dir(agent.data_dir.join("archives"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "json"))
+        .filter_map(|entry| serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok())
+        .collect();
+    metas.sort_by(|a, b| {
+        b.taken_at_millis
+            .cmp(&a.taken_at_millis)
+            .then(a.id.cmp(&b.id))
+    });
+    metas
+        .iter()
+        .map(ferry_agent::convert::archive_to_proto)
+        .collect()
+}
+
+/// One archive's metadata as the agent holds it.
+pub fn listed_archive(agent: &AgentProcess, id: &str) -> ferry_proto::v1::Archive {
+    listed_archives(agent)
         .into_iter()
         .find(|a| a.id == id)
-        .unwrap_or_else(|| panic!("{} does not list archive {id}", agent.name))
+        .unwrap_or_else(|| panic!("{} holds no archive {id}", agent.name))
 }
 
-/// Ids of the archives an agent lists.
-pub async fn listed(pki: &Pki, agent: &AgentProcess) -> Vec<String> {
-    listed_archives(pki, agent)
-        .await
-        .into_iter()
-        .map(|a| a.id)
-        .collect()
+/// Ids of the archives an agent holds.
+pub fn listed(agent: &AgentProcess) -> Vec<String> {
+    listed_archives(agent).into_iter().map(|a| a.id).collect()
 }

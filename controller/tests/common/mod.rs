@@ -417,33 +417,28 @@ impl Installation {
             .1
     }
 
-    /// Archive ids an agent holds for `policy` (`namespace/name`).
+    /// Archive ids an agent holds for `policy` (`namespace/name`), newest
+    /// first, read from its store's metadata files (they appear once an
+    /// archive is verified).
     pub async fn archives(&self, node: &str, policy: &str) -> Vec<String> {
-        let (_, _, endpoint) = self.agent(node);
-        let tls = ferry_proto::tls::Credentials::load(&ferry_proto::tls::TlsFiles {
-            ca: self.pki.ca.clone(),
-            cert: self.pki.controller_cert.clone(),
-            key: self.pki.controller_key.clone(),
-        })
-        .unwrap();
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-            .unwrap()
-            .connect_with_connector(tls.connector(ferry_proto::tls::Identity::agent(node)))
-            .await
-            .unwrap();
-        let mut client = ferry_proto::v1::agent_client::AgentClient::new(channel);
-        client
-            .list_archives(ferry_proto::v1::ListArchivesRequest {
-                policy: policy.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .archives
+        let mut held: Vec<(i64, String)> = std::fs::read_dir(self.dir.join(node).join("archives"))
             .into_iter()
-            .map(|a| a.id)
-            .collect()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|e| e == "json"))
+            .filter_map(|entry| {
+                let meta: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
+                (meta["policy"] == policy).then(|| {
+                    (
+                        meta["takenAtMillis"].as_i64().unwrap_or_default(),
+                        meta["id"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+            })
+            .collect();
+        held.sort_by(|a, b| b.cmp(a));
+        held.into_iter().map(|(_, id)| id).collect()
     }
 
     /// A second controller replica with its own identity and ports. It

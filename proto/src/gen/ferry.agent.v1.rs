@@ -208,41 +208,6 @@ pub struct GetReplicaOffsetResponse {
     pub complete: bool,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, ::prost::Message)]
-pub struct ReplicateRequest {
-    #[prost(string, tag = "1")]
-    pub archive_id: ::prost::alloc::string::String,
-    #[prost(message, repeated, tag = "2")]
-    pub peers: ::prost::alloc::vec::Vec<Peer>,
-}
-#[allow(clippy::all)]
-#[derive(Clone, PartialEq, ::prost::Message)]
-pub struct ReplicateResponse {
-    #[prost(message, repeated, tag = "1")]
-    pub replicas: ::prost::alloc::vec::Vec<ReplicaOutcome>,
-}
-#[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ListArchivesRequest {
-    /// Empty: every policy.
-    #[prost(string, tag = "1")]
-    pub policy: ::prost::alloc::string::String,
-    /// Optional further filters.
-    #[prost(string, tag = "2")]
-    pub namespace: ::prost::alloc::string::String,
-    #[prost(string, tag = "3")]
-    pub pod: ::prost::alloc::string::String,
-    #[prost(string, tag = "4")]
-    pub container: ::prost::alloc::string::String,
-}
-#[allow(clippy::all)]
-#[derive(Clone, PartialEq, ::prost::Message)]
-pub struct ListArchivesResponse {
-    /// Newest first.
-    #[prost(message, repeated, tag = "1")]
-    pub archives: ::prost::alloc::vec::Vec<Archive>,
-}
-#[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExpectReplicasRequest {
     /// The node whose agent will send the archives.
@@ -658,59 +623,8 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("ferry.agent.v1.Agent", "GetReplicaOffset"));
             self.inner.unary(req, path, codec).await
         }
-        /// Asks this agent to send one of its archives to peers, which must have
-        /// been told to expect it (ExpectReplicas). Caller: the controller (and so
-        /// every method below).
-        pub async fn replicate(
-            &mut self,
-            request: impl tonic::IntoRequest<super::ReplicateRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ReplicateResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
-            let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/ferry.agent.v1.Agent/Replicate",
-            );
-            let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "Replicate"));
-            self.inner.unary(req, path, codec).await
-        }
-        /// Archives this agent holds, optionally filtered.
-        pub async fn list_archives(
-            &mut self,
-            request: impl tonic::IntoRequest<super::ListArchivesRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ListArchivesResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
-            let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/ferry.agent.v1.Agent/ListArchives",
-            );
-            let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "ListArchives"));
-            self.inner.unary(req, path, codec).await
-        }
         /// Deletes archives by id or by owner (all archives of a policy).
+        /// Caller: the controller (and so every method below).
         pub async fn delete_archives(
             &mut self,
             request: impl tonic::IntoRequest<super::DeleteArchivesRequest>,
@@ -974,25 +888,8 @@ pub mod agent_server {
             tonic::Response<super::GetReplicaOffsetResponse>,
             tonic::Status,
         >;
-        /// Asks this agent to send one of its archives to peers, which must have
-        /// been told to expect it (ExpectReplicas). Caller: the controller (and so
-        /// every method below).
-        async fn replicate(
-            &self,
-            request: tonic::Request<super::ReplicateRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ReplicateResponse>,
-            tonic::Status,
-        >;
-        /// Archives this agent holds, optionally filtered.
-        async fn list_archives(
-            &self,
-            request: tonic::Request<super::ListArchivesRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ListArchivesResponse>,
-            tonic::Status,
-        >;
         /// Deletes archives by id or by owner (all archives of a policy).
+        /// Caller: the controller (and so every method below).
         async fn delete_archives(
             &self,
             request: tonic::Request<super::DeleteArchivesRequest>,
@@ -1344,94 +1241,6 @@ pub mod agent_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetReplicaOffsetSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
-                        let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
-                        let res = grpc.unary(method, req).await;
-                        Ok(res)
-                    };
-                    Box::pin(fut)
-                }
-                "/ferry.agent.v1.Agent/Replicate" => {
-                    #[allow(non_camel_case_types)]
-                    struct ReplicateSvc<T: Agent>(pub Arc<T>);
-                    impl<T: Agent> tonic::server::UnaryService<super::ReplicateRequest>
-                    for ReplicateSvc<T> {
-                        type Response = super::ReplicateResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
-                        fn call(
-                            &mut self,
-                            request: tonic::Request<super::ReplicateRequest>,
-                        ) -> Self::Future {
-                            let inner = Arc::clone(&self.0);
-                            let fut = async move {
-                                <T as Agent>::replicate(&inner, request).await
-                            };
-                            Box::pin(fut)
-                        }
-                    }
-                    let accept_compression_encodings = self.accept_compression_encodings;
-                    let send_compression_encodings = self.send_compression_encodings;
-                    let max_decoding_message_size = self.max_decoding_message_size;
-                    let max_encoding_message_size = self.max_encoding_message_size;
-                    let inner = self.inner.clone();
-                    let fut = async move {
-                        let method = ReplicateSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
-                        let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
-                        let res = grpc.unary(method, req).await;
-                        Ok(res)
-                    };
-                    Box::pin(fut)
-                }
-                "/ferry.agent.v1.Agent/ListArchives" => {
-                    #[allow(non_camel_case_types)]
-                    struct ListArchivesSvc<T: Agent>(pub Arc<T>);
-                    impl<
-                        T: Agent,
-                    > tonic::server::UnaryService<super::ListArchivesRequest>
-                    for ListArchivesSvc<T> {
-                        type Response = super::ListArchivesResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
-                        fn call(
-                            &mut self,
-                            request: tonic::Request<super::ListArchivesRequest>,
-                        ) -> Self::Future {
-                            let inner = Arc::clone(&self.0);
-                            let fut = async move {
-                                <T as Agent>::list_archives(&inner, request).await
-                            };
-                            Box::pin(fut)
-                        }
-                    }
-                    let accept_compression_encodings = self.accept_compression_encodings;
-                    let send_compression_encodings = self.send_compression_encodings;
-                    let max_decoding_message_size = self.max_decoding_message_size;
-                    let max_encoding_message_size = self.max_encoding_message_size;
-                    let inner = self.inner.clone();
-                    let fut = async move {
-                        let method = ListArchivesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
