@@ -485,7 +485,19 @@ pub async fn create(client: &Client, namespace: &str, object: serde_json::Value)
     let api_version = object["apiVersion"].as_str().unwrap().to_owned();
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
     let gvk = kube::api::GroupVersionKind::gvk(group, version, &kind);
-    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    // A CRD's group appears in discovery a moment after the CRD is
+    // established (the API server's discovery controller catches up on its
+    // own): retry a 404 for a while instead of failing on that race.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resource = loop {
+        match kube::discovery::pinned_kind(client, &gvk).await {
+            Ok((resource, _)) => break resource,
+            Err(kube::Error::Api(status)) if status.code == 404 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("discovering {api_version} {kind}: {err}"),
+        }
+    };
     let api: Api<kube::api::DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &resource);
     let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
