@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ferry_proto::tls::{CertificateFacts, Credentials, TlsFiles};
+use ferry_proto::tls::{CertificateFacts, Credentials};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestSpec,
@@ -209,10 +209,7 @@ pub async fn keep_renewed(
                     break;
                 }
                 Err(err) => {
-                    metrics
-                        .certificate_renewals
-                        .get_or_create(&ResultLabels { result: "error" })
-                        .inc();
+                    observe(&metrics, &credentials.facts(), "error");
                     let left = credentials
                         .facts()
                         .not_after
@@ -227,41 +224,12 @@ pub async fn keep_renewed(
     }
 }
 
-/// Re-reads certificate files that an operator or cert-manager renews.
-pub async fn keep_reloaded(
-    files: TlsFiles,
-    credentials: Credentials,
-    every: Duration,
-    metrics: Arc<Metrics>,
-) {
-    observe(&metrics, &credentials.facts(), "ok");
-    loop {
-        tokio::time::sleep(every).await;
-        match credentials.reload(&files) {
-            Ok(None) => {}
-            Ok(Some(facts)) => {
-                observe(&metrics, &facts, "ok");
-                tracing::info!(serial = %facts.serial, cert = %files.cert.display(), "certificate file changed; new connections present it");
-            }
-            Err(err) => {
-                metrics
-                    .certificate_renewals
-                    .get_or_create(&ResultLabels { result: "error" })
-                    .inc();
-                tracing::warn!(error = %err, cert = %files.cert.display(), "the certificate files cannot be used; keeping the current certificate");
-            }
-        }
-    }
-}
-
-fn observe(metrics: &Metrics, facts: &CertificateFacts, result: &'static str) {
+/// Counts a certificate issued (or a failed attempt) and sets the expiry
+/// gauge to the certificate presented now.
+pub fn observe(metrics: &Metrics, facts: &CertificateFacts, result: &'static str) {
     metrics
         .certificate_renewals
         .get_or_create(&ResultLabels { result })
         .inc();
-    let expiry = facts
-        .not_after
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    metrics.certificate_expiry.set(expiry);
+    metrics.certificate_expiry.set(facts.expires_unix_seconds());
 }

@@ -577,11 +577,18 @@ async fn credentials(args: &Args, metrics: &Arc<Metrics>) -> Result<Credentials,
             };
             let credentials = Credentials::load(&files)?;
             check_identity(&credentials, &args.node_name)?;
-            tokio::spawn(ferry_agent::identity::keep_reloaded(
+            let metrics = metrics.clone();
+            ferry_agent::identity::observe(&metrics, &credentials.facts(), "ok");
+            tokio::spawn(credentials.clone().keep_reloaded(
                 files,
-                credentials.clone(),
                 args.certificate_reload_interval.max(Duration::from_secs(1)),
-                metrics.clone(),
+                move |facts, ok| {
+                    ferry_agent::identity::observe(
+                        &metrics,
+                        facts,
+                        if ok { "ok" } else { "error" },
+                    );
+                },
             ));
             Ok(credentials)
         }

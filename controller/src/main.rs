@@ -186,11 +186,13 @@ fn credentials(
             };
             let credentials = Credentials::load(&files)?;
             metrics.certificate_renewed(&credentials.facts(), "ok");
-            tokio::spawn(ferry_controller::identity::keep_reloaded(
+            let metrics = metrics.clone();
+            tokio::spawn(credentials.clone().keep_reloaded(
                 files,
-                credentials.clone(),
                 Duration::from_secs(60),
-                metrics.clone(),
+                move |facts, ok| {
+                    metrics.certificate_renewed(facts, if ok { "ok" } else { "error" })
+                },
             ));
             Ok(Some(credentials))
         }

@@ -259,11 +259,7 @@ impl Metrics {
         self.certificate_renewals
             .get_or_create(&ResultLabels { result })
             .inc();
-        let expiry = facts
-            .not_after
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        self.certificate_expiry.set(expiry);
+        self.certificate_expiry.set(facts.expires_unix_seconds());
     }
 
     pub fn observe(&self, elapsed: Duration, ok: bool) {

@@ -105,29 +105,6 @@ pub async fn keep_own_renewed(
     }
 }
 
-/// Re-reads certificate files that an operator renews.
-pub async fn keep_reloaded(
-    files: ferry_proto::tls::TlsFiles,
-    credentials: Credentials,
-    every: Duration,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        tokio::time::sleep(every).await;
-        match credentials.reload(&files) {
-            Ok(None) => {}
-            Ok(Some(facts)) => {
-                metrics.certificate_renewed(&facts, "ok");
-                tracing::info!(serial = %facts.serial, "certificate file changed; new connections present it");
-            }
-            Err(err) => {
-                metrics.certificate_renewed(&credentials.facts(), "error");
-                tracing::warn!(error = %err, "the certificate files cannot be used; keeping the current certificate");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,13 @@ impl CertificateFacts {
         self.not_after - renew_before.unwrap_or(life / 3).min(life)
     }
 
+    /// Expiry in seconds since the Unix epoch, for a gauge.
+    pub fn expires_unix_seconds(&self) -> i64 {
+        self.not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+
     pub fn read(cert: &CertificateDer<'_>) -> Result<Self, TlsError> {
         use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
         let (_, parsed) = X509Certificate::from_der(cert.as_ref())

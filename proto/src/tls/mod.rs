@@ -11,11 +11,13 @@ mod transport;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -67,8 +69,9 @@ pub enum TlsError {
 #[derive(Clone, Debug)]
 pub struct Credentials {
     provider: Arc<CryptoProvider>,
-    roots: Arc<RootCertStore>,
     current: Arc<RwLock<Current>>,
+    /// Checks replacements the way peers will check them.
+    own_verifier: Arc<dyn ClientCertVerifier>,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
@@ -159,7 +162,7 @@ impl Credentials {
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(config)?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(Arc::new(CurrentCertificate(current.clone())));
         server.alpn_protocols = vec![b"h2".to_vec()];
         let mut client = ClientConfig::builder_with_provider(provider.clone())
@@ -170,8 +173,8 @@ impl Credentials {
         client.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             provider,
-            roots,
             current,
+            own_verifier: verifier,
             server: Arc::new(server),
             client: Arc::new(client),
         })
@@ -214,17 +217,40 @@ impl Credentials {
         self.replace(&cert, &read(&files.key)?).map(Some)
     }
 
+    /// Re-reads the certificate files every `every`, for as long as the
+    /// process runs. `observe` hears of each change (`true`, the new
+    /// certificate) and each failure (`false`, the certificate kept).
+    pub async fn keep_reloaded(
+        self,
+        files: TlsFiles,
+        every: Duration,
+        observe: impl Fn(&CertificateFacts, bool) + Send + 'static,
+    ) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self.reload(&files) {
+                Ok(None) => {}
+                Ok(Some(facts)) => {
+                    observe(&facts, true);
+                    tracing::info!(serial = %facts.serial, cert = %files.cert.display(),
+                        "certificate file changed; new connections present it");
+                }
+                Err(err) => {
+                    observe(&self.facts(), false);
+                    tracing::warn!(error = %err, cert = %files.cert.display(),
+                        "the certificate files cannot be used; keeping the current certificate");
+                }
+            }
+        }
+    }
+
     /// Checks a certificate of ours the way a peer would.
     fn verify_own(&self, key: &CertifiedKey) -> Result<(), TlsError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
         let (end_entity, intermediates) = key
             .cert
             .split_first()
             .ok_or_else(|| TlsError::Config("empty certificate chain".into()))?;
-        verifier
+        self.own_verifier
             .verify_client_cert(
                 end_entity,
                 intermediates,
