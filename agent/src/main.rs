@@ -276,7 +276,20 @@ async fn run(args: Args) -> Result<(), Error> {
     ferry_agent::names::dns_subdomain("--node-name", &args.node_name)?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
-    let tls = credentials(&args, &metrics).await?;
+    // Health and metrics are served from the start: waiting for the first
+    // certificate (the controller signs it) is starting, not hanging, and
+    // the liveness probe must not restart the agent for it.
+    let endpoints = Endpoints {
+        registry: metrics.registry.clone(),
+        readiness: readiness.clone(),
+        not_ready_message: "starting: waiting for this agent's certificate or its store",
+    };
+    let http_addr = args.http_addr;
+    let mut http = tokio::spawn(ferry_telemetry::serve(http_addr, endpoints));
+    let tls = tokio::select! {
+        tls = credentials(&args, &metrics) => tls?,
+        served = &mut http => return Err(http_failed(served)),
+    };
     let key = args
         .encryption_key_file
         .as_deref()
@@ -555,14 +568,22 @@ async fn run(args: Args) -> Result<(), Error> {
         .serve_with_incoming_shutdown(incoming, shutdown());
     tracing::info!(addr = %bound, node = %args.node_name, runtime = ?args.runtime, "serving the agent gRPC API with mutual TLS");
     readiness.set();
-    let endpoints = Endpoints {
-        registry: metrics.registry.clone(),
-        readiness,
-        not_ready_message: "starting",
-    };
     tokio::select! {
         served = grpc => served.map_err(|e| Error::Serve { what: format!("gRPC on {bound}"), message: ferry_telemetry::error_chain(&e) }),
-        served = ferry_telemetry::serve(args.http_addr, endpoints) => served.map_err(|e| Error::Serve { what: "/healthz, /readyz and /metrics".into(), message: e.to_string() }),
+        served = http => Err(http_failed(served)),
+    }
+}
+
+/// The HTTP endpoints' task ended, which it only does on an error.
+fn http_failed(served: Result<std::io::Result<()>, tokio::task::JoinError>) -> Error {
+    let message = match served {
+        Ok(Ok(())) => "stopped".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Error::Serve {
+        what: "/healthz, /readyz and /metrics".into(),
+        message,
     }
 }
 

@@ -68,8 +68,20 @@ impl TestPki {
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, Error> {
-        let key = KeyPair::from_pem(&std::fs::read_to_string(&self.ca_key)?)?;
-        Ok(Issuer::from_ca_cert_pem(&self.ca_pem, key)?)
+        issuer(&self.ca_pem, &std::fs::read_to_string(&self.ca_key)?)
+    }
+
+    /// Signs a CertificateSigningRequest's PEM for `identity`, as ferry's
+    /// signer would once it has checked who asked: tests of the agent's
+    /// side of the exchange stand in for the controller with this.
+    pub fn sign_request(&self, identity: &Identity, request_pem: &str) -> Result<String, Error> {
+        let request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)?;
+        let params = identity
+            .certificate_params(VALID_FOR)
+            .map_err(|e| Error::Pki(e.to_string()))?;
+        Ok(params
+            .signed_by(&request.public_key, &self.issuer()?)?
+            .pem())
     }
 
     /// A certificate and key (PEM) for `identity`, valid from `not_before`
@@ -125,6 +137,24 @@ impl TestPki {
 pub fn validity_now() -> (SystemTime, SystemTime) {
     let now = SystemTime::now();
     (now - Duration::from_secs(60), now + VALID_FOR)
+}
+
+/// A certificate and key (PEM) for `identity`, signed by the CA given as
+/// PEM; its key may be PKCS#8, or PKCS#1 RSA as helm's `genCA` writes it.
+pub fn issue_with(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    identity: &Identity,
+    validity: (SystemTime, SystemTime),
+) -> Result<(String, String), Error> {
+    issue(&issuer(ca_pem, ca_key_pem)?, identity, validity)
+}
+
+fn issuer(ca_pem: &str, ca_key_pem: &str) -> Result<Issuer<'static, KeyPair>, Error> {
+    let der = ferry_proto::tls::pkcs8_key(ca_key_pem.as_bytes())
+        .map_err(|e| Error::Pki(e.to_string()))?;
+    let key = KeyPair::try_from(der.as_slice())?;
+    Ok(Issuer::from_ca_cert_pem(ca_pem, key)?)
 }
 
 fn issue(
