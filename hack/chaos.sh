@@ -23,7 +23,14 @@
 #   7. identities: with the cluster's 10-minute certificates, every agent
 #      and the controller renewed theirs while all of the above ran, no
 #      renewal failed, and a certificate request that is not an agent's
-#      own is denied with the reason.
+#      own is denied with the reason;
+#   8. a stolen agent certificate: one node's agent identity, obtained the
+#      way a thief holding that agent's pod-bound token would (a CSR made
+#      with it), is used against the other node's agent in both directions
+#      (hack/testenv's agent-attack): every call only the controller may
+#      make, a heartbeat in another node's name and an unannounced replica
+#      are refused and counted; no certificate, another CA's and an expired
+#      one are turned away at the handshake.
 # Scenarios 1 and 4 run with the controller leader on the affected node and
 # again on the other one (placed deterministically). Exits 1 at the first
 # failed check, with diagnostics.
@@ -448,6 +455,69 @@ EOF_CSR
   log "ok:$summary the controllers signed $renewed agent certificates; a foreign request was denied"
 }
 
+# ---- 8. a stolen agent certificate ------------------------------------------------
+# What a thief gets with the token of the agent pod of $1: a CSR made with
+# it is signed for that node (the signer checks the token's pod, not who
+# holds it). Writes thief.crt and thief.key into $2.
+steal_agent_certificate() { # node dir
+  local node=$1 dir=$2 pod sa token server csr=ferry-chaos-stolen-$1 request
+  pod="$(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o json |
+    jq -r --arg node "$node" '.items[] | select(.spec.nodeName == $node and .metadata.deletionTimestamp == null) | .metadata.name' | head -n1)"
+  [[ -n "$pod" ]] || fail "$SCENARIO: no agent pod on $node"
+  sa="$(kubectl -n ferry-system get pod "$pod" -o jsonpath='{.spec.serviceAccountName}')"
+  token="$(kubectl -n ferry-system create token "$sa" --bound-object-kind Pod --bound-object-name "$pod" --duration 10m)"
+  server="$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')"
+  # The API server's CA, whether the kubeconfig embeds it or names a file.
+  kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' |
+    base64 -d >"$dir/apiserver-ca.crt"
+  request="$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$dir/thief.key" -subj "/CN=ferry-agent:$node" 2>/dev/null | base64 -w0)"
+  kubectl delete csr "$csr" --ignore-not-found >/dev/null
+  # Only the token authenticates: no admin certificate goes along.
+  kubectl --kubeconfig=/dev/null --server="$server" --certificate-authority="$dir/apiserver-ca.crt" \
+    --token="$token" create -f - >/dev/null <<EOF_CSR
+{"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+ "metadata": {"name": "$csr"},
+ "spec": {"request": "$request", "signerName": "ferry.dev/agent-ferry-system",
+          "expirationSeconds": 600, "usages": ["digital signature", "client auth", "server auth"]}}
+EOF_CSR
+  issued() { [[ -n "$(kubectl get csr "$csr" -o jsonpath='{.status.certificate}')" ]]; }
+  poll 30 issued || fail "$SCENARIO: the request made with $pod's token was not signed: $(kubectl get csr "$csr" -o json | jq -c .status)"
+  kubectl get csr "$csr" -o jsonpath='{.status.certificate}' | base64 -d >"$dir/thief.crt"
+  kubectl delete csr "$csr" >/dev/null
+}
+
+stolen_certificate_refused() {
+  SCENARIO="a stolen agent certificate"
+  say "Scenario: $SCENARIO"
+  [[ -x "${FERRY_AGENT_ATTACK:-}" ]] || fail "$SCENARIO: FERRY_AGENT_ATTACK names no executable (hack/e2e.sh builds it)"
+  local dir thief victim ip record refused summary=""
+  dir="$(mktemp -d)"
+  kubectl -n ferry-system get configmap ferry-ca -o jsonpath='{.data.ca\.crt}' >"$dir/ca.crt"
+  # The cluster admin may read the CA key; it makes an expired certificate.
+  kubectl -n ferry-system get secret ferry-ca -o jsonpath='{.data.ca\.key}' | base64 -d >"$dir/ca.key"
+  record="$(policy | jq -c '.status.checkpoints[0] // {}')"
+  for thief in ferry-a ferry-b; do
+    victim="$(other_node "$thief")"
+    steal_agent_certificate "$thief" "$dir"
+    ip="$(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o json |
+      jq -r --arg node "$victim" '.items[] | select(.spec.nodeName == $node and .status.podIP != null) | .status.podIP' | head -n1)"
+    [[ -n "$ip" ]] || fail "$SCENARIO: no agent pod IP on $victim"
+    "$FERRY_AGENT_ATTACK" --endpoint "$ip:50051" --ca "$dir/ca.crt" --ca-key "$dir/ca.key" \
+      --cert "$dir/thief.crt" --key "$dir/thief.key" --thief-node "$thief" \
+      --archive "$(jq -r '.archive // ""' <<<"$record")" --policy "$NS/$APP" --namespace "$NS" \
+      --pod "$(jq -r '.pod // "counter"' <<<"$record")" --pod-uid "$(jq -r '.podUid // ""' <<<"$record")" \
+      --container "$(jq -r '.container // "app"' <<<"$record")" | sed 's/^/      /' ||
+      fail "$SCENARIO: the agent of $victim let the certificate of $thief's agent in"
+    refused="$(curl -fsS --max-time 3 "http://$ip:8081/metrics" |
+      awk -v who="caller=\"agent/$thief\"" 'index($0, "ferry_agent_rpc_refused_total{") == 1 && index($0, who) { n += $NF } END { print n + 0 }')"
+    ((refused >= 8)) || fail "$SCENARIO: the agent of $victim counted $refused refusals of $thief's agent"
+    summary="$summary $thief->$victim: $refused refusals counted;"
+  done
+  rm -rf "$dir"
+  log "ok:$summary no certificate, another CA's and an expired one refused at the handshake"
+}
+
 node_ready() {
   kubectl get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null
 }
@@ -466,6 +536,7 @@ short_cut 4
 
 retention_holds
 identities_hold
+stolen_certificate_refused
 
 say "Summary"
 log "agent kept off a Ready node for $((2 * DEFAULT_NODE_LOSS_GRACE))s (leader on it, then elsewhere): no failover, Degraded"
@@ -473,6 +544,7 @@ log "scale 1->3->1 and a rollout: no failover"
 log "helm upgrade rolling every ferry pod: no failover"
 log "retention: at most keep archives per container on every node; none of gone pods"
 log "identities: every agent renewed its certificate without a restart; a foreign request was denied"
+log "a stolen agent certificate: refused every privileged call on the other node's agent, both ways"
 {
   printf 'partition, leader on\told copy last answered\tnew copy first answered\n'
   cat "$PARTITION_TIMINGS"

@@ -15,6 +15,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 started=$SECONDS
 status=0
+# hack/chaos.sh attacks an agent with hack/testenv's agent-attack. Built
+# here, before any cluster runs, with the test build's features, so after
+# hack/test.sh's `cargo test` nothing is compiled again.
+echo "==> cargo test --no-run (builds the attack tool of hack/chaos.sh)" >&2
+cargo test --locked --workspace --no-run --quiet 2>/dev/null ||
+  cargo test --locked --workspace --no-run
+export FERRY_AGENT_ATTACK="${CARGO_TARGET_DIR:-$PWD/target}/debug/agent-attack"
 hack/demo.sh --assert || status=$?
 if ((status == 0)); then
   hack/chaos.sh || status=$?

@@ -75,7 +75,6 @@ fn denied(status: &tonic::Status, method: &str, who: &str) {
 async fn a_stolen_agent_certificate_cannot_ask_another_nodes_agent_for_anything() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 64 * 1024, &[]).await;
     let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 64 * 1024, &[]).await;
     // B holds an archive worth stealing.
     let taken = common::checkpoint_announced(&pki, &b, checkpoint_request(vec![]))
@@ -87,78 +86,20 @@ async fn a_stolen_agent_certificate_cannot_ask_another_nodes_agent_for_anything(
 
     // Node A's certificate in the wrong hands, calling B.
     let mut thief = pki.as_agent(&b.endpoint, "node-a").await;
-    let who = "the agent of node node-a";
-    let status = thief
-        .checkpoint(checkpoint_request(vec![a.peer()]))
-        .await
-        .unwrap_err();
-    denied(&status, "Checkpoint", who);
-    let status = thief
-        .delete_archives(pb::DeleteArchivesRequest {
-            policy: "default/counter".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    denied(&status, "DeleteArchives", who);
-    let status = thief
-        .prepare_restore(pb::PrepareRestoreRequest {
-            archive_id: taken.id.clone(),
-            failover: "x".into(),
-            namespace: "default".into(),
-        })
-        .await
-        .unwrap_err();
-    denied(&status, "PrepareRestore", who);
-    let status = thief
-        .release_restore(pb::ReleaseRestoreRequest {
-            archive_id: taken.id.clone(),
-            failover: String::new(),
-        })
-        .await
-        .unwrap_err();
-    denied(&status, "ReleaseRestore", who);
-    let status = thief
-        .fence_pod(pb::FencePodRequest {
-            pod_uid: container().pod_uid,
-            namespace: "default".into(),
-            pod: "counter-0".into(),
-        })
-        .await
-        .unwrap_err();
-    denied(&status, "FencePod", who);
-    // Nor may it announce replicas for itself.
-    let status = thief
-        .expect_replicas(pb::ExpectReplicasRequest {
-            source_node: "node-a".into(),
-            policy: "default/counter".into(),
-            container: Some(container()),
-            ttl_seconds: 60,
-        })
-        .await
-        .unwrap_err();
-    denied(&status, "ExpectReplicas", who);
-    // A heartbeat that claims another node.
-    let status = thief
-        .heartbeat(pb::HeartbeatRequest {
-            node: "node-c".into(),
-        })
-        .await
-        .unwrap_err();
-    denied(&status, "Heartbeat", who);
+    let target = ferry_testenv::attack::Target {
+        archive_id: taken.id.clone(),
+        policy: "default/counter".into(),
+        container: container(),
+    };
+    let attempts = ferry_testenv::attack::privileged_calls(&mut thief, "node-a", &target).await;
+    for attempt in &attempts {
+        attempt.refused("the agent of node node-a").unwrap();
+    }
 
     // The archive is still there, and every refusal was counted.
     assert_eq!(common::listed(&b), vec![taken.id.clone()]);
     let text = metrics(&b);
-    for method in [
-        "Checkpoint",
-        "DeleteArchives",
-        "PrepareRestore",
-        "ReleaseRestore",
-        "FencePod",
-        "ExpectReplicas",
-        "Heartbeat",
-    ] {
+    for method in attempts.iter().map(|a| a.method) {
         let line =
             format!("ferry_agent_rpc_refused_total{{method=\"{method}\",caller=\"agent/node-a\"}}");
         assert_eq!(counter(&text, &line), 1.0, "{line} in\n{text}");
@@ -318,18 +259,15 @@ async fn other_cas_expired_certificates_and_none_are_refused_at_the_handshake() 
         ),
     ];
     for (what, identity) in attempts {
-        // The handshake fails at connect or at the first call (TLS 1.3
-        // clients learn of the refusal only when they read).
-        let refused = match pki.client(&a.endpoint, identity).await {
-            Err(err) => err,
-            Ok(mut client) => match client
-                .delete_archives(pb::DeleteArchivesRequest::default())
-                .await
-            {
-                Err(status) => format!("{status:?}"),
-                Ok(_) => panic!("{what}: the agent answered"),
-            },
-        };
+        let identity =
+            identity.map(|(cert, key)| (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()));
+        let refused = ferry_testenv::attack::refused_at_handshake(
+            &a.endpoint,
+            pki.ca_pem.as_bytes(),
+            identity,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
         eprintln!("{what}: refused: {refused}");
     }
     // Each was turned away and counted.

@@ -13,7 +13,7 @@ use ferry_agent::encryption::ArchiveKey;
 use ferry_agent::store::{ArchiveMeta, RuntimeInfo, Store};
 use ferry_proto::v1::agent_client::AgentClient;
 use ferry_testenv::TestPki;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 /// ferry's test PKI (`ferry_testenv::TestPki`) with gRPC clients of agents.
 #[derive(Debug, Clone)]
@@ -38,23 +38,9 @@ impl Pki {
         identity: Option<(&Path, &Path)>,
     ) -> Result<AgentClient<Channel>, String> {
         install_crypto_provider();
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(&self.ca).unwrap()))
-            .domain_name(ferry_agent::tls::AGENT_SERVER_NAME);
-        if let Some((cert, key)) = identity {
-            tls = tls.identity(Identity::from_pem(
-                std::fs::read(cert).unwrap(),
-                std::fs::read(key).unwrap(),
-            ));
-        }
-        let channel = Channel::from_shared(format!("https://{endpoint}"))
-            .unwrap()
-            .tls_config(tls)
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        Ok(AgentClient::new(channel))
+        let identity =
+            identity.map(|(cert, key)| (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()));
+        ferry_testenv::attack::connect(endpoint, self.ca_pem.as_bytes(), identity).await
     }
 
     /// A client that presents the certificate of the agent of `node`.

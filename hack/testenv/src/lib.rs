@@ -8,8 +8,9 @@
 //! aborted test leaves nothing running; the data directory is removed on drop
 //! or, for the per-binary shared control plane, by the next run.
 
+pub mod attack;
 mod certs;
-mod pki;
+pub mod pki;
 mod process;
 mod proxy;
 
