@@ -117,8 +117,8 @@ fn attempt<T>(method: &'static str, answer: Result<T, tonic::Status>) -> Attempt
 
 /// Every call a stolen certificate of the agent of `thief_node` could try
 /// on another node's agent: the controller's calls, a heartbeat in another
-/// node's name, announcing replicas for itself and pushing one nobody
-/// announced. All must be refused.
+/// node's name, announcing replicas for itself and pushing a replica of a
+/// pod nobody announced. All must be refused.
 pub async fn privileged_calls(
     client: &mut AgentClient<Channel>,
     thief_node: &str,
@@ -195,13 +195,21 @@ pub async fn privileged_calls(
                 .await,
         ),
     ];
+    // A replica of a pod the controller never announced, from anyone: the
+    // thief's own node is the announced source of that node's containers,
+    // and what a node's agent sends of those is its own to send.
+    let forged = pb::ContainerRef {
+        pod: format!("forged-by-{thief_node}"),
+        pod_uid: "ffffffff-ffff-4fff-bfff-ffffffffffff".into(),
+        ..target.container.clone()
+    };
     let header = pb::PushReplicaRequest {
         message: Some(pb::push_replica_request::Message::Header(
             pb::ReplicaHeader {
                 archive: Some(pb::Archive {
                     id: "ab".repeat(32),
                     policy: target.policy.clone(),
-                    container: container(),
+                    container: Some(forged),
                     source_node: thief_node.into(),
                     size_bytes: 1024,
                     ..Default::default()
