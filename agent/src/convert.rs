@@ -33,6 +33,17 @@ pub fn archive_to_proto(meta: &ArchiveMeta) -> pb::Archive {
     }
 }
 
+pub fn dump_stats_to_proto(stats: crate::image::CriuDumpStats) -> pb::CriuDumpStats {
+    pb::CriuDumpStats {
+        freezing_micros: stats.freezing_time_us,
+        frozen_micros: stats.frozen_time_us,
+        memdump_micros: stats.memdump_time_us,
+        memwrite_micros: stats.memwrite_time_us,
+        pages_scanned: stats.pages_scanned,
+        pages_written: stats.pages_written,
+    }
+}
+
 /// The store record for a wire archive; every name is validated.
 pub fn archive_from_proto(archive: pb::Archive) -> Result<ArchiveMeta, Error> {
     let container = archive.container.ok_or(Error::InvalidName {

@@ -579,6 +579,16 @@ mod tests {
     }
 
     #[test]
+    fn a_real_stats_dump_decodes() {
+        // From `criu dump` of a sleeping process (CRIU 4.2.1).
+        let sample = include_bytes!("../../tests/fixtures/criu-stats-dump");
+        let stats = parse_stats_dump(sample).unwrap();
+        assert_eq!(stats.freezing_time_us, 136);
+        assert!(stats.frozen_time_us > stats.memdump_time_us);
+        assert_eq!((stats.pages_scanned, stats.pages_written), (58, 30));
+    }
+
+    #[test]
     fn stats_dump_rejects_garbage() {
         assert_eq!(parse_stats_dump(b""), None);
         assert_eq!(parse_stats_dump(&[0u8; 16]), None);

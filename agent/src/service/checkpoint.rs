@@ -100,14 +100,14 @@ impl AgentService {
                     .unwrap_or_default();
                 let archive = store.import_file(&source, meta)?;
                 record_protected(&protected, &archive, facts.container_id);
-                Ok(archive)
+                Ok((archive, facts.dump_stats))
             })
             .await;
         if let Err(err) = runtime.discard(&taken).await {
             tracing::warn!(path = %taken.path.display(), error = %err, "could not remove the runtime's copy");
         }
-        let archive = match imported {
-            Ok(archive) => archive,
+        let (archive, dump_stats) = match imported {
+            Ok(imported) => imported,
             Err(status) => {
                 metrics
                     .checkpoints
@@ -137,6 +137,7 @@ impl AgentService {
             archive: Some(convert::archive_to_proto(&archive)),
             checkpoint_millis,
             replicas: convert::outcomes_to_proto(outcomes),
+            criu_stats: dump_stats.map(convert::dump_stats_to_proto),
         }))
     }
 

@@ -105,6 +105,27 @@ pub struct CheckpointResponse {
     pub checkpoint_millis: u64,
     #[prost(message, repeated, tag = "3")]
     pub replicas: ::prost::alloc::vec::Vec<ReplicaOutcome>,
+    /// CRIU's own account of the dump (the archive's stats-dump), when the
+    /// archive has one.
+    #[prost(message, optional, tag = "4")]
+    pub criu_stats: ::core::option::Option<CriuDumpStats>,
+}
+/// CRIU's dump statistics; times in microseconds.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CriuDumpStats {
+    #[prost(uint64, tag = "1")]
+    pub freezing_micros: u64,
+    #[prost(uint64, tag = "2")]
+    pub frozen_micros: u64,
+    #[prost(uint64, tag = "3")]
+    pub memdump_micros: u64,
+    #[prost(uint64, tag = "4")]
+    pub memwrite_micros: u64,
+    #[prost(uint64, tag = "5")]
+    pub pages_scanned: u64,
+    #[prost(uint64, tag = "6")]
+    pub pages_written: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
