@@ -5,7 +5,7 @@
 # FERRY_SKIP_E2E=1 leaves out tier 5.
 #
 # Needs root on a Debian bookworm machine with Rust and Go: it installs
-# etcd-server and skopeo with apt-get, mounts small tmpfs file systems (a
+# etcd-server, skopeo, postgresql and fonts-dejavu-core with apt-get, mounts small tmpfs file systems (a
 # full-disk test), builds kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl (v1.34.4) and kwok with Go the first time (about 15
 # minutes on 2 cores, then cached under $FERRY_CACHE, default
@@ -18,8 +18,12 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "Debian packages"
 # skopeo: the agent's tests inspect the OCI checkpoint images it builds.
+# postgresql: the history tests start a real server (ferry-testenv);
+# fonts-dejavu-core: ferry-report draws its charts with it.
 missing=()
 command -v skopeo >/dev/null || missing+=(skopeo)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}" >&2
   apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||

@@ -11,6 +11,7 @@
 pub mod attack;
 mod certs;
 pub mod pki;
+pub mod postgres;
 mod process;
 mod proxy;
 
@@ -52,6 +53,8 @@ pub enum Error {
     Certificates(#[from] rcgen::Error),
     #[error("test PKI: {0}")]
     Pki(String),
+    #[error("test PostgreSQL: {0}")]
+    Postgres(String),
     #[error("test PKI: {0}")]
     PkiIo(#[from] std::io::Error),
     #[error("starting {component}: {source}")]

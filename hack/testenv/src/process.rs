@@ -26,6 +26,18 @@ impl Component {
         args: &[String],
         log_dir: &Path,
     ) -> Result<Self, Error> {
+        Self::spawn_as(name, binary, args, log_dir, None)
+    }
+
+    /// Like `spawn`, as the user `(uid, gid)` if given (servers that refuse
+    /// to run as root, such as PostgreSQL).
+    pub(crate) fn spawn_as(
+        name: &'static str,
+        binary: &Path,
+        args: &[String],
+        log_dir: &Path,
+        user: Option<(u32, u32)>,
+    ) -> Result<Self, Error> {
         std::fs::create_dir_all(log_dir).map_err(|source| Error::Io {
             action: "creating",
             path: log_dir.to_owned(),
@@ -48,6 +60,10 @@ impl Component {
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(stderr);
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
         let child = spawn_with_parent_death_signal(command).map_err(|source| Error::Spawn {
             component: name,
             source,
@@ -69,6 +85,10 @@ impl Component {
                 source,
             }),
         }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn stop(&mut self) {
