@@ -84,6 +84,10 @@ pub struct Done {
     pub record: CheckpointRecord,
     /// Standbys that did not get the replica, with why.
     pub replica_errors: Vec<(String, String)>,
+    /// Each standby's transfer, as the agent reported it.
+    pub replications: Vec<pb::ReplicaOutcome>,
+    /// CRIU's own account of the dump, when the archive had one.
+    pub criu_stats: Option<pb::CriuDumpStats>,
 }
 
 type JobKey = (String, String, String);
@@ -159,6 +163,8 @@ pub struct Checkpointer {
     wake: mpsc::UnboundedSender<ObjectRef<CheckpointPolicy>>,
     /// Which standbys expect which containers' replicas.
     announced: Announced,
+    /// Where every checkpoint and replication is recorded, if anywhere.
+    history: Option<ferry_history::Recorder>,
 }
 
 impl Checkpointer {
@@ -169,6 +175,7 @@ impl Checkpointer {
         metrics: Arc<Metrics>,
         max_concurrent: usize,
         per_node_limit: usize,
+        history: Option<ferry_history::Recorder>,
     ) -> (
         Arc<Self>,
         mpsc::UnboundedReceiver<ObjectRef<CheckpointPolicy>>,
@@ -187,6 +194,7 @@ impl Checkpointer {
             next_seq: std::sync::atomic::AtomicU64::new(1),
             wake,
             announced: Announced::default(),
+            history,
         });
         (checkpointer, woken)
     }
@@ -353,6 +361,16 @@ impl Checkpointer {
             let result = this.run(&job).await;
             drop((overall_permit, node_permit));
             this.metrics.observe_checkpoint(started.elapsed(), &result);
+            if let Some(history) = &this.history {
+                let rows = crate::history::checkpoint_rows(
+                    &job,
+                    "Checkpoint",
+                    &result,
+                    started.elapsed(),
+                    std::time::SystemTime::now(),
+                );
+                rows.into_iter().for_each(|row| history.record(row));
+            }
             match &result {
                 Ok(done) => tracing::info!(
                     policy = %job.policy, pod = %job.target.pod, container = %job.target.container,
@@ -519,15 +537,15 @@ impl Checkpointer {
             .unwrap_or_else(|_| jiff::Timestamp::now());
         let mut replicas = Vec::new();
         let mut replica_errors = Vec::new();
-        for outcome in response.replicas {
+        for outcome in &response.replicas {
             if outcome.ok {
-                replicas.push(outcome.node_name);
+                replicas.push(outcome.node_name.clone());
             } else {
                 if outcome.error.contains("announced no replicas") {
                     self.announced
                         .forget(&Self::announcement(job, &outcome.node_name));
                 }
-                replica_errors.push((outcome.node_name, outcome.error));
+                replica_errors.push((outcome.node_name.clone(), outcome.error.clone()));
             }
         }
         Ok(Done {
@@ -545,6 +563,8 @@ impl Checkpointer {
                 replicas,
             },
             replica_errors,
+            replications: response.replicas,
+            criu_stats: response.criu_stats,
         })
     }
 
@@ -654,7 +674,8 @@ mod tests {
     #[tokio::test]
     async fn a_container_is_not_checkpointed_twice_for_one_due_time() {
         let pool = Arc::new(AgentPool::new(None, Duration::from_millis(200)));
-        let (checkpointer, mut woken) = Checkpointer::new(pool, Arc::new(Metrics::default()), 4, 2);
+        let (checkpointer, mut woken) =
+            Checkpointer::new(pool, Arc::new(Metrics::default()), 4, 2, None);
         let due = jiff::Timestamp::now();
         assert_eq!(
             checkpointer.admission("ns/policy", &target(), due),
@@ -702,7 +723,8 @@ mod tests {
     #[tokio::test]
     async fn the_first_due_time_is_spread_from_first_sight_and_kept() {
         let pool = Arc::new(AgentPool::new(None, Duration::from_millis(200)));
-        let (checkpointer, _woken) = Checkpointer::new(pool, Arc::new(Metrics::default()), 4, 2);
+        let (checkpointer, _woken) =
+            Checkpointer::new(pool, Arc::new(Metrics::default()), 4, 2, None);
         let interval = Duration::from_secs(10);
         let seen = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         let first = checkpointer.due("ns/policy", &target(), None, interval, seen);

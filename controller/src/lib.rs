@@ -16,6 +16,7 @@ pub mod crd;
 pub mod detect;
 pub mod evidence;
 pub mod failover;
+pub mod history;
 pub mod identity;
 pub mod leader;
 pub mod metrics;
@@ -84,6 +85,8 @@ pub enum Error {
     MissingMetadata(&'static str),
     #[error("loading the TLS files for calling agents: {0}")]
     Tls(#[from] ferry_proto::tls::TlsError),
+    #[error(transparent)]
+    History(#[from] ferry_history::Error),
     #[error("admission webhook: {0}")]
     Webhook(#[from] webhook::Error),
     #[error("leader election: {0}")]
@@ -106,6 +109,9 @@ pub struct Config {
     pub identity: String,
     /// Failovers running at once across all policies.
     pub max_concurrent_failovers: usize,
+    /// Where checkpoints and failovers are recorded (PostgreSQL); off when
+    /// `None`.
+    pub history: Option<ferry_history::Recorder>,
 }
 
 impl Default for Config {
@@ -117,6 +123,7 @@ impl Default for Config {
             agent_namespace: None,
             identity: "ferry-controller".into(),
             max_concurrent_failovers: 10,
+            history: None,
         }
     }
 }
@@ -149,6 +156,8 @@ pub struct Context {
     departed: Mutex<BTreeMap<String, detect::Departure>>,
     /// The controller-wide failover budget.
     pub budget: failover::budget::Budget,
+    /// Where finished failovers are recorded, if anywhere.
+    pub history: Option<ferry_history::Recorder>,
 }
 
 /// How long a departed pod is remembered: far longer than any reconcile
@@ -179,6 +188,7 @@ impl Context {
             metrics.clone(),
             config.max_concurrent_checkpoints,
             config.max_checkpoints_per_node,
+            config.history.clone(),
         );
         let recorder = Recorder::new(
             client.clone(),
@@ -206,6 +216,7 @@ impl Context {
             watch_failed_at: Mutex::default(),
             departed: Mutex::default(),
             budget: failover::budget::Budget::new(config.max_concurrent_failovers),
+            history: config.history.clone(),
         };
         (context, finished)
     }

@@ -102,6 +102,20 @@ struct Args {
     /// retries a failed renewal.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     leader_retry_interval: Duration,
+    /// PostgreSQL URL of the history database, e.g.
+    /// `postgresql://ferry:<password>@db:5432/ferry?sslmode=require` (the
+    /// chart reads it from a Secret). Every checkpoint, replication and
+    /// failover is recorded there; off without it.
+    #[arg(long, env = "FERRY_HISTORY_DATABASE_URL", hide_env_values = true)]
+    history_database_url: Option<String>,
+    /// CA certificate(s) (PEM) the history database's server certificate is
+    /// verified against with `sslmode=prefer|require`; default: the system's.
+    #[arg(long, env = "FERRY_HISTORY_CA_FILE")]
+    history_ca_file: Option<PathBuf>,
+    /// History rows kept while the database is away; more are dropped and
+    /// counted (`ferry_controller_history_rows_total{result="dropped"}`).
+    #[arg(long, default_value_t = 10_000)]
+    history_buffer_rows: usize,
     /// Namespace of the leader-election Lease (default: the agent namespace).
     #[arg(long, env = "FERRY_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
@@ -203,6 +217,27 @@ fn credentials(
     }
 }
 
+/// The history recorder, when a database is configured. A URL that cannot
+/// be used stops the start-up; a database that is down, refuses the
+/// credentials or is slow does not (its errors are logged, counted and
+/// shown in every policy's HistoryRecorded condition), so that checkpoints
+/// and failovers never wait for it.
+fn history(args: &Args, metrics: &Metrics) -> Result<Option<ferry_history::Recorder>, Error> {
+    let Some(url) = &args.history_database_url else {
+        return Ok(None);
+    };
+    let database = ferry_history::Database::new(url, args.history_ca_file.as_deref())?;
+    tracing::info!(%database, buffer_rows = args.history_buffer_rows, "recording history in PostgreSQL");
+    Ok(Some(ferry_history::Recorder::start(
+        database,
+        ferry_history::RecorderOptions {
+            capacity: args.history_buffer_rows,
+            ..Default::default()
+        },
+        metrics.history.clone(),
+    )))
+}
+
 async fn run(args: Args) -> Result<(), Error> {
     let client = kube::Client::try_default()
         .await
@@ -259,6 +294,7 @@ async fn run(args: Args) -> Result<(), Error> {
         max_concurrent_failovers: args.max_concurrent_failovers.max(1),
         agent_namespace: Some(args.agent_namespace.clone()).filter(|n| !n.is_empty()),
         identity: args.identity.clone(),
+        history: history(&args, &metrics)?,
     };
     if args.leader_election {
         // A replica standing by is ready once it can serve the webhook: a

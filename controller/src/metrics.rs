@@ -76,6 +76,8 @@ pub struct Metrics {
     pub certificate_renewals: Family<ResultLabels, Counter>,
     /// Unix time when the controller's certificate expires.
     pub certificate_expiry: Gauge,
+    /// The history database's rows, connection and buffer.
+    pub history: ferry_history::HistoryMetrics,
 }
 
 impl Default for Metrics {
@@ -200,7 +202,10 @@ impl Default for Metrics {
             "Unix time when the controller's current certificate expires",
             certificate_expiry.clone(),
         );
+        let history = ferry_history::HistoryMetrics::default();
+        history.register(&mut registry);
         Self {
+            history,
             certificate_requests,
             certificate_renewals,
             certificate_expiry,

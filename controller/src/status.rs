@@ -19,6 +19,8 @@ pub const PROTECTED: &str = "Protected";
 
 /// Condition: some selected pods are also selected by another policy.
 pub const OVERLAP: &str = "Overlapping";
+/// Whether the history database (optional) receives what happens.
+pub const HISTORY: &str = "HistoryRecorded";
 
 /// A spec that passed the checks the API server's schema cannot make.
 #[derive(Clone, Debug, PartialEq)]
@@ -254,6 +256,62 @@ pub fn set_overlap_condition(
             listed.join(", ")
         ),
         generation,
+        Time(now),
+    );
+}
+
+/// The HistoryRecorded condition, when a history database is configured:
+/// whether rows reach it now, and how many were lost while it was away.
+pub fn set_history_condition(
+    status: &mut CheckpointPolicyStatus,
+    policy: &CheckpointPolicy,
+    history: Option<&ferry_history::Health>,
+    now: jiff::Timestamp,
+) {
+    let Some(health) = history else {
+        status.conditions.retain(|c| c.type_ != HISTORY);
+        return;
+    };
+    let lost = match health.lost {
+        0 => String::new(),
+        n => format!(
+            "; {n} rows were lost while it could not keep up (ferry_controller_history_rows_total)"
+        ),
+    };
+    let (state, reason, message) = match (&health.error, health.connected) {
+        (None, true) => (
+            ConditionStatus::True,
+            if health.lost == 0 {
+                "Recording"
+            } else {
+                "RecordingWithLosses"
+            },
+            format!(
+                "checkpoints and failovers are recorded in {}{lost}",
+                health.database
+            ),
+        ),
+        (Some(error), _) => (
+            ConditionStatus::False,
+            "DatabaseUnavailable",
+            format!(
+                "{}: {error}; rows wait in a bounded buffer{lost}",
+                health.database
+            ),
+        ),
+        (None, false) => (
+            ConditionStatus::Unknown,
+            "Connecting",
+            format!("connecting to {}", health.database),
+        ),
+    };
+    set_condition(
+        &mut status.conditions,
+        HISTORY,
+        state,
+        reason,
+        message,
+        policy.metadata.generation,
         Time(now),
     );
 }

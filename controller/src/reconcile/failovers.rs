@@ -146,6 +146,14 @@ pub(super) async fn advance_failovers(
                 result,
             })
             .inc();
+        if let Some(history) = &context.history {
+            history.record(crate::history::failover_row(
+                &policy.name_any(),
+                namespace,
+                &format!("{:?}", policy.spec.strategy),
+                &record,
+            ));
+        }
         let took = snapshot.now.duration_since(record.started_at.0);
         context
             .metrics

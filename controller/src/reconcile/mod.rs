@@ -30,7 +30,10 @@ use crate::detect;
 use crate::metrics::{ErrorLabels, PolicyLabels};
 use crate::placement::{choose_standbys, node_ready};
 use crate::schedule::{Target, matches, selector_of, targets_of};
-use crate::status::{ValidSpec, desired_status, set_overlap_condition, set_protection, validate};
+use crate::status::{
+    ValidSpec, desired_status, set_history_condition, set_overlap_condition, set_protection,
+    validate,
+};
 use crate::{Context, Error};
 
 /// How often a policy is looked at even when nothing changed, so a status
@@ -160,6 +163,11 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
     if let Ok(valid) = validate(&policy.spec) {
         let (owned, overlapping) = owned_pods(policy, &snapshot);
         set_overlap_condition(&mut status, policy, &overlapping, now);
+        let history = context
+            .history
+            .as_ref()
+            .map(ferry_history::Recorder::health);
+        set_history_condition(&mut status, policy, history.as_ref(), now);
         let targets: Vec<Target> = owned.iter().flat_map(|p| targets_of(policy, p)).collect();
         let mut problems = fold_results(&mut status, &results, &mut events);
         prune_records(&mut status, &targets, &snapshot, policy);
@@ -717,6 +725,8 @@ mod tests {
                 result: Ok(crate::checkpointer::Done {
                     record: newer,
                     replica_errors: vec![("b".into(), "refused".into())],
+                    replications: vec![],
+                    criu_stats: None,
                 }),
             },
             crate::checkpointer::Outcome {
