@@ -461,6 +461,65 @@ async fn agent_can_be_disabled() -> TestResult {
 }
 
 #[tokio::test]
+async fn history_is_off_by_default_and_reads_its_url_from_a_secret() -> TestResult {
+    let controller_container = |docs: &[Value]| -> Result<Value, String> {
+        let deployment =
+            find(docs, "Deployment", "ferry-controller").ok_or("no Deployment ferry-controller")?;
+        Ok(deployment["spec"]["template"]["spec"].clone())
+    };
+    let pod = controller_container(&documents(&render(&[]).await?)?)?;
+    let container = &pod["containers"][0];
+    assert!(env(container, "FERRY_HISTORY_DATABASE_URL").is_none());
+    assert!(
+        !strings(&container["args"])
+            .iter()
+            .any(|a| a.starts_with("--history"))
+    );
+
+    // On, it needs the Secret's name, and says so.
+    let out = helm_template(&["--set", "history.enabled=true"]).await?;
+    assert!(!out.status.success());
+    assert!(
+        describe(&out).contains("history.urlSecret.name is required"),
+        "{}",
+        describe(&out)
+    );
+
+    let docs = documents(
+        &render(&[
+            "--set",
+            "history.enabled=true",
+            "--set",
+            "history.urlSecret.name=ferry-history",
+            "--set",
+            "history.caConfigMap.name=db-ca",
+            "--set",
+            "history.bufferRows=500",
+        ])
+        .await?,
+    )?;
+    let pod = controller_container(&docs)?;
+    let container = &pod["containers"][0];
+    let url = env(container, "FERRY_HISTORY_DATABASE_URL").ok_or("no URL env")?;
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "ferry-history");
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "url");
+    assert!(
+        url.get("value").is_none(),
+        "the URL is in the pod spec: {url}"
+    );
+    assert_eq!(
+        env(container, "FERRY_HISTORY_CA_FILE").ok_or("no CA env")?["value"],
+        "/etc/ferry/history-ca/ca.crt"
+    );
+    assert_eq!(
+        volume(&pod, "history-ca").ok_or("no history-ca volume")?["configMap"]["name"],
+        "db-ca"
+    );
+    assert!(strings(&container["args"]).contains(&"--history-buffer-rows=500"));
+    Ok(())
+}
+
+#[tokio::test]
 async fn agent_fencing_values_reach_flags_and_its_privileges_follow() -> TestResult {
     let docs = documents(
         &render(&[
