@@ -97,7 +97,9 @@ $(tail -n 20 "$l")"
   CRIU="$("$HACK/criu.sh" 2>>"$l" | tail -n1)" || die "hack/criu.sh failed; log: $l
 $(tail -n 20 "$l")"
   local pkg missing=()
-  for pkg in containernetworking-plugins jq curl openssl file gcc libc6-dev; do
+  # postgresql and fonts-dejavu-core: the demo's history database and
+  # ferry-report's charts.
+  for pkg in containernetworking-plugins jq curl openssl file gcc libc6-dev postgresql fonts-dejavu-core; do
     dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
   if ((${#missing[@]})); then
@@ -717,6 +719,8 @@ cmd_down() {
     kill_node_processes "$node"
   done
   for ((c = ${#CONTROL_PLANE[@]} - 1; c >= 0; c--)); do stop_proc "${CONTROL_PLANE[c]}"; done
+  # The history database the demo records in (hack/history-db.sh).
+  FERRY_CLUSTER_STATE="$STATE" "$HACK/history-db.sh" stop || true
   sweep
   if [[ -f "$RUN/criu-runc-conf.created" ]]; then
     rm -f "$CRIU_RUNC_CONF"

@@ -11,7 +11,10 @@
 #   2. node: the pod's node fails (its kubelet, containerd and containers
 #      are killed); ferry restores on the other node.
 # After each: the counter at failure, after restore, steps lost, downtime,
-# where the time went, and `kubectl get checkpointpolicies`.
+# where the time went, and `kubectl get checkpointpolicies`. At the end,
+# ferry-report prints what the controller recorded in its history database
+# (PostgreSQL on the host, hack/history-db.sh): checkpoint, pause,
+# replication and downtime percentiles, and draws two charts.
 #
 #   hack/demo.sh [--assert] [--down]
 #     --assert  exit non-zero unless each restore continues the counter from
@@ -33,7 +36,7 @@ for arg in "$@"; do
   case "$arg" in
     --assert) ASSERT=1 ;;
     --down) DOWN=1 ;;
-    *) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
 
@@ -56,6 +59,14 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
+
+# ferry-report reads the history the controller records in PostgreSQL;
+# built before any cluster runs.
+say "ferry-report (cargo build --release -p ferry-report)"
+REPORT_TARGET="${CARGO_TARGET_DIR:-$FERRY_CACHE/cargo-target}"
+CARGO_TARGET_DIR="$REPORT_TARGET" cargo build --locked --quiet --release -p ferry-report ||
+  die "building ferry-report failed"
+REPORT="$REPORT_TARGET/release/ferry-report"
 
 say "Cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, nodes ferry-a and ferry-b (hack/cluster.sh up)"
 hack/cluster.sh up
@@ -248,6 +259,17 @@ say "Summary (seconds after the failure)"
   cat "$TIMINGS"
 } | column -t -s $'\t'
 rm -f "$TIMINGS"
+
+say "History: what the controller recorded in PostgreSQL (ferry-report)"
+REPORT_OUT=/var/lib/ferry-cluster/logs/report
+if "$REPORT" --database-url "$(hack/history-db.sh url 127.0.0.1)" --out "$REPORT_OUT" >"$REPORT_OUT.txt"; then
+  sed 's/^/    /' "$REPORT_OUT.txt"
+  # Every failover above is in the history, restored from a checkpoint.
+  recorded="$(awk '/Checkpoint \(warm\)/ { n += $(NF - 3) } END { print n + 0 }' "$REPORT_OUT.txt")"
+  ((recorded >= 4)) || fail "the history holds $recorded warm failovers; the demo made 4"
+else
+  fail "ferry-report failed"
+fi
 
 if ((FAILURES)); then
   say "$FAILURES check(s) failed"

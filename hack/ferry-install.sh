@@ -182,10 +182,18 @@ cmd_install() {
   log "kubectl apply --server-side charts/ferry/crds (helm does not upgrade CRDs)"
   k apply --server-side --force-conflicts --field-manager=ferry-install \
     -f "$REPO/charts/ferry/crds/" >/dev/null || die "applying the CRD failed"
+  # The history database (PostgreSQL on the host): the controller records
+  # every checkpoint and failover there, ferry-report reads it.
+  log "history database: PostgreSQL on $ip:${FERRY_HISTORY_DB_PORT:-15432} (hack/history-db.sh)"
+  "$HACK/history-db.sh" start "$ip" || die "hack/history-db.sh start failed"
+  k -n "$NS" create secret generic ferry-history \
+    --from-literal=url="$("$HACK/history-db.sh" url "$ip")" \
+    --dry-run=client -o yaml | k apply -f - >/dev/null || die "creating the Secret ferry-history failed"
   log "helm upgrade --install $RELEASE charts/ferry -n $NS (host IP $ip)"
   helm_out="$(mktemp)"
   if ! "$helm" upgrade --install "$RELEASE" "$REPO/charts/ferry" -n "$NS" --create-namespace \
       -f "$HACK/cluster-values.yaml" \
+      --set history.enabled=true --set history.urlSecret.name=ferry-history \
       --set "controller.extraEnv[0].value=$ip" \
       --set "agent.extraEnv[0].value=$ip" \
       --set-string "agent.podAnnotations.ferry\.dev/image-digest=$agent_digest" \
