@@ -4,13 +4,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Archive (memory) size classes, by the checkpoint's size.
+/// Size classes, by the archive's size. The bounds sit between the
+/// benchmarks' memory sizes (64 MiB, 256 MiB, 1 GiB): an archive is a
+/// little larger than the memory it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SizeClass {
-    UpTo64Mi,
-    UpTo256Mi,
-    UpTo1Gi,
-    Over1Gi,
+    UpTo128Mi,
+    UpTo512Mi,
+    UpTo2Gi,
+    Over2Gi,
     /// No size known (a failed checkpoint, a cold start).
     Unknown,
 }
@@ -20,10 +22,10 @@ impl SizeClass {
         const MI: i64 = 1 << 20;
         match bytes {
             None => Self::Unknown,
-            Some(b) if b <= 64 * MI => Self::UpTo64Mi,
-            Some(b) if b <= 256 * MI => Self::UpTo256Mi,
-            Some(b) if b <= 1024 * MI => Self::UpTo1Gi,
-            Some(_) => Self::Over1Gi,
+            Some(b) if b <= 128 * MI => Self::UpTo128Mi,
+            Some(b) if b <= 512 * MI => Self::UpTo512Mi,
+            Some(b) if b <= 2048 * MI => Self::UpTo2Gi,
+            Some(_) => Self::Over2Gi,
         }
     }
 }
@@ -31,10 +33,10 @@ impl SizeClass {
 impl fmt::Display for SizeClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::UpTo64Mi => "≤64Mi",
-            Self::UpTo256Mi => "≤256Mi",
-            Self::UpTo1Gi => "≤1Gi",
-            Self::Over1Gi => ">1Gi",
+            Self::UpTo128Mi => "≤128Mi",
+            Self::UpTo512Mi => "≤512Mi",
+            Self::UpTo2Gi => "≤2Gi",
+            Self::Over2Gi => ">2Gi",
             Self::Unknown => "-",
         })
     }
@@ -229,18 +231,18 @@ mod tests {
             c("a", 64, 1000, true),
             c("a", 64, 3000, true),
             c("a", 64, 9000, false),
-            c("a", 512, 5000, true),
+            c("a", 1024, 5000, true),
             c("b", 64, 100, true),
         ]);
         assert_eq!(lines.len(), 3);
         assert_eq!(
             (lines[0].policy.as_str(), lines[0].size),
-            ("a", SizeClass::UpTo64Mi)
+            ("a", SizeClass::UpTo128Mi)
         );
         assert_eq!(lines[0].failed, 1);
         assert_eq!(lines[0].checkpoint.p95, Some(3000));
         assert_eq!(lines[0].pause.p50, Some(500));
-        assert_eq!(lines[1].size, SizeClass::UpTo1Gi);
+        assert_eq!(lines[1].size, SizeClass::UpTo2Gi);
     }
 
     #[test]

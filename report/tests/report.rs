@@ -125,7 +125,7 @@ async fn the_report_prints_percentiles_and_draws_both_charts() {
     // that; replication a tenth.
     let line = text
         .lines()
-        .find(|l| l.starts_with("demo/counter") && l.contains("≤64Mi") && l.contains("20"))
+        .find(|l| l.starts_with("demo/counter") && l.contains("≤128Mi") && l.contains("20"))
         .unwrap_or_else(|| panic!("no checkpoint line:\n{text}"));
     assert!(line.contains("10.00 / 19.00"), "{line}");
     assert!(line.contains("5.00 / 9.50"), "{line}");
