@@ -112,6 +112,7 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
                 max_bytes: 0,
                 max_age_seconds: 0,
             }),
+            state_api: None,
         },
     )
     .await

@@ -97,6 +97,7 @@ async fn main() {
                     max_bytes: 0,
                     max_age_seconds: 0,
                 }),
+                state_api: None,
             },
         )
         .await

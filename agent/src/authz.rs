@@ -33,9 +33,8 @@ pub fn callers_of(path: &str) -> Option<Callers> {
     match path.strip_prefix(AGENT_SERVICE)? {
         "Heartbeat" | "PushReplica" | "GetReplicaOffset" => Some(Callers::Agents),
         "Checkpoint" | "ExpectReplicas" | "DeleteArchives" | "PrepareRestore"
-        | "ReleaseRestore" | "RunContainer" | "Restore" | "DeleteContainer" | "FencePod" => {
-            Some(Callers::Controller)
-        }
+        | "ReleaseRestore" | "RunContainer" | "Restore" | "DeleteContainer" | "FencePod"
+        | "RestoreState" => Some(Callers::Controller),
         _ => None,
     }
 }
@@ -176,6 +175,7 @@ mod tests {
             "Restore",
             "DeleteContainer",
             "FencePod",
+            "RestoreState",
         ] {
             assert_eq!(authorize(&path(method), &Identity::Controller), Ok(()));
             let refused = authorize(&path(method), &stolen).unwrap_err();

@@ -27,6 +27,7 @@ pub mod runc;
 pub mod runtime;
 pub mod scope;
 pub mod service;
+pub mod state_api;
 pub mod store;
 pub mod sweeper;
 pub mod sys;

@@ -79,13 +79,13 @@ impl CheckpointScope {
         Self { client, node }
     }
 
-    /// `Err(Ok(reason))`: refused; `Err(Err(message))`: the API server
-    /// could not be asked.
+    /// The pod, when the checkpoint may be taken. `Err(Ok(reason))`:
+    /// refused; `Err(Err(message))`: the API server could not be asked.
     pub async fn check(
         &self,
         policy_key: &str,
         container: &pb::ContainerRef,
-    ) -> Result<(), Result<String, String>> {
+    ) -> Result<Pod, Result<String, String>> {
         let (policy_namespace, policy_name) =
             policy_key.split_once('/').unwrap_or(("", policy_key));
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &container.namespace);
@@ -107,8 +107,86 @@ impl CheckpointScope {
             pod.as_ref(),
             policy.as_ref(),
         )
-        .map_err(Ok)
+        .map_err(Ok)?;
+        pod.ok_or_else(|| Ok("the pod is gone".into()))
     }
+
+    /// The replacement pod a state is written into, when it may receive
+    /// it (see [`check_restore_target`]).
+    pub async fn restore_target(
+        &self,
+        container: &pb::ContainerRef,
+    ) -> Result<Pod, Result<String, String>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &container.namespace);
+        let pod = pods.get_opt(&container.pod).await.map_err(|e| {
+            Err(format!(
+                "reading pod {}/{}: {e}",
+                container.namespace, container.pod
+            ))
+        })?;
+        check_restore_target(&self.node, container, pod.as_ref()).map_err(Ok)?;
+        pod.ok_or_else(|| Ok("the pod is gone".into()))
+    }
+}
+
+/// Whether `container`'s pod may receive a state here: it exists with that
+/// UID, runs on this node, is not being deleted and has that container.
+pub fn check_restore_target(
+    node: &str,
+    container: &pb::ContainerRef,
+    pod: Option<&Pod>,
+) -> Result<(), String> {
+    let target = format!("{}/{}", container.namespace, container.pod);
+    let pod = pod.ok_or_else(|| format!("pod {target} does not exist"))?;
+    if pod.metadata.uid.as_deref() != Some(container.pod_uid.as_str()) {
+        return Err(format!(
+            "pod {target} is not the pod {} the request names",
+            container.pod_uid
+        ));
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(format!("pod {target} is being deleted"));
+    }
+    let runs_on = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    if runs_on != Some(node) {
+        return Err(format!(
+            "pod {target} runs on {}, not on this node ({node})",
+            runs_on.unwrap_or("no node")
+        ));
+    }
+    let has_container = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == container.container));
+    if !has_container {
+        return Err(format!(
+            "pod {target} has no container {}",
+            container.container
+        ));
+    }
+    Ok(())
+}
+
+/// The pod's IP, as its status has it.
+pub fn pod_ip(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
+}
+
+/// The runtime's id of `container` in the pod's status (without the
+/// `containerd://` scheme).
+pub fn container_id(pod: &Pod, container: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == container)?
+        .container_id
+        .as_deref()
+        .and_then(|id| id.rsplit_once("://").map(|(_, id)| id.to_owned()))
 }
 
 #[cfg(test)]

@@ -453,6 +453,7 @@ async fn fixture(namespace_name: &str) -> Fixture {
             peers: vec![b.peer()],
             timeout_seconds: 30,
             retention: None,
+            state_api: None,
         },
     )
     .await

@@ -40,6 +40,7 @@ fn checkpoint_request(peers: Vec<pb::Peer>) -> pb::CheckpointRequest {
             keep: 3,
             ..Default::default()
         }),
+        state_api: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn checkpoint_request(peers: Vec<pb::Peer>) -> pb::CheckpointRequest {
             max_bytes: 0,
             max_age_seconds: 0,
         }),
+        state_api: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn checkpoint_request(peers: Vec<pb::Peer>, retention: pb::Retention) -> pb::Che
         peers,
         timeout_seconds: 30,
         retention: Some(retention),
+        state_api: None,
     }
 }
 

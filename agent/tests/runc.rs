@@ -54,6 +54,7 @@ async fn a_container_checkpointed_on_a_continues_on_b_with_its_memory() {
             peers: vec![b.agent.peer()],
             timeout_seconds: 60,
             retention: None,
+            state_api: None,
         },
     )
     .await
@@ -173,6 +174,7 @@ async fn criu_failures_quote_criu() {
             peers: vec![],
             timeout_seconds: 60,
             retention: None,
+            state_api: None,
         })
         .await
         .unwrap()

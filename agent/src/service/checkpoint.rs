@@ -20,9 +20,10 @@ impl AgentService {
         names::uid("container.pod_uid", &container.pod_uid)?;
         names::dns_label("container.container", &container.container)?;
         let peers = peers_from_proto(request.peers)?;
+        let mut pod = None;
         if let Some(scope) = &self.inner.scope {
             match scope.check(&request.policy, &container).await {
-                Ok(()) => {}
+                Ok(checked) => pod = Some(checked),
                 Err(Ok(reason)) => {
                     return Err(authz::refuse(
                         &self.inner.metrics,
@@ -36,6 +37,19 @@ impl AgentService {
                 }
                 Err(Err(message)) => return Err(Status::unavailable(message)),
             }
+        }
+        if let Some(source) = &request.state_api {
+            return self
+                .take_state(
+                    &request.policy,
+                    container,
+                    source,
+                    pod.as_ref(),
+                    request.retention.as_ref(),
+                    peers,
+                    started,
+                )
+                .await;
         }
         let runtime = self.inner.runtime.as_ref().ok_or_else(|| {
             Status::from(Error::Unsupported {
@@ -138,6 +152,7 @@ impl AgentService {
             checkpoint_millis,
             replicas: convert::outcomes_to_proto(outcomes),
             criu_stats: dump_stats.map(convert::dump_stats_to_proto),
+            state_api_call: None,
         }))
     }
 
@@ -172,7 +187,11 @@ impl AgentService {
 /// exactly the container that was dumped, where the pod's status could
 /// already name a restarted one. A failure is logged, not returned: the
 /// checkpoint itself succeeded.
-fn record_protected(protected: &ProtectedContainers, archive: &ArchiveMeta, id: Option<String>) {
+pub(super) fn record_protected(
+    protected: &ProtectedContainers,
+    archive: &ArchiveMeta,
+    id: Option<String>,
+) {
     let Some(id) = id else {
         tracing::warn!(archive = %archive.id, "the archive names no container id: fencing cannot protect this container");
         return;

@@ -6,6 +6,7 @@
 mod checkpoint;
 mod replicas;
 mod restore;
+mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +72,8 @@ struct Inner {
     fencer: Arc<Fencer>,
     announcements: Announcements,
     scope: Option<CheckpointScope>,
+    /// For applications' state endpoints (strategy StateApi), made once.
+    state_client: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 /// What the service is built from.
@@ -128,6 +131,7 @@ impl AgentService {
                 fencer,
                 announcements,
                 scope,
+                state_client: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -326,6 +330,13 @@ impl Agent for AgentService {
             RuncRuntime::container_id(&container.namespace, &container.pod, &container.container);
         runc.delete(&id).await?;
         Ok(Response::new(pb::DeleteContainerResponse {}))
+    }
+
+    async fn restore_state(
+        &self,
+        request: Request<pb::RestoreStateRequest>,
+    ) -> Result<Response<pb::RestoreStateResponse>, Status> {
+        self.write_state(request).await
     }
 
     async fn fence_pod(

@@ -323,6 +323,16 @@ impl Store {
         Ok(meta)
     }
 
+    /// Stores `bytes` (a StateApi state) like an imported file.
+    pub fn import_bytes(&self, bytes: &[u8], meta: ArchiveMeta) -> Result<ArchiveMeta, Error> {
+        let mut staged = self.temp_file()?;
+        staged
+            .write_all(bytes)
+            .and_then(|()| staged.flush())
+            .map_err(|e| Error::io("writing", staged.path(), e))?;
+        self.import_file(staged.path(), meta)
+    }
+
     fn temp_file(&self) -> Result<tempfile::NamedTempFile, Error> {
         private_temp_file(&self.tmp, "import-")
     }

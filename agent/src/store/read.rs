@@ -101,6 +101,25 @@ impl Store {
         Ok((meta, ArchiveReader(Reader::Sealed(Box::new(reader)))))
     }
 
+    /// A whole archive in memory, verified, if it is at most `max` bytes
+    /// (a StateApi state, small by its policy's limit).
+    pub fn read_small(&self, id: &str, max: u64) -> Result<(ArchiveMeta, Vec<u8>), Error> {
+        let meta = self.get(id)?;
+        if meta.size_bytes > max {
+            return Err(Error::TooLarge {
+                what: format!("archive {id}"),
+                size: meta.size_bytes,
+                max,
+            });
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.size_bytes).unwrap_or(0));
+        let meta = self.read_verified(id, |piece| {
+            bytes.extend_from_slice(piece);
+            Ok(())
+        })?;
+        Ok((meta, bytes))
+    }
+
     /// Re-reads an archive and checks its hash (before a restore trusts it).
     pub fn verify(&self, id: &str) -> Result<ArchiveMeta, Error> {
         self.read_verified(id, |_| Ok(()))

@@ -32,7 +32,6 @@ pub async fn connect(
     let channel = Channel::from_shared(format!("https://{endpoint}"))
         .map_err(|e| format!("endpoint {endpoint}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
         .tls_config(tls)
         .map_err(|e| e.to_string())?
         .connect()
@@ -183,6 +182,16 @@ pub async fn privileged_calls(
                     policy: target.policy.clone(),
                     container: container(),
                     ttl_seconds: 60,
+                })
+                .await,
+        ),
+        attempt(
+            "RestoreState",
+            client
+                .restore_state(pb::RestoreStateRequest {
+                    archive_id: target.archive_id.clone(),
+                    container: container(),
+                    state_api: None,
                 })
                 .await,
         ),

@@ -83,6 +83,50 @@ pub struct CheckpointRequest {
     pub timeout_seconds: u32,
     #[prost(message, optional, tag = "5")]
     pub retention: ::core::option::Option<Retention>,
+    /// Strategy StateApi: read the application's state with GET instead of
+    /// asking the kubelet for a checkpoint. The archive is the body.
+    #[prost(message, optional, tag = "6")]
+    pub state_api: ::core::option::Option<StateApi>,
+}
+/// The application's own state endpoint (strategy StateApi). The agent
+/// reaches it at the pod's IP, as the API server has it; `address` is used
+/// only by agents without a Kubernetes API (tests, the local demo).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StateApi {
+    /// "http" or "https" (the application's certificate is not verified: it
+    /// is reached at the pod's IP, for which no name is certified).
+    #[prost(string, tag = "1")]
+    pub scheme: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// Starts with "/".
+    #[prost(string, tag = "3")]
+    pub path: ::prost::alloc::string::String,
+    /// Bound on one GET or PUT.
+    #[prost(uint32, tag = "4")]
+    pub timeout_millis: u32,
+    /// Larger states are refused.
+    #[prost(uint64, tag = "5")]
+    pub max_bytes: u64,
+    #[prost(string, tag = "6")]
+    pub address: ::prost::alloc::string::String,
+    /// Media type of the state (Accept of the GET, Content-Type of the PUT);
+    /// empty: application/json.
+    #[prost(string, tag = "7")]
+    pub content_type: ::prost::alloc::string::String,
+}
+/// One GET or PUT of an application's state.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StateApiCall {
+    /// 0: no answer.
+    #[prost(uint32, tag = "1")]
+    pub http_status: u32,
+    #[prost(uint64, tag = "2")]
+    pub millis: u64,
+    #[prost(uint64, tag = "3")]
+    pub bytes: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -109,6 +153,9 @@ pub struct CheckpointResponse {
     /// archive has one.
     #[prost(message, optional, tag = "4")]
     pub criu_stats: ::core::option::Option<CriuDumpStats>,
+    /// Strategy StateApi: the GET that read the state.
+    #[prost(message, optional, tag = "5")]
+    pub state_api_call: ::core::option::Option<StateApiCall>,
 }
 /// CRIU's dump statistics; times in microseconds.
 #[allow(clippy::all)]
@@ -405,6 +452,23 @@ pub struct FencePodResponse {
     /// Processes killed by this request (0: none was running).
     #[prost(uint64, tag = "1")]
     pub killed_processes: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestoreStateRequest {
+    #[prost(string, tag = "1")]
+    pub archive_id: ::prost::alloc::string::String,
+    /// The replacement pod.
+    #[prost(message, optional, tag = "2")]
+    pub container: ::core::option::Option<ContainerRef>,
+    #[prost(message, optional, tag = "3")]
+    pub state_api: ::core::option::Option<StateApi>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestoreStateResponse {
+    #[prost(message, optional, tag = "1")]
+    pub call: ::core::option::Option<StateApiCall>,
 }
 /// Generated client implementations.
 pub mod agent_client {
@@ -806,6 +870,33 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("ferry.agent.v1.Agent", "DeleteContainer"));
             self.inner.unary(req, path, codec).await
         }
+        /// Strategy StateApi: writes an archive (a state read earlier) into the
+        /// replacement pod with PUT. The pod must run on this node, in the
+        /// archive's namespace, with the UID given. Caller: the controller.
+        pub async fn restore_state(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RestoreStateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RestoreStateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ferry.agent.v1.Agent/RestoreState",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("ferry.agent.v1.Agent", "RestoreState"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Stops every process of a pod on this node, without its kubelet, and
         /// keeps it stopped: the controller asks when the node's kubelet is lost
         /// but its agent is not, before it restores the pod elsewhere. The agent
@@ -964,6 +1055,16 @@ pub mod agent_server {
             request: tonic::Request<super::DeleteContainerRequest>,
         ) -> std::result::Result<
             tonic::Response<super::DeleteContainerResponse>,
+            tonic::Status,
+        >;
+        /// Strategy StateApi: writes an archive (a state read earlier) into the
+        /// replacement pod with PUT. The pod must run on this node, in the
+        /// archive's namespace, with the UID given. Caller: the controller.
+        async fn restore_state(
+            &self,
+            request: tonic::Request<super::RestoreStateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RestoreStateResponse>,
             tonic::Status,
         >;
         /// Stops every process of a pod on this node, without its kubelet, and
@@ -1530,6 +1631,51 @@ pub mod agent_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteContainerSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ferry.agent.v1.Agent/RestoreState" => {
+                    #[allow(non_camel_case_types)]
+                    struct RestoreStateSvc<T: Agent>(pub Arc<T>);
+                    impl<
+                        T: Agent,
+                    > tonic::server::UnaryService<super::RestoreStateRequest>
+                    for RestoreStateSvc<T> {
+                        type Response = super::RestoreStateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RestoreStateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::restore_state(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RestoreStateSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
