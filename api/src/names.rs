@@ -49,6 +49,10 @@ pub const AGENT_NODE_LABEL: &str = "ferry.dev/node";
 /// so two copies never run at once.
 pub const RESTORE_GATE: &str = "ferry.dev/restore";
 
+/// Readiness gate of a StateApi replacement: ferry sets its condition once
+/// the pod received its state (PUT), so it takes no traffic before.
+pub const STATE_RESTORED_CONDITION: &str = "ferry.dev/state-restored";
+
 /// NoSchedule taint the controller puts on a node whose pods it fails over
 /// for node loss, so nothing new lands there while the failover runs; it is
 /// removed once the node is Ready again.

@@ -293,6 +293,19 @@ pub struct StateApiSpec {
     #[x_kube(validation = Rule::new(format!("!self.matches(r'{DURATION_PATTERN}') || (duration(self) >= duration('100ms') && duration(self) <= duration('10m'))"))
         .message("stateApi.timeout must be between 100ms and 10m"))]
     pub timeout: String,
+
+    /// Largest state accepted (bytes; up to 1Gi): a larger answer fails
+    /// the checkpoint, naming the limit.
+    #[serde(default = "default_state_max_size")]
+    #[schemars(schema_with = "state_size_schema")]
+    #[x_kube(validation = Rule::new("quantity(string(self)).isGreaterThan(quantity('0')) && !quantity(string(self)).isGreaterThan(quantity('1Gi'))")
+        .message("stateApi.maxSize must be greater than zero and at most 1Gi"))]
+    pub max_size: Quantity,
+
+    /// Media type of the state: the GET's Accept and the PUT's Content-Type.
+    #[serde(default = "default_state_content_type")]
+    #[schemars(regex(pattern = r"^[!-~]+/[!-~]+$"), length(max = 128))]
+    pub content_type: String,
 }
 
 /// Scheme of the state endpoint.
@@ -537,6 +550,22 @@ fn byte_quantity_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Schema of the largest state, a byte quantity like `16Mi`.
+fn state_size_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[kMGTPE])?$",
+        "description": "Largest state accepted (bytes; up to 1Gi): a larger answer fails the checkpoint, naming the limit."
+    })
+}
+
+fn default_state_max_size() -> Quantity {
+    Quantity("16Mi".into())
+}
+fn default_state_content_type() -> String {
+    "application/json".into()
+}
 fn default_interval() -> String {
     "10s".into()
 }

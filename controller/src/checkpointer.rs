@@ -46,6 +46,9 @@ pub struct Job {
     pub due: jiff::Timestamp,
     /// The policy's interval: the policy is woken when the next one is due.
     pub interval: Duration,
+    /// Strategy StateApi: read the application's state instead of a CRIU
+    /// checkpoint.
+    pub state_api: Option<pb::StateApi>,
 }
 
 /// Whether a due container may be checkpointed now.
@@ -88,6 +91,8 @@ pub struct Done {
     pub replications: Vec<pb::ReplicaOutcome>,
     /// CRIU's own account of the dump, when the archive had one.
     pub criu_stats: Option<pb::CriuDumpStats>,
+    /// Strategy StateApi: the GET that read the state.
+    pub state_api_call: Option<pb::StateApiCall>,
 }
 
 type JobKey = (String, String, String);
@@ -362,9 +367,14 @@ impl Checkpointer {
             drop((overall_permit, node_permit));
             this.metrics.observe_checkpoint(started.elapsed(), &result);
             if let Some(history) = &this.history {
+                let strategy = if job.state_api.is_some() {
+                    "StateApi"
+                } else {
+                    "Checkpoint"
+                };
                 let rows = crate::history::checkpoint_rows(
                     &job,
-                    "Checkpoint",
+                    strategy,
                     &result,
                     started.elapsed(),
                     std::time::SystemTime::now(),
@@ -508,6 +518,7 @@ impl Checkpointer {
                 .collect(),
             timeout_seconds: u32::try_from(job.timeout.as_secs()).unwrap_or(u32::MAX),
             retention: Some(job.retention),
+            state_api: job.state_api.clone(),
         };
         let mut request = tonic::Request::new(request);
         // Replication to the standbys happens inside the call.
@@ -565,6 +576,7 @@ impl Checkpointer {
             replica_errors,
             replications: response.replicas,
             criu_stats: response.criu_stats,
+            state_api_call: response.state_api_call,
         })
     }
 
@@ -668,6 +680,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             due,
             interval: Duration::from_secs(10),
+            state_api: None,
         }
     }
 

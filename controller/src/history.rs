@@ -6,7 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use ferry_api::{FailoverRecord, FailoverStage};
 use ferry_history::Row;
-use ferry_history::rows::{CheckpointRow, CriuDumpStats, FailoverRow, ReplicationRow, Subject};
+use ferry_history::rows::{
+    CheckpointRow, CriuDumpStats, FailoverRow, ReplicationRow, StateApiOperation, StateApiRow,
+    Subject,
+};
 use ferry_proto::v1 as pb;
 
 use crate::checkpointer::{Done, Failure, Job};
@@ -60,10 +63,21 @@ pub fn checkpoint_rows(
     let done = match result {
         Ok(done) => done,
         Err(Failure::AgentUnreachable(error) | Failure::CheckpointFailed(error)) => {
-            return vec![Row::Checkpoint(CheckpointRow {
+            let mut rows = vec![Row::Checkpoint(CheckpointRow {
                 error: Some(error.clone()),
-                ..base
+                ..base.clone()
             })];
+            // The application's endpoint failed (the agent said how).
+            if job.state_api.is_some() && matches!(result, Err(Failure::CheckpointFailed(_))) {
+                rows.push(state_api_row(
+                    &base,
+                    StateApiOperation::Read,
+                    None,
+                    took,
+                    Some(error.clone()),
+                ));
+            }
+            return rows;
         }
     };
     let record = &done.record;
@@ -73,8 +87,17 @@ pub fn checkpoint_rows(
         size_bytes: u64::try_from(record.size_bytes).ok(),
         total: Duration::from_millis(u64::try_from(record.duration_ms).unwrap_or(0)),
         criu: done.criu_stats.as_ref().map(criu),
-        ..base
+        ..base.clone()
     })];
+    if let Some(call) = &done.state_api_call {
+        rows.push(state_api_row(
+            &base,
+            StateApiOperation::Read,
+            Some(call),
+            Duration::from_millis(call.millis),
+            None,
+        ));
+    }
     for outcome in &done.replications {
         rows.push(Row::Replication(ReplicationRow {
             finished_at: now,
@@ -89,6 +112,58 @@ pub fn checkpoint_rows(
         }));
     }
     rows
+}
+
+/// One GET or PUT of an application's state.
+pub fn state_api_row(
+    checkpoint: &CheckpointRow,
+    operation: StateApiOperation,
+    call: Option<&pb::StateApiCall>,
+    took: Duration,
+    error: Option<String>,
+) -> Row {
+    Row::StateApi(StateApiRow {
+        at: SystemTime::now(),
+        subject: checkpoint.subject.clone(),
+        container: checkpoint.container.clone(),
+        node: checkpoint.node.clone(),
+        operation,
+        size_bytes: call.map(|c| c.bytes),
+        duration: took,
+        http_status: call
+            .and_then(|c| u16::try_from(c.http_status).ok())
+            .filter(|s| *s > 0),
+        error,
+    })
+}
+
+/// A PUT of a state into a replacement pod (the agent on `node` wrote it).
+pub fn state_write_row(
+    (namespace, policy): (&str, &str),
+    pod: &str,
+    container: &str,
+    node: &str,
+    call: Option<&pb::StateApiCall>,
+    took: Duration,
+    error: Option<String>,
+) -> Row {
+    Row::StateApi(StateApiRow {
+        at: SystemTime::now(),
+        subject: Subject {
+            policy: policy.to_owned(),
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
+        },
+        container: container.to_owned(),
+        node: node.to_owned(),
+        operation: StateApiOperation::Write,
+        size_bytes: call.map(|c| c.bytes),
+        duration: call.map_or(took, |c| Duration::from_millis(c.millis)),
+        http_status: call
+            .and_then(|c| u16::try_from(c.http_status).ok())
+            .filter(|s| *s > 0),
+        error,
+    })
 }
 
 /// A failover that ended (Completed or Failed). Stage times count from the
@@ -160,6 +235,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             due: at(0),
             interval: Duration::from_secs(10),
+            state_api: None,
         }
     }
 
@@ -200,6 +276,7 @@ mod tests {
                 pages_written: 16_384,
                 ..Default::default()
             }),
+            state_api_call: None,
         };
         let rows = checkpoint_rows(
             &job(),

@@ -32,6 +32,9 @@ pub struct ValidSpec {
     pub unreachable_grace_period: std::time::Duration,
     pub max_checkpoint_age: std::time::Duration,
     pub max_concurrent_failovers: usize,
+    /// Strategy StateApi: how agents reach the application's state (the
+    /// address, the pod's IP, is filled in per pod).
+    pub state_api: Option<ferry_proto::v1::StateApi>,
 }
 
 impl ValidSpec {
@@ -71,6 +74,11 @@ pub fn validate(spec: &CheckpointPolicySpec) -> Result<ValidSpec, Vec<String>> {
     if let Some(max_age) = &spec.retention.max_age {
         duration("spec.retention.maxAge", max_age);
     }
+    let state_timeout = spec
+        .state_api
+        .as_ref()
+        .filter(|_| spec.strategy == ferry_api::Strategy::StateApi)
+        .and_then(|settings| duration("spec.stateApi.timeout", &settings.timeout));
     let target = match selector_string(&spec.selector) {
         Ok(target) if target.is_empty() => {
             problems.push(
@@ -85,8 +93,35 @@ pub fn validate(spec: &CheckpointPolicySpec) -> Result<ValidSpec, Vec<String>> {
             None
         }
     };
-    if spec.strategy == ferry_api::Strategy::StateApi && spec.state_api.is_none() {
-        problems.push("spec.stateApi: required when strategy is StateApi".into());
+    let mut state_api = None;
+    if spec.strategy == ferry_api::Strategy::StateApi {
+        match &spec.state_api {
+            None => problems.push("spec.stateApi: required when strategy is StateApi".into()),
+            Some(settings) => {
+                let timeout = state_timeout;
+                let max_bytes = quantity_bytes(&settings.max_size.0).filter(|b| *b > 0);
+                if max_bytes.is_none() {
+                    problems.push(format!(
+                        "spec.stateApi.maxSize: {:?} is not a byte quantity above zero",
+                        settings.max_size.0
+                    ));
+                }
+                if let (Some(timeout), Some(max_bytes)) = (timeout, max_bytes) {
+                    state_api = Some(ferry_proto::v1::StateApi {
+                        scheme: match settings.scheme {
+                            ferry_api::StateApiScheme::Http => "http".into(),
+                            ferry_api::StateApiScheme::Https => "https".into(),
+                        },
+                        port: u32::try_from(settings.port).unwrap_or(0),
+                        path: settings.path.clone(),
+                        timeout_millis: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+                        max_bytes,
+                        address: String::new(),
+                        content_type: settings.content_type.clone(),
+                    });
+                }
+            }
+        }
     }
     problems.extend(ferry_api::toleration_problems(
         "spec.placement.tolerations",
@@ -109,6 +144,7 @@ pub fn validate(spec: &CheckpointPolicySpec) -> Result<ValidSpec, Vec<String>> {
             unreachable_grace_period,
             max_checkpoint_age,
             max_concurrent_failovers: usize::try_from(spec.failover.max_concurrent).unwrap_or(1),
+            state_api,
         }),
         _ => Err(problems),
     }

@@ -12,90 +12,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::apps::*;
 use common::{Installation, Setup, create, eventually, install, install_with};
 use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage, FailureTrigger, Phase};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
-
-// Generous: the tests run in parallel, each with its own control plane,
-// on two cores; a new leader also waits one agent Lease period.
-const WAIT: Duration = Duration::from_secs(150);
-
-fn policy(name: &str, app: &str, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = serde_json::json!({
-        "selector": {"matchLabels": {"app": app}},
-        "interval": "2s",
-        "standbys": 1,
-        "failover": {"nodeLossGracePeriod": "3s", "maxCheckpointAge": "1m"},
-    });
-    for (key, value) in extra.as_object().unwrap() {
-        spec[key] = value.clone();
-    }
-    serde_json::json!({
-        "apiVersion": "ferry.dev/v1alpha1",
-        "kind": "CheckpointPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    })
-}
-
-fn deployment(app: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": app},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": app}},
-            "template": {
-                "metadata": {"labels": {"app": app}},
-                "spec": {
-                    "containers": [{"name": "app", "image": "registry.invalid/counter:1"}],
-                    "tolerations": [{"operator": "Exists"}],
-                },
-            },
-        },
-    })
-}
-
-async fn get_policy(client: &kube::Client, namespace: &str, name: &str) -> CheckpointPolicy {
-    Api::<CheckpointPolicy>::namespaced(client.clone(), namespace)
-        .get(name)
-        .await
-        .unwrap()
-}
-
-async fn pods(client: &kube::Client, namespace: &str, app: &str) -> Vec<Pod> {
-    Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&format!("app={app}")))
-        .await
-        .unwrap()
-        .items
-}
-
-/// Waits until the policy protects `pod` (a replicated checkpoint of it)
-/// and returns (its node, the standby).
-async fn protected(
-    ferry: &Installation,
-    namespace: &str,
-    name: &str,
-    pod_uid: &str,
-) -> (String, String) {
-    eventually(
-        "a replicated checkpoint",
-        WAIT,
-        || ferry.logs(),
-        || async {
-            let policy = get_policy(&ferry.client, namespace, name).await;
-            let status = policy.status?;
-            let record = status.checkpoints.iter().find(|r| r.pod_uid == pod_uid)?;
-            (status.phase == Some(Phase::Protected) && !record.replicas.is_empty())
-                .then(|| (record.node.clone(), record.replicas[0].clone()))
-        },
-    )
-    .await
-}
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
 /// Creates the `counter` Deployment and its policy in `apps` and waits
 /// until a checkpoint of its pod is replicated: the pod, its UID, its node
@@ -112,24 +34,6 @@ async fn protected_counter(ferry: &Installation) -> (Pod, String, String, String
     let uid = pod.uid().unwrap();
     let (node, standby) = protected(ferry, "apps", "counter", &uid).await;
     (pod, uid, node, standby)
-}
-
-async fn running_pod(ferry: &Installation, namespace: &str, app: &str) -> Pod {
-    eventually(
-        "one running pod",
-        WAIT,
-        || ferry.logs(),
-        || async {
-            let pods = pods(&ferry.client, namespace, app).await;
-            let running: Vec<Pod> = pods
-                .into_iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .collect();
-            (running.len() == 1).then(|| running[0].clone())
-        },
-    )
-    .await
 }
 
 /// Waits for the failover of `failed_uid` to complete and checks its
@@ -218,16 +122,6 @@ async fn failed_over(
         "{owner:?}"
     );
     (record, pod)
-}
-
-/// Evicts a pod through the Eviction API, as a drain or a disruption
-/// controller does: the API server marks it with a DisruptionTarget
-/// condition, which is what makes its loss a failure.
-async fn evict(client: &kube::Client, namespace: &str, name: &str) {
-    Api::<Pod>::namespaced(client.clone(), namespace)
-        .evict(name, &EvictParams::default())
-        .await
-        .unwrap();
 }
 
 /// Marks a lost node out of service, as an administrator (or a node

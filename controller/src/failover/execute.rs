@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
 use ferry_api::FailoverRecord;
-use ferry_api::names::{FAILED_NODE_TAINT, RESTORE_GATE};
+use ferry_api::names::{FAILED_NODE_TAINT, RESTORE_GATE, STATE_RESTORED_CONDITION};
 use ferry_proto::v1 as pb;
 
 use super::machine::{self, Action, Observed, Prepared, STOP_GRACE_SECONDS};
@@ -36,11 +36,11 @@ impl Outcome {
     }
 }
 
-/// Advances `record` by one step.
+/// Advances `record` of the policy `(namespace, name)` by one step.
 pub async fn advance(
     record: &FailoverRecord,
     world: Observed<'_>,
-    namespace: &str,
+    (namespace, policy): (&str, &str),
     agents: &AgentIndex,
     context: &Context,
 ) -> Outcome {
@@ -94,6 +94,30 @@ pub async fn advance(
         Action::AskAgentToFence { node } => ask_to_fence(record, node, namespace, agents, context)
             .await
             .map(|()| step.record.clone()),
+        Action::RestoreState {
+            node,
+            pod,
+            uid,
+            address,
+            restores,
+        } => {
+            let target = StateTarget {
+                node,
+                namespace,
+                policy,
+                pod,
+                uid,
+                address,
+            };
+            restore_state(&target, restores, world.state_api, agents, context)
+                .await
+                .map(|()| step.record.clone())
+        }
+        Action::OpenStateGate { pod, uid, message } => {
+            set_state_condition(&pods, pod, uid, false, message, world.now)
+                .await
+                .map(|()| step.record.clone())
+        }
         Action::DeletePods { names } => {
             let mut result = Ok(step.record.clone());
             for name in names {
@@ -133,6 +157,10 @@ fn describe(action: &Action) -> String {
         Action::DeletePods { names } => format!("deleting {}", names.join(", ")),
         Action::NudgeOwner { owner } => format!("asking {owner} to retry"),
         Action::AskAgentToFence { node } => format!("asking the agent of node {node} to fence"),
+        Action::RestoreState { node, pod, .. } => {
+            format!("writing the state into {pod} from node {node}")
+        }
+        Action::OpenStateGate { pod, .. } => format!("opening the readiness gate of {pod}"),
     }
 }
 
@@ -254,6 +282,127 @@ async fn prepare(
         }
     }
     Ok(machine::prepared(record, &answers))
+}
+
+/// The replacement a state goes into.
+struct StateTarget<'a> {
+    node: &'a str,
+    namespace: &'a str,
+    policy: &'a str,
+    pod: &'a str,
+    uid: &'a str,
+    address: &'a str,
+}
+
+/// Has the agent holding the state write each container's into the
+/// replacement, records each write, then opens the pod's readiness gate.
+async fn restore_state(
+    target: &StateTarget<'_>,
+    restores: &[(String, String)],
+    source: Option<&pb::StateApi>,
+    agents: &AgentIndex,
+    context: &Context,
+) -> Result<(), String> {
+    let source = source.ok_or("the policy has no stateApi settings")?;
+    let node = target.node;
+    let agent = agents
+        .get(node)
+        .ok_or_else(|| format!("no agent Lease for node {node}"))?;
+    let mut client = context.agents.client(&agent.node, &agent.endpoint)?;
+    for (container, archive) in restores {
+        let started = std::time::Instant::now();
+        let mut request = tonic::Request::new(pb::RestoreStateRequest {
+            archive_id: archive.clone(),
+            container: Some(pb::ContainerRef {
+                namespace: target.namespace.to_owned(),
+                pod: target.pod.to_owned(),
+                pod_uid: target.uid.to_owned(),
+                container: container.clone(),
+            }),
+            state_api: Some(pb::StateApi {
+                address: target.address.to_owned(),
+                ..source.clone()
+            }),
+        });
+        request.set_timeout(
+            Duration::from_millis(u64::from(source.timeout_millis)) + Duration::from_secs(10),
+        );
+        let answer = client.restore_state(request).await;
+        if let Some(history) = &context.history {
+            let (call, error) = match &answer {
+                Ok(response) => (response.get_ref().call, None),
+                Err(status) => (None, Some(status_message(status))),
+            };
+            history.record(crate::history::state_write_row(
+                (target.namespace, target.policy),
+                target.pod,
+                container,
+                node,
+                call.as_ref(),
+                started.elapsed(),
+                error,
+            ));
+        }
+        if let Err(status) = answer {
+            if status.code() == tonic::Code::Unavailable {
+                context.agents.forget(&agent.endpoint);
+            }
+            return Err(format!(
+                "writing the state of {container} into pod {}/{} from node {node}: {}",
+                target.namespace,
+                target.pod,
+                status_message(&status)
+            ));
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(context.client.clone(), target.namespace);
+    set_state_condition(
+        &pods,
+        target.pod,
+        target.uid,
+        true,
+        &format!("state restored from node {node}"),
+        jiff::Timestamp::now(),
+    )
+    .await
+}
+
+/// Sets the replacement's readiness-gate condition: True once its state is
+/// in, True with reason StateNotRestored when the failover gave up (the pod
+/// then serves from zero rather than never).
+async fn set_state_condition(
+    pods: &Api<Pod>,
+    name: &str,
+    uid: &str,
+    restored: bool,
+    message: &str,
+    now: jiff::Timestamp,
+) -> Result<(), String> {
+    let reason = if restored {
+        "StateRestored"
+    } else {
+        "StateNotRestored"
+    };
+    let patch = serde_json::json!({
+        "metadata": {"uid": uid},
+        "status": {"conditions": [{
+            "type": STATE_RESTORED_CONDITION,
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now.to_string(),
+        }]},
+    });
+    match pods
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(format!(
+            "setting the {STATE_RESTORED_CONDITION} condition of pod {name}: {err}"
+        )),
+    }
 }
 
 async fn taint(context: &Context, node: &str) -> Result<(), String> {

@@ -63,6 +63,9 @@ pub struct Observed<'a> {
     pub target_live: bool,
     /// Tolerations a replacement ferry creates gets.
     pub tolerations: &'a [Toleration],
+    /// Strategy StateApi: the application's state endpoint; the replacement
+    /// starts from its image and receives the state with PUT.
+    pub state_api: Option<&'a ferry_proto::v1::StateApi>,
 }
 
 /// One thing to do.
@@ -95,6 +98,25 @@ pub enum Action {
     /// Ask the failed node's agent to stop the failed pod (`FencePod`): its
     /// kubelet is lost, its agent is in contact and so never fences itself.
     AskAgentToFence { node: String },
+    /// Strategy StateApi: have the agent of `node` write each container's
+    /// state into the replacement (PUT to `address`), then open the pod's
+    /// readiness gate.
+    RestoreState {
+        node: String,
+        pod: String,
+        uid: String,
+        address: String,
+        /// (container, archive)
+        restores: Vec<(String, String)>,
+    },
+    /// Strategy StateApi: open the replacement's readiness gate without a
+    /// restored state (the failover gave up): it serves from zero rather
+    /// than never.
+    OpenStateGate {
+        pod: String,
+        uid: String,
+        message: String,
+    },
 }
 
 /// The next step of a failover.
@@ -164,13 +186,25 @@ pub fn next(record: &FailoverRecord, world: Observed<'_>) -> Step {
     if record.stage < FailoverStage::Completed
         && elapsed(world.now, record.started_at.0) > FAILOVER_TIMEOUT
     {
-        return give_up(
+        let mut step = give_up(
             record,
             format!(
                 "gave up: no replacement pod ran within {}s",
                 FAILOVER_TIMEOUT.as_secs()
             ),
         );
+        // A replacement waiting for its state would never become Ready.
+        if world.state_api.is_some()
+            && let Some(replacement) = super::replacement(record, world.pods)
+            && replacement.uid().is_some()
+        {
+            step.action = Action::OpenStateGate {
+                pod: replacement.name_any(),
+                uid: replacement.uid().unwrap_or_default(),
+                message: step.record.message.clone(),
+            };
+        }
+        return step;
     }
     if let Some(step) = cancel_if_recovered(record, &world) {
         return step;
@@ -240,6 +274,17 @@ fn prepare(record: &FailoverRecord, world: Observed<'_>) -> Step {
             record,
             format!("waiting for the agent of node {target} to be live"),
         );
+    }
+    // A state needs no image: the replacement starts from its own and
+    // receives the state once it runs.
+    if world.state_api.is_some() {
+        let mut prepared = record.clone();
+        prepared.stage = FailoverStage::Prepared;
+        let note = format!(
+            "node {target} holds the state of pod {}; the replacement receives it once it runs",
+            record.pod
+        );
+        return Step::of(Action::Record, prepared, note);
     }
     let archives: Vec<String> = record
         .containers
@@ -447,7 +492,8 @@ fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
     if record.owner.is_empty() && super::replacement(record, world.pods).is_none() {
         // A bare pod has no owner to replace it: ferry creates the
         // replacement (gated) from the failed pod's spec before that goes.
-        return match super::bare_replacement(record, world.pods, world.tolerations) {
+        let state_gate = world.state_api.is_some() && !record.cold_start;
+        return match super::bare_replacement(record, world.pods, world.tolerations, state_gate) {
             Some(replacement) => {
                 let note = format!(
                     "created {} to replace bare pod {} on node {}",
@@ -725,6 +771,44 @@ fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
             String::new(),
         );
     }
+    if world.state_api.is_some() && !record.cold_start {
+        let Some(address) = replacement
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty())
+        else {
+            let action = if named != *record {
+                Action::Record
+            } else {
+                Action::Wait
+            };
+            return Step::of(action, named, "waiting for the replacement's IP");
+        };
+        let node = record.to_node.clone().unwrap_or_default();
+        let note = format!(
+            "{} Running on node {node}, its state written from the checkpoint",
+            replacement.name_any()
+        );
+        let mut restored = named;
+        restored.stage = FailoverStage::Completed;
+        restored.restored_at = Some(Time(world.now));
+        return Step::of(
+            Action::RestoreState {
+                node,
+                pod: replacement.name_any(),
+                uid: replacement.uid().unwrap_or_default(),
+                address,
+                restores: record
+                    .containers
+                    .iter()
+                    .map(|c| (c.container.clone(), c.archive.clone()))
+                    .collect(),
+            },
+            restored,
+            note,
+        );
+    }
     named.stage = FailoverStage::Completed;
     named.restored_at = Some(Time(world.now));
     let note = if record.cold_start {
@@ -818,6 +902,7 @@ mod tests {
         kubelet_contact: Option<jiff::Timestamp>,
         renewed: Option<jiff::Timestamp>,
         target_live: bool,
+        state_api: Option<ferry_proto::v1::StateApi>,
     }
 
     impl World {
@@ -834,6 +919,7 @@ mod tests {
                 kubelet_contact: Some(at(-500)),
                 renewed: Some(at(-500)),
                 target_live: true,
+                state_api: None,
             }
         }
 
@@ -851,6 +937,7 @@ mod tests {
                     from_renewed: self.renewed,
                     target_live: self.target_live,
                     tolerations: &[],
+                    state_api: self.state_api.as_ref(),
                 },
             )
         }
@@ -967,6 +1054,7 @@ mod tests {
                 from_renewed: world.last_contact,
                 target_live: true,
                 tolerations: &[],
+                state_api: None,
             },
         );
         assert!(
@@ -1348,5 +1436,65 @@ mod tests {
         let record = prepared_record(FailoverStage::Prepared);
         let world = World::new(vec![pod("web-1", "u1", -60_000, None)]);
         assert_eq!(world.next(&record, 1000), world.next(&record, 1000));
+    }
+
+    #[test]
+    fn a_state_is_written_into_the_running_replacement_or_its_gate_opened_on_giving_up() {
+        let mut world = World::new(vec![]);
+        world.state_api = Some(ferry_proto::v1::StateApi {
+            port: 8080,
+            path: "/state".into(),
+            ..Default::default()
+        });
+        // Nothing to prepare: the standby holds the state.
+        let detected = record(FailureTrigger::NodeLoss, FailoverStage::Detected);
+        let step = world.next(&detected, 1000);
+        assert_eq!(step.action, Action::Record, "{step:?}");
+        assert_eq!(step.record.stage, FailoverStage::Prepared);
+
+        // The replacement runs: its state goes in before it counts as
+        // restored, and not before it has an IP.
+        let fenced = prepared_record(FailoverStage::Fenced);
+        let mut replacement = pod("web-2", "u2", 500, Some("u1"));
+        replacement.status =
+            Some(serde_json::from_value(serde_json::json!({"phase": "Running"})).unwrap());
+        world.pods = vec![replacement.clone()];
+        let step = world.next(&fenced, 2000);
+        assert!(
+            matches!(step.action, Action::Record | Action::Wait),
+            "{step:?}"
+        );
+        assert_eq!(step.record.stage, FailoverStage::Fenced);
+        replacement.status = Some(
+            serde_json::from_value(serde_json::json!({"phase": "Running", "podIP": "10.88.2.9"}))
+                .unwrap(),
+        );
+        world.pods = vec![replacement];
+        let step = world.next(&fenced, 2000);
+        let Action::RestoreState {
+            node,
+            pod,
+            address,
+            restores,
+            ..
+        } = &step.action
+        else {
+            panic!("{step:?}")
+        };
+        assert_eq!(
+            (node.as_str(), pod.as_str(), address.as_str()),
+            ("b", "web-2", "10.88.2.9")
+        );
+        assert_eq!(restores.len(), fenced.containers.len());
+        assert_eq!(step.record.stage, FailoverStage::Completed);
+
+        // Past the timeout the replacement serves from zero rather than never.
+        let late = 1000 + FAILOVER_TIMEOUT.as_millis() as i64 + 1000;
+        let step = world.next(&fenced, late);
+        assert!(
+            matches!(step.action, Action::OpenStateGate { .. }),
+            "{step:?}"
+        );
+        assert_eq!(step.record.stage, FailoverStage::Failed);
     }
 }

@@ -32,6 +32,7 @@ pub fn bare_replacement(
     record: &FailoverRecord,
     pods: &[&Pod],
     tolerations: &[Toleration],
+    state_gate: bool,
 ) -> Option<Pod> {
     let failed = pods
         .iter()
@@ -49,7 +50,7 @@ pub fn bare_replacement(
         spec: Some(spec),
         status: None,
     };
-    let patch = crate::webhook::restore_patch(&pod, record, tolerations);
+    let patch = crate::webhook::restore_patch(&pod, record, tolerations, state_gate);
     let mut doc = serde_json::to_value(&pod).ok()?;
     json_patch::patch(&mut doc, &patch.0).ok()?;
     serde_json::from_value(doc).ok()

@@ -92,9 +92,16 @@ pub(super) async fn advance_failovers(
                 .as_deref()
                 .is_some_and(|n| snapshot.agents.live(n, snapshot.now).is_some()),
             tolerations: &policy.spec.placement.tolerations,
+            state_api: valid.state_api.as_ref(),
         };
-        let outcome =
-            execute::advance(&failover, observed, namespace, &snapshot.agents, context).await;
+        let outcome = execute::advance(
+            &failover,
+            observed,
+            (namespace, &policy.name_any()),
+            &snapshot.agents,
+            context,
+        )
+        .await;
         if let Some(at) = outcome.wake_at {
             let wait: Duration = snapshot
                 .now

@@ -21,7 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use ferry_api::names::{CONTROLLER_FIELD_MANAGER, POLICY_FINALIZER};
-use ferry_api::{CheckpointPolicy, CheckpointPolicyStatus, Strategy};
+use ferry_api::{CheckpointPolicy, CheckpointPolicyStatus};
 use ferry_proto::v1 as pb;
 
 use crate::agents::AgentIndex;
@@ -199,25 +199,18 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
                     &context.policies().map(|s| s.state()).unwrap_or_default(),
                 );
             }
-            if policy.spec.strategy == Strategy::Checkpoint {
-                let next = schedule(
-                    policy,
-                    &policy_ref,
-                    &namespace,
-                    &valid,
-                    &status,
-                    &targets,
-                    &snapshot,
-                    context,
-                    &mut problems,
-                );
-                requeue = requeue.min(next);
-            } else {
-                problems.push((
-                    "StrategyNotSupported".into(),
-                    "strategy StateApi is measured by hack/ scripts only; the controller checkpoints with strategy Checkpoint".into(),
-                ));
-            }
+            let next = schedule(
+                policy,
+                &policy_ref,
+                &namespace,
+                &valid,
+                &status,
+                &targets,
+                &snapshot,
+                context,
+                &mut problems,
+            );
+            requeue = requeue.min(next);
         }
         // With a complete view only: a pod missing from a cache that is not
         // synced is not gone. A suspended policy keeps its archives.
@@ -557,6 +550,17 @@ fn schedule(
                 Some((node.clone(), agent.endpoint.clone()))
             })
             .collect();
+        // The agent reads the pod's IP from the API server itself; this one
+        // serves agents that have none (tests, the local demo).
+        let state_api = valid.state_api.clone().map(|mut source| {
+            source.address = snapshot
+                .pods
+                .iter()
+                .find(|p| p.uid().as_deref() == Some(target.pod_uid.as_str()))
+                .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+                .unwrap_or_default();
+            source
+        });
         context.checkpointer.submit(Job {
             policy: policy_ref.clone(),
             target: target.clone(),
@@ -567,6 +571,7 @@ fn schedule(
             timeout: context.checkpoint_timeout,
             due,
             interval: valid.interval,
+            state_api,
         });
         // The job wakes the policy when it fails or when this container is
         // due again; this is only a safety net.
@@ -727,6 +732,7 @@ mod tests {
                     replica_errors: vec![("b".into(), "refused".into())],
                     replications: vec![],
                     criu_stats: None,
+                    state_api_call: None,
                 }),
             },
             crate::checkpointer::Outcome {

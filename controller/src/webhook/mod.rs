@@ -34,7 +34,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use ferry_api::names::{FAILOVER_ANNOTATION, RESTORE_GATE, RESTORED_FROM_ANNOTATION};
+use ferry_api::names::{
+    FAILOVER_ANNOTATION, RESTORE_GATE, RESTORED_FROM_ANNOTATION, STATE_RESTORED_CONDITION,
+};
 use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -182,7 +184,8 @@ pub fn plan_restore(
             continue;
         };
         for failover in &status.failovers {
-            if !carries_out(failover, pod, spec, &owner, claimed) {
+            let state_api = policy.spec.strategy == ferry_api::Strategy::StateApi;
+            if !carries_out(failover, pod, spec, &owner, claimed, state_api) {
                 continue;
             }
             let older = best.is_none_or(|(_, b)| {
@@ -194,7 +197,13 @@ pub fn plan_restore(
         }
     }
     let (policy, failover) = best?;
-    let patch = restore_patch(pod, failover, &policy.spec.placement.tolerations);
+    let state_gate = policy.spec.strategy == ferry_api::Strategy::StateApi && !failover.cold_start;
+    let patch = restore_patch(
+        pod,
+        failover,
+        &policy.spec.placement.tolerations,
+        state_gate,
+    );
     Some(RestorePlan {
         policy: policy.metadata.name.clone().unwrap_or_default(),
         failed_pod: failover.pod.clone(),
@@ -238,6 +247,7 @@ fn carries_out(
     spec: &PodSpec,
     (kind, name): &(String, String),
     claimed: &HashSet<String>,
+    state_api: bool,
 ) -> bool {
     // A cold start gets the rewrite too (annotation and gate, no images):
     // it must not run before the failed instance is stopped either.
@@ -264,11 +274,12 @@ fn carries_out(
     {
         return false;
     }
-    // Every restore needs its prepared image and a container to run it in.
+    // Every restore needs a container to go into and, from a checkpoint,
+    // its prepared image (a state needs none: it is written in later).
     failover.cold_start
         || !failover.containers.is_empty()
             && failover.containers.iter().all(|r| {
-                r.image.as_deref().is_some_and(|i| !i.is_empty())
+                (state_api || r.image.as_deref().is_some_and(|i| !i.is_empty()))
                     && spec.containers.iter().any(|c| c.name == r.container)
             })
 }

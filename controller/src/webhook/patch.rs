@@ -9,8 +9,15 @@ use super::*;
 /// node, the policy's tolerations, and ferry's scheduling gate, which the
 /// controller lifts once the failed instance is known to be stopped.
 /// Used by the webhook for pods an owner creates and by the controller for
-/// bare pods it recreates, so both get the same rewrite.
-pub fn restore_patch(pod: &Pod, failover: &FailoverRecord, tolerations: &[Toleration]) -> Patch {
+/// bare pods it recreates, so both get the same rewrite. With
+/// `state_gate` (strategy StateApi) the pod also gets ferry's readiness
+/// gate: it takes no traffic until its state was written into it.
+pub fn restore_patch(
+    pod: &Pod,
+    failover: &FailoverRecord,
+    tolerations: &[Toleration],
+    state_gate: bool,
+) -> Patch {
     // Parents are looked up in the pod's JSON form, which is what the patch
     // applies to; absent and null both need the parent to be added.
     let doc = serde_json::to_value(pod).unwrap_or(Value::Null);
@@ -54,6 +61,15 @@ pub fn restore_patch(pod: &Pod, failover: &FailoverRecord, tolerations: &[Tolera
         ops.push(add(&["spec", "schedulingGates", "-"], gate));
     } else {
         ops.push(add(&["spec", "schedulingGates"], json!([gate])));
+    }
+
+    if state_gate {
+        let gate = json!({"conditionType": STATE_RESTORED_CONDITION});
+        if doc["spec"]["readinessGates"].is_array() {
+            ops.push(add(&["spec", "readinessGates", "-"], gate));
+        } else {
+            ops.push(add(&["spec", "readinessGates"], json!([gate])));
+        }
     }
 
     let wanted = tolerations;

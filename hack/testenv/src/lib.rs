@@ -278,7 +278,9 @@ impl ControlPlane {
                     "--manage-all-nodes=false".into(),
                     format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"),
                     format!("--disregard-status-with-annotation-selector={KWOK_STATUS_ANNOTATION}=custom"),
-                    "--cidr=10.244.0.1/16".into(),
+                    // Pod IPs on loopback (127.0.0.0/8 is all local): a test
+                    // can serve a pod's endpoints at its IP (StateApi).
+                    "--cidr=127.244.0.1/16".into(),
                     "--node-ip=10.243.0.1".into(),
                     "--node-lease-duration-seconds=40".into(),
                 ],
