@@ -70,7 +70,7 @@ pub fn checkpoint_rows(
             // The application's endpoint failed (the agent said how).
             if job.state_api.is_some() && matches!(result, Err(Failure::CheckpointFailed(_))) {
                 rows.push(state_api_row(
-                    &base,
+                    (base.subject.clone(), &base.container, &base.node),
                     StateApiOperation::Read,
                     None,
                     took,
@@ -91,10 +91,10 @@ pub fn checkpoint_rows(
     })];
     if let Some(call) = &done.state_api_call {
         rows.push(state_api_row(
-            &base,
+            (base.subject.clone(), &base.container, &base.node),
             StateApiOperation::Read,
             Some(call),
-            Duration::from_millis(call.millis),
+            Duration::ZERO,
             None,
         ));
     }
@@ -114,9 +114,10 @@ pub fn checkpoint_rows(
     rows
 }
 
-/// One GET or PUT of an application's state.
-pub fn state_api_row(
-    checkpoint: &CheckpointRow,
+/// One GET or PUT of an application's state. Its time is the agent's own
+/// measure of the call when there was one.
+fn state_api_row(
+    (subject, container, node): (Subject, &str, &str),
     operation: StateApiOperation,
     call: Option<&pb::StateApiCall>,
     took: Duration,
@@ -124,12 +125,12 @@ pub fn state_api_row(
 ) -> Row {
     Row::StateApi(StateApiRow {
         at: SystemTime::now(),
-        subject: checkpoint.subject.clone(),
-        container: checkpoint.container.clone(),
-        node: checkpoint.node.clone(),
+        subject,
+        container: container.to_owned(),
+        node: node.to_owned(),
         operation,
         size_bytes: call.map(|c| c.bytes),
-        duration: took,
+        duration: call.map_or(took, |c| Duration::from_millis(c.millis)),
         http_status: call
             .and_then(|c| u16::try_from(c.http_status).ok())
             .filter(|s| *s > 0),
@@ -140,30 +141,23 @@ pub fn state_api_row(
 /// A PUT of a state into a replacement pod (the agent on `node` wrote it).
 pub fn state_write_row(
     (namespace, policy): (&str, &str),
-    pod: &str,
-    container: &str,
-    node: &str,
+    (pod, container, node): (&str, &str, &str),
     call: Option<&pb::StateApiCall>,
     took: Duration,
     error: Option<String>,
 ) -> Row {
-    Row::StateApi(StateApiRow {
-        at: SystemTime::now(),
-        subject: Subject {
-            policy: policy.to_owned(),
-            namespace: namespace.to_owned(),
-            pod: pod.to_owned(),
-        },
-        container: container.to_owned(),
-        node: node.to_owned(),
-        operation: StateApiOperation::Write,
-        size_bytes: call.map(|c| c.bytes),
-        duration: call.map_or(took, |c| Duration::from_millis(c.millis)),
-        http_status: call
-            .and_then(|c| u16::try_from(c.http_status).ok())
-            .filter(|s| *s > 0),
+    let subject = Subject {
+        policy: policy.to_owned(),
+        namespace: namespace.to_owned(),
+        pod: pod.to_owned(),
+    };
+    state_api_row(
+        (subject, container, node),
+        StateApiOperation::Write,
+        call,
+        took,
         error,
-    })
+    )
 }
 
 /// A failover that ended (Completed or Failed). Stage times count from the

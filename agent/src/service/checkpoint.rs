@@ -80,28 +80,12 @@ impl AgentService {
                 return Err(err.into());
             }
         };
-        let node = &self.inner.node;
-        let meta = ArchiveMeta {
-            id: String::new(),
-            policy: request.policy.clone(),
-            namespace: container.namespace.clone(),
-            pod: container.pod.clone(),
-            pod_uid: container.pod_uid.clone(),
-            container: container.container.clone(),
-            source_node: node.node_name.clone(),
-            taken_at_millis: jiff::Timestamp::now().as_millisecond(),
-            size_bytes: 0,
-            container_image: String::new(),
-            encrypted: false,
-            retention: request.retention.as_ref().map(Retention::from_proto),
-            runtime: RuntimeInfo {
-                runtime: node.runtime.clone(),
-                architecture: node.architecture.clone(),
-                kernel_version: node.kernel_version.clone(),
-                criu_version: node.criu_version.clone(),
-                container_runtime: node.container_runtime.clone(),
-            },
-        };
+        let meta = self.new_archive(
+            &request.policy,
+            &container,
+            request.retention.as_ref(),
+            false,
+        );
         let source = taken.path.clone();
         let protected = self.inner.protected.clone();
         let imported = self
@@ -130,7 +114,64 @@ impl AgentService {
                 return Err(status);
             }
         };
-        let checkpoint_millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let checkpoint_millis = self.count_stored(&archive, started);
+        tracing::info!(
+            archive = %archive.id, policy = %archive.policy, namespace = %archive.namespace, pod = %archive.pod,
+            container = %archive.container, bytes = archive.size_bytes, checkpoint_ms = checkpoint_millis,
+            runtime_ms = taken.elapsed.as_millis() as u64, "checkpoint stored"
+        );
+        let replicas = self.keep_and_replicate(&archive, &peers).await;
+        Ok(Response::new(pb::CheckpointResponse {
+            archive: Some(convert::archive_to_proto(&archive)),
+            checkpoint_millis,
+            replicas,
+            criu_stats: dump_stats.map(convert::dump_stats_to_proto),
+            state_api_call: None,
+        }))
+    }
+
+    /// The record of an archive about to be taken on this node: by the
+    /// node's runtime, or (`is_state`) read from the application.
+    pub(super) fn new_archive(
+        &self,
+        policy: &str,
+        container: &pb::ContainerRef,
+        retention: Option<&pb::Retention>,
+        is_state: bool,
+    ) -> ArchiveMeta {
+        let node = &self.inner.node;
+        let (runtime, criu_version) = if is_state {
+            ("state-api".to_owned(), String::new())
+        } else {
+            (node.runtime.clone(), node.criu_version.clone())
+        };
+        ArchiveMeta {
+            id: String::new(),
+            policy: policy.to_owned(),
+            namespace: container.namespace.clone(),
+            pod: container.pod.clone(),
+            pod_uid: container.pod_uid.clone(),
+            container: container.container.clone(),
+            source_node: node.node_name.clone(),
+            taken_at_millis: jiff::Timestamp::now().as_millisecond(),
+            size_bytes: 0,
+            container_image: String::new(),
+            encrypted: false,
+            retention: retention.map(Retention::from_proto),
+            runtime: RuntimeInfo {
+                runtime,
+                architecture: node.architecture.clone(),
+                kernel_version: node.kernel_version.clone(),
+                criu_version,
+                container_runtime: node.container_runtime.clone(),
+            },
+        }
+    }
+
+    /// Counts a stored checkpoint (or state); returns its milliseconds
+    /// since the request.
+    pub(super) fn count_stored(&self, archive: &ArchiveMeta, started: Instant) -> u64 {
+        let metrics = &self.inner.metrics;
         metrics
             .checkpoints
             .get_or_create(&ResultLabels { result: "ok" })
@@ -139,21 +180,20 @@ impl AgentService {
             .checkpoint_duration
             .observe(started.elapsed().as_secs_f64());
         metrics.checkpoint_bytes.inc_by(archive.size_bytes);
-        tracing::info!(
-            archive = %archive.id, policy = %archive.policy, namespace = %archive.namespace, pod = %archive.pod,
-            container = %archive.container, bytes = archive.size_bytes, checkpoint_ms = checkpoint_millis,
-            runtime_ms = taken.elapsed.as_millis() as u64, "checkpoint stored"
-        );
-        self.enforce_retention(&archive).await;
-        let outcomes = self.inner.replicator.replicate(&archive.id, &peers).await;
+        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// What follows storing an archive taken here: the retention, and the
+    /// replicas on the peers (each peer's outcome).
+    pub(super) async fn keep_and_replicate(
+        &self,
+        archive: &ArchiveMeta,
+        peers: &[PeerTarget],
+    ) -> Vec<pb::ReplicaOutcome> {
+        self.enforce_retention(archive).await;
+        let outcomes = self.inner.replicator.replicate(&archive.id, peers).await;
         self.update_store_gauges().await;
-        Ok(Response::new(pb::CheckpointResponse {
-            archive: Some(convert::archive_to_proto(&archive)),
-            checkpoint_millis,
-            replicas: convert::outcomes_to_proto(outcomes),
-            criu_stats: dump_stats.map(convert::dump_stats_to_proto),
-            state_api_call: None,
-        }))
+        convert::outcomes_to_proto(outcomes)
     }
 
     /// Applies the retention stored with `archive` to its container's

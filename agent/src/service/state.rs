@@ -54,28 +54,7 @@ impl AgentService {
                 return Err(Status::failed_precondition(err.to_string()));
             }
         };
-        let node = &self.inner.node;
-        let meta = ArchiveMeta {
-            id: String::new(),
-            policy: policy.to_owned(),
-            namespace: container.namespace.clone(),
-            pod: container.pod.clone(),
-            pod_uid: container.pod_uid.clone(),
-            container: container.container.clone(),
-            source_node: node.node_name.clone(),
-            taken_at_millis: jiff::Timestamp::now().as_millisecond(),
-            size_bytes: 0,
-            container_image: String::new(),
-            encrypted: false,
-            retention: retention.map(Retention::from_proto),
-            runtime: RuntimeInfo {
-                runtime: "state-api".into(),
-                architecture: node.architecture.clone(),
-                kernel_version: node.kernel_version.clone(),
-                criu_version: String::new(),
-                container_runtime: node.container_runtime.clone(),
-            },
-        };
+        let meta = self.new_archive(policy, &container, retention, true);
         let archive = match self
             .blocking(move |store| store.import_bytes(&state, meta))
             .await
@@ -98,27 +77,17 @@ impl AgentService {
                 crate::scope::container_id(pod, &container.container),
             );
         }
-        let checkpoint_millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        metrics
-            .checkpoints
-            .get_or_create(&ResultLabels { result: "ok" })
-            .inc();
-        metrics
-            .checkpoint_duration
-            .observe(started.elapsed().as_secs_f64());
-        metrics.checkpoint_bytes.inc_by(archive.size_bytes);
+        let checkpoint_millis = self.count_stored(&archive, started);
         tracing::info!(
             archive = %archive.id, policy = %archive.policy, namespace = %archive.namespace, pod = %archive.pod,
             container = %archive.container, bytes = archive.size_bytes, url = %endpoint,
             get_ms = call.elapsed.as_millis() as u64, checkpoint_ms = checkpoint_millis, "state read and stored"
         );
-        self.enforce_retention(&archive).await;
-        let outcomes = self.inner.replicator.replicate(&archive.id, &peers).await;
-        self.update_store_gauges().await;
+        let replicas = self.keep_and_replicate(&archive, &peers).await;
         Ok(Response::new(pb::CheckpointResponse {
             archive: Some(convert::archive_to_proto(&archive)),
             checkpoint_millis,
-            replicas: convert::outcomes_to_proto(outcomes),
+            replicas,
             criu_stats: None,
             state_api_call: Some(call.to_proto()),
         }))

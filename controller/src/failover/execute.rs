@@ -335,9 +335,7 @@ async fn restore_state(
             };
             history.record(crate::history::state_write_row(
                 (target.namespace, target.policy),
-                target.pod,
-                container,
-                node,
+                (target.pod, container, node),
                 call.as_ref(),
                 started.elapsed(),
                 error,
