@@ -531,6 +531,8 @@ state_api_pod() { # the Running, undeleted counter pod: "name uid node ip"
       | "\(.metadata.name) \(.metadata.uid) \(.spec.nodeName) \(.status.podIP)"' | head -n1
 }
 
+has_state_api_pod() { [[ -n "$(state_api_pod)" ]]; }
+
 state_checkpoint_replicated() { # a state of pod $1 taken after epoch $2 is on a standby
   kubectl -n "$STATE_NS" get checkpointpolicy counter-stateapi -o json |
     jq -e --arg uid "$1" --argjson since "$2" '[.status.checkpoints[]?
@@ -572,7 +574,7 @@ EOF_APP
   sed "s/namespace: default/namespace: $STATE_NS/" charts/ferry/examples/counter-stateapi-policy.yaml |
     kubectl apply -f - >/dev/null
   local line pod uid node ip since
-  poll 120 state_api_pod || fail "$SCENARIO: no Running counter pod"
+  poll 120 has_state_api_pod || fail "$SCENARIO: no Running counter pod: $(kubectl -n "$STATE_NS" get pods -o wide 2>&1)"
   read -r pod uid node ip <<<"$(state_api_pod)"
   # A counter no cold start reaches: it can only come back through ferry.
   since="$(date +%s)"

@@ -68,7 +68,20 @@ pub fn targets_of(policy: &CheckpointPolicy, pod: &Pod) -> Vec<Target> {
     if !running || pod.metadata.deletion_timestamp.is_some() {
         return Vec::new();
     }
-    let pod_ready = pod_condition(pod, "Ready");
+    // A replacement waiting for its state (ferry's readiness gate) is not
+    // Ready under a kubelet; it is not checkpointed under any, or an empty
+    // state would become the newest.
+    let waits_for_state = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|gates| {
+            gates
+                .iter()
+                .any(|g| g.condition_type == ferry_api::names::STATE_RESTORED_CONDITION)
+        })
+        && !pod_condition(pod, ferry_api::names::STATE_RESTORED_CONDITION);
+    let pod_ready = pod_condition(pod, "Ready") && !waits_for_state;
     let statuses = status
         .and_then(|s| s.container_statuses.as_deref())
         .unwrap_or_default();
@@ -178,6 +191,31 @@ mod tests {
     fn failing_probes_make_a_container_unhealthy() {
         let targets = targets_of(&policy(&["app"]), &pod("p1", "Running", false, 0));
         assert!(!targets[0].healthy);
+    }
+
+    #[test]
+    fn a_replacement_waiting_for_its_state_is_not_checkpointed() {
+        // Ready as a kubelet that ignores gates would say (kwok), but its
+        // state has not been written yet.
+        let mut replacement = pod("p1", "Running", true, 0);
+        let spec = replacement.spec.as_mut().unwrap();
+        spec.readiness_gates = Some(vec![k8s_openapi::api::core::v1::PodReadinessGate {
+            condition_type: ferry_api::names::STATE_RESTORED_CONDITION.into(),
+        }]);
+        assert!(!targets_of(&policy(&["app"]), &replacement)[0].healthy);
+        let conditions = replacement
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap();
+        conditions.push(
+            serde_json::from_value(serde_json::json!({
+                "type": ferry_api::names::STATE_RESTORED_CONDITION, "status": "True"}))
+            .unwrap(),
+        );
+        assert!(targets_of(&policy(&["app"]), &replacement)[0].healthy);
     }
 
     #[test]

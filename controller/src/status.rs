@@ -437,7 +437,11 @@ pub fn set_protection(
         (
             ConditionStatus::False,
             "FailingOver".to_owned(),
-            format!("restoring {}", pods.join(", ")),
+            // What holds a failover back (a step that failed) says so.
+            std::iter::once(format!("restoring {}", pods.join(", ")))
+                .chain(reasons.iter().take(5).map(|(_, m)| m.clone()))
+                .collect::<Vec<_>>()
+                .join("; "),
             Phase::FailingOver,
         )
     } else if let Some((reason, _)) = reasons.first() {

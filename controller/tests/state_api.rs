@@ -33,6 +33,19 @@ fn run_pods_apps(
     app: &'static str,
     port: u16,
 ) -> Apps {
+    run_pods_apps_with(client, namespace, app, port, false)
+}
+
+/// Like [`run_pods_apps`]; with `refuse_put`, every pod but the first
+/// answers a PUT of its state with 503 (an application that cannot take
+/// it).
+fn run_pods_apps_with(
+    client: kube::Client,
+    namespace: &'static str,
+    app: &'static str,
+    port: u16,
+    refuse_put: bool,
+) -> Apps {
     let apps: Apps = Arc::default();
     let started = apps.clone();
     tokio::spawn(async move {
@@ -51,10 +64,18 @@ fn run_pods_apps(
                     continue;
                 };
                 let application = Arc::new(App::new(0, 3));
+                let first = started.lock().unwrap().is_empty();
                 started.lock().unwrap().insert(uid, application.clone());
-                tokio::spawn(async move {
-                    axum::serve(listener, ferry_test_app::router(application)).await
-                });
+                let mut router = ferry_test_app::router(application);
+                if refuse_put && !first {
+                    router = axum::Router::new().route(
+                        "/state",
+                        axum::routing::put(|| async {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not today")
+                        }),
+                    );
+                }
+                tokio::spawn(async move { axum::serve(listener, router).await });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -193,5 +214,41 @@ async fn an_application_that_does_not_answer_is_named_in_the_status() {
     assert!(
         message.contains("Connection refused") || message.contains("refused"),
         "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_replacement_that_refuses_its_state_is_named_in_the_status() {
+    let ferry = install(2, 0, &["apps"]).await;
+    let client = &ferry.client;
+    let port = ferry_testenv::free_ports(1)[0];
+    let _apps = run_pods_apps_with(client.clone(), "apps", "counter", port, true);
+    create(client, "apps", deployment("counter")).await;
+    create(client, "apps", state_api_policy("counter", "counter", port)).await;
+    let pod = running_pod(&ferry, "apps", "counter").await;
+    let uid = pod.uid().unwrap();
+    protected(&ferry, "apps", "counter", &uid).await;
+    evict(client, "apps", &pod.name_any()).await;
+    let message = eventually(
+        "the refused PUT in the status",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(client, "apps", "counter").await.status?;
+            status
+                .conditions
+                .iter()
+                .map(|c| c.message.clone())
+                .find(|m| m.contains("answered 503"))
+        },
+    )
+    .await;
+    assert!(message.contains("PUT http://127.244."), "{message}");
+    assert!(message.contains("not today"), "{message}");
+    // Not restored: the failover is still trying, the pod not let in.
+    let status = get_policy(client, "apps", "counter").await.status.unwrap();
+    assert!(
+        status.failovers.iter().any(|f| f.pod_uid == uid),
+        "{status:?}"
     );
 }

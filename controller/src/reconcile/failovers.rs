@@ -112,6 +112,11 @@ pub(super) async fn advance_failovers(
         }
         if !outcome.note.is_empty() {
             if outcome.failed {
+                // Retried on the next look; meanwhile the status says why.
+                problems.push((
+                    "FailoverStepFailed".into(),
+                    format!("failover of {}: {}", failover.pod, outcome.note),
+                ));
                 tracing::warn!(policy = %key, pod = %failover.pod, stage = ?failover.stage, "{}", outcome.note);
             } else {
                 tracing::info!(policy = %key, pod = %failover.pod, stage = ?failover.stage, "{}", outcome.note);
