@@ -170,31 +170,18 @@ async fn replicas_come_only_from_the_announced_source() {
     // names itself as source (announced for nobody). Both are refused
     // before a byte is stored.
     for source in ["node-a", "node-c"] {
-        let header = pb::PushReplicaRequest {
-            message: Some(pb::push_replica_request::Message::Header(
-                pb::ReplicaHeader {
-                    archive: Some(pb::Archive {
-                        id: "ab".repeat(32),
-                        policy: "default/counter".into(),
-                        container: Some(container()),
-                        source_node: source.into(),
-                        size_bytes: 1024,
-                        ..Default::default()
-                    }),
-                    offset: 0,
-                    zstd: false,
-                },
-            )),
-        };
-        let chunk = pb::PushReplicaRequest {
-            message: Some(pb::push_replica_request::Message::Chunk(
-                vec![0u8; 1024].into(),
-            )),
-        };
+        let push = ferry_testenv::attack::replica_push(pb::Archive {
+            id: "ab".repeat(32),
+            policy: "default/counter".into(),
+            container: Some(container()),
+            source_node: source.into(),
+            size_bytes: 1024,
+            ..Default::default()
+        });
         let status = pki
             .as_agent(&b.endpoint, "node-c")
             .await
-            .push_replica(tokio_stream::iter(vec![header, chunk]))
+            .push_replica(tokio_stream::iter(push))
             .await
             .unwrap_err();
         denied(&status, "PushReplica", "the agent of node node-c");

@@ -83,6 +83,25 @@ fn run_pods_apps_with(
     apps
 }
 
+/// Waits for a condition of the `counter` policy whose message contains
+/// `needle`, and returns that message.
+async fn condition_saying(ferry: &common::Installation, what: &str, needle: &str) -> String {
+    eventually(
+        what,
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let status = get_policy(&ferry.client, "apps", "counter").await.status?;
+            status
+                .conditions
+                .iter()
+                .map(|c| c.message.clone())
+                .find(|m| m.contains(needle))
+        },
+    )
+    .await
+}
+
 fn state_api_policy(name: &str, app: &str, port: u16) -> serde_json::Value {
     policy(
         name,
@@ -197,18 +216,10 @@ async fn an_application_that_does_not_answer_is_named_in_the_status() {
     create(client, "apps", state_api_policy("counter", "counter", port)).await;
     let pod = running_pod(&ferry, "apps", "counter").await;
     let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
-    let message = eventually(
+    let message = condition_saying(
+        &ferry,
         "the failure in the status",
-        WAIT,
-        || ferry.logs(),
-        || async {
-            let status = get_policy(client, "apps", "counter").await.status?;
-            status
-                .conditions
-                .iter()
-                .map(|c| c.message.clone())
-                .find(|m| m.contains(&format!("GET http://{ip}:{port}/state")))
-        },
+        &format!("GET http://{ip}:{port}/state"),
     )
     .await;
     assert!(
@@ -229,20 +240,7 @@ async fn a_replacement_that_refuses_its_state_is_named_in_the_status() {
     let uid = pod.uid().unwrap();
     protected(&ferry, "apps", "counter", &uid).await;
     evict(client, "apps", &pod.name_any()).await;
-    let message = eventually(
-        "the refused PUT in the status",
-        WAIT,
-        || ferry.logs(),
-        || async {
-            let status = get_policy(client, "apps", "counter").await.status?;
-            status
-                .conditions
-                .iter()
-                .map(|c| c.message.clone())
-                .find(|m| m.contains("answered 503"))
-        },
-    )
-    .await;
+    let message = condition_saying(&ferry, "the refused PUT in the status", "answered 503").await;
     assert!(message.contains("PUT http://127.244."), "{message}");
     assert!(message.contains("not today"), "{message}");
     // Not restored: the failover is still trying, the pod not let in.

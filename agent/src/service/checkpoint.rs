@@ -12,13 +12,7 @@ impl AgentService {
         let request = request.into_inner();
         let started = Instant::now();
         names::policy_ref("policy", &request.policy)?;
-        let container = request
-            .container
-            .ok_or_else(|| Status::invalid_argument("container is required"))?;
-        names::dns_label("container.namespace", &container.namespace)?;
-        names::dns_subdomain("container.pod", &container.pod)?;
-        names::uid("container.pod_uid", &container.pod_uid)?;
-        names::dns_label("container.container", &container.container)?;
+        let container = pod_container_ref(request.container)?;
         let peers = peers_from_proto(request.peers)?;
         let mut pod = None;
         if let Some(scope) = &self.inner.scope {

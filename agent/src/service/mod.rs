@@ -212,8 +212,7 @@ impl Agent for AgentService {
         let request = request.into_inner();
         names::dns_subdomain("source_node", &request.source_node)?;
         names::policy_ref("policy", &request.policy)?;
-        let container = container_ref(request.container)?;
-        names::uid("container.pod_uid", &container.pod_uid)?;
+        let container = pod_container_ref(request.container)?;
         self.inner.announcements.announce(
             Expected {
                 source_node: request.source_node,
@@ -390,5 +389,12 @@ fn container_ref(container: Option<pb::ContainerRef>) -> Result<pb::ContainerRef
     names::dns_label("container.namespace", &container.namespace)?;
     names::dns_subdomain("container.pod", &container.pod)?;
     names::dns_label("container.container", &container.container)?;
+    Ok(container)
+}
+
+/// A [`container_ref`] of a pod, whose UID is checked too.
+fn pod_container_ref(container: Option<pb::ContainerRef>) -> Result<pb::ContainerRef, Status> {
+    let container = container_ref(container)?;
+    names::uid("container.pod_uid", &container.pod_uid)?;
     Ok(container)
 }

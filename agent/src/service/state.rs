@@ -100,13 +100,7 @@ impl AgentService {
         let identity = authz::caller(&request)?;
         let request = request.into_inner();
         names::archive_id("archive_id", &request.archive_id)?;
-        let container = request
-            .container
-            .ok_or_else(|| Status::invalid_argument("container is required"))?;
-        names::dns_label("container.namespace", &container.namespace)?;
-        names::dns_subdomain("container.pod", &container.pod)?;
-        names::uid("container.pod_uid", &container.pod_uid)?;
-        names::dns_label("container.container", &container.container)?;
+        let container = pod_container_ref(request.container)?;
         let source = request
             .state_api
             .ok_or_else(|| Status::invalid_argument("state_api is required"))?;

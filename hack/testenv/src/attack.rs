@@ -212,17 +212,29 @@ pub async fn privileged_calls(
         pod_uid: "ffffffff-ffff-4fff-bfff-ffffffffffff".into(),
         ..target.container.clone()
     };
+    let push = replica_push(pb::Archive {
+        id: "ab".repeat(32),
+        policy: target.policy.clone(),
+        container: Some(forged),
+        source_node: thief_node.into(),
+        size_bytes: 1024,
+        ..Default::default()
+    });
+    attempts.push(attempt(
+        "PushReplica",
+        client.push_replica(tokio_stream::iter(push)).await,
+    ));
+    attempts
+}
+
+/// The messages of a replica push of `archive` from offset 0: its header
+/// and one 1 KiB chunk of zeros (the bytes never matter: it must be
+/// refused before any is stored).
+pub fn replica_push(archive: pb::Archive) -> Vec<pb::PushReplicaRequest> {
     let header = pb::PushReplicaRequest {
         message: Some(pb::push_replica_request::Message::Header(
             pb::ReplicaHeader {
-                archive: Some(pb::Archive {
-                    id: "ab".repeat(32),
-                    policy: target.policy.clone(),
-                    container: Some(forged),
-                    source_node: thief_node.into(),
-                    size_bytes: 1024,
-                    ..Default::default()
-                }),
+                archive: Some(archive),
                 offset: 0,
                 zstd: false,
             },
@@ -233,11 +245,5 @@ pub async fn privileged_calls(
             vec![0u8; 1024].into(),
         )),
     };
-    attempts.push(attempt(
-        "PushReplica",
-        client
-            .push_replica(tokio_stream::iter(vec![header, chunk]))
-            .await,
-    ));
-    attempts
+    vec![header, chunk]
 }
