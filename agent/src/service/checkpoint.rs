@@ -55,7 +55,6 @@ impl AgentService {
             0 => DEFAULT_CHECKPOINT_TIMEOUT,
             seconds => Duration::from_secs(u64::from(seconds).min(3600)),
         };
-        let metrics = &self.inner.metrics;
         let taken = match runtime
             .checkpoint(
                 &container.namespace,
@@ -67,10 +66,7 @@ impl AgentService {
         {
             Ok(taken) => taken,
             Err(err) => {
-                metrics
-                    .checkpoints
-                    .get_or_create(&ResultLabels { result: "runtime" })
-                    .inc();
+                self.count_checkpoint("runtime");
                 return Err(err.into());
             }
         };
@@ -101,10 +97,7 @@ impl AgentService {
         let (archive, dump_stats) = match imported {
             Ok(imported) => imported,
             Err(status) => {
-                metrics
-                    .checkpoints
-                    .get_or_create(&ResultLabels { result: "store" })
-                    .inc();
+                self.count_checkpoint("store");
                 return Err(status);
             }
         };
@@ -162,14 +155,20 @@ impl AgentService {
         }
     }
 
+    /// Counts a checkpoint (or state read) by how it ended.
+    pub(super) fn count_checkpoint(&self, result: &'static str) {
+        self.inner
+            .metrics
+            .checkpoints
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     /// Counts a stored checkpoint (or state); returns its milliseconds
     /// since the request.
     pub(super) fn count_stored(&self, archive: &ArchiveMeta, started: Instant) -> u64 {
         let metrics = &self.inner.metrics;
-        metrics
-            .checkpoints
-            .get_or_create(&ResultLabels { result: "ok" })
-            .inc();
+        self.count_checkpoint("ok");
         metrics
             .checkpoint_duration
             .observe(started.elapsed().as_secs_f64());

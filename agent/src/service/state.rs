@@ -38,17 +38,11 @@ impl AgentService {
         peers: Vec<PeerTarget>,
         started: Instant,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
-        let metrics = &self.inner.metrics;
         let endpoint = Self::endpoint(source, pod)?;
         let (state, call) = match state_api::read(self.state_client()?, &endpoint).await {
             Ok(read) => read,
             Err(err) => {
-                metrics
-                    .checkpoints
-                    .get_or_create(&ResultLabels {
-                        result: "state_api",
-                    })
-                    .inc();
+                self.count_checkpoint("state_api");
                 tracing::warn!(namespace = %container.namespace, pod = %container.pod,
                     container = %container.container, error = %err, "reading the application's state failed");
                 return Err(Status::failed_precondition(err.to_string()));
@@ -61,10 +55,7 @@ impl AgentService {
         {
             Ok(archive) => archive,
             Err(status) => {
-                metrics
-                    .checkpoints
-                    .get_or_create(&ResultLabels { result: "store" })
-                    .inc();
+                self.count_checkpoint("store");
                 return Err(status);
             }
         };
