@@ -88,14 +88,16 @@ need_binaries() {
   [[ -n "$ASSETS" ]] && return 0
   local l="$LOGS/build.log"
   mkdir -p "$LOGS"
-  ASSETS="$(KUBEBUILDER_ASSETS='' "$HACK/kube-assets.sh" --with-kubelet 2>>"$l" | tail -n1)" ||
-    die "hack/kube-assets.sh --with-kubelet failed; log: $l
-$(tail -n 20 "$l")"
-  CTRD_BIN="$(CONTAINERD_VERSION="$CONTAINERD_VERSION" "$HACK/containerd.sh" 2>>"$l" | tail -n1)" ||
-    die "hack/containerd.sh failed; log: $l
-$(tail -n 20 "$l")"
-  CRIU="$("$HACK/criu.sh" 2>>"$l" | tail -n1)" || die "hack/criu.sh failed; log: $l
-$(tail -n 20 "$l")"
+  # The first run builds these (minutes each); progress keeps the reader
+  # told which one and for how long.
+  ASSETS="$(progress "Kubernetes binaries (hack/kube-assets.sh)" "$l" \
+    env KUBEBUILDER_ASSETS='' "$HACK/kube-assets.sh" --with-kubelet | tail -n1)" ||
+    die "hack/kube-assets.sh --with-kubelet failed; log: $l"
+  CTRD_BIN="$(progress "containerd $CONTAINERD_VERSION (hack/containerd.sh)" "$l" \
+    env CONTAINERD_VERSION="$CONTAINERD_VERSION" "$HACK/containerd.sh" | tail -n1)" ||
+    die "hack/containerd.sh failed; log: $l"
+  CRIU="$(progress "CRIU (hack/criu.sh)" "$l" "$HACK/criu.sh" | tail -n1)" ||
+    die "hack/criu.sh failed; log: $l"
   local pkg missing=()
   # postgresql and fonts-dejavu-core: the demo's history database and
   # ferry-report's charts.
@@ -510,7 +512,8 @@ IMAGE_ARCHIVES=()
 import_images() {
   local node="$1" l="$LOGS/build.log"
   if ((${#IMAGE_ARCHIVES[@]} == 0)); then
-    mapfile -t IMAGE_ARCHIVES < <("$HACK/images.sh" all 2>>"$l") || die "hack/images.sh all failed; log: $l"
+    mapfile -t IMAGE_ARCHIVES < <(progress "node images: pause and test app (hack/images.sh all)" "$l" "$HACK/images.sh" all) ||
+      die "hack/images.sh all failed; log: $l"
   fi
   "$HACK/images.sh" import "$CTRD_BIN/ctr" "$(node_sock "$node")" "${IMAGE_ARCHIVES[@]}" ||
     die "importing images into $node's containerd failed"

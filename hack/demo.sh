@@ -64,7 +64,8 @@ trap cleanup EXIT
 # built before any cluster runs.
 say "ferry-report (cargo build --release -p ferry-report)"
 REPORT_TARGET="${CARGO_TARGET_DIR:-$FERRY_CACHE/cargo-target}"
-CARGO_TARGET_DIR="$REPORT_TARGET" cargo build --locked --quiet --release -p ferry-report ||
+progress "ferry-report (cargo build --release)" "$FERRY_CACHE/logs/cargo-report.log" \
+  env CARGO_TARGET_DIR="$REPORT_TARGET" cargo build --locked --release -p ferry-report ||
   die "building ferry-report failed"
 REPORT="$REPORT_TARGET/release/ferry-report"
 

@@ -47,8 +47,10 @@ build_binaries() {
   if [[ "${FERRY_SKIP_CARGO:-0}" == 1 ]]; then
     log "FERRY_SKIP_CARGO=1: using the binaries in $CARGO_TARGET_DIR/release"
   else
-    log "cargo build --release --locked -p ferry-agent -p ferry-controller (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$REPO" && cargo build --release --locked -p ferry-agent -p ferry-controller) ||
+    # Minutes on a fresh machine, and cargo is silent while it links.
+    progress "ferry-agent and ferry-controller (cargo build --release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" \
+      "$FERRY_CACHE/logs/cargo-release.log" \
+      bash -c 'cd "$1" && cargo build --release --locked -p ferry-agent -p ferry-controller' _ "$REPO" ||
       die "cargo build failed"
   fi
   local b

@@ -43,3 +43,39 @@ hold() {
     sleep 0.5
   done
 }
+
+# progress LABEL LOGFILE CMD...: runs CMD, its stderr appended to LOGFILE,
+# its stdout passed on. The reader (stderr) learns what runs, sees a line
+# with the elapsed time every FERRY_PROGRESS_SECONDS (default 20) while it
+# runs, and how long it took; on failure, the log's last lines.
+progress() {
+  local label="$1" logfile="$2" started status=0 ticker self="$BASHPID"
+  shift 2
+  mkdir -p "$(dirname "$logfile")"
+  started=$(date +%s)
+  log "$label: started (log: $logfile)"
+  (
+    # Stops with its caller, also when CMD ends the script (die).
+    while sleep "${FERRY_PROGRESS_SECONDS:-20}"; do
+      kill -0 "$self" 2>/dev/null || exit 0
+      log "$label: still running, $(elapsed_since "$started") elapsed"
+    done
+  ) >&2 &
+  ticker=$!
+  "$@" 2>>"$logfile" || status=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  if ((status == 0)); then
+    log "$label: done in $(elapsed_since "$started")"
+  else
+    log "$label: failed after $(elapsed_since "$started") (exit $status); last lines of $logfile:"
+    tail -n 20 "$logfile" >&2
+  fi
+  return "$status"
+}
+
+# "1m05s" since epoch second $1.
+elapsed_since() {
+  local s=$(($(date +%s) - $1))
+  if ((s >= 60)); then printf '%dm%02ds' $((s / 60)) $((s % 60)); else printf '%ds' "$s"; fi
+}
