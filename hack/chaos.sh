@@ -30,11 +30,9 @@
 #      (hack/testenv's agent-attack): every call only the controller may
 #      make, a heartbeat in another node's name and an unannounced replica
 #      are refused and counted; no certificate, another CA's and an expired
-#      one are turned away at the handshake;
-#   9. strategy StateApi with the chart's example policy: a second counter
-#      whose state ferry reads with GET; its container dies, and the
-#      replacement on the other node takes no traffic until ferry wrote the
-#      state into it with PUT (readiness gate), then continues from it.
+#      one are turned away at the handshake.
+# (Scenarios 9 and 10, StateApi and the history database, are
+# hack/chaos-state.sh.)
 # Scenarios 1 and 4 run with the controller leader on the affected node and
 # again on the other one (placed deterministically). Exits 1 at the first
 # failed check, with diagnostics.
@@ -522,91 +520,6 @@ stolen_certificate_refused() {
   log "ok:$summary no certificate, another CA's and an expired one refused at the handshake"
 }
 
-# ---- 9. strategy StateApi ---------------------------------------------------------
-STATE_NS=stateapi
-
-state_api_pod() { # the Running, undeleted counter pod: "name uid node ip"
-  kubectl -n "$STATE_NS" get pods -l app=counter -o json |
-    jq -r '.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running" and .status.podIP != null)
-      | "\(.metadata.name) \(.metadata.uid) \(.spec.nodeName) \(.status.podIP)"' | head -n1
-}
-
-has_state_api_pod() { [[ -n "$(state_api_pod)" ]]; }
-
-state_checkpoint_replicated() { # a state of pod $1 taken after epoch $2 is on a standby
-  kubectl -n "$STATE_NS" get checkpointpolicy counter-stateapi -o json |
-    jq -e --arg uid "$1" --argjson since "$2" '[.status.checkpoints[]?
-      | select(.podUid == $uid and (.replicas | length) > 0 and (.takenAt | sub("\\.[0-9]+"; "") | fromdateiso8601) > $since)] | length > 0' >/dev/null
-}
-
-state_restored() { # a Ready replacement of pod uid $1, its gate opened by ferry
-  kubectl -n "$STATE_NS" get pods -l app=counter -o json | jq -e --arg old "$1" '
-    [.items[] | select(.metadata.uid != $old and .metadata.deletionTimestamp == null)
-     | select(any(.status.conditions[]?; .type == "ferry.dev/state-restored" and .status == "True" and .reason == "StateRestored"))
-     | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length == 1' >/dev/null
-}
-
-state_api_failover() {
-  SCENARIO="strategy StateApi (charts/ferry/examples/counter-stateapi-policy.yaml)"
-  say "Scenario: $SCENARIO"
-  kubectl create namespace "$STATE_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  kubectl apply -f - >/dev/null <<EOF_APP
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: counter, namespace: $STATE_NS}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: counter}}
-  template:
-    metadata: {labels: {app: counter}}
-    spec:
-      dnsPolicy: Default
-      terminationGracePeriodSeconds: 5
-      containers:
-      - name: app
-        image: localhost/ferry/test-app:dev
-        imagePullPolicy: Never
-        args: ["--listen", "0.0.0.0:8080", "--ballast-mib", "1", "--period-ms", "100"]
-        ports: [{containerPort: 8080, name: http}]
-        readinessProbe: {httpGet: {path: /health, port: http}, periodSeconds: 1}
-EOF_APP
-  # The example as shipped, in this namespace.
-  sed "s/namespace: default/namespace: $STATE_NS/" charts/ferry/examples/counter-stateapi-policy.yaml |
-    kubectl apply -f - >/dev/null
-  local line pod uid node ip since
-  poll 120 has_state_api_pod || fail "$SCENARIO: no Running counter pod: $(kubectl -n "$STATE_NS" get pods -o wide 2>&1)"
-  read -r pod uid node ip <<<"$(state_api_pod)"
-  # A counter no cold start reaches: it can only come back through ferry.
-  since="$(date +%s)"
-  curl -fsS -X PUT --max-time 2 -H 'Content-Type: application/json' \
-    -d '{"counter": 1000000}' "http://$ip:8080/state" >/dev/null ||
-    fail "$SCENARIO: setting the counter of $pod failed"
-  poll 60 state_checkpoint_replicated "$uid" "$((since + 1))" ||
-    fail "$SCENARIO: no state of $pod replicated: $(kubectl -n "$STATE_NS" get checkpointpolicy counter-stateapi -o json | jq -c '.status | {conditions, checkpoints}')"
-  log "$pod on $node ($ip): state read with GET and replicated; its container dies now"
-  curl -fsS -X POST --max-time 2 "http://$ip:8080/kill" >/dev/null || true
-  poll 120 state_restored "$uid" ||
-    fail "$SCENARIO: no replacement received its state: $(kubectl -n "$STATE_NS" get checkpointpolicy counter-stateapi -o json | jq -c '.status | {conditions, failovers, lastFailover}')"
-  read -r line _ node ip <<<"$(state_api_pod)"
-  local counter reads writes
-  counter="$(counter_of "$ip")"
-  [[ "$counter" =~ ^[0-9]+$ ]] && ((counter >= 1000000)) ||
-    fail "$SCENARIO: the replacement $line counts $counter: it did not continue from the state"
-  kubectl -n "$STATE_NS" get checkpointpolicy counter-stateapi -o json |
-    jq -e '.status.lastFailover.coldStart != true and .status.lastFailover.stage == "Completed"' >/dev/null ||
-    fail "$SCENARIO: the failover did not complete warm: $(kubectl -n "$STATE_NS" get checkpointpolicy counter-stateapi -o json | jq -c .status.lastFailover)"
-  # The history has both sides: the reads and the write.
-  local calls
-  calls="$(psql "$(hack/history-db.sh url 127.0.0.1)" -tAc \
-    "SELECT count(*) FILTER (WHERE operation = 'read') || ' ' || count(*) FILTER (WHERE operation = 'write')
-       FROM state_api_calls WHERE namespace = '$STATE_NS' AND error IS NULL")"
-  read -r reads writes <<<"$calls"
-  ((reads >= 1 && writes >= 1)) || fail "$SCENARIO: the history holds $reads reads and $writes writes of the state"
-  log "ok: $line on $node was Ready only after ferry wrote its state (PUT), and counts $counter; history: $reads reads, $writes writes"
-
-  kubectl delete namespace "$STATE_NS" --wait=false >/dev/null
-}
-
 node_ready() {
   kubectl get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null
 }
@@ -626,7 +539,6 @@ short_cut 4
 retention_holds
 identities_hold
 stolen_certificate_refused
-state_api_failover
 
 say "Summary"
 log "agent kept off a Ready node for $((2 * DEFAULT_NODE_LOSS_GRACE))s (leader on it, then elsewhere): no failover, Degraded"
@@ -635,7 +547,6 @@ log "helm upgrade rolling every ferry pod: no failover"
 log "retention: at most keep archives per container on every node; none of gone pods"
 log "identities: every agent renewed its certificate without a restart; a foreign request was denied"
 log "a stolen agent certificate: refused every privileged call on the other node's agent, both ways"
-log "strategy StateApi: the replacement was Ready only after its state was written, and continued from it"
 {
   printf 'partition, leader on\told copy last answered\tnew copy first answered\n'
   cat "$PARTITION_TIMINGS"

@@ -194,6 +194,8 @@ scenario() {
   log "counter: at checkpoint ~$at_checkpoint, at failure $before, after restore $after → $lost steps lost (${PERIOD_MS} ms each)"
   log "ballast after restore:           $(jq -c . <<<"$verify")"
   log "last failover: $(jq -c '{reason, stage, fromNode, toNode, coldStart, checkpointAge, message}' <<<"$failover")"
+  # What the history must hold for this failover (checked at the end).
+  printf '%s %s\n' "$uid" "$CK_ARCHIVE" >>"$RECORDED"
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$placement" \
     "$( [[ -n "$started" ]] && secs "$failed_at" "$(iso_to_epoch "$started")")" \
     "$( [[ -n "$fenced" ]] && secs "$failed_at" "$(iso_to_epoch "$fenced")")" \
@@ -222,6 +224,28 @@ scenario() {
   fi
 }
 
+# One row per failover the demo made, and one row, with CRIU's statistics,
+# for the checkpoint each restored. The statistics are plausible for the
+# archive: CRIU wrote at most the archive's bytes and kept the app frozen
+# for part of the checkpoint's time. (That they are the archive's own
+# stats-dump, decoded, is checked against protoc in agent/tests/runc.rs.)
+history_holds_each_failover() {
+  local uid archive rows
+  while read -r uid archive; do
+    rows="$(psql "$(hack/history-db.sh url 127.0.0.1)" -tAc \
+      "SELECT count(*) FROM failovers WHERE namespace = '$NS' AND pod_uid = '$uid'")"
+    [[ "$rows" == 1 ]] || fail "the history holds $rows failovers of pod $uid, not 1"
+    rows="$(psql "$(hack/history-db.sh url 127.0.0.1)" -tAc \
+      "SELECT count(*), count(*) FILTER (WHERE criu_frozen_ms IS NOT NULL AND criu_pages_written > 0
+                AND criu_pages_written * 4096 <= size_bytes AND criu_frozen_ms <= total_ms
+                AND criu_memdump_ms <= criu_frozen_ms)
+         FROM checkpoints WHERE namespace = '$NS' AND archive = '$archive'")"
+    [[ "$rows" == "1|1" ]] ||
+      fail "the history holds (rows|with plausible CRIU statistics) $rows for checkpoint $archive, not 1|1"
+  done <"$RECORDED"
+  log "history: one row per failover ($(wc -l <"$RECORDED")) and per checkpoint restored, with CRIU's statistics"
+}
+
 kill_container() { # pod node ip
   # The app exits (status 3): the kubelet sees the container terminate and
   # restart, ferry sees the restart count rise.
@@ -239,6 +263,7 @@ bring_back() {
 }
 
 TIMINGS="$(mktemp)"
+RECORDED="$(mktemp)"
 if ((ASSERT)); then
   # Every case chance would otherwise decide: the leader on the failed
   # node and on the surviving one, for both failures.
@@ -271,6 +296,10 @@ if "$REPORT" --database-url "$(hack/history-db.sh url 127.0.0.1)" --out "$REPORT
 else
   fail "ferry-report failed"
 fi
+if ((ASSERT)); then
+  history_holds_each_failover
+fi
+rm -f "$RECORDED"
 
 if ((FAILURES)); then
   say "$FAILURES check(s) failed"

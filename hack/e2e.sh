@@ -5,7 +5,8 @@
 # on the failed node and on the surviving one, with assertions (the counter
 # continues from the checkpoint, the ballast verifies, exactly one app pod
 # owned by its ReplicaSet is left), then what must not fail over and a
-# partition (hack/chaos.sh), then tears the cluster down and fails if
+# partition (hack/chaos.sh), strategy StateApi and the history database
+# going away (hack/chaos-state.sh), then tears the cluster down and fails if
 # anything is left behind (processes, mounts, network namespaces, iptables
 # or nft rules, cgroups).
 #
@@ -25,6 +26,9 @@ export FERRY_AGENT_ATTACK="${CARGO_TARGET_DIR:-$PWD/target}/debug/agent-attack"
 hack/demo.sh --assert || status=$?
 if ((status == 0)); then
   hack/chaos.sh || status=$?
+fi
+if ((status == 0)); then
+  hack/chaos-state.sh || status=$?
 fi
 # --purge: the next run starts from empty node stores, so nothing an
 # earlier run left (images, archives) can pass or fail this one, and a

@@ -72,6 +72,13 @@ async fn a_container_checkpointed_on_a_continues_on_b_with_its_memory() {
         "the network-lock table is removed: {}",
         a.netns.nft_tables()
     );
+    stats_match_the_archive(
+        &taken.criu_stats.expect("CRIU's statistics"),
+        &a.agent
+            .data_dir
+            .join("archives")
+            .join(format!("{}.tar", archive.id)),
+    );
     let at_checkpoint = a.netns.get("/state").unwrap()["counter"].as_u64().unwrap();
     assert!(
         at_checkpoint >= before,
@@ -214,4 +221,53 @@ async fn criu_failures_quote_criu() {
         })
         .await
         .unwrap();
+}
+
+/// The statistics the agent reported (and the controller records in its
+/// history) are the archive's own `stats-dump`, decoded independently of
+/// the agent's parser by `protoc --decode_raw` (hack/criu.sh installs it).
+fn stats_match_the_archive(reported: &pb::CriuDumpStats, archive: &std::path::Path) {
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    let mut stats_dump = Vec::new();
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some("stats-dump") {
+            std::io::Read::read_to_end(&mut entry, &mut stats_dump).unwrap();
+        }
+    }
+    assert!(stats_dump.len() > 12, "the archive holds a stats-dump");
+    // Two magics and the payload's size precede the StatsEntry message.
+    let mut protoc = std::process::Command::new("protoc")
+        .arg("--decode_raw")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("protoc (hack/criu.sh installs protobuf-compiler)");
+    std::io::Write::write_all(&mut protoc.stdin.take().unwrap(), &stats_dump[12..]).unwrap();
+    let decoded = protoc.wait_with_output().unwrap();
+    assert!(decoded.status.success(), "{decoded:?}");
+    let text = String::from_utf8(decoded.stdout).unwrap();
+    // StatsEntry { 1: DumpStatsEntry { 1: freezing µs, 2: frozen µs,
+    // 3: memdump µs, 4: memwrite µs, 5: pages scanned, 7: pages written } }
+    let field = |number: u32| -> u64 {
+        text.lines()
+            .map(str::trim)
+            .find_map(|line| line.strip_prefix(&format!("{number}: ")))
+            .unwrap_or_else(|| panic!("field {number} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            reported.freezing_micros,
+            reported.frozen_micros,
+            reported.memdump_micros,
+            reported.memwrite_micros,
+            reported.pages_scanned,
+            reported.pages_written
+        ),
+        (field(1), field(2), field(3), field(4), field(5), field(7)),
+        "protoc decodes the archive's stats-dump as\n{text}"
+    );
+    assert!(reported.pages_written > 0, "{reported:?}");
 }
