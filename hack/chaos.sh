@@ -396,8 +396,10 @@ retention_holds() {
 # The cluster runs with 10-minute certificates (hack/cluster-values.yaml):
 # after a quarter of an hour each component has renewed without a restart,
 # while checkpoints and failovers went on.
+# awk reads to the end: quitting at the match would fail curl (exit 23,
+# "write error") once the page outgrows the pipe's buffer.
 metric_of() { # url metric-line-prefix
-  curl -fsS --max-time 3 "$1" 2>/dev/null | awk -v m="$2" 'index($0, m) == 1 { print $NF; exit }'
+  curl -fsS --max-time 3 "$1" 2>/dev/null | awk -v m="$2" 'index($0, m) == 1 && !found { print $NF; found = 1 }'
 }
 
 identities_hold() {

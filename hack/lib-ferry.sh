@@ -114,8 +114,9 @@ leader_on() { # node
 leader_deciding() {
   local ip
   ip="$(leader | awk '{print $3}')"
-  [[ -n "$ip" ]] && curl -fsS --max-time 2 "http://$ip:8080/metrics" 2>/dev/null |
-    grep -q '^ferry_controller_view_complete 1$'
+  # grep -c reads the whole page: grep -q would stop early and fail curl.
+  [[ -n "$ip" ]] && (($(curl -fsS --max-time 2 "http://$ip:8080/metrics" 2>/dev/null |
+    grep -c '^ferry_controller_view_complete 1$') > 0))
 }
 
 # Puts the controller leader on node $1, deterministically. While it runs

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Benchmark on the local cluster: what a container failure costs a counter
+# app with 16, 64 and 256 MiB of memory ballast under each way of keeping
+# its state:
+#   Checkpoint  ferry restores the newest replicated CRIU checkpoint on the
+#               other node (memory, ballast and counter as they were);
+#   StateApi    ferry starts a fresh copy on the other node and writes the
+#               state it last read with GET into it with PUT before it takes
+#               traffic (the counter only; the app rebuilds its ballast);
+#   cold        no policy: the kubelet restarts the container in place and
+#               the app starts from zero.
+# Each case runs the app until a state of it is replicated (or 15 s for a
+# cold restart), kills it 2 s later through its /kill endpoint, and
+# measures the downtime (kill → the surviving copy answers) and the work
+# lost (counter at the kill − counter at the first answer, 100 ms per
+# step). Writes docs/bench-strategies.md, .dat and .png (gnuplot, installed
+# from Debian when missing) and prints the table.
+#
+#   hack/bench-strategies.sh [--sizes "16 64 256"] [--rounds 3]
+#
+# Needs root and the local cluster with ferry (hack/demo.sh leaves it up;
+# or hack/cluster.sh up && hack/ferry-install.sh).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SIZES="16 64 256"
+ROUNDS=3
+while (($#)); do
+  case "$1" in
+    --sizes) SIZES="$2"; shift 2 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    *) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  esac
+done
+
+source hack/lib.sh
+source hack/lib-ferry.sh
+NS=bench
+APP=bench
+PERIOD_MS=100
+# The app prefers this node; ferry's replacements run on the other one,
+# where the controller leader stays out of the failure's way.
+APP_NODE=ferry-a
+ASSERT=1
+
+eval "$(hack/cluster.sh env)"
+export KUBECONFIG
+PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
+export PATH
+
+log() { printf '    %s\n' "$*"; }
+
+deploy() { # ballast-mib strategy
+  kubectl -n "$NS" delete deployment "$APP" --ignore-not-found --wait=true >/dev/null
+  kubectl -n "$NS" delete checkpointpolicy "$APP" --ignore-not-found --wait=true >/dev/null
+  kubectl -n "$NS" wait --for=delete pod -l app="$APP" --timeout=120s >/dev/null 2>&1 || true
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $APP, namespace: $NS}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: $APP}}
+  template:
+    metadata: {labels: {app: $APP}}
+    spec:
+      dnsPolicy: Default
+      terminationGracePeriodSeconds: 5
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            preference: {matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$APP_NODE]}]}
+      containers:
+      - name: app
+        image: localhost/ferry/test-app:dev
+        imagePullPolicy: Never
+        args: ["--listen", "0.0.0.0:8080", "--ballast-mib", "$1", "--period-ms", "$PERIOD_MS"]
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe: {httpGet: {path: /health, port: http}, periodSeconds: 1}
+EOF
+  [[ "$2" == cold ]] && return 0
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: ferry.dev/v1alpha1
+kind: CheckpointPolicy
+metadata: {name: $APP, namespace: $NS}
+spec:
+  selector: {matchLabels: {app: $APP}}
+  containers: [app]
+  interval: 10s
+  standbys: 1
+  strategy: $2
+  stateApi: {port: 8080, path: /state, timeout: 5s, maxSize: 1Mi}
+  failover:
+    triggers: [ContainerFailure]
+    maxCheckpointAge: 5m
+EOF
+}
+
+next_checkpoint() { fresh_checkpoint "$1" && [[ "$CK_ARCHIVE" != "$2" ]]; }
+
+app_answering() { has_app_pod && answers "$(awk '{print $3}' <<<"$POD_LINE")"; }
+down() { ! answers "$1"; }
+
+# One case; appends "strategy ballast round downtime_s lost_s age_s size" to
+# $RESULTS.
+run_case() { # strategy ballast round
+  local strategy="$1" ballast="$2" round="$3"
+  deploy "$ballast" "$strategy"
+  wait_for 180 "the $ballast MiB app answering" app_answering || return 1
+  read -r POD NODE IP <<<"$POD_LINE"
+  local uid age=- size=-
+  uid="$(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.metadata.uid}')"
+  if [[ "$strategy" == cold ]]; then
+    sleep 15
+  else
+    wait_for 120 "a replicated $strategy checkpoint of $POD" fresh_checkpoint "$uid" || return 1
+    # The next one, so that every case fails at the same point of the
+    # interval: 2 s after a state reached the standby.
+    local first="$CK_ARCHIVE"
+    wait_for 60 "the next replicated $strategy checkpoint of $POD" next_checkpoint "$uid" "$first" || return 1
+    size="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json |
+      jq -r --arg a "$CK_ARCHIVE" '.status.checkpoints[] | select(.archive == $a) | .sizeBytes')"
+    sleep 2
+  fi
+  local before failed_at serving_at after
+  before="$(counter_of "$IP")"
+  failed_at=$(now)
+  curl -fsS -X POST --max-time 2 "http://$IP:8080/kill" >/dev/null
+  if [[ "$strategy" == cold ]]; then
+    wait_for 10 "$POD to stop answering" down "$IP" || return 1
+    wait_for 120 "$POD restarted in place" answers "$IP" || return 1
+  else
+    wait_for 120 "a replacement on the other node" replacement_running "$NODE" || return 1
+    read -r _ _ IP <<<"$POD_LINE"
+    wait_for 60 "the replacement answering" answers "$IP" || return 1
+  fi
+  serving_at=$(now)
+  after="$(counter_of "$IP")"
+  [[ "$strategy" == cold ]] || age="$(secs "$CK_TAKEN" "$failed_at")"
+  local lost=$((before > after ? before - after : 0))
+  printf '%s %s %s %s %s %s %s\n' "$strategy" "$ballast" "$round" "$(secs "$failed_at" "$serving_at")" \
+    "$(awk -v n="$lost" -v p="$PERIOD_MS" 'BEGIN { printf "%.1f", n * p / 1000 }')" "$age" "$size" >>"$RESULTS"
+  log "$strategy, $ballast MiB, round $round: counter $before at the kill, $after at the first answer; down $(secs "$failed_at" "$serving_at") s"
+}
+
+say "Benchmark: Checkpoint vs StateApi vs cold restart at ballast $SIZES MiB, $ROUNDS rounds"
+ferry_on_both_nodes || die "ferry is not running on both nodes (hack/ferry-install.sh)"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+place_leader "$(other_node "$APP_NODE")" || die "could not place the controller leader"
+RESULTS="$(mktemp)"
+for round in $(seq 1 "$ROUNDS"); do
+  for ballast in $SIZES; do
+    for strategy in Checkpoint StateApi cold; do
+      run_case "$strategy" "$ballast" "$round" || die "the $strategy case at $ballast MiB failed"
+    done
+  done
+done
+kubectl delete namespace "$NS" --wait=false >/dev/null
+
+# Per strategy and size: median (min–max) downtime, median work lost, and
+# the state's age at the kill.
+# Per strategy and size: the median (min–max) downtime, the median work
+# lost and state age, and the archive's size.
+SUMMARY="$(sort -k1,1 -k2,2n "$RESULTS" | awk '
+  function median(a, n,   i, j, t) {
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return a[int((n + 1) / 2)]
+  }
+  function flush(   m) {
+    if (n == 0) return
+    m = median(d, n)
+    printf "%s %s %s %s %s %s %s %s\n", s, b, m, d[1], d[n], median(lost, n), median(age, n), size[n]
+  }
+  $1 != s || $2 != b { flush(); n = 0; s = $1; b = $2 }
+  { n++; d[n] = $4; lost[n] = $5; age[n] = $6; size[n] = $7 }
+  END { flush() }')"
+
+DOC=docs/bench-strategies.md
+DAT=docs/bench-strategies.dat
+PNG=docs/bench-strategies.png
+{
+  echo "# ballast_mib checkpoint_down_s stateapi_down_s cold_down_s checkpoint_lost_s stateapi_lost_s cold_lost_s"
+  for ballast in $SIZES; do
+    awk -v b="$ballast" '
+      $2 == b { down[$1] = $3; lost[$1] = $6 }
+      END { printf "%s %s %s %s %s %s %s\n", b, down["Checkpoint"], down["StateApi"], down["cold"], lost["Checkpoint"], lost["StateApi"], lost["cold"] }' <<<"$SUMMARY"
+  done
+} >"$DAT"
+
+{
+  cat <<EOF
+# Container failure: Checkpoint vs StateApi vs cold restart
+
+Measured by \`hack/bench-strategies.sh\` on the local cluster
+(hack/cluster.sh: two kubelets, containerd 2.3, runc, CRIU; ferry installed
+by helm) on $(date -u +%Y-%m-%d), $(nproc) vCPUs, $ROUNDS rounds per cell,
+commit $(git rev-parse --short HEAD). The app is ferry's test counter (a
+step every 100 ms beside N MiB of patterned memory). Each case runs it until
+a state of it is replicated to the other node (a cold restart: 15 s), kills
+it 2 s later through \`/kill\`, and measures:
+
+- **downtime**: from the kill to the surviving copy answering (median, min–max);
+- **work lost**: the counter at the kill minus the counter at its first
+  answer, at 100 ms per step (median); a cold restart loses everything;
+- **state age**: how old the restored state was at the kill.
+
+| strategy | ballast MiB | downtime s (min–max) | work lost s | state age s | archive bytes |
+|---|---|---|---|---|---|
+EOF
+  awk '{ printf "| %s | %s | %s (%s–%s) | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' <<<"$SUMMARY"
+  cat <<EOF
+
+- **Checkpoint** restores the whole process on the other node: counter and
+  ballast as they were at the checkpoint; the work lost is the age of the
+  checkpoint at the failure.
+- **StateApi** starts a fresh copy on the other node, which rebuilds its
+  ballast, and ferry writes the last state it read (the counter only) into
+  it before it takes traffic. A real application's API carries only what it
+  exposes; anything else (caches, connections) starts over.
+- **cold**: without ferry the kubelet restarts the container in place; it
+  comes back from zero and everything it had done is lost.
+
+![downtime by strategy and ballast](bench-strategies.png)
+
+Raw rows (strategy, ballast MiB, round, downtime s, work lost s, state age
+s, archive bytes):
+
+\`\`\`
+$(cat "$RESULTS")
+\`\`\`
+EOF
+} >"$DOC"
+
+if ! command -v gnuplot >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q gnuplot-nox >/dev/null 2>&1 ||
+    die "gnuplot is missing and apt-get install gnuplot-nox failed"
+fi
+gnuplot <<EOF
+set terminal pngcairo size 1000,600
+set output '$PNG'
+set title 'container failure: downtime and work lost by strategy and memory ballast (local cluster)'
+set xlabel 'ballast (MiB)'
+set ylabel 'seconds'
+set logscale x 2
+set key left top
+set grid
+plot '$DAT' using 1:2 with linespoints title 'Checkpoint: downtime', \
+  '' using 1:3 with linespoints title 'StateApi: downtime', \
+  '' using 1:4 with linespoints title 'cold restart: downtime', \
+  '' using 1:5 with linespoints dashtype 2 title 'Checkpoint: work lost', \
+  '' using 1:6 with linespoints dashtype 2 title 'StateApi: work lost', \
+  '' using 1:7 with linespoints dashtype 2 title 'cold restart: work lost'
+EOF
+rm -f "$RESULTS"
+say "Container failure by strategy (median of $ROUNDS; $DOC, $PNG)"
+{
+  printf 'strategy\tballast MiB\tdowntime s\tmin\tmax\twork lost s\tstate age s\tarchive bytes\n'
+  tr ' ' '\t' <<<"$SUMMARY"
+} | column -t -s $'\t'
