@@ -39,12 +39,14 @@ log() { printf '    %s\n' "$*"; }
 # A node this script failed comes back, whatever happens.
 undo() {
   local status=$?
+  failed_command "$status"
   [[ -n "$FAILED_NODE" ]] && hack/cluster.sh up >/dev/null 2>&1 || true
   # The database must not stay down for whatever runs next.
   hack/history-db.sh start "$FERRY_HOST_IP" || true
   exit "$status"
 }
 trap undo EXIT
+trace_errors
 
 eval "$(hack/cluster.sh env)"
 export KUBECONFIG

@@ -57,11 +57,13 @@ log() { printf '    %s\n' "$*"; }
 
 undo() {
   local status=$?
+  failed_command "$status"
   [[ -n "$PARTITIONED" ]] && hack/cluster.sh heal "$PARTITIONED" || true
   ((AGENT_EXCLUDED)) && allow_agent_everywhere || true
   exit "$status"
 }
 trap undo EXIT
+trace_errors
 
 eval "$(hack/cluster.sh env)"
 export KUBECONFIG

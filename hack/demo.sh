@@ -52,6 +52,7 @@ log() { printf '    %s\n' "$*"; }
 
 cleanup() {
   local status=$?
+  failed_command "$status"
   if ((DOWN)); then
     say "Tearing the cluster down (hack/cluster.sh down)"
     hack/cluster.sh down || status=1
@@ -59,6 +60,7 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
+trace_errors
 
 # ferry-report reads the history the controller records in PostgreSQL;
 # built before any cluster runs.

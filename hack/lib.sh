@@ -79,3 +79,14 @@ elapsed_since() {
   local s=$(($(date +%s) - $1))
   if ((s >= 60)); then printf '%dm%02ds' $((s / 60)) $((s % 60)); else printf '%ds' "$s"; fi
 }
+
+# A script that set -e ends names the command that ended it: call
+# trace_errors once, and failed_command STATUS in the EXIT trap.
+trace_errors() {
+  set -E
+  trap 'LAST_FAILED="line $LINENO: $BASH_COMMAND (exit $?)"' ERR
+}
+failed_command() {
+  (($1 != 0)) && [[ -n "${LAST_FAILED:-}" ]] && log "stopped (exit $1); the last command that failed: $LAST_FAILED"
+  return 0
+}
