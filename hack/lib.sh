@@ -45,17 +45,20 @@ hold() {
 }
 
 # progress LABEL LOGFILE CMD...: runs CMD, its stderr appended to LOGFILE,
-# its stdout passed on. The reader (stderr) learns what runs, sees a line
-# with the elapsed time every FERRY_PROGRESS_SECONDS (default 20) while it
-# runs, and how long it took; on failure, the log's last lines.
+# its stdout passed on. Once CMD has run for a second (a step with nothing
+# to do stays quiet), the reader (stderr) learns what runs, then sees the
+# elapsed time every FERRY_PROGRESS_SECONDS (default 20) and how long it
+# took; on failure, the log's last lines.
 progress() {
   local label="$1" logfile="$2" started status=0 ticker self="$BASHPID"
   shift 2
   mkdir -p "$(dirname "$logfile")"
   started=$(date +%s)
-  log "$label: started (log: $logfile)"
   (
     # Stops with its caller, also when CMD ends the script (die).
+    sleep 1
+    kill -0 "$self" 2>/dev/null || exit 0
+    log "$label: running (log: $logfile)"
     while sleep "${FERRY_PROGRESS_SECONDS:-20}"; do
       kill -0 "$self" 2>/dev/null || exit 0
       log "$label: still running, $(elapsed_since "$started") elapsed"
@@ -65,11 +68,11 @@ progress() {
   "$@" 2>>"$logfile" || status=$?
   kill "$ticker" 2>/dev/null || true
   wait "$ticker" 2>/dev/null || true
-  if ((status == 0)); then
-    log "$label: done in $(elapsed_since "$started")"
-  else
+  if ((status != 0)); then
     log "$label: failed after $(elapsed_since "$started") (exit $status); last lines of $logfile:"
     tail -n 20 "$logfile" >&2
+  elif (($(date +%s) - started >= 2)); then
+    log "$label: done in $(elapsed_since "$started")"
   fi
   return "$status"
 }
