@@ -407,6 +407,19 @@ where
 /// the stream: the watcher retries by itself, and the stream is what keeps
 /// the cache current. (A `try_for_each` on it once ended at the first
 /// error and froze the cache.)
+/// Keeps `ferry_controller_view_complete` true to the view every second,
+/// also while no policy is reconciled (a fresh install, a standby).
+async fn report_view_completeness(context: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let agents =
+            agents::AgentIndex::from_leases(context.leases.state().iter().map(AsRef::as_ref));
+        let complete = view::complete(context.watched(), &agents, jiff::Timestamp::now()).is_ok();
+        context.metrics.view_complete.set(i64::from(complete));
+    }
+}
+
 fn watched_objects<K>(
     context: Arc<Context>,
     resource: &'static str,
@@ -686,6 +699,7 @@ pub async fn run(
         return Ok(());
     }
     let _ = context.synced_at.set(jiff::Timestamp::now());
+    tokio::spawn(report_view_completeness(context.clone()));
     tracing::info!(
         agent_period_secs = view::agent_period(&agents::AgentIndex::from_leases(
             leases.state().iter().map(AsRef::as_ref)

@@ -704,6 +704,12 @@ async fn a_warm_standby_takes_over_and_decides_without_waiting() {
         "a standby reconciles nothing:\n{before}"
     );
     assert!(!standby_controller.log_text().contains("became the leader"));
+    // Its view is complete, and its metrics say so without a reconcile.
+    assert_eq!(
+        metric_sum(&before, "ferry_controller_view_complete"),
+        1.0,
+        "{before}"
+    );
 
     ferry.controller.kill();
     // As the webhook Service's endpoints would once the leader's pod is gone.

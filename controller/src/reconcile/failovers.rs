@@ -37,7 +37,6 @@ pub(super) async fn advance_failovers(
 ) -> Duration {
     let key = format!("{namespace}/{}", policy.name_any());
     if let Err(incomplete) = view::complete(snapshot.watched, &snapshot.agents, snapshot.now) {
-        context.metrics.view_complete.set(0);
         context
             .metrics
             .failover_decisions_deferred
@@ -52,7 +51,6 @@ pub(super) async fn advance_failovers(
             .unwrap_or(FAILOVER_POLL)
             .max(NODE_LOSS_SLACK);
     }
-    context.metrics.view_complete.set(1);
     let pods: BTreeMap<String, &Pod> = snapshot
         .pods
         .iter()
