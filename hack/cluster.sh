@@ -84,6 +84,10 @@ host_ip() {
 
 # ---- binaries ---------------------------------------------------------------
 ASSETS="" CTRD_BIN="" CRIU=""
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm "$@" ||
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm "$@"; }
+}
 need_binaries() {
   [[ -n "$ASSETS" ]] && return 0
   local l="$LOGS/build.log"
@@ -105,10 +109,7 @@ need_binaries() {
     dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
   if ((${#missing[@]})); then
-    log "installing ${missing[*]} from Debian"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm "${missing[@]}" >>"$l" 2>&1 ||
-      { apt-get update -q >>"$l" 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm "${missing[@]}" >>"$l" 2>&1; } ||
+    progress "installing ${missing[*]} from Debian" "$l" apt_install "${missing[@]}" >>"$l" ||
       die "installing ${missing[*]} failed; log: $l"
   fi
   local p
