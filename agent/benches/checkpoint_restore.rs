@@ -29,8 +29,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Pki;
-use common::nodes::{Node, container, criu, repo, test_app_bundle};
+use common::nodes::{Node, container};
 use ferry_proto::v1 as pb;
+use ferry_testenv::netns::{criu, repo, test_app_bundle};
 
 /// CRIU's statistics of the dump that made a stored archive.
 fn archive_stats(data_dir: &Path, id: &str) -> Option<ferry_agent::image::CriuDumpStats> {

@@ -15,8 +15,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Pki;
-use common::nodes::{Node, container, criu, test_app_bundle};
+use common::nodes::{Node, container};
 use ferry_proto::v1 as pb;
+use ferry_testenv::netns::{criu, test_app_bundle};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -15,8 +15,9 @@ mod common;
 use std::time::Duration;
 
 use common::Pki;
-use common::nodes::{Node, container, criu, test_app_bundle};
+use common::nodes::{Node, container};
 use ferry_proto::v1 as pb;
+use ferry_testenv::netns::{criu, test_app_bundle};
 
 const BALLAST_MIB: u64 = 32;
 

@@ -10,6 +10,7 @@
 
 pub mod attack;
 mod certs;
+pub mod netns;
 pub mod pki;
 pub mod postgres;
 mod process;

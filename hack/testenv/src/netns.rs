@@ -1,0 +1,159 @@
+//! Tier-4 building blocks on one host: hack/ scripts that provide CRIU,
+//! runc and the static test-app bundle, and network namespaces standing in
+//! for nodes. Needs root; the scripts cache their results.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository, found at run time: the test binary may have been built
+/// in another checkout sharing the build cache.
+pub fn repo() -> PathBuf {
+    // A package directory of the workspace (the test's, at run time), or
+    // this crate's (hack/testenv) at build time.
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+        |dir| PathBuf::from(dir).join(".."),
+    )
+}
+
+/// Runs a hack/ script; returns the last line it printed.
+pub fn script(name: &str, args: &[&str]) -> String {
+    let output = Command::new("bash")
+        .arg(repo().join("hack").join(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running hack/{name}: {e}"));
+    assert!(
+        output.status.success(),
+        "hack/{name} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The criu binary hack/criu.sh provides.
+pub fn criu() -> PathBuf {
+    PathBuf::from(script("criu.sh", &[]))
+}
+
+/// Writes the test-app bundle `bundles/<name>` with `ballast_mib` of ballast.
+/// Its container joins the namespace the runtime gives it (the agent's
+/// runc runtime sets one).
+pub fn test_app_bundle(bundles: &Path, name: &str, ballast_mib: u64) {
+    test_app_bundle_in(bundles, name, ballast_mib, None);
+}
+
+/// [`test_app_bundle`] whose container joins `netns`.
+pub fn test_app_bundle_in(bundles: &Path, name: &str, ballast_mib: u64, netns: Option<&Netns>) {
+    let ballast = ballast_mib.to_string();
+    let dir = bundles.join(name);
+    let mut args = vec!["--ballast-mib", &ballast, "--id", name];
+    let path = netns.map(Netns::path);
+    if let Some(path) = &path {
+        args.extend(["--netns", path]);
+    }
+    let dir = dir.to_string_lossy();
+    args.push(&dir);
+    script("test-app-bundle.sh", &args);
+}
+
+/// A network namespace standing in for a node; removed on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Self {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap_or_else(|e| panic!("ip netns add {name}: {e}"));
+        assert!(ok.success(), "ip netns add {name}");
+        let netns = Self { name: name.into() };
+        assert!(
+            netns
+                .run(&["ip", "link", "set", "lo", "up"])
+                .status
+                .success()
+        );
+        netns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `nsenter --net=` rather than `ip netns exec`, which remounts /sys.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("nsenter --net={}: {e}", self.path()))
+    }
+
+    /// GET from the test-app in this namespace (port 8080), as JSON.
+    pub fn get(&self, path: &str) -> Option<serde_json::Value> {
+        self.request("GET", path, None)
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:8080{path}");
+        let mut args = vec!["curl", "-sf", "--max-time", "5", "-X", method, &url];
+        if let Some(body) = body {
+            args.extend(["-H", "content-type: application/json", "--data", body]);
+        }
+        let output = self.run(&args);
+        if !output.status.success() {
+            return None;
+        }
+        if output.stdout.is_empty() {
+            return Some(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// Waits until the test-app answers; returns its state.
+    pub fn wait_serving(&self, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(state) = self.get("/state") {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "test-app in {} does not answer",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn nft_tables(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["nft", "list", "tables"]).stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
