@@ -11,6 +11,7 @@ pub mod containerd;
 pub mod convert;
 pub mod encryption;
 pub mod fencing;
+pub mod grants;
 pub mod heartbeat;
 pub mod identity;
 pub mod image;

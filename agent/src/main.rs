@@ -33,6 +33,10 @@ enum RestoreBackend {
     None,
     /// Checkpoint images are imported into the node's containerd.
     Containerd,
+    /// ferry's runtime handler (ferry-runc, installed on the node) restores
+    /// from a grant when the replacement container starts: no image, no
+    /// restore through CRI (containerd 2.4 removed it).
+    RuntimeHandler,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -139,6 +143,23 @@ struct Args {
     /// `none` leaves it as an OCI layout in the data dir (CRI-O reads one).
     #[arg(long, value_enum, default_value = "none")]
     restore_backend: RestoreBackend,
+    /// With `--restore-backend runtime-handler`: where restore grants are
+    /// prepared, the same path on the host (ferry-runc reads it there).
+    #[arg(long, default_value = "/var/lib/ferry/grants")]
+    restore_grants_dir: PathBuf,
+    /// With `--restore-backend runtime-handler`: the host directory
+    /// ferry-runc and its configuration are installed into; the runtime
+    /// handler's `BinaryName` is `<dir>/ferry-runc`.
+    #[arg(long, default_value = "/opt/ferry/bin")]
+    runtime_handler_dir: PathBuf,
+    /// With `--restore-backend runtime-handler`: the ferry-runc binary to
+    /// install (in the agent's image).
+    #[arg(long, default_value = "/ferry-runc")]
+    ferry_runc_binary: PathBuf,
+    /// With `--restore-backend runtime-handler`: the node's runc (a host
+    /// path), which ferry-runc hands every other command to.
+    #[arg(long, default_value = "/usr/sbin/runc")]
+    host_runc: PathBuf,
     /// With `--restore-backend containerd`: containerd's socket.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     containerd_address: PathBuf,
@@ -487,7 +508,7 @@ async fn run(args: Args) -> Result<(), Error> {
         },
     ));
     let importer = match args.restore_backend {
-        RestoreBackend::None => None,
+        RestoreBackend::None | RestoreBackend::RuntimeHandler => None,
         RestoreBackend::Containerd => Some(ContainerdImporter::new(ContainerdConfig {
             ctr: args.ctr.clone(),
             address: args.containerd_address.clone(),
@@ -495,10 +516,23 @@ async fn run(args: Args) -> Result<(), Error> {
             ..ContainerdConfig::default()
         })),
     };
-    let prepared = Arc::new(PreparedRestores::new(
-        args.data_dir.join("images"),
-        importer.clone(),
-    ));
+    let mut prepared = PreparedRestores::new(args.data_dir.join("images"), importer.clone());
+    if args.restore_backend == RestoreBackend::RuntimeHandler {
+        let installed = ferry_agent::grants::install_handler(
+            &args.ferry_runc_binary,
+            &args.runtime_handler_dir,
+            &ferry_runc::Config {
+                runc: args.host_runc.clone(),
+                grants: args.restore_grants_dir.clone(),
+            },
+        )?;
+        tracing::info!(handler = %installed.display(), grants = %args.restore_grants_dir.display(),
+            "ferry's runtime handler installed on this node");
+        prepared = prepared.with_grants(ferry_agent::grants::Grants::new(
+            args.restore_grants_dir.clone(),
+        ));
+    }
+    let prepared = Arc::new(prepared);
     tokio::spawn(ferry_agent::sweeper::release_stale_restores(
         prepared.clone(),
         args.store_sweep_interval.max(Duration::from_secs(1)),

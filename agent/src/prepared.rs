@@ -1,13 +1,15 @@
 //! What a restore left on this node: the checkpoint image imported into
 //! containerd and its build directory (OCI layout, import tarball, and with
-//! encryption at rest the decrypted layer). A checkpoint is a copy of a
+//! encryption at rest the decrypted layer), or with the runtime-handler
+//! backend its grant ([`crate::grants`]). A checkpoint is a copy of a
 //! process's memory, so all of it goes as soon as the restore finished or
 //! failed (the controller asks), when the archive is deleted, and in any
 //! case once it is older than a TTL (a controller that never asked).
 //!
 //! ```text
 //! <images>/<archive id>/        build directory of the image
-//! <images>/<archive id>.refs    "<failover> <reference>" per image imported into containerd
+//! <images>/<archive id>.refs    "<failover> <reference>" per image imported into containerd,
+//!                               or "<failover> grant:<grant>" per grant
 //! ```
 
 use std::fs;
@@ -17,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::containerd::ContainerdImporter;
+use crate::grants::{Grants, REFERENCE_PREFIX};
 use crate::store::untouched_for;
 use crate::{Error, names};
 
@@ -28,6 +31,8 @@ type Prepared<'a> = (&'a str, &'a str);
 pub struct Released {
     /// Images removed from containerd.
     pub images: Vec<String>,
+    /// Restore grants removed.
+    pub grants: Vec<String>,
     /// Bytes of the build directory removed.
     pub bytes: u64,
 }
@@ -37,6 +42,7 @@ pub struct Released {
 pub struct PreparedRestores {
     dir: PathBuf,
     importer: Option<ContainerdImporter>,
+    grants: Option<Grants>,
     busy: tokio::sync::Mutex<()>,
 }
 
@@ -45,8 +51,19 @@ impl PreparedRestores {
         Self {
             dir,
             importer,
+            grants: None,
             busy: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Restores are prepared as grants for ferry's runtime handler.
+    pub fn with_grants(mut self, grants: Grants) -> Self {
+        self.grants = Some(grants);
+        self
+    }
+
+    pub fn grants(&self) -> Option<&Grants> {
+        self.grants.as_ref()
     }
 
     /// Where the image of `archive_id` is built.
@@ -103,11 +120,22 @@ impl PreparedRestores {
             .partition(|(owner, _)| failover.is_empty() || *owner == failover);
         let gone: Vec<&str> = gone.into_iter().map(|(_, reference)| reference).collect();
         let mut released = Released::default();
-        if let Some(importer) = &self.importer {
-            for reference in &gone {
-                if importer.remove(reference).await? {
-                    released.images.push((*reference).to_owned());
+        for reference in &gone {
+            if let Some(grant) = reference.strip_prefix(REFERENCE_PREFIX) {
+                if let Some(grants) = &self.grants {
+                    let grants = grants.clone();
+                    let name = grant.to_owned();
+                    released.bytes += tokio::task::spawn_blocking(move || grants.remove(&name))
+                        .await
+                        .map_err(|e| {
+                            Error::io("removing grant", grant, std::io::Error::other(e))
+                        })??;
+                    released.grants.push(grant.to_owned());
                 }
+            } else if let Some(importer) = &self.importer
+                && importer.remove(reference).await?
+            {
+                released.images.push((*reference).to_owned());
             }
         }
         if !kept.is_empty() {
@@ -119,7 +147,7 @@ impl PreparedRestores {
             return Ok(released);
         }
         let build = self.build_dir(archive_id);
-        released.bytes = tokio::task::spawn_blocking(move || remove_tree(&build))
+        released.bytes += tokio::task::spawn_blocking(move || remove_tree(&build))
             .await
             .map_err(|e| Error::io("removing", archive_id, std::io::Error::other(e)))??;
         match fs::remove_file(&refs_path) {
@@ -152,7 +180,7 @@ impl PreparedRestores {
 }
 
 /// Removes `path` and everything below it; returns the bytes it held.
-fn remove_tree(path: &std::path::Path) -> Result<u64, Error> {
+pub(crate) fn remove_tree(path: &std::path::Path) -> Result<u64, Error> {
     fn size(path: &std::path::Path) -> u64 {
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => fs::read_dir(path)

@@ -613,7 +613,7 @@ fn write_archive(
 
 /// Unpacks `checkpoint/` and the dump files of an archive into `target`,
 /// refusing entries that would land outside it.
-fn unpack_checkpoint(archive: &Path, target: &Path) -> Result<(), Error> {
+pub(crate) fn unpack_checkpoint(archive: &Path, target: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(target).map_err(|e| Error::io("creating", target, e))?;
     let file = std::fs::File::open(archive).map_err(|e| Error::io("opening", archive, e))?;
     let mut tar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));

@@ -272,3 +272,167 @@ fn stats_match_the_archive(reported: &pb::CriuDumpStats, archive: &std::path::Pa
     );
     assert!(reported.pages_written > 0, "{reported:?}");
 }
+
+/// The runtime-handler backend end to end on real processes: node B's
+/// agent installs ferry-runc, prepares a grant from A's replicated
+/// checkpoint (no image), and the installed ferry-runc, called as the
+/// runtime's shim calls it for the replacement container, restores it in
+/// B's namespace; the grant is gone afterwards.
+#[tokio::test]
+async fn the_runtime_handler_restores_from_the_grant_the_agent_prepared() {
+    common::install_crypto_provider();
+    let criu = criu();
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = dir.path().join("bundles");
+    test_app_bundle(&bundles, "counter", BALLAST_MIB);
+    let pki = Pki::new(dir.path());
+    let handler_dir = dir.path().join("b-handler");
+    let grants_dir = dir.path().join("b-grants");
+    // Built by `cargo test --workspace` beside this test's own binaries.
+    let ferry_runc = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("ferry-runc");
+    assert!(ferry_runc.exists(), "run `cargo build -p ferry-runc` first");
+    let a = Node::start(&pki, dir.path(), "node-c", &criu, &bundles).await;
+    let b = Node::start_with(
+        &pki,
+        dir.path(),
+        "node-d",
+        &criu,
+        &bundles,
+        &[
+            "--restore-backend=runtime-handler",
+            &format!("--restore-grants-dir={}", grants_dir.display()),
+            &format!("--runtime-handler-dir={}", handler_dir.display()),
+            &format!("--ferry-runc-binary={}", ferry_runc.display()),
+            "--host-runc=/usr/sbin/runc",
+        ],
+    )
+    .await;
+    let mut a_client = pki.controller(&a.agent.endpoint).await;
+    let mut b_client = pki.controller(&b.agent.endpoint).await;
+    a_client
+        .run_container(pb::RunContainerRequest {
+            container: Some(container("counter-0")),
+            bundle: "counter".into(),
+        })
+        .await
+        .unwrap();
+    a.netns.wait_serving(Duration::from_secs(30));
+    a.netns
+        .request("PUT", "/state", Some(r#"{"counter": 777000}"#))
+        .unwrap();
+    let taken = common::checkpoint_announced(
+        &pki,
+        &a.agent,
+        pb::CheckpointRequest {
+            policy: "tier4/counter".into(),
+            container: Some(container("counter-0")),
+            peers: vec![b.agent.peer()],
+            timeout_seconds: 60,
+            retention: None,
+            state_api: None,
+        },
+    )
+    .await
+    .unwrap_or_else(|s| panic!("checkpoint: {s:?}\n{}", a.agent.log_text()))
+    .into_inner();
+    let archive = taken.archive.unwrap();
+    assert!(taken.replicas[0].ok, "{:?}", taken.replicas);
+
+    let prepared = b_client
+        .prepare_restore(pb::PrepareRestoreRequest {
+            archive_id: archive.id.clone(),
+            failover: String::new(),
+            namespace: "tier4".into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("prepare: {s:?}\n{}", b.agent.log_text()))
+        .into_inner();
+    assert_eq!(prepared.runtime_class, "ferry");
+    assert_eq!(prepared.image, "", "the pod keeps its image");
+    let grant = prepared.pod_annotations[ferry_runc::grant::GRANT_ANNOTATION].clone();
+    assert!(grants_dir.join(&grant).join("checkpoint").is_dir());
+    let installed = handler_dir.join("ferry-runc");
+    assert!(installed.exists() && handler_dir.join("ferry-runc.json").exists());
+
+    // Node A fails; the replacement starts on B through the handler.
+    a_client
+        .delete_container(pb::DeleteContainerRequest {
+            container: Some(container("counter-0")),
+        })
+        .await
+        .unwrap();
+    ferry_testenv::netns::test_app_bundle_in(&bundles, "replacement", BALLAST_MIB, Some(&b.netns));
+    let bundle = bundles.join("replacement");
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["annotations"] = serde_json::json!({
+        ferry_runc::grant::CONTAINER_TYPE: "container",
+        ferry_runc::grant::SANDBOX_NAMESPACE: "tier4",
+        ferry_runc::grant::SANDBOX_NAME: "counter-1",
+        ferry_runc::grant::SANDBOX_UID: "uid-counter-1",
+        ferry_runc::grant::CONTAINER_NAME: "app",
+        ferry_runc::grant::GRANT_ANNOTATION: grant,
+    });
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let root = dir.path().join("b-runtime");
+    let path = format!(
+        "{}:{}",
+        criu.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shim = |args: &[&str]| {
+        ferry_testenv::netns::run_with_pipes(
+            std::process::Command::new(&installed)
+                .arg("--root")
+                .arg(&root)
+                .args(args)
+                .env("PATH", &path),
+        )
+    };
+    let created = shim(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--pid-file",
+        bundle.join("init.pid").to_str().unwrap(),
+        "replacement",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(shim(&["start", "replacement"]).status.success());
+    let verified = b
+        .netns
+        .get("/verify")
+        .expect("the restored app answers on B");
+    assert!(
+        verified["counter"].as_u64().unwrap() >= 777000,
+        "{verified}"
+    );
+    assert_eq!(verified["ballast_ok"], true, "{verified}");
+    assert!(!grants_dir.join(&grant).exists(), "the grant was used up");
+
+    let released = b_client
+        .release_restore(pb::ReleaseRestoreRequest {
+            archive_id: archive.id.clone(),
+            failover: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(released.images.is_empty(), "{released:?}");
+    let _ = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "--force", "replacement"])
+        .status();
+}

@@ -14,17 +14,15 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_runc::grant::{
     CONTAINER_NAME, CONTAINER_TYPE, GRANT_ANNOTATION, Grant, SANDBOX_NAME, SANDBOX_NAMESPACE,
     SANDBOX_UID,
 };
-use ferry_testenv::netns::{Netns, criu, test_app_bundle_in};
+use ferry_testenv::netns::{Netns, criu, run_with_pipes, test_app_bundle_in};
 
 const RUNC: &str = "/usr/sbin/runc";
 
@@ -92,10 +90,7 @@ impl Host {
             .unwrap()
     }
 
-    /// ferry-runc as the shim calls it: stdio are pipes, as the shim's
-    /// are (CRIU dumps pipes; a file on the host it could not). A container
-    /// it creates inherits them and keeps them open, so they are drained by
-    /// threads and stderr is taken once ferry-runc exited.
+    /// ferry-runc as the shim calls it, stdio pipes included.
     fn wrapper(&self, args: &[&str]) -> Output {
         let config = self.dir.path().join("ferry-runc.json");
         std::fs::write(
@@ -103,42 +98,17 @@ impl Host {
             serde_json::json!({"runc": RUNC, "grants": self.grants()}).to_string(),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-runc"))
-            .arg("--root")
-            .arg(self.root())
-            .arg("--log")
-            .arg(self.log())
-            .args(["--log-format", "json"])
-            .args(args)
-            .env("FERRY_RUNC_CONFIG", &config)
-            .env("PATH", self.path_env())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdin.take());
-        let drain = |mut pipe: Box<dyn Read + Send>| {
-            let seen = Arc::new(Mutex::new(Vec::new()));
-            let sink = seen.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-            seen
-        };
-        drain(Box::new(child.stdout.take().unwrap()));
-        let stderr = drain(Box::new(child.stderr.take().unwrap()));
-        let status = child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let stderr = stderr.lock().unwrap().clone();
-        Output {
-            status,
-            stdout: Vec::new(),
-            stderr,
-        }
+        run_with_pipes(
+            Command::new(env!("CARGO_BIN_EXE_ferry-runc"))
+                .arg("--root")
+                .arg(self.root())
+                .arg("--log")
+                .arg(self.log())
+                .args(["--log-format", "json"])
+                .args(args)
+                .env("FERRY_RUNC_CONFIG", &config)
+                .env("PATH", self.path_env()),
+        )
     }
 
     /// create + start through ferry-runc.

@@ -36,6 +36,9 @@ impl AgentService {
         }
         // A late release of an earlier preparation waits for this one.
         let _busy = self.inner.prepared.lock().await;
+        if let Some(grants) = self.inner.prepared.grants().cloned() {
+            return self.prepare_grant(grants, id, failover).await;
+        }
         let build_dir = self.inner.prepared.build_dir(&id);
         let (meta, path, built) = self
             .blocking(move |store| {
@@ -93,6 +96,51 @@ impl AgentService {
             image: built.reference,
             pod_annotations,
             archive_path: path.display().to_string(),
+            runtime_class: String::new(),
+        }))
+    }
+
+    /// The runtime-handler backend: a grant ferry-runc restores from when
+    /// the replacement container starts; the pod keeps its image.
+    async fn prepare_grant(
+        &self,
+        grants: crate::grants::Grants,
+        id: String,
+        failover: String,
+    ) -> Result<Response<pb::PrepareRestoreResponse>, Status> {
+        let name = names::random_grant()?;
+        // Recorded first, so a crash before the grant is whole still leaves
+        // a trace the release (or the TTL) cleans up.
+        let prepared = self.inner.prepared.clone();
+        let (record_id, reference) = (
+            id.clone(),
+            format!("{}{name}", crate::grants::REFERENCE_PREFIX),
+        );
+        tokio::task::spawn_blocking(move || prepared.record(&record_id, &failover, &reference))
+            .await
+            .map_err(|e| Status::internal(format!("recording the restore grant: {e}")))??;
+        let grant = name.clone();
+        let meta = self
+            .blocking(move |store| {
+                // Verified while read (an encrypted archive decrypted to a
+                // private copy that goes when `plaintext` drops).
+                let plaintext = store.plaintext_archive(&id)?;
+                let meta = plaintext.meta().clone();
+                grants.prepare(plaintext.path(), &meta, &grant)?;
+                Ok(meta)
+            })
+            .await?;
+        tracing::info!(archive = %meta.id, grant = %name, namespace = %meta.namespace,
+            container = %meta.container, "restore grant prepared for ferry's runtime handler");
+        let mut pod_annotations = std::collections::HashMap::new();
+        pod_annotations.insert("ferry.dev/restore-archive".to_owned(), meta.id.clone());
+        pod_annotations.insert(ferry_runc::grant::GRANT_ANNOTATION.to_owned(), name);
+        Ok(Response::new(pb::PrepareRestoreResponse {
+            archive: Some(convert::archive_to_proto(&meta)),
+            image: String::new(),
+            pod_annotations,
+            archive_path: String::new(),
+            runtime_class: crate::grants::HANDLER.to_owned(),
         }))
     }
 
@@ -105,8 +153,9 @@ impl AgentService {
             failover,
         } = request.into_inner();
         let released = self.inner.prepared.release(&id, &failover).await?;
-        if !released.images.is_empty() || released.bytes > 0 {
-            tracing::info!(archive = %id, images = ?released.images, freed_bytes = released.bytes,
+        if !released.images.is_empty() || !released.grants.is_empty() || released.bytes > 0 {
+            tracing::info!(archive = %id, images = ?released.images, grants = ?released.grants,
+                freed_bytes = released.bytes,
                 "restore released: its prepared image and files are gone");
         }
         Ok(Response::new(pb::ReleaseRestoreResponse {

@@ -31,21 +31,26 @@ pub struct Node {
 
 impl Node {
     pub async fn start(pki: &Pki, dir: &Path, name: &str, criu: &Path, bundles: &Path) -> Self {
+        Self::start_with(pki, dir, name, criu, bundles, &[]).await
+    }
+
+    /// Like `start`, with more agent flags.
+    pub async fn start_with(
+        pki: &Pki,
+        dir: &Path,
+        name: &str,
+        criu: &Path,
+        bundles: &Path,
+        extra: &[&str],
+    ) -> Self {
         let netns = Netns::new(&format!("ferry-{name}-{}", std::process::id()));
         let data = dir.join(name);
-        let agent = AgentProcess::start(
-            pki,
-            name,
-            &data,
-            0,
-            &[
-                "--runtime=runc",
-                &format!("--criu-dir={}", criu.parent().unwrap().display()),
-                &format!("--runc-bundles={}", bundles.display()),
-                &format!("--runc-netns={}", netns.path()),
-            ],
-        )
-        .await;
+        let criu_dir = format!("--criu-dir={}", criu.parent().unwrap().display());
+        let runc_bundles = format!("--runc-bundles={}", bundles.display());
+        let runc_netns = format!("--runc-netns={}", netns.path());
+        let mut args = vec!["--runtime=runc", &criu_dir, &runc_bundles, &runc_netns];
+        args.extend_from_slice(extra);
+        let agent = AgentProcess::start(pki, name, &data, 0, &args).await;
         Self { netns, agent }
     }
 

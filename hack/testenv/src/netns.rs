@@ -157,3 +157,58 @@ impl Drop for Netns {
             .status();
     }
 }
+
+/// Runs `command` the way a runtime's shim runs runc: stdin, stdout and
+/// stderr are pipes (CRIU dumps and restores pipes; a file of the host it
+/// could not). A container it starts inherits them and keeps them open, so
+/// threads drain them for as long as it lives, and stderr is what arrived
+/// by the time `command` exited.
+pub fn run_with_pipes(command: &mut Command) -> std::process::Output {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    drop(child.stdin.take());
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        if let Some(mut pipe) = pipe {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    if let Ok(mut sink) = sink.lock() {
+                        sink.extend_from_slice(&buf[..n]);
+                    }
+                }
+            });
+        }
+        seen
+    };
+    drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = child
+        .wait()
+        .unwrap_or_else(|e| panic!("waiting for {command:?}: {e}"));
+    // What it wrote just before it exited.
+    std::thread::sleep(Duration::from_millis(100));
+    let stderr = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+    std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    }
+}

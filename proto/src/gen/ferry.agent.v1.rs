@@ -366,7 +366,7 @@ pub struct PrepareRestoreResponse {
     #[prost(message, optional, tag = "1")]
     pub archive: ::core::option::Option<Archive>,
     /// Image reference the replacement container must use (a local checkpoint
-    /// image, pulled never).
+    /// image, pulled never); empty: it keeps its own image.
     #[prost(string, tag = "2")]
     pub image: ::prost::alloc::string::String,
     /// Annotations the replacement pod needs.
@@ -378,6 +378,10 @@ pub struct PrepareRestoreResponse {
     /// Path of the archive on this node, for runtimes that restore from a file.
     #[prost(string, tag = "4")]
     pub archive_path: ::prost::alloc::string::String,
+    /// The RuntimeClass the replacement pod must name (ferry's runtime
+    /// handler restores it from a grant); empty: the image restores.
+    #[prost(string, tag = "5")]
+    pub runtime_class: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
