@@ -458,6 +458,11 @@ pub struct FailoverRecord {
     /// Annotations the replacement pod gets (from the target agent).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// The RuntimeClass the replacement runs with: ferry's runtime
+    /// handler restores it from the grant in its annotations, and it
+    /// keeps its image. Absent: its containers run checkpoint images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class: Option<String>,
     /// The pod that took over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacement_pod: Option<String>,

@@ -324,6 +324,7 @@ mod tests {
             archive: None,
             containers: vec![],
             pod_annotations: Default::default(),
+            runtime_class: None,
             replacement_pod: Some("counter-1".into()),
             checkpoint_age: Some("7s".into()),
             cold_start: false,

@@ -192,6 +192,11 @@ every hostPathMounts entry.
 {{- end }}
 {{- $volumes := list }}
 {{- $paths := list (list "agent.dataDir" $a.dataDir) (list "agent.kubeletCheckpointDir" $a.kubeletCheckpointDir) }}
+{{- $handler := eq $a.restore.backend "runtimeHandler" }}
+{{- if $handler }}
+{{- $paths = append $paths (list "agent.restore.grantsDir" $a.restore.grantsDir) }}
+{{- $paths = append $paths (list "agent.restore.handlerDir" $a.restore.handlerDir) }}
+{{- end }}
 {{- if not $mounts }}
 {{- range $paths }}
 {{- if contains "$(" (index . 1) }}
@@ -200,6 +205,10 @@ every hostPathMounts entry.
 {{- end }}
 {{- $volumes = append $volumes (dict "name" "data" "path" $a.dataDir) }}
 {{- $volumes = append $volumes (dict "name" "kubelet-checkpoints" "path" $a.kubeletCheckpointDir) }}
+{{- if $handler }}
+{{- $volumes = append $volumes (dict "name" "restore-grants" "path" $a.restore.grantsDir) }}
+{{- $volumes = append $volumes (dict "name" "runtime-handler" "path" $a.restore.handlerDir) }}
+{{- end }}
 {{- else }}
 {{- range $paths }}
 {{- if not (include "ferry.agent.mountFor" (dict "path" (index . 1) "mounts" $mounts)) }}

@@ -264,6 +264,7 @@ async fn prepare(
                     archive: archive.clone(),
                     image: response.image,
                     annotations: response.pod_annotations.into_iter().collect(),
+                    runtime_class: Some(response.runtime_class).filter(|c| !c.is_empty()),
                 });
             }
             Err(status)

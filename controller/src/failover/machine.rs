@@ -314,8 +314,11 @@ fn prepare(record: &FailoverRecord, world: Observed<'_>) -> Step {
 pub enum Prepared {
     Ready {
         archive: String,
+        /// Empty with a runtime class: the container keeps its image.
         image: String,
         annotations: BTreeMap<String, String>,
+        /// The RuntimeClass whose handler restores it, if it is not the image.
+        runtime_class: Option<String>,
     },
     /// The archive is missing or corrupt there: no restore is possible.
     Unusable { archive: String, why: String },
@@ -331,11 +334,15 @@ pub fn prepared(record: &FailoverRecord, answers: &[Prepared]) -> FailoverRecord
                 archive,
                 image,
                 annotations,
+                runtime_class,
             } => {
                 for container in next.containers.iter_mut().filter(|c| &c.archive == archive) {
                     container.image = Some(image.clone());
                 }
                 next.pod_annotations.extend(annotations.clone());
+                if runtime_class.is_some() {
+                    next.runtime_class.clone_from(runtime_class);
+                }
             }
             Prepared::Unusable { archive, why } => {
                 next.cold_start = true;
@@ -1013,6 +1020,7 @@ mod tests {
                 archive: "sha256:aa".into(),
                 image: "ckpt:aa".into(),
                 annotations: BTreeMap::from([("k".into(), "v".into())]),
+                runtime_class: None,
             }],
         );
         assert_eq!(warm.containers[0].image.as_deref(), Some("ckpt:aa"));

@@ -47,6 +47,7 @@ pub fn plan_failover(
         archive: None,
         containers: Vec::new(),
         pod_annotations: BTreeMap::new(),
+        runtime_class: None,
         replacement_pod: None,
         checkpoint_age: age.map(|a| format!("{}s", a.as_secs())),
         cold_start: false,

@@ -275,11 +275,16 @@ fn carries_out(
         return false;
     }
     // Every restore needs a container to go into and, from a checkpoint,
-    // its prepared image (a state needs none: it is written in later).
+    // its prepared image, or a grant of ferry's runtime handler (then it
+    // keeps its own image; a state needs neither: it is written in later).
+    let prepared = |image: Option<&str>| match image {
+        Some(image) => !image.is_empty() || failover.runtime_class.is_some(),
+        None => false,
+    };
     failover.cold_start
         || !failover.containers.is_empty()
             && failover.containers.iter().all(|r| {
-                (state_api || r.image.as_deref().is_some_and(|i| !i.is_empty()))
+                (state_api || prepared(r.image.as_deref()))
                     && spec.containers.iter().any(|c| c.name == r.container)
             })
 }
@@ -791,6 +796,38 @@ mod tests {
         assert_eq!(patched(&input, &plan), expected);
         // The result is still a valid Pod.
         let _: Pod = serde_json::from_value(expected).unwrap();
+    }
+
+    /// ferry's runtime handler restores it: the pod keeps its image, runs
+    /// with the handler's RuntimeClass and carries the grant.
+    #[test]
+    fn a_runtime_handler_replacement_keeps_its_image() {
+        let input = replacement();
+        let mut failover = pending();
+        failover.containers[0].image = Some(String::new());
+        failover.runtime_class = Some("ferry".into());
+        failover.pod_annotations = BTreeMap::from([(
+            "ferry.dev/restore-grant".into(),
+            "0123456789abcdef0123456789abcdef".into(),
+        )]);
+        let restore = plan(&input, &[policy("counter", vec![failover.clone()])]).expect("a plan");
+        let pod = patched(&input, &restore);
+        assert_eq!(pod["spec"]["runtimeClassName"], "ferry");
+        assert_eq!(
+            pod["spec"]["containers"], input["spec"]["containers"],
+            "images unchanged"
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"]["ferry.dev/restore-grant"],
+            "0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(
+            pod["spec"]["schedulingGates"],
+            json!([{"name": RESTORE_GATE}])
+        );
+        // Without the runtime class an empty image is nothing prepared.
+        failover.runtime_class = None;
+        assert_eq!(plan(&input, &[policy("counter", vec![failover])]), None);
     }
 
     #[test]

@@ -27,11 +27,12 @@ pub fn restore_patch(
     let spec = pod.spec.as_ref().unwrap_or(&empty);
 
     for restore in &failover.containers {
+        // An empty image: the runtime handler restores, the image stays.
         let (Some(index), Some(image)) = (
             spec.containers
                 .iter()
                 .position(|c| c.name == restore.container),
-            restore.image.as_deref(),
+            restore.image.as_deref().filter(|image| !image.is_empty()),
         ) else {
             continue;
         };
@@ -51,6 +52,10 @@ pub fn restore_patch(
         &["metadata", "annotations"],
         restore_annotations(failover),
     );
+
+    if let Some(class) = &failover.runtime_class {
+        ops.push(add(&["spec", "runtimeClassName"], json!(class)));
+    }
 
     if !node.is_empty() {
         pin_to_node(&doc, &mut ops, &node);

@@ -2541,6 +2541,91 @@ async fn checkpoint_images_run_only_in_the_replacement_ferry_admitted() -> TestR
     Ok(())
 }
 
+/// The same boundary for ferry's runtime handler: its restore grant rides
+/// in a pod annotation. A pod ferry did not admit that names the grant of a
+/// pending failover is refused by the API server (ferry-runc, on the node,
+/// refuses grants of other namespaces and used ones besides).
+#[tokio::test]
+async fn restore_grants_are_named_only_by_the_replacement_ferry_admitted() -> TestResult {
+    let cp = ControlPlane::shared().await?;
+    install_crd(cp).await?;
+    apply_templates(cp, &["templates/failover-guard.yaml"]).await?;
+    let client = cp.client().await?;
+    ensure_namespace(cp, "granted").await?;
+    let grant = "4f1b7c2e9a0d4c6b8e3f5a7d9c1b3e5f";
+    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "granted",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("ferry.dev", "v1alpha1", "CheckpointPolicy"),
+            "checkpointpolicies",
+        ),
+    );
+    let policy: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CheckpointPolicy",
+        "metadata": {"name": "web", "namespace": "granted"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}},
+    }))?;
+    policies.create(&PostParams::default(), &policy).await?;
+    policies
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"failovers": [{
+                "reason": "NodeLoss", "pod": "web-1", "podUid": "failed-uid",
+                "owner": "ReplicaSet/web", "fromNode": "a", "toNode": "b", "stage": "Fenced",
+                "containers": [{"container": "app", "archive": "aa", "image": ""}],
+                "podAnnotations": {"ferry.dev/restore-grant": grant},
+                "runtimeClass": "ferry",
+                "startedAt": "2026-12-05T10:00:00Z"}]}})),
+        )
+        .await?;
+    let with_grant = |owner: Option<&str>, claims: Option<&str>, grant: &str| {
+        let mut pod = pod_running(owner, "counter:1", claims);
+        pod.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("ferry.dev/restore-grant".into(), grant.into());
+        pod
+    };
+    // A bare pod naming the grant: refused once the guard's params loaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let refusal = loop {
+        match try_create(&client, "granted", &with_grant(None, None, grant)).await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a pod ferry did not admit named the restore grant"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.contains("the restore grant of CheckpointPolicy web may be named only"),
+        "{refusal}"
+    );
+    // Claiming another failover: refused too.
+    assert!(
+        try_create(
+            &client,
+            "granted",
+            &with_grant(Some("web"), Some("other-uid"), grant)
+        )
+        .await
+        .is_err()
+    );
+    // The replacement ferry's webhook rewrote: admitted.
+    try_create(
+        &client,
+        "granted",
+        &with_grant(Some("web"), Some("failed-uid"), grant),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Creates (dry run) the Lease `name` in `namespace` as the agents'
 /// ServiceAccount, its token naming `node` (as a token bound to an agent pod
 /// does) or no node; the API server's refusal when it refuses.
