@@ -32,6 +32,9 @@ pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
 pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
 pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+/// Written by CRI-O: the container type, and the kubelet's labels as JSON.
+pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
+pub const CRIO_LABELS: &str = "io.kubernetes.cri-o.Labels";
 /// The directory a claimed grant moves to, under the grants directory.
 pub const CLAIMED: &str = "claimed";
 
@@ -83,6 +86,11 @@ pub enum Refusal {
     },
     #[error("container {0} has a terminal (tty): ferry does not restore those")]
     Terminal(String),
+    #[error(
+        "the container names restore grant {0}, but its runtime wrote no container type \
+         ({CONTAINER_TYPE} or {CRIO_CONTAINER_TYPE}): it cannot be told from a pod sandbox"
+    )]
+    UnknownRuntime(String),
 }
 
 fn is_grant(value: &str) -> bool {
@@ -92,27 +100,52 @@ fn is_grant(value: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Decides from a container's annotations alone.
-pub fn decide(annotations: &BTreeMap<String, String>) -> Result<Decision, Refusal> {
-    // Pod sandboxes go through the same handler; only app containers restore.
-    if annotations.get(CONTAINER_TYPE).map(String::as_str) != Some("container") {
-        return Ok(Decision::StartFresh);
-    }
-    let Some(grant) = annotations.get(GRANT_ANNOTATION) else {
-        return Ok(Decision::StartFresh);
-    };
-    if !is_grant(grant) {
-        return Err(Refusal::Malformed(grant.clone()));
-    }
+/// Who the container is, as its runtime wrote it (containerd, or CRI-O's
+/// copy of the kubelet's labels).
+fn identity(annotations: &BTreeMap<String, String>) -> Identity {
     let field = |key: &str| annotations.get(key).cloned().unwrap_or_default();
-    Ok(Decision::Restore {
-        grant: grant.clone(),
-        identity: Identity {
+    if annotations.contains_key(CONTAINER_TYPE) {
+        return Identity {
             namespace: field(SANDBOX_NAMESPACE),
             pod: field(SANDBOX_NAME),
             pod_uid: field(SANDBOX_UID),
             container: field(CONTAINER_NAME),
-        },
+        };
+    }
+    let labels: BTreeMap<String, String> = annotations
+        .get(CRIO_LABELS)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default();
+    let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
+    Identity {
+        namespace: label("io.kubernetes.pod.namespace"),
+        pod: label("io.kubernetes.pod.name"),
+        pod_uid: label("io.kubernetes.pod.uid"),
+        container: label("io.kubernetes.container.name"),
+    }
+}
+
+/// Decides from a container's annotations alone.
+pub fn decide(annotations: &BTreeMap<String, String>) -> Result<Decision, Refusal> {
+    let Some(grant) = annotations.get(GRANT_ANNOTATION) else {
+        return Ok(Decision::StartFresh);
+    };
+    // Pod sandboxes go through the same handler, with the pod's
+    // annotations; only app containers restore.
+    let kind = annotations
+        .get(CONTAINER_TYPE)
+        .or_else(|| annotations.get(CRIO_CONTAINER_TYPE));
+    match kind.map(String::as_str) {
+        Some("container") => {}
+        Some(_) => return Ok(Decision::StartFresh),
+        None => return Err(Refusal::UnknownRuntime(grant.clone())),
+    }
+    if !is_grant(grant) {
+        return Err(Refusal::Malformed(grant.clone()));
+    }
+    Ok(Decision::Restore {
+        grant: grant.clone(),
+        identity: identity(annotations),
     })
 }
 
@@ -275,6 +308,40 @@ mod tests {
         plain.remove(GRANT_ANNOTATION);
         assert_eq!(decide(&plain), Ok(Decision::StartFresh));
         assert_eq!(decide(&BTreeMap::new()), Ok(Decision::StartFresh));
+    }
+
+    #[test]
+    fn a_grant_without_a_container_type_is_refused_not_started_fresh() {
+        let mut unknown = app(GRANT);
+        unknown.remove(CONTAINER_TYPE);
+        assert_eq!(decide(&unknown), Err(Refusal::UnknownRuntime(GRANT.into())));
+    }
+
+    #[test]
+    fn cri_o_identities_come_from_its_labels() {
+        let crio = annotations(&[
+            (CRIO_CONTAINER_TYPE, "container"),
+            (
+                CRIO_LABELS,
+                r#"{"io.kubernetes.pod.namespace":"shop","io.kubernetes.pod.name":"cart-7d9f","io.kubernetes.pod.uid":"uid-1","io.kubernetes.container.name":"app"}"#,
+            ),
+            (GRANT_ANNOTATION, GRANT),
+        ]);
+        let Ok(Decision::Restore { identity, .. }) = decide(&crio) else {
+            panic!("a grant restores on CRI-O too");
+        };
+        assert_eq!(
+            identity,
+            Identity {
+                namespace: "shop".into(),
+                pod: "cart-7d9f".into(),
+                pod_uid: "uid-1".into(),
+                container: "app".into(),
+            }
+        );
+        let mut sandbox = crio.clone();
+        sandbox.insert(CRIO_CONTAINER_TYPE.into(), "sandbox".into());
+        assert_eq!(decide(&sandbox), Ok(Decision::StartFresh));
     }
 
     #[test]
