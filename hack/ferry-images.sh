@@ -133,8 +133,13 @@ cmd_build() {
   build_binaries
   mkdir -p "$IMAGES_DIR"
   local rel="$CARGO_TARGET_DIR/release"
+  # ferry-runc runs on the node (the agent installs it for the runtime
+  # handler): built static, so it runs whatever the node's libc.
+  local ferry_runc
+  ferry_runc="$(progress "ferry-runc (static)" "$FERRY_CACHE/logs/cargo-static.log" \
+    "$REPO/hack/static-binary.sh" ferry-runc)" || die "building ferry-runc failed"
   build_image "localhost/ferry/agent:$TAG" "$IMAGES_DIR/ferry-agent.oci.tar" /ferry-agent \
-    "$rel/ferry-agent:/ferry-agent" "$CTR:/usr/local/bin/ctr"
+    "$rel/ferry-agent:/ferry-agent" "$CTR:/usr/local/bin/ctr" "$ferry_runc:/ferry-runc"
   build_image "localhost/ferry/controller:$TAG" "$IMAGES_DIR/ferry-controller.oci.tar" /ferry-controller \
     "$rel/ferry-controller:/ferry-controller"
 }

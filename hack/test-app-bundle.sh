@@ -11,17 +11,12 @@
 #     --id NAME           used for the cgroup path /ferry/NAME (default: basename of <dir>)
 #     --print-binary      only build, print the binary's path, write no bundle
 #
-# The binary: x86_64-unknown-linux-musl when that Rust target is installed or
-# `rustup target add` can fetch it (tried once; a failure is remembered in
-# the cache), otherwise glibc with `-C target-feature=+crt-static`. Both are
-# fully static. Builds go to $FERRY_CACHE/cargo-target-static so the shared
-# dev target dir is not rebuilt with other flags.
+# The binary is fully static (hack/static-binary.sh).
 set -euo pipefail
 CALLER_PWD="$PWD"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FERRY_CACHE="${FERRY_CACHE:-/var/cache/ferry}"
-STATIC_TARGET_DIR="$FERRY_CACHE/cargo-target-static"
 BALLAST_MIB="${BALLAST_MIB:-64}"
 NETNS="${NETNS:-/run/netns/ferry-a}"
 LISTEN="0.0.0.0:8080"
@@ -31,7 +26,7 @@ PRINT_BINARY=0
 LOG_NAME=test-app-bundle
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 DIR=""
 while (($#)); do
@@ -50,38 +45,7 @@ done
 ((PRINT_BINARY)) || [[ -n "$DIR" ]] || usage
 
 # ---- the static binary -----------------------------------------------------
-mkdir -p "$STATIC_TARGET_DIR"
-musl=x86_64-unknown-linux-musl
-nomusl_marker="$STATIC_TARGET_DIR/.musl-target-unavailable"
-target=""
-if rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
-  target=$musl
-elif [[ ! -f "$nomusl_marker" ]] && command -v rustup >/dev/null; then
-  log "trying once: rustup target add $musl"
-  if timeout 300 rustup target add "$musl" >"$STATIC_TARGET_DIR/rustup-musl.log" 2>&1; then
-    target=$musl
-  else
-    log "no musl target (see $STATIC_TARGET_DIR/rustup-musl.log); using glibc +crt-static"
-    touch "$nomusl_marker"
-  fi
-fi
-buildlog="$STATIC_TARGET_DIR/build.log"
-if [[ "$target" == "$musl" ]]; then
-  (CARGO_TARGET_DIR="$STATIC_TARGET_DIR" cargo build --locked --release -p ferry-test-app --target "$target") \
-    >"$buildlog" 2>&1 || die "cargo build (musl) failed; last lines of $buildlog:
-$(tail -n 20 "$buildlog")"
-else
-  target=x86_64-unknown-linux-gnu
-  (CARGO_TARGET_DIR="$STATIC_TARGET_DIR" RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --locked --release -p ferry-test-app --target "$target") \
-    >"$buildlog" 2>&1 || die "cargo build (glibc static) failed; last lines of $buildlog:
-$(tail -n 20 "$buildlog")"
-fi
-BIN="$STATIC_TARGET_DIR/$target/release/ferry-test-app"
-[[ -x "$BIN" ]] || die "cargo build did not produce $BIN; see $buildlog"
-# `file` says "statically linked" or "static-pie linked"; ldd must not list libraries.
-file -b "$BIN" | grep -Eq 'static(ally|-pie) linked' || die "$BIN is not static: $(file -b "$BIN")"
-if ldd "$BIN" 2>&1 | grep -q '=>'; then die "$BIN links shared libraries: $(ldd "$BIN" 2>&1 | tr '\n' ' ')"; fi
+BIN="$(hack/static-binary.sh ferry-test-app)" || die "hack/static-binary.sh ferry-test-app failed"
 
 if ((PRINT_BINARY)); then
   printf '%s\n' "$BIN"
