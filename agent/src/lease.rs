@@ -59,6 +59,7 @@ pub fn desired_lease(
         "kernelVersion": facts.kernel_version,
         "criuVersion": facts.criu_version,
         "containerRuntime": facts.container_runtime,
+        "restoreHandler": facts.restore_handler,
         "agentVersion": env!("CARGO_PKG_VERSION"),
     });
     let mut annotations = serde_json::json!({
@@ -128,6 +129,7 @@ mod tests {
             kernel_version: "6.18.0".into(),
             criu_version: "4.2.1".into(),
             container_runtime: "containerd".into(),
+            restore_handler: "ferry".into(),
         };
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         let observations = PeerObservations {
@@ -161,6 +163,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(info["criuVersion"], "4.2.1");
+        assert_eq!(info["restoreHandler"], "ferry");
         let annotations = &lease["metadata"]["annotations"];
         assert_eq!(annotations[KUBELET_ENDPOINT_ANNOTATION], "10.0.0.7:10250");
         let fencing: FencingInfo =

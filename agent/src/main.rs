@@ -383,6 +383,11 @@ async fn run(args: Args) -> Result<(), Error> {
             RuntimeKind::Runc => "runc".to_owned(),
             _ => String::new(),
         },
+        restore_handler: if args.restore_backend == RestoreBackend::RuntimeHandler {
+            ferry_agent::grants::HANDLER.to_owned()
+        } else {
+            String::new()
+        },
     };
     let replicator = Arc::new(Replicator::new(
         store.clone(),

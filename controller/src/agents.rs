@@ -27,6 +27,9 @@ pub struct AgentInfo {
     pub architecture: String,
     pub criu_version: String,
     pub kernel_version: String,
+    /// The runtime handler its node's runtime must have for restores there
+    /// (`ferry`); empty: none.
+    pub restore_handler: String,
     /// How the agent fences its node when cut off; `None`: it does not.
     pub fencing: Option<FencingInfo>,
     /// Whether it publishes a kubelet endpoint for peers to probe.
@@ -66,6 +69,7 @@ impl AgentInfo {
             architecture: fact("architecture"),
             criu_version: fact("criuVersion"),
             kernel_version: fact("kernelVersion"),
+            restore_handler: fact("restoreHandler"),
             fencing,
             kubelet_probed: annotations.contains_key(KUBELET_ENDPOINT_ANNOTATION),
             observations,

@@ -322,6 +322,7 @@ mod tests {
             architecture: String::new(),
             criu_version: String::new(),
             kernel_version: String::new(),
+            restore_handler: String::new(),
             fencing: Some(FencingInfo {
                 timeout_millis: 3000,
                 heartbeat_millis: 1000,

@@ -14,6 +14,15 @@ pub fn node_ready(node: &Node) -> bool {
     node_ready_condition(node).is_some_and(|c| c.status == "True")
 }
 
+/// Whether the node's container runtime has runtime handler `name`, as its
+/// kubelet reports (`status.runtimeHandlers`).
+pub fn node_has_runtime_handler(node: &Node, name: &str) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.runtime_handlers.as_ref())
+        .is_some_and(|handlers| handlers.iter().any(|h| h.name.as_deref() == Some(name)))
+}
+
 pub fn node_ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
     node.status
         .as_ref()?

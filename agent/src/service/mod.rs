@@ -48,6 +48,9 @@ pub struct NodeFacts {
     pub kernel_version: String,
     pub criu_version: String,
     pub container_runtime: String,
+    /// The runtime handler that restores here (`ferry` with the
+    /// runtime-handler backend); empty: restores need none.
+    pub restore_handler: String,
 }
 
 /// The agent's gRPC service.

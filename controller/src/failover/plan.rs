@@ -98,6 +98,17 @@ pub fn plan_failover(
             (Some(_), Some(n)) if !crate::placement::node_ready(n) => {
                 Err(format!("{node}: not Ready"))
             }
+            // Its agent restores through ferry's runtime handler, which the
+            // node's runtime must have.
+            (Some(agent), Some(n))
+                if !agent.restore_handler.is_empty()
+                    && !crate::placement::node_has_runtime_handler(n, &agent.restore_handler) =>
+            {
+                Err(format!(
+                    "{node}: its container runtime has no runtime handler {} (docs/runtime-handler.md)",
+                    agent.restore_handler
+                ))
+            }
             (Some(agent), Some(_)) => match source {
                 Some(source) => agent.can_restore_from(source),
                 None => Ok(()),
@@ -163,12 +174,19 @@ mod tests {
     }
 
     fn agents(nodes: &[&str]) -> AgentIndex {
+        agents_restoring_with(nodes, "")
+    }
+
+    /// Agents whose restores need runtime handler `handler` ("": none).
+    fn agents_restoring_with(nodes: &[&str], handler: &str) -> AgentIndex {
+        let info = serde_json::json!({"restoreHandler": handler}).to_string();
         let leases: Vec<Lease> = nodes
             .iter()
             .map(|n| {
                 serde_json::from_value(serde_json::json!({
                     "metadata": {"name": format!("ferry-agent-{n}"),
-                        "annotations": {"ferry.dev/grpc-endpoint": "127.0.0.1:1"}},
+                        "annotations": {"ferry.dev/grpc-endpoint": "127.0.0.1:1",
+                            "ferry.dev/node-info": info}},
                     "spec": {"leaseDurationSeconds": 15,
                         "renewTime": at(100).strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
                 }))
@@ -227,6 +245,41 @@ mod tests {
         nodes[1] = node("b", "False");
         let record = plan(&nodes, &agents, &status(90, &["b", "c"]));
         assert_eq!(record.to_node.as_deref(), Some("c"));
+    }
+
+    /// A node whose runtime lacks ferry's handler is never the restore
+    /// target when its agent restores through it; the record names it.
+    #[test]
+    fn a_standby_without_the_runtime_handler_is_passed_over() {
+        let with_handler = |name: &str| {
+            let mut n = node(name, "True");
+            n.status.as_mut().unwrap().runtime_handlers =
+                Some(vec![k8s_openapi::api::core::v1::NodeRuntimeHandler {
+                    name: Some("ferry".into()),
+                    features: None,
+                }]);
+            n
+        };
+        let restoring = agents_restoring_with(&["a", "b", "c"], "ferry");
+        let nodes = vec![node("a", "Unknown"), node("b", "True"), with_handler("c")];
+        let record = plan(&nodes, &restoring, &status(90, &["b", "c"]));
+        assert_eq!(record.to_node.as_deref(), Some("c"));
+        let nodes = vec![node("a", "Unknown"), node("b", "True"), node("c", "True")];
+        let record = plan(&nodes, &restoring, &status(90, &["b", "c"]));
+        assert!(record.cold_start);
+        assert!(
+            record
+                .message
+                .contains("b: its container runtime has no runtime handler ferry")
+                && record
+                    .message
+                    .contains("c: its container runtime has no runtime handler ferry"),
+            "{}",
+            record.message
+        );
+        // Agents that restore through images need no handler.
+        let record = plan(&nodes, &agents(&["a", "b", "c"]), &status(90, &["b", "c"]));
+        assert_eq!(record.to_node.as_deref(), Some("b"));
     }
 
     #[test]
