@@ -21,6 +21,28 @@ use ferry_testenv::netns::{criu, test_app_bundle};
 
 const BALLAST_MIB: u64 = 32;
 
+/// Checkpoints container counter-0 on `source` and replicates it to
+/// `standby`, as the controller asks.
+async fn checkpoint_to_standby(pki: &Pki, source: &Node, standby: &Node) -> pb::CheckpointResponse {
+    let taken = common::checkpoint_announced(
+        pki,
+        &source.agent,
+        pb::CheckpointRequest {
+            policy: "tier4/counter".into(),
+            container: Some(container("counter-0")),
+            peers: vec![standby.agent.peer()],
+            timeout_seconds: 60,
+            retention: None,
+            state_api: None,
+        },
+    )
+    .await
+    .unwrap_or_else(|s| panic!("checkpoint: {s:?}\n{}", source.agent.log_text()))
+    .into_inner();
+    assert!(taken.replicas[0].ok, "{:?}", taken.replicas);
+    taken
+}
+
 #[tokio::test]
 async fn a_container_checkpointed_on_a_continues_on_b_with_its_memory() {
     common::install_crypto_provider();
@@ -46,23 +68,8 @@ async fn a_container_checkpointed_on_a_continues_on_b_with_its_memory() {
     let before = a.netns.get("/state").unwrap()["counter"].as_u64().unwrap();
     assert!(before >= 5, "counter runs: {before}");
 
-    let taken = common::checkpoint_announced(
-        &pki,
-        &a.agent,
-        pb::CheckpointRequest {
-            policy: "tier4/counter".into(),
-            container: Some(container("counter-0")),
-            peers: vec![b.agent.peer()],
-            timeout_seconds: 60,
-            retention: None,
-            state_api: None,
-        },
-    )
-    .await
-    .unwrap_or_else(|s| panic!("checkpoint: {s:?}\n{}", a.agent.log_text()))
-    .into_inner();
-    let archive = taken.archive.unwrap();
-    assert!(taken.replicas[0].ok, "{:?}", taken.replicas);
+    let taken = checkpoint_to_standby(&pki, &a, &b).await;
+    let archive = taken.archive.clone().unwrap();
     assert!(
         archive.size_bytes > BALLAST_MIB << 20,
         "the archive holds the ballast: {} bytes",
@@ -326,23 +333,8 @@ async fn the_runtime_handler_restores_from_the_grant_the_agent_prepared() {
     a.netns
         .request("PUT", "/state", Some(r#"{"counter": 777000}"#))
         .unwrap();
-    let taken = common::checkpoint_announced(
-        &pki,
-        &a.agent,
-        pb::CheckpointRequest {
-            policy: "tier4/counter".into(),
-            container: Some(container("counter-0")),
-            peers: vec![b.agent.peer()],
-            timeout_seconds: 60,
-            retention: None,
-            state_api: None,
-        },
-    )
-    .await
-    .unwrap_or_else(|s| panic!("checkpoint: {s:?}\n{}", a.agent.log_text()))
-    .into_inner();
-    let archive = taken.archive.unwrap();
-    assert!(taken.replicas[0].ok, "{:?}", taken.replicas);
+    let taken = checkpoint_to_standby(&pki, &a, &b).await;
+    let archive = taken.archive.clone().unwrap();
 
     let prepared = b_client
         .prepare_restore(pb::PrepareRestoreRequest {
@@ -369,18 +361,7 @@ async fn the_runtime_handler_restores_from_the_grant_the_agent_prepared() {
         .unwrap();
     ferry_testenv::netns::test_app_bundle_in(&bundles, "replacement", BALLAST_MIB, Some(&b.netns));
     let bundle = bundles.join("replacement");
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    spec["annotations"] = serde_json::json!({
-        ferry_runc::grant::CONTAINER_TYPE: "container",
-        ferry_runc::grant::SANDBOX_NAMESPACE: "tier4",
-        ferry_runc::grant::SANDBOX_NAME: "counter-1",
-        ferry_runc::grant::SANDBOX_UID: "uid-counter-1",
-        ferry_runc::grant::CONTAINER_NAME: "app",
-        ferry_runc::grant::GRANT_ANNOTATION: grant,
-    });
-    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    ferry_testenv::netns::annotate_as_cri(&bundle, "tier4", "counter-1", Some(&grant));
     let root = dir.path().join("b-runtime");
     let path = format!(
         "{}:{}",

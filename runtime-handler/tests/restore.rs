@@ -18,11 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use ferry_runc::grant::{
-    CONTAINER_NAME, CONTAINER_TYPE, GRANT_ANNOTATION, Grant, SANDBOX_NAME, SANDBOX_NAMESPACE,
-    SANDBOX_UID,
-};
-use ferry_testenv::netns::{Netns, criu, run_with_pipes, test_app_bundle_in};
+use ferry_runc::grant::Grant;
+use ferry_testenv::netns::{Netns, annotate_as_cri, criu, run_with_pipes, test_app_bundle_in};
 
 const RUNC: &str = "/usr/sbin/runc";
 
@@ -61,21 +58,7 @@ impl Host {
         std::fs::create_dir_all(&bundles).unwrap();
         test_app_bundle_in(&bundles, name, 8, Some(&self.netns));
         let path = bundles.join(name);
-        let config = path.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-        let mut annotations = serde_json::json!({
-            CONTAINER_TYPE: "container",
-            SANDBOX_NAMESPACE: namespace,
-            SANDBOX_NAME: format!("{name}-pod"),
-            SANDBOX_UID: format!("uid-{name}"),
-            CONTAINER_NAME: "app",
-        });
-        if let Some(grant) = grant {
-            annotations[GRANT_ANNOTATION] = grant.into();
-        }
-        spec["annotations"] = annotations;
-        std::fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        annotate_as_cri(&path, namespace, &format!("{name}-pod"), grant);
         path
     }
 

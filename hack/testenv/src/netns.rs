@@ -212,3 +212,27 @@ pub fn run_with_pipes(command: &mut Command) -> std::process::Output {
         stderr,
     }
 }
+
+/// Annotates the bundle at `bundle` as containerd's CRI plugin does for
+/// container `app` of pod `namespace/pod` (UID `uid-<pod>`), naming restore
+/// grant `grant` if given (the pod annotation ferry's webhook adds).
+pub fn annotate_as_cri(bundle: &Path, namespace: &str, pod: &str, grant: Option<&str>) {
+    let config = bundle.join("config.json");
+    let bytes =
+        std::fs::read(&config).unwrap_or_else(|e| panic!("reading {}: {e}", config.display()));
+    let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", config.display()));
+    let mut annotations = serde_json::json!({
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.sandbox-namespace": namespace,
+        "io.kubernetes.cri.sandbox-name": pod,
+        "io.kubernetes.cri.sandbox-uid": format!("uid-{pod}"),
+        "io.kubernetes.cri.container-name": "app",
+    });
+    if let Some(grant) = grant {
+        annotations["ferry.dev/restore-grant"] = grant.into();
+    }
+    spec["annotations"] = annotations;
+    std::fs::write(&config, spec.to_string())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+}

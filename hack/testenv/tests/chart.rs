@@ -2331,19 +2331,13 @@ async fn failover_guard_refuses_replacements_without_the_restore() -> TestResult
     // The API server loads the guard and its params asynchronously: wait
     // (bounded) until it refuses the plain replacement.
     let cold = guarded_pod("web", None, false);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let refusal = loop {
-        match try_create(&client, "guarded", &cold).await {
-            Err(e) => break e,
-            Ok(()) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the guard never refused a replacement without the restore"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let refusal = refused_once_loaded(
+        &client,
+        "guarded",
+        &cold,
+        "the guard never refused a replacement without the restore",
+    )
+    .await?;
     assert!(
         refusal.contains("ReplicaSet/web is being failed over")
             && refusal.contains("web-1")
@@ -2409,6 +2403,57 @@ fn pod_running(
     pod
 }
 
+/// Creates CheckpointPolicy `web` in `namespace` with `failover` pending in
+/// its status, as the controller records it.
+async fn web_policy_failing_over(
+    client: &kube::Client,
+    namespace: &str,
+    failover: Value,
+) -> TestResult {
+    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("ferry.dev", "v1alpha1", "CheckpointPolicy"),
+            "checkpointpolicies",
+        ),
+    );
+    let policy: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CheckpointPolicy",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}},
+    }))?;
+    policies.create(&PostParams::default(), &policy).await?;
+    policies
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"failovers": [failover]}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Creates `pod` until the API server refuses it (the guard's params load
+/// asynchronously) and returns the refusal; fails after a minute.
+async fn refused_once_loaded(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    what: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match try_create(client, namespace, pod).await {
+            Err(e) => return Ok(e),
+            Ok(()) => {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// The attack on the tenant boundary: a checkpoint image is a copy of a
 /// process's memory. A pod in another namespace that names it, a pod of the
 /// same namespace that ferry did not admit, and an update that swaps it
@@ -2431,67 +2476,40 @@ async fn checkpoint_images_run_only_in_the_replacement_ferry_admitted() -> TestR
         ensure_namespace(cp, ns).await?;
     }
     let image = "localhost/ferry/checkpoint/victim/web/app:4f1b7c2e9a0d4c6b8e3f5a7d9c1b3e5f";
-    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
+    web_policy_failing_over(
+        &client,
         "victim",
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("ferry.dev", "v1alpha1", "CheckpointPolicy"),
-            "checkpointpolicies",
-        ),
-    );
-    let policy: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "CheckpointPolicy",
-        "metadata": {"name": "web", "namespace": "victim"},
-        "spec": {"selector": {"matchLabels": {"app": "web"}}},
-    }))?;
-    policies.create(&PostParams::default(), &policy).await?;
-    policies
-        .patch_status(
-            "web",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"status": {"failovers": [{
-                "reason": "NodeLoss", "pod": "web-1", "podUid": "failed-uid",
-                "owner": "ReplicaSet/web", "fromNode": "a", "toNode": "b", "stage": "Fenced",
-                "containers": [{"container": "app", "archive": "aa", "image": image}],
-                "startedAt": "2026-12-05T10:00:00Z"}]}})),
-        )
-        .await?;
+        serde_json::json!({
+        "reason": "NodeLoss", "pod": "web-1", "podUid": "failed-uid",
+        "owner": "ReplicaSet/web", "fromNode": "a", "toNode": "b", "stage": "Fenced",
+        "containers": [{"container": "app", "archive": "aa", "image": image}],
+        "startedAt": "2026-12-05T10:00:00Z"}),
+    )
+    .await?;
 
     // The thief's pod, in its own namespace: refused once the API server
     // loaded the policy (asynchronously).
     let stolen = pod_running(None, image, None);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let refusal = loop {
-        match try_create(&client, "thief", &stolen).await {
-            Err(e) => break e,
-            Ok(()) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "a pod of another namespace ran the checkpoint image"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let refusal = refused_once_loaded(
+        &client,
+        "thief",
+        &stolen,
+        "a pod of another namespace ran the checkpoint image",
+    )
+    .await?;
     assert!(
         refusal.contains("belongs to another namespace") && refusal.contains(image),
         "{refusal}"
     );
     // The same namespace: a bare pod, or a pod that claims another
     // failover, is refused once the guard's params are loaded.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let refusal = loop {
-        match try_create(&client, "victim", &pod_running(None, image, None)).await {
-            Err(e) => break e,
-            Ok(()) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "a pod ferry did not admit ran the checkpoint image"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let refusal = refused_once_loaded(
+        &client,
+        "victim",
+        &pod_running(None, image, None),
+        "a pod ferry did not admit ran the checkpoint image",
+    )
+    .await?;
     assert!(
         refusal.contains("may run only in the replacement that ferry admitted"),
         "{refusal}"
@@ -2553,33 +2571,18 @@ async fn restore_grants_are_named_only_by_the_replacement_ferry_admitted() -> Te
     let client = cp.client().await?;
     ensure_namespace(cp, "granted").await?;
     let grant = "4f1b7c2e9a0d4c6b8e3f5a7d9c1b3e5f";
-    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
+    web_policy_failing_over(
+        &client,
         "granted",
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("ferry.dev", "v1alpha1", "CheckpointPolicy"),
-            "checkpointpolicies",
-        ),
-    );
-    let policy: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "CheckpointPolicy",
-        "metadata": {"name": "web", "namespace": "granted"},
-        "spec": {"selector": {"matchLabels": {"app": "web"}}},
-    }))?;
-    policies.create(&PostParams::default(), &policy).await?;
-    policies
-        .patch_status(
-            "web",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"status": {"failovers": [{
-                "reason": "NodeLoss", "pod": "web-1", "podUid": "failed-uid",
-                "owner": "ReplicaSet/web", "fromNode": "a", "toNode": "b", "stage": "Fenced",
-                "containers": [{"container": "app", "archive": "aa", "image": ""}],
-                "podAnnotations": {"ferry.dev/restore-grant": grant},
-                "runtimeClass": "ferry",
-                "startedAt": "2026-12-05T10:00:00Z"}]}})),
-        )
-        .await?;
+        serde_json::json!({
+        "reason": "NodeLoss", "pod": "web-1", "podUid": "failed-uid",
+        "owner": "ReplicaSet/web", "fromNode": "a", "toNode": "b", "stage": "Fenced",
+        "containers": [{"container": "app", "archive": "aa", "image": ""}],
+        "podAnnotations": {"ferry.dev/restore-grant": grant},
+        "runtimeClass": "ferry",
+        "startedAt": "2026-12-05T10:00:00Z"}),
+    )
+    .await?;
     let with_grant = |owner: Option<&str>, claims: Option<&str>, grant: &str| {
         let mut pod = pod_running(owner, "counter:1", claims);
         pod.metadata
@@ -2589,19 +2592,13 @@ async fn restore_grants_are_named_only_by_the_replacement_ferry_admitted() -> Te
         pod
     };
     // A bare pod naming the grant: refused once the guard's params loaded.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let refusal = loop {
-        match try_create(&client, "granted", &with_grant(None, None, grant)).await {
-            Err(e) => break e,
-            Ok(()) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "a pod ferry did not admit named the restore grant"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let refusal = refused_once_loaded(
+        &client,
+        "granted",
+        &with_grant(None, None, grant),
+        "a pod ferry did not admit named the restore grant",
+    )
+    .await?;
     assert!(
         refusal.contains("the restore grant of CheckpointPolicy web may be named only"),
         "{refusal}"
