@@ -433,6 +433,16 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.bt
         SystemdCgroup = false
         # runc's state dir; its default /run/containerd/runc is shared by both nodes.
         Root = "$run/runc"
+    # ferry's runtime handler (docs/runtime-handler.md): runc through
+    # ferry-runc, which this node's agent installs; the restore grant
+    # travels as a pod annotation.
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.ferry]
+      runtime_type = "io.containerd.runc.v2"
+      pod_annotations = ["ferry.dev/*"]
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.ferry.options]
+        BinaryName = "$dir/runtime-handler/ferry-runc"
+        SystemdCgroup = false
+        Root = "$run/runc"
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$dir/cni/net.d"

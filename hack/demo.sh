@@ -163,12 +163,13 @@ scenario() {
   after="$(counter_of "$NEW_IP")"
   verify="$(curl -fsS --max-time 5 "http://$NEW_IP:8080/verify" || echo '{}')"
 
-  local failover started fenced completed image restored_from
+  local failover started fenced completed image runtime_class restored_from
   failover="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json | jq -c '.status.lastFailover // {}')"
   started="$(jq -r '.startedAt // empty' <<<"$failover")"
   fenced="$(jq -r '.fencedAt // empty' <<<"$failover")"
   completed="$(jq -r '.restoredAt // empty' <<<"$failover")"
   image="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.spec.containers[0].image}')"
+  runtime_class="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.spec.runtimeClassName}')"
   restored_from="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.metadata.annotations.ferry\.dev/restored-from}')"
 
   local at_checkpoint lost
@@ -191,7 +192,7 @@ scenario() {
     log "restore completed (pod Running): +$(secs "$failed_at" "$(iso_to_epoch "$completed")") s"
   fi
   log "serving again:                   +$(secs "$failed_at" "$serving_at") s = downtime"
-  log "replacement:                     $NEW_POD on $NEW_NODE, image $image"
+  log "replacement:                     $NEW_POD on $NEW_NODE, image $image, runtime class ${runtime_class:-(none)}"
   log "restored from:                   ${restored_from:-?}"
   log "counter: at checkpoint ~$at_checkpoint, at failure $before, after restore $after → $lost steps lost (${PERIOD_MS} ms each)"
   log "ballast after restore:           $(jq -c . <<<"$verify")"
@@ -208,6 +209,10 @@ scenario() {
   ((after >= at_checkpoint && after > 0)) ||
     fail "$name: counter after restore ($after) is below the checkpointed value (~$at_checkpoint): not restored"
   [[ "$NEW_NODE" != "$NODE" ]] || fail "$name: replacement runs on the failed node $NODE"
+  # The local cluster restores through ferry's runtime handler
+  # (hack/cluster-values.yaml): the pod keeps its image.
+  [[ "$runtime_class" == ferry && "$image" == localhost/ferry/test-app:dev ]] ||
+    fail "$name: the replacement runs image $image with runtime class '${runtime_class}', not the app's image through ferry's runtime handler"
   [[ "$(jq -r '.ballast_ok // false' <<<"$verify")" == true ]] || fail "$name: ballast does not verify after restore: $verify"
   [[ "$(jq -r '.stage // empty' <<<"$failover")" == Completed && "$(jq -r '.coldStart // false' <<<"$failover")" == false ]] ||
     fail "$name: lastFailover is not a completed warm restore: $failover"
