@@ -1,6 +1,7 @@
 //! What the checkpointed container had changed in its rootfs
-//! (`rootfs-diff.tar`, an OCI layer with whiteouts), applied to the
-//! replacement's rootfs before the restore. The tar comes from a tenant's
+//! (`rootfs-diff.tar`, an OCI layer with whiteouts; containerd's is
+//! gzip-compressed whatever its name says), applied to the replacement's
+//! rootfs before the restore. The tar comes from a tenant's
 //! container, so a child process chrooted into that rootfs unpacks it: a
 //! symlink in it can only lead somewhere inside.
 
@@ -77,10 +78,19 @@ pub fn child(args: &[String]) -> Result<(), Error> {
             "usage: {CHILD_COMMAND} ROOTFS TAR (got {args:?})"
         )));
     };
-    let file = std::fs::File::open(tar).map_err(io(format!("open {tar}")))?;
+    let mut file = std::fs::File::open(tar).map_err(io(format!("open {tar}")))?;
+    let mut magic = [0u8; 2];
+    let gzip = std::io::Read::read(&mut file, &mut magic).map_err(io(format!("read {tar}")))? == 2
+        && magic == [0x1f, 0x8b];
+    std::io::Seek::rewind(&mut file).map_err(io(format!("read {tar}")))?;
     std::os::unix::fs::chroot(rootfs).map_err(io(format!("chroot into {rootfs}")))?;
     std::env::set_current_dir("/").map_err(io(format!("enter {rootfs}")))?;
-    let mut archive = tar::Archive::new(file);
+    let reader: Box<dyn std::io::Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);

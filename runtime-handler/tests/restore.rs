@@ -297,6 +297,31 @@ fn a_rootfs_diff_is_applied_inside_the_rootfs_only() {
         "the whiteout deletes"
     );
 
+    // containerd's rootfs-diff.tar is gzip-compressed: applied the same.
+    let gz_path = dir.path().join("gz.tar");
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz_path).unwrap(),
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(4);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "data/zipped", &b"gzip"[..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-runc"))
+        .arg(ferry_runc::diff::CHILD_COMMAND)
+        .arg(&rootfs)
+        .arg(&gz_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("data/zipped")).unwrap(),
+        "gzip"
+    );
+
     // Through the symlink: inside the chroot it leads to a path the rootfs
     // does not have, so the diff is refused, naming the entry.
     let out = apply(
