@@ -35,10 +35,6 @@ impl Grants {
         Self { dir }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Unpacks the (verified, plaintext) archive at `archive` into grant
     /// `name` for `meta`'s container in `meta`'s namespace. The grant
     /// appears whole or not at all (written aside, then renamed).

@@ -28,11 +28,7 @@ fn shown(value: &str) -> String {
 /// A content hash: 64 lowercase hex digits.
 /// A restore grant: 32 lowercase hex digits ([`random_grant`]).
 pub fn grant(field: &'static str, value: &str) -> Result<(), Error> {
-    if value.len() != 32
-        || !value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !ferry_runc::grant::is_grant(value) {
         return Err(invalid(
             field,
             format!(

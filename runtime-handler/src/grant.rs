@@ -93,7 +93,8 @@ pub enum Refusal {
     UnknownRuntime(String),
 }
 
-fn is_grant(value: &str) -> bool {
+/// Whether `value` has a grant's form: 32 lowercase hex digits.
+pub fn is_grant(value: &str) -> bool {
     value.len() == 32
         && value
             .bytes()

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Names the archive a replacement pod restores from.
+const RESTORE_ARCHIVE_ANNOTATION: &str = "ferry.dev/restore-archive";
+
 impl AgentService {
     pub(super) async fn prepare_restore_here(
         &self,
@@ -90,7 +93,7 @@ impl AgentService {
                 .map_err(Status::from)?;
         }
         let mut pod_annotations = std::collections::HashMap::new();
-        pod_annotations.insert("ferry.dev/restore-archive".to_owned(), meta.id.clone());
+        pod_annotations.insert(RESTORE_ARCHIVE_ANNOTATION.to_owned(), meta.id.clone());
         Ok(Response::new(pb::PrepareRestoreResponse {
             archive: Some(convert::archive_to_proto(&meta)),
             image: built.reference,
@@ -133,7 +136,7 @@ impl AgentService {
         tracing::info!(archive = %meta.id, grant = %name, namespace = %meta.namespace,
             container = %meta.container, "restore grant prepared for ferry's runtime handler");
         let mut pod_annotations = std::collections::HashMap::new();
-        pod_annotations.insert("ferry.dev/restore-archive".to_owned(), meta.id.clone());
+        pod_annotations.insert(RESTORE_ARCHIVE_ANNOTATION.to_owned(), meta.id.clone());
         pod_annotations.insert(ferry_runc::grant::GRANT_ANNOTATION.to_owned(), name);
         Ok(Response::new(pb::PrepareRestoreResponse {
             archive: Some(convert::archive_to_proto(&meta)),
