@@ -55,10 +55,6 @@ export PATH
 
 history_sql() { psql "$(hack/history-db.sh url 127.0.0.1)" -tAc "$1"; }
 
-node_ready() {
-  kubectl get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null
-}
-
 bring_back() { # node
   log "bringing $1 back (hack/cluster.sh up)"
   hack/cluster.sh up >/dev/null

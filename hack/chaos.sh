@@ -524,10 +524,6 @@ stolen_certificate_refused() {
   log "ok:$summary no certificate, another CA's and an expired one refused at the handshake"
 }
 
-node_ready() {
-  kubectl get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null
-}
-
 PARTITION_TIMINGS="$(mktemp)"
 agent_kept_away affected
 agent_kept_away other

@@ -197,6 +197,11 @@ agent_ready_on() { # node
 
 other_node() { [[ "$1" == ferry-a ]] && echo ferry-b || echo ferry-a; }
 
+# Whether node $1 is Ready, as the API server has it.
+node_ready() {
+  kubectl get node "$1" -o json | jq -e 'any(.status.conditions[]; .type == "Ready" and .status == "True")' >/dev/null
+}
+
 # ---- archives on the nodes' disks ---------------------------------------------
 # One line per container's archives on a node: "node count podUid pod/container
 # newest-taken-at-millis", read from the agents' data dirs on this host.
