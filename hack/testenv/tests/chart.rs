@@ -1935,8 +1935,9 @@ fn assert_host_paths_mounted_in_place(pod: &Value) {
 }
 
 /// The local cluster of hack/cluster.sh: per-node paths under two shared
-/// parents, the kubelet port from the Node object, containerd restores, the
-/// API server's address from the values (no kube-proxy), local images.
+/// parents, the kubelet port from the Node object, restores through ferry's
+/// runtime handler, the API server's address from the values (no
+/// kube-proxy), local images.
 #[tokio::test]
 async fn cluster_values_mount_the_parents_of_per_node_paths() -> TestResult {
     let values = repo_root().join("hack/cluster-values.yaml");
@@ -1958,9 +1959,10 @@ async fn cluster_values_mount_the_parents_of_per_node_paths() -> TestResult {
         "--data-dir=/var/lib/ferry-cluster/nodes/$(NODE_NAME)/ferry",
         "--kubelet-checkpoint-dir=/var/lib/ferry-cluster/nodes/$(NODE_NAME)/kubelet/checkpoints",
         "--kubelet-port=0",
-        "--restore-backend=containerd",
-        "--containerd-address=/run/ferry-cluster/$(NODE_NAME)/containerd.sock",
-        "--containerd-namespace=k8s.io",
+        "--restore-backend=runtime-handler",
+        "--restore-grants-dir=/var/lib/ferry-cluster/nodes/$(NODE_NAME)/grants",
+        "--runtime-handler-dir=/var/lib/ferry-cluster/nodes/$(NODE_NAME)/runtime-handler",
+        "--host-runc=/usr/sbin/runc",
     ] {
         assert!(
             agent_args.contains(&expected),
@@ -1979,6 +1981,8 @@ async fn cluster_values_mount_the_parents_of_per_node_paths() -> TestResult {
     );
     assert_host_paths_mounted_in_place(pod);
     assert_eq!(pod["dnsPolicy"], "Default", "agent pod: {pod}");
+    let runtime_class = find(&docs, "RuntimeClass", "ferry").ok_or("no RuntimeClass ferry")?;
+    assert_eq!(runtime_class["handler"], "ferry", "{runtime_class}");
     assert_eq!(c["image"], "localhost/ferry/agent:dev", "agent: {c}");
     assert_eq!(c["imagePullPolicy"], "Never", "agent: {c}");
 
