@@ -23,6 +23,41 @@ pub fn node_has_runtime_handler(node: &Node, name: &str) -> bool {
         .is_some_and(|handlers| handlers.iter().any(|h| h.name.as_deref() == Some(name)))
 }
 
+/// The runtime handler `node`'s live agent restores through, when the
+/// node's container runtime does not report it; `None` when it does, when
+/// the agent needs none, or when no agent is live there.
+pub fn missing_restore_handler<'a>(
+    node: &Node,
+    agents: &'a AgentIndex,
+    now: jiff::Timestamp,
+) -> Option<&'a str> {
+    let handler = agents.live(node_name(node), now)?.restore_handler.as_str();
+    (!handler.is_empty() && !node_has_runtime_handler(node, handler)).then_some(handler)
+}
+
+/// Why [`unsuitable`] refuses a node whose runtime lacks the handler its
+/// agent restores through.
+pub const NO_RUNTIME_HANDLER: &str = "its container runtime lacks ferry's runtime handler";
+
+/// The nodes `placement` would otherwise allow as standbys but whose
+/// container runtime lacks the handler their agent restores through, each
+/// with that handler's name.
+pub fn nodes_without_restore_handler(
+    nodes: &[&Node],
+    placement: &Placement,
+    agents: &AgentIndex,
+    now: jiff::Timestamp,
+) -> Vec<(String, String)> {
+    nodes
+        .iter()
+        .filter(|n| unsuitable(n, placement, agents, now) == Some(NO_RUNTIME_HANDLER))
+        .filter_map(|n| {
+            let handler = missing_restore_handler(n, agents, now)?;
+            Some((node_name(n).to_owned(), handler.to_owned()))
+        })
+        .collect()
+}
+
 pub fn node_ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
     node.status
         .as_ref()?
@@ -95,6 +130,10 @@ pub fn unsuitable(
     });
     if untolerated {
         return Some("has a taint the placement does not tolerate");
+    }
+    // A replica there could never be restored.
+    if missing_restore_handler(node, agents, now).is_some() {
+        return Some(NO_RUNTIME_HANDLER);
     }
     None
 }
@@ -381,5 +420,82 @@ mod tests {
             &t(serde_json::json!({"key": "k", "operator": "Exists", "effect": "NoSchedule"})),
             &taint
         ));
+    }
+
+    #[test]
+    fn nodes_without_the_restore_handler_are_named_and_never_standbys() {
+        let with_handler = |name: &str, handlers: serde_json::Value| -> Node {
+            let mut n = node(name, "z1", true, serde_json::json!({}));
+            n.status.as_mut().unwrap().runtime_handlers =
+                Some(serde_json::from_value(handlers).unwrap());
+            n
+        };
+        let nodes = [
+            with_handler("a", serde_json::json!([{"name": "ferry"}])),
+            with_handler("b", serde_json::json!([{"name": "runc"}])),
+            node("c", "z1", true, serde_json::json!({})),
+            with_handler("d", serde_json::json!([{"name": "ferry"}])),
+            // Without the handler but unsuitable anyway: not reported.
+            {
+                let mut n = with_handler("e", serde_json::json!([]));
+                n.spec.as_mut().unwrap().unschedulable = Some(true);
+                n
+            },
+        ];
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let restoring_with = |handler: &str| {
+            let info = serde_json::json!({"restoreHandler": handler}).to_string();
+            let leases: Vec<Lease> = ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|n| {
+                    serde_json::from_value(serde_json::json!({
+                        "metadata": {"name": format!("ferry-agent-{n}"),
+                            "annotations": {"ferry.dev/grpc-endpoint": "127.0.0.1:1",
+                                "ferry.dev/node-info": info}},
+                        "spec": {"leaseDurationSeconds": 15,
+                            "renewTime": "2026-01-01T00:00:00.000000Z"},
+                    }))
+                    .unwrap()
+                })
+                .collect();
+            AgentIndex::from_leases(&leases)
+        };
+        let handler_agents = restoring_with("ferry");
+        let standbys = |agents: &AgentIndex| {
+            sorted(choose_standbys(
+                &Placement::default(),
+                4,
+                "a",
+                "uid/app",
+                &refs,
+                agents,
+                &["b".to_owned()],
+                now(),
+            ))
+        };
+        assert_eq!(
+            standbys(&handler_agents),
+            ["d"],
+            "b and c lack the handler (b even when chosen before)"
+        );
+        assert_eq!(
+            nodes_without_restore_handler(&refs, &Placement::default(), &handler_agents, now()),
+            [
+                ("b".to_owned(), "ferry".to_owned()),
+                ("c".to_owned(), "ferry".to_owned())
+            ]
+        );
+        // Agents that restore with images need no handler.
+        let image_agents = restoring_with("");
+        assert_eq!(standbys(&image_agents), ["b", "c", "d"]);
+        assert!(
+            nodes_without_restore_handler(&refs, &Placement::default(), &image_agents, now())
+                .is_empty()
+        );
+        // A node the placement excludes anyway is not reported.
+        let ssd_elsewhere = placement(serde_json::json!({"nodeSelector": {"disk": "hdd"}}));
+        assert!(
+            nodes_without_restore_handler(&refs, &ssd_elsewhere, &handler_agents, now()).is_empty()
+        );
     }
 }

@@ -19,6 +19,9 @@ pub const PROTECTED: &str = "Protected";
 
 /// Condition: some selected pods are also selected by another policy.
 pub const OVERLAP: &str = "Overlapping";
+/// Condition: some nodes the placement allows cannot restore, because their
+/// container runtime lacks ferry's runtime handler.
+pub const RUNTIME_HANDLER_MISSING: &str = "RuntimeHandlerMissing";
 /// Whether the history database (optional) receives what happens.
 pub const HISTORY: &str = "HistoryRecorded";
 
@@ -289,6 +292,54 @@ pub fn set_overlap_condition(
         format!(
             "{} pods are selected by more than one policy; the oldest policy protects them: {}",
             overlapping.len(),
+            listed.join(", ")
+        ),
+        generation,
+        Time(now),
+    );
+}
+
+/// The RuntimeHandlerMissing condition: which nodes ferry neither replicates
+/// to nor restores on because their runtime lacks the agent's handler.
+/// Absent until a node lacks it, as Overlapping.
+pub fn set_runtime_handler_condition(
+    status: &mut CheckpointPolicyStatus,
+    policy: &CheckpointPolicy,
+    missing: &[(String, String)],
+    now: jiff::Timestamp,
+) {
+    let generation = policy.metadata.generation;
+    if missing.is_empty() {
+        if status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == RUNTIME_HANDLER_MISSING)
+        {
+            set_condition(
+                &mut status.conditions,
+                RUNTIME_HANDLER_MISSING,
+                ConditionStatus::False,
+                "HandlersPresent",
+                "every node the placement allows has the runtime handler its agent restores through"
+                    .into(),
+                generation,
+                Time(now),
+            );
+        }
+        return;
+    }
+    let listed: Vec<String> = missing
+        .iter()
+        .map(|(node, handler)| format!("{node} (no runtime handler {handler:?})"))
+        .collect();
+    set_condition(
+        &mut status.conditions,
+        RUNTIME_HANDLER_MISSING,
+        ConditionStatus::True,
+        "NodesLackRuntimeHandler",
+        format!(
+            "not used as standbys or restore targets: {}; configure the handler in the node's \
+             container runtime (docs/runtime-handler.md)",
             listed.join(", ")
         ),
         generation,
@@ -623,5 +674,38 @@ mod tests {
         assert_eq!(condition.last_transition_time, at(100));
         assert_eq!(condition.observed_generation, Some(4));
         assert!(condition.message.contains("every 30s"));
+    }
+
+    #[test]
+    fn runtime_handler_condition_names_the_nodes_and_clears() {
+        let p = policy(serde_json::json!({"selector": {"matchLabels": {"app": "x"}}}));
+        let mut status = desired_status(&p, at(0));
+        set_runtime_handler_condition(&mut status, &p, &[], at(0).0);
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != RUNTIME_HANDLER_MISSING),
+            "absent while every node has it"
+        );
+        let missing = [("ferry-b".to_owned(), "ferry".to_owned())];
+        set_runtime_handler_condition(&mut status, &p, &missing, at(1).0);
+        let condition = |status: &CheckpointPolicyStatus| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == RUNTIME_HANDLER_MISSING)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+                .unwrap()
+        };
+        let (state, reason, message) = condition(&status);
+        assert_eq!(state, "True");
+        assert_eq!(reason, "NodesLackRuntimeHandler");
+        assert!(
+            message.contains("ferry-b (no runtime handler \"ferry\")"),
+            "{message}"
+        );
+        set_runtime_handler_condition(&mut status, &p, &[], at(2).0);
+        assert_eq!(condition(&status).0, "False");
     }
 }

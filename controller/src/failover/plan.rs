@@ -100,13 +100,11 @@ pub fn plan_failover(
             }
             // Its agent restores through ferry's runtime handler, which the
             // node's runtime must have.
-            (Some(agent), Some(n))
-                if !agent.restore_handler.is_empty()
-                    && !crate::placement::node_has_runtime_handler(n, &agent.restore_handler) =>
+            (Some(_), Some(n)) if let Some(handler) =
+                crate::placement::missing_restore_handler(n, world.agents, world.now) =>
             {
                 Err(format!(
-                    "{node}: its container runtime has no runtime handler {} (docs/runtime-handler.md)",
-                    agent.restore_handler
+                    "{node}: its container runtime has no runtime handler {handler} (docs/runtime-handler.md)"
                 ))
             }
             (Some(agent), Some(_)) => match source {

@@ -32,7 +32,7 @@ use crate::placement::{choose_standbys, node_ready};
 use crate::schedule::{Target, matches, selector_of, targets_of};
 use crate::status::{
     ValidSpec, desired_status, set_history_condition, set_overlap_condition, set_protection,
-    validate,
+    set_runtime_handler_condition, validate,
 };
 use crate::{Context, Error};
 
@@ -163,6 +163,14 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
     if let Ok(valid) = validate(&policy.spec) {
         let (owned, overlapping) = owned_pods(policy, &snapshot);
         set_overlap_condition(&mut status, policy, &overlapping, now);
+        let nodes: Vec<&Node> = snapshot.nodes.iter().map(AsRef::as_ref).collect();
+        let without_handler = crate::placement::nodes_without_restore_handler(
+            &nodes,
+            &policy.spec.placement,
+            &snapshot.agents,
+            now,
+        );
+        set_runtime_handler_condition(&mut status, policy, &without_handler, now);
         let history = context
             .history
             .as_ref()
