@@ -867,7 +867,8 @@ async fn workloads_are_hardened() -> TestResult {
         [
             "/var/lib/ferry",
             "/var/lib/kubelet/checkpoints",
-            "/run/containerd"
+            "/var/lib/ferry/grants",
+            "/opt/ferry/bin"
         ],
         "agent hostPath volumes: {pod}"
     );
@@ -2066,6 +2067,8 @@ async fn unmountable_agent_paths_fail_with_a_clear_message() -> TestResult {
         (
             &[
                 "--set",
+                "agent.restore.backend=containerd",
+                "--set",
                 "agent.restore.containerdAddress=/run/nodes/$(NODE_NAME)/containerd.sock",
             ],
             &["agent.restore.containerdAddress", "cannot expand"],
@@ -2093,6 +2096,8 @@ async fn unmountable_agent_paths_fail_with_a_clear_message() -> TestResult {
                 "--set",
                 "agent.hostPathMounts={/var/lib}",
                 "--set",
+                "agent.restore.backend=containerd",
+                "--set",
                 "agent.restore.containerdAddress=/run/nodes/$(NODE_NAME)/containerd.sock",
             ],
             &["agent.restore.containerdAddress", "cannot expand"],
@@ -2119,6 +2124,8 @@ async fn unmountable_agent_paths_fail_with_a_clear_message() -> TestResult {
     let docs = documents(
         &render(&[
             "--set",
+            "agent.restore.backend=containerd",
+            "--set",
             "agent.hostPathMounts={/var/lib/nodes,/var/lib/kubelet}",
             "--set",
             "agent.dataDir=/var/lib/nodes/$(NODE_NAME)/ferry",
@@ -2141,8 +2148,38 @@ async fn unmountable_agent_paths_fail_with_a_clear_message() -> TestResult {
 
 #[tokio::test]
 async fn agent_restore_backend_reaches_flags_and_mounts() -> TestResult {
-    // Default: containerd at its usual socket, whose directory is mounted.
+    // Default: ferry's runtime handler, its directories mounted, no socket.
     let docs = documents(&render(&[]).await?)?;
+    let pod = agent_pod(&docs)?;
+    let args = strings(&pod["containers"][0]["args"]);
+    for expected in [
+        "--restore-backend=runtime-handler",
+        "--restore-grants-dir=/var/lib/ferry/grants",
+        "--runtime-handler-dir=/opt/ferry/bin",
+        "--host-runc=/usr/sbin/runc",
+    ] {
+        assert!(
+            args.contains(&expected),
+            "agent args lack {expected}: {args:?}"
+        );
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--containerd-")),
+        "agent args: {args:?}"
+    );
+    assert!(
+        volume(pod, "containerd").is_none(),
+        "backend runtimeHandler mounts the containerd socket: {pod}"
+    );
+    let runtime_class = find(&docs, "RuntimeClass", "ferry").ok_or("no RuntimeClass ferry")?;
+    assert_eq!(runtime_class["handler"], "ferry", "{runtime_class}");
+    assert_host_paths_mounted_in_place(pod);
+
+    // Opt-in: containerd at its usual socket, whose directory is mounted,
+    // and no RuntimeClass.
+    let containerd = ["--set", "agent.restore.backend=containerd"];
+    let docs = documents(&render(&containerd).await?)?;
+    assert!(find(&docs, "RuntimeClass", "ferry").is_none());
     let pod = agent_pod(&docs)?;
     let args = strings(&pod["containers"][0]["args"]);
     for expected in [
@@ -2164,6 +2201,8 @@ async fn agent_restore_backend_reaches_flags_and_mounts() -> TestResult {
     // Another socket and namespace.
     let docs = documents(
         &render(&[
+            "--set",
+            "agent.restore.backend=containerd",
             "--set",
             "agent.restore.containerdAddress=/run/k3s/containerd/containerd.sock",
             "--set",
@@ -2188,7 +2227,15 @@ async fn agent_restore_backend_reaches_flags_and_mounts() -> TestResult {
     );
 
     // A hostPathMounts entry covering the socket replaces its own mount.
-    let docs = documents(&render(&["--set", "agent.hostPathMounts={/var/lib,/run}"]).await?)?;
+    let docs = documents(
+        &render(&[
+            "--set",
+            "agent.restore.backend=containerd",
+            "--set",
+            "agent.hostPathMounts={/var/lib,/run}",
+        ])
+        .await?,
+    )?;
     let pod = agent_pod(&docs)?;
     assert_eq!(
         host_path_volumes(pod),
