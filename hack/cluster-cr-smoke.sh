@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Proves checkpoint/restore on the hack/cluster.sh cluster, end to end, the
 # way ferry will do it, and prints the timings:
-#   1. a Deployment of localhost/ferry/test-app:dev pinned to ferry-a
+#   1. a Deployment of localhost/ferry/test-app:dev pinned to ferry-b
 #      (--ballast-mib N) reaches Running; its counter is read over HTTP from
 #      the host at the pod IP;
 #   2. a ServiceAccount whose only right is `create` on `nodes/checkpoint`
-#      checkpoints the container through ferry-a's kubelet API
+#      checkpoints the container through ferry-b's kubelet API
 #      (POST https://<host-ip>:10250/checkpoint/<ns>/<pod>/<container>), TLS
-#      verified with the cluster CA; the archive appears in ferry-a's
+#      verified with the cluster CA; the archive appears in ferry-b's
 #      <kubelet root>/checkpoints;
 #   3. the archive becomes a checkpoint OCI image (hack/images.sh checkpoint),
-#      is imported into ferry-b's containerd, and a pod pinned to ferry-b with
+#      is imported into ferry-a's containerd, and a pod pinned to ferry-a with
 #      that image (imagePullPolicy: Never) continues the counter from the
-#      checkpointed value with its ballast intact.
+#      checkpointed value with its ballast intact. It restores on ferry-a:
+#      containerd 2.4 (ferry-b) removed CRI restore-via-create.
 #
 #   hack/cluster-cr-smoke.sh [--ballast-mib N] [--checkpoints N] [--keep]
 #
@@ -53,9 +54,9 @@ cleanup() {
   if ((KEEP == 0)); then
     "$K" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
     "$K" delete clusterrolebinding ferry-smoke-checkpoint clusterrole ferry-smoke-checkpoint >/dev/null 2>&1 || true
-    rm -f "$FERRY_A_CHECKPOINTS"/checkpoint-counter-*_"$NS"-app-*.tar
+    rm -f "$FERRY_B_CHECKPOINTS"/checkpoint-counter-*_"$NS"-app-*.tar
     if [[ -n "${CKPT_IMAGE:-}" ]]; then
-      "$FERRY_CACHE/containerd-v2.3.7/bin/crictl" -r "unix://$FERRY_B_CONTAINERD_SOCK" rmi "$CKPT_IMAGE" >/dev/null 2>&1 || true
+      "$FERRY_CACHE/containerd-$FERRY_A_CONTAINERD_VERSION/bin/crictl" -r "unix://$FERRY_A_CONTAINERD_SOCK" rmi "$CKPT_IMAGE" >/dev/null 2>&1 || true
     fi
   fi
   rm -rf "$tmp"
@@ -95,7 +96,7 @@ spec:
   template:
     metadata: {labels: {app: counter}}
     spec:
-      nodeSelector: {kubernetes.io/hostname: ferry-a}
+      nodeSelector: {kubernetes.io/hostname: ferry-b}
       containers:
       - name: app
         image: localhost/ferry/test-app:dev
@@ -107,10 +108,10 @@ t0="$(now)"
 "$K" -n "$NS" rollout status deployment/counter --timeout=120s >/dev/null || die "counter did not become ready"
 POD="$("$K" -n "$NS" get pod -l app=counter -o jsonpath='{.items[0].metadata.name}')"
 IP="$("$K" -n "$NS" get pod "$POD" -o jsonpath='{.status.podIP}')"
-log "1. $NS/$POD Running on ferry-a at $IP after $(secs "$t0" "$(now)") s; counter $(curl -fsS --max-time 3 "http://$IP:8080/state")"
+log "1. $NS/$POD Running on ferry-b at $IP after $(secs "$t0" "$(now)") s; counter $(curl -fsS --max-time 3 "http://$IP:8080/state")"
 
 TOKEN="$("$K" -n "$NS" create token checkpointer)"
-url="https://$FERRY_HOST_IP:$FERRY_A_KUBELET_PORT/checkpoint/$NS/$POD/app"
+url="https://$FERRY_HOST_IP:$FERRY_B_KUBELET_PORT/checkpoint/$NS/$POD/app"
 code="$(curl -s -o /dev/null -w '%{http_code}' --cacert "$FERRY_CLUSTER_CA" -X POST "$url")"
 [[ "$code" == 401 ]] || die "an unauthenticated checkpoint got HTTP $code, not 401"
 archive="" before=0 times=()
@@ -131,16 +132,16 @@ CKPT_IMAGE="localhost/ferry/checkpoint/$NS-$POD-app:$(date -u +%Y%m%d%H%M%S)"
 t3="$(now)"
 "$HACK/images.sh" checkpoint "$archive" "$CKPT_IMAGE" app "$tmp/ckpt.oci.tar"
 t4="$(now)"
-"$HACK/cluster.sh" import ferry-b "$tmp/ckpt.oci.tar"
+"$HACK/cluster.sh" import ferry-a "$tmp/ckpt.oci.tar"
 t5="$(now)"
-log "3. checkpoint image $CKPT_IMAGE built in $(secs "$t3" "$t4") s, imported into ferry-b in $(secs "$t4" "$t5") s"
+log "3. checkpoint image $CKPT_IMAGE built in $(secs "$t3" "$t4") s, imported into ferry-a in $(secs "$t4" "$t5") s"
 
 "$K" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
 metadata: {name: counter-restored, namespace: $NS, labels: {app: counter-restored}}
 spec:
-  nodeName: ferry-b
+  nodeName: ferry-a
   containers:
   - name: app
     image: $CKPT_IMAGE
@@ -155,9 +156,9 @@ verify="$(curl -fsS --max-time 3 "http://$RIP:8080/verify")"
 t8="$(now)"
 source_now="$(curl -fsS --max-time 3 "http://$IP:8080/state" | jq .counter)"
 restored="$(jq .counter <<<"$verify")"
-log "   pod create -> Running on ferry-b: $(secs "$t6" "$t7") s; first HTTP answer after $(secs "$t6" "$t8") s"
+log "   pod create -> Running on ferry-a: $(secs "$t6" "$t7") s; first HTTP answer after $(secs "$t6" "$t8") s"
 log "   restored /verify: $verify (checkpointed at >= $before; the source is now at $source_now)"
 [[ "$(jq .ballast_ok <<<"$verify")" == true ]] || die "the restored ballast is not intact"
 ((restored >= before && restored < source_now)) ||
   die "the restored counter $restored did not continue from the checkpoint ($before)"
-echo "cr-smoke: OK: counter continued from $before to $restored on ferry-b (checkpoint ${times[*]} s, image $(secs "$t3" "$t4") s, import $(secs "$t4" "$t5") s, restore-to-Running $(secs "$t6" "$t7") s)"
+echo "cr-smoke: OK: counter continued from $before to $restored on ferry-a (checkpoint ${times[*]} s, image $(secs "$t3" "$t4") s, import $(secs "$t4" "$t5") s, restore-to-Running $(secs "$t6" "$t7") s)"

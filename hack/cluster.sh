@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A real two-node Kubernetes v1.34 cluster on this one machine: etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, and two nodes
-# "ferry-a" and "ferry-b", each with its own containerd 2.3 (runc + CRIU
-# 4.2.1 from hack/criu.sh, checkpoint restore via CRI enabled) and its own
-# kubelet (ContainerCheckpoint on). No kube-proxy, no DNS. See docs/cluster.md.
+# "ferry-a" and "ferry-b", each with its own containerd (runc + CRIU 4.2.1
+# from hack/criu.sh, ferry's runtime handler) and its own kubelet
+# (ContainerCheckpoint on). ferry-a runs containerd 2.3 LTS, which still has
+# CRI restore-via-create (enabled, for the image backend); ferry-b runs 2.4,
+# which removed it. No kube-proxy, no DNS. See docs/cluster.md.
 #
 #   hack/cluster.sh up                 # build/cache what is missing, start what is not running,
 #                                      # import the images, wait until both nodes are Ready
@@ -37,7 +39,9 @@ LOGS="$STATE/logs"
 PKI="$STATE/pki"
 PIDS="$RUN/pids"
 KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
-CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.3.7}"
+# Override per node: CONTAINERD_VERSION_FERRY_A, CONTAINERD_VERSION_FERRY_B.
+CONTAINERD_VERSION_FERRY_A="${CONTAINERD_VERSION_FERRY_A:-v2.3.7}"
+CONTAINERD_VERSION_FERRY_B="${CONTAINERD_VERSION_FERRY_B:-v2.4.2}"
 NODES=(ferry-a ferry-b)
 ETCD_PORT=23790
 ETCD_PEER_PORT=23800
@@ -73,6 +77,18 @@ node_run() { echo "$RUN/$1"; }
 node_sock() { echo "$RUN/$1/containerd.sock"; }
 node_kubelet_root() { echo "$STATE/nodes/$1/kubelet"; }
 node_cgroup() { echo "/$1"; }
+node_containerd_version() {
+  case "$1" in
+    ferry-a) echo "$CONTAINERD_VERSION_FERRY_A" ;;
+    ferry-b) echo "$CONTAINERD_VERSION_FERRY_B" ;;
+    *) die "unknown node '$1' (nodes: ${NODES[*]})" ;;
+  esac
+}
+# containerd, ctr, crictl and containerd-shim-runc-v2 of the node's version.
+node_containerd_bin() { echo "$FERRY_CACHE/containerd-$(node_containerd_version "$1")/bin"; }
+# containerd 2.2 and 2.3 restore from a checkpoint image in CreateContainer
+# when asked to; 2.4 removed that (docs/runtime-handler.md).
+has_restore_via_create() { [[ "$(node_containerd_version "$1")" == v2.[23].* ]]; }
 
 host_ip() {
   local ip
@@ -83,7 +99,7 @@ host_ip() {
 }
 
 # ---- binaries ---------------------------------------------------------------
-ASSETS="" CTRD_BIN="" CRIU=""
+ASSETS="" CRIU=""
 apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm "$@" ||
     { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm "$@"; }
@@ -97,9 +113,12 @@ need_binaries() {
   ASSETS="$(progress "Kubernetes binaries (hack/kube-assets.sh)" "$l" \
     env KUBEBUILDER_ASSETS='' "$HACK/kube-assets.sh" --with-kubelet | tail -n1)" ||
     die "hack/kube-assets.sh --with-kubelet failed; log: $l"
-  CTRD_BIN="$(progress "containerd $CONTAINERD_VERSION (hack/containerd.sh)" "$l" \
-    env CONTAINERD_VERSION="$CONTAINERD_VERSION" "$HACK/containerd.sh" | tail -n1)" ||
-    die "hack/containerd.sh failed; log: $l"
+  local version
+  for version in $(for node in "${NODES[@]}"; do node_containerd_version "$node"; done | sort -u); do
+    progress "containerd $version (hack/containerd.sh)" "$l" \
+      env CONTAINERD_VERSION="$version" "$HACK/containerd.sh" >/dev/null ||
+      die "hack/containerd.sh failed for $version; log: $l"
+  done
   CRIU="$(progress "CRIU (hack/criu.sh)" "$l" "$HACK/criu.sh" | tail -n1)" ||
     die "hack/criu.sh failed; log: $l"
   local pkg missing=()
@@ -383,9 +402,11 @@ write_node_config() {
   ]
 }
 EOF
-  local path="${CRIU%/*}:$CTRD_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  local path restore_via_create=""
+  path="${CRIU%/*}:$(node_containerd_bin "$node"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  has_restore_via_create "$node" && restore_via_create="enable_experimental_restore_via_create = true"
   cat >"$dir/containerd.toml" <<EOF
-# ferry hack/cluster.sh: containerd for node $node
+# ferry hack/cluster.sh: containerd $(node_containerd_version "$node") for node $node
 version = 3
 root = "$dir/containerd"
 state = "$run/containerd"
@@ -418,7 +439,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.bt
     sandbox = "$PAUSE_IMAGE"
 
 [plugins."io.containerd.cri.v1.runtime"]
-  enable_experimental_restore_via_create = true
+  # The image backend's path (containerd 2.2/2.3 only); ferry's runtime
+  # handler below needs none.
+  $restore_via_create
   netns_mounts_under_state_dir = true
   # This VM's capability bounding set lacks CAP_SYS_RESOURCE: nobody can set
   # an oom_score_adj below 0, and runc fails the pause container (-998) with
@@ -491,7 +514,7 @@ EOF
   : "$kroot" "$ip"
 }
 
-containerd_ready() { "$CTRD_BIN/ctr" --address "$(node_sock "$1")" version; }
+containerd_ready() { "$(node_containerd_bin "$1")/ctr" --address "$(node_sock "$1")" version; }
 kubelet_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$(node_healthz_port "$1")/healthz"; }
 
 start_node() {
@@ -502,8 +525,9 @@ start_node() {
   if ! running "containerd-$node"; then
     (
       # containerd and its shims find containerd-shim-runc-v2, runc and criu through PATH.
-      export PATH="${CRIU%/*}:$CTRD_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-      start_proc "containerd-$node" "$CTRD_BIN/containerd" --config "$(node_dir "$node")/containerd.toml"
+      bin="$(node_containerd_bin "$node")"
+      export PATH="${CRIU%/*}:$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+      start_proc "containerd-$node" "$bin/containerd" --config "$(node_dir "$node")/containerd.toml"
     )
   fi
   wait_for "containerd-$node" 30 containerd_ready "$node"
@@ -526,7 +550,7 @@ import_images() {
     mapfile -t IMAGE_ARCHIVES < <(progress "node images: pause and test app (hack/images.sh all)" "$l" "$HACK/images.sh" all) ||
       die "hack/images.sh all failed; log: $l"
   fi
-  "$HACK/images.sh" import "$CTRD_BIN/ctr" "$(node_sock "$node")" "${IMAGE_ARCHIVES[@]}" ||
+  "$HACK/images.sh" import "$(node_containerd_bin "$node")/ctr" "$(node_sock "$node")" "${IMAGE_ARCHIVES[@]}" ||
     die "importing images into $node's containerd failed"
 }
 
@@ -631,7 +655,7 @@ kill_node_processes() {
 # Stop and remove every pod sandbox through CRI, so containerd tears down
 # CNI (veth, IPAM), netns and shm mounts itself.
 drain_node_runtime() {
-  local node="$1" crictl=(timeout 60 "$CTRD_BIN/crictl" --timeout 30s -r "unix://$(node_sock "$1")")
+  local node="$1" crictl=(timeout 60 "$(node_containerd_bin "$1")/crictl" --timeout 30s -r "unix://$(node_sock "$1")")
   running "containerd-$node" || return 0
   local pods
   pods="$("${crictl[@]}" pods -q 2>/dev/null || true)"
@@ -725,7 +749,6 @@ cmd_down() {
   [[ "${1:-}" == --purge ]] && purge=1
   [[ -d "$RUN" || -d "$STATE" ]] || { log "nothing to stop"; cmd_check; return; }
   heal
-  CTRD_BIN="$FERRY_CACHE/containerd-$CONTAINERD_VERSION/bin"
   for node in "${NODES[@]}"; do stop_proc "kubelet-$node"; done
   for node in "${NODES[@]}"; do
     drain_node_runtime "$node"
@@ -909,6 +932,7 @@ ${v}_KUBELET_PORT=$(node_kubelet_port "$node")
 ${v}_KUBELET_ROOT=$(node_kubelet_root "$node")
 ${v}_CHECKPOINTS=$(node_kubelet_root "$node")/checkpoints
 ${v}_CONTAINERD_SOCK=$(node_sock "$node")
+${v}_CONTAINERD_VERSION=$(node_containerd_version "$node")
 ${v}_POD_SUBNET=$(node_subnet "$node")
 EOF
   done
@@ -918,8 +942,7 @@ cmd_import() {
   local node="$1"
   shift
   node_index "$node" >/dev/null
-  CTRD_BIN="$FERRY_CACHE/containerd-$CONTAINERD_VERSION/bin"
-  "$HACK/images.sh" import "$CTRD_BIN/ctr" "$(node_sock "$node")" "$@"
+  "$HACK/images.sh" import "$(node_containerd_bin "$node")/ctr" "$(node_sock "$node")" "$@"
 }
 
 case "${1:-}" in
@@ -933,5 +956,5 @@ case "${1:-}" in
   heal) [[ -n "${2:-}" ]] || die "usage: heal NODE"; cmd_heal "$2" ;;
   import) (($# >= 3)) || die "usage: import NODE ARCHIVE..."; shift; cmd_import "$@" ;;
   env) cmd_env ;;
-  *) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -163,7 +163,7 @@ scenario() {
   after="$(counter_of "$NEW_IP")"
   verify="$(curl -fsS --max-time 5 "http://$NEW_IP:8080/verify" || echo '{}')"
 
-  local failover started fenced completed image runtime_class restored_from
+  local failover started fenced completed image runtime_class restored_from new_runtime
   failover="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json | jq -c '.status.lastFailover // {}')"
   started="$(jq -r '.startedAt // empty' <<<"$failover")"
   fenced="$(jq -r '.fencedAt // empty' <<<"$failover")"
@@ -171,6 +171,7 @@ scenario() {
   image="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.spec.containers[0].image}')"
   runtime_class="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.spec.runtimeClassName}')"
   restored_from="$(kubectl -n "$NS" get pod "$NEW_POD" -o jsonpath='{.metadata.annotations.ferry\.dev/restored-from}')"
+  new_runtime="$(kubectl get node "$NEW_NODE" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')"
 
   local at_checkpoint lost
   # The counter when the checkpoint was taken, from its tick rate.
@@ -192,14 +193,14 @@ scenario() {
     log "restore completed (pod Running): +$(secs "$failed_at" "$(iso_to_epoch "$completed")") s"
   fi
   log "serving again:                   +$(secs "$failed_at" "$serving_at") s = downtime"
-  log "replacement:                     $NEW_POD on $NEW_NODE, image $image, runtime class ${runtime_class:-(none)}"
+  log "replacement:                     $NEW_POD on $NEW_NODE ($new_runtime), image $image, runtime class ${runtime_class:-(none)}"
   log "restored from:                   ${restored_from:-?}"
   log "counter: at checkpoint ~$at_checkpoint, at failure $before, after restore $after → $lost steps lost (${PERIOD_MS} ms each)"
   log "ballast after restore:           $(jq -c . <<<"$verify")"
   log "last failover: $(jq -c '{reason, stage, fromNode, toNode, coldStart, checkpointAge, message}' <<<"$failover")"
   # What the history must hold for this failover (checked at the end).
   printf '%s %s\n' "$uid" "$CK_ARCHIVE" >>"$RECORDED"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$placement" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$placement" "$NEW_NODE (${new_runtime#containerd://})" \
     "$( [[ -n "$started" ]] && secs "$failed_at" "$(iso_to_epoch "$started")")" \
     "$( [[ -n "$fenced" ]] && secs "$failed_at" "$(iso_to_epoch "$fenced")")" \
     "$(secs "$failed_at" "$serving_at")" "$lost" >>"$TIMINGS"
@@ -288,9 +289,19 @@ bring_back
 
 say "Summary (seconds after the failure)"
 {
-  printf 'scenario\tleader on\tdetected\tfenced\tserving\tsteps lost\n'
+  printf 'scenario\tleader on\trestored on\tdetected\tfenced\tserving\tsteps lost\n'
   cat "$TIMINGS"
 } | column -t -s $'\t'
+if ((ASSERT)); then
+  # The replacement always lands on the other node, so each kind of failure
+  # restored once onto each node: the containerd 2.3 one and the 2.4 one.
+  for kind in "the container dies" "the node fails"; do
+    restored_on="$(awk -F'\t' -v k="$kind" '$1 == k {print $3}' "$TIMINGS" | sort -u)"
+    (($(wc -l <<<"$restored_on") == 2)) ||
+      fail "\"$kind\" did not restore onto both nodes: $(paste -sd ';' <<<"$restored_on")"
+    log "\"$kind\" restored onto both nodes: $(paste -sd ';' <<<"$restored_on")"
+  done
+fi
 rm -f "$TIMINGS"
 
 say "History: what the controller recorded in PostgreSQL (ferry-report)"
