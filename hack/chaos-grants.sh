@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Tier 5, part four: the boundary of ferry's runtime handler, attacked on
+# both real nodes (containerd 2.3 on ferry-a, 2.4 on ferry-b). Runs on the
+# cluster hack/demo.sh leaves behind, after hack/chaos-state.sh:
+#
+#  11. on each node, pods that name the ferry RuntimeClass and
+#      - a forged grant (from namespace intruder),
+#      - a live grant prepared for the demo namespace (from intruder),
+#      - a grant that was used already (from the demo namespace itself:
+#        the one a real failover used, and one this scenario used)
+#      never run: ferry-runc refuses their container, the kubelet reports
+#      the refusal, no process answers, and the live grant stays for its
+#      rightful pod. As a control, a pod in the demo namespace that names
+#      a live grant is restored from it (counter and ballast), and uses it.
+#      The live grants come from hack/testenv's grant-hold, which plays the
+#      controller with a certificate from the CA key: a grant lives only
+#      while a failover is pending, and the test must not wait on chance.
+# Exits 1 at the first failed check, with diagnostics.
+#
+#   FERRY_GRANT_HOLD=target/debug/grant-hold hack/chaos-grants.sh
+#
+# Needs root (it reads the nodes' grant directories).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+source hack/lib.sh
+source hack/lib-ferry.sh
+NS=demo
+APP=counter
+INTRUDER_NS=intruder
+STATE="${FERRY_CLUSTER_STATE:-/var/lib/ferry-cluster}"
+PKI_DIR="$(mktemp -d)"
+HELD=() # "node archive failover" of grants to release at the end
+
+log() { printf '    %s\n' "$*"; }
+
+undo() {
+  local status=$? held
+  failed_command "$status"
+  for held in "${HELD[@]}"; do
+    # shellcheck disable=SC2086 # node archive failover
+    release $held >/dev/null 2>&1 || true
+  done
+  kubectl delete namespace "$INTRUDER_NS" --wait=false >/dev/null 2>&1 || true
+  kubectl -n "$NS" delete pods -l app=grant-chaos --wait=false >/dev/null 2>&1 || true
+  rm -rf "$PKI_DIR"
+  exit "$status"
+}
+trap undo EXIT
+trace_errors
+
+eval "$(hack/cluster.sh env)"
+export KUBECONFIG
+PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
+export PATH
+[[ -x "${FERRY_GRANT_HOLD:-}" ]] || die "FERRY_GRANT_HOLD names no executable (hack/e2e.sh builds hack/testenv's grant-hold)"
+
+agent_endpoint() { # node
+  kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o json |
+    jq -r --arg node "$1" '.items[] | select(.spec.nodeName == $node and .status.podIP != null
+      and .metadata.deletionTimestamp == null) | "\(.status.podIP):50051"' | head -n1
+}
+
+# The controller's side of a restore, played with the CA key.
+grant_hold() { # action node archive failover [namespace]
+  "$FERRY_GRANT_HOLD" "$1" --endpoint "$(agent_endpoint "$2")" --ca "$PKI_DIR/ca.crt" --ca-key "$PKI_DIR/ca.key" \
+    --archive "$3" --failover "$4" ${5:+--namespace "$5"}
+}
+prepare() { # node archive failover: sets GRANT
+  HELD+=("$1 $2 $3")
+  GRANT="$(grant_hold prepare "$1" "$2" "$3" "$NS")"
+  grant_present "$1" "$GRANT" || fail "grant-hold reported grant $GRANT, but $1 has no such grant"
+}
+release() { grant_hold release "$1" "$2" "$3"; }
+
+grant_present() { [[ -d "$STATE/nodes/$1/grants/$2" ]]; } # node grant
+
+# A pod pinned to a node that names the ferry RuntimeClass and a grant.
+grant_pod() { # namespace name node grant
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $2
+  namespace: $1
+  labels: {app: grant-chaos}
+  annotations: {ferry.dev/restore-grant: "$4"}
+spec:
+  nodeName: $3
+  runtimeClassName: ferry
+  dnsPolicy: Default
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: localhost/ferry/test-app:dev
+    imagePullPolicy: Never
+    args: ["--listen", "0.0.0.0:8080", "--ballast-mib", "16", "--period-ms", "100"]
+EOF
+}
+
+pod_json() { kubectl -n "$1" get pod "$2" -o json; } # namespace name
+
+# What the kubelet reports for the pod's container: events and statuses.
+refusal_reported() { # namespace name needle
+  {
+    kubectl -n "$1" get events --field-selector "involvedObject.name=$2" -o json | jq -r '.items[].message'
+    pod_json "$1" "$2" | jq -r '.status.containerStatuses[]? | (.state, .lastState) | .[]?.message // empty'
+  } | grep -qF "$3"
+}
+
+never_ran() { # namespace name
+  local pod ip
+  pod="$(pod_json "$1" "$2")"
+  jq -e '[.status.containerStatuses[]? | select(.state.running != null or .lastState.running != null
+    or .started == true)] | length == 0' <<<"$pod" >/dev/null || return 1
+  ip="$(jq -r '.status.podIP // empty' <<<"$pod")"
+  [[ -z "$ip" ]] || ! answers "$ip"
+}
+
+# A pod naming $4 is refused on $3: the kubelet reports $5, and for 10 s
+# more the container never runs and nothing answers at the pod's IP.
+refused() { # namespace name node grant needle
+  grant_pod "$1" "$2" "$3" "$4"
+  wait_for 60 "$1/$2 on $3: the kubelet reports \"$5\"" refusal_reported "$1" "$2" "$5" || return 1
+  hold 10 never_ran "$1" "$2" ||
+    fail "$1/$2 on $3, grant $4: its container ran: $(pod_json "$1" "$2" | jq -c .status.containerStatuses)"
+  kubectl -n "$1" delete pod "$2" --wait=false >/dev/null
+  log "$1/$2 on $3 refused: \"$5\""
+}
+
+claimant_restored() { # name
+  local ip counter
+  ip="$(pod_json "$NS" "$1" | jq -r 'select(.status.phase == "Running") | .status.podIP // empty')"
+  [[ -n "$ip" ]] && counter="$(counter_of "$ip")" && [[ "$counter" =~ ^[0-9]+$ ]] || return 1
+  CLAIMANT_IP="$ip" CLAIMANT_COUNTER="$counter"
+}
+
+refused_grants() {
+  say "Scenario: forged, foreign and reused restore grants, on both nodes"
+  kubectl -n ferry-system get configmap ferry-ca -o jsonpath='{.data.ca\.crt}' >"$PKI_DIR/ca.crt"
+  kubectl -n ferry-system get secret ferry-ca -o jsonpath='{.data.ca\.key}' | base64 -d >"$PKI_DIR/ca.key"
+  kubectl create namespace "$INTRUDER_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  local record archive node grant used summary=""
+
+  # The grant the last real failover used, on the node it restored on.
+  wait_for 60 "a Running app pod" has_app_pod
+  read -r POD NODE _ <<<"$POD_LINE"
+  used="$(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.metadata.annotations.ferry\.dev/restore-grant}')"
+  if [[ -n "$used" ]]; then
+    refused "$NS" grant-reused-failover "$NODE" "$used" "restore grant $used is unknown or was used already"
+  fi
+
+  for node in ferry-a ferry-b; do
+    # The newest checkpoint: retention may remove older ones meanwhile.
+    record="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json | jq -c '.status.checkpoints[0] // {}')"
+    archive="$(jq -r '.archive // empty' <<<"$record")"
+    [[ -n "$archive" ]] || fail "no checkpoint of $NS/$APP to prepare"
+    jq -e --arg node "$node" '.node == $node or (.replicas | index($node))' <<<"$record" >/dev/null ||
+      fail "$node holds no copy of checkpoint $archive: $record"
+    log "$node ($(kubectl get node "$node" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')):"
+
+    grant="$(openssl rand -hex 16)"
+    refused "$INTRUDER_NS" "grant-forged-$node" "$node" "$grant" "restore grant $grant is unknown or was used already"
+
+    # A live grant of the demo namespace, named from another namespace: the
+    # API server's guard knows no failover there, ferry-runc refuses it.
+    prepare "$node" "$archive" "chaos-grants-foreign-$node"
+    grant="$GRANT"
+    refused "$INTRUDER_NS" "grant-foreign-$node" "$node" "$grant" \
+      "restore grant $grant is for container app in namespace $NS"
+    grant_present "$node" "$grant" || fail "$node: the foreign claim consumed grant $grant of $NS"
+    release "$node" "$archive" "chaos-grants-foreign-$node" >/dev/null
+    poll 10 bash -c "[[ ! -d '$STATE/nodes/$node/grants/$grant' ]]" ||
+      fail "$node: released grant $grant is still there"
+
+    # The control: a pod of the demo namespace named with a live grant is
+    # restored from it, and uses it up.
+    prepare "$node" "$archive" "chaos-grants-claim-$node"
+    grant="$GRANT"
+    grant_pod "$NS" "grant-claimant-$node" "$node" "$grant"
+    wait_for 90 "$NS/grant-claimant-$node restored" claimant_restored "grant-claimant-$node"
+    # A fresh start counts from 0 every 0.1 s; the demo counter is older
+    # than the minutes tier 5 ran.
+    ((CLAIMANT_COUNTER > 1000)) ||
+      fail "$NS/grant-claimant-$node answers counter $CLAIMANT_COUNTER: it started fresh, not from grant $grant"
+    [[ "$(curl -fsS --max-time 5 "http://$CLAIMANT_IP:8080/verify" | jq -r .ballast_ok)" == true ]] ||
+      fail "$NS/grant-claimant-$node: the ballast does not verify"
+    ! grant_present "$node" "$grant" || fail "$node: grant $grant is still there after its restore"
+    kubectl -n "$NS" delete pod "grant-claimant-$node" --wait=false >/dev/null
+    refused "$NS" "grant-reused-$node" "$node" "$grant" "restore grant $grant is unknown or was used already"
+    release "$node" "$archive" "chaos-grants-claim-$node" >/dev/null
+    summary="$summary $node: control restored at counter $CLAIMANT_COUNTER;"
+  done
+  HELD=()
+  kubectl delete namespace "$INTRUDER_NS" --wait=false >/dev/null
+  log "ok: forged, foreign-namespace and reused grants refused on both nodes;$summary"
+}
+
+refused_grants
