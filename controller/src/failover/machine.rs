@@ -23,6 +23,7 @@ use ferry_api::names::{
 };
 use ferry_api::{FailoverRecord, FailoverStage, FailureTrigger};
 
+use super::started::Start;
 use crate::schedule::owner_of;
 
 /// A failover with no running replacement after this long gives up.
@@ -660,6 +661,29 @@ pub fn restore_gate(pod: &Pod) -> Option<usize> {
         .position(|g| g.name == RESTORE_GATE)
 }
 
+/// The replacement's runtime could not restore it. ferry's runtime handler
+/// spent the grant on that attempt, so the kubelet's retries are refused
+/// and would never run it: an owned replacement, which never ran, is
+/// deleted for its owner to start cold now rather than after the timeout.
+fn restore_failed(record: &FailoverRecord, replacement: &Pod, why: &str) -> Step {
+    let node = record.to_node.as_deref().unwrap_or("?");
+    let name = replacement.name_any();
+    if record.owner.is_empty() {
+        return give_up(
+            record,
+            format!("the restore into {name} on node {node} failed: {why}"),
+        );
+    }
+    let mut failed = record.clone();
+    failed.stage = FailoverStage::Failed;
+    failed.message = format!(
+        "{}; the restore into {name} on node {node} failed ({why}): deleted it, {} starts it cold",
+        record.message, record.owner
+    );
+    let note = failed.message.clone();
+    Step::of(Action::DeletePods { names: vec![name] }, failed, note)
+}
+
 fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
     let cold = cold_siblings(record, world.pods);
     if !cold.is_empty() {
@@ -765,18 +789,25 @@ fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
             note,
         );
     }
-    let running = replacement.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-    if !running {
-        let changed = named != *record;
-        return Step::of(
-            if changed {
-                Action::Record
-            } else {
-                Action::Wait
-            },
-            named,
-            String::new(),
-        );
+    match super::started::start_of(replacement) {
+        Start::Running => {}
+        Start::Failed(why) if record.runtime_class.is_some() && !record.cold_start => {
+            return restore_failed(&named, replacement, &why);
+        }
+        // Otherwise the kubelet retries (a checkpoint image stays until
+        // released), and the timeout bounds it.
+        Start::Pending | Start::Failed(_) => {
+            let changed = named != *record;
+            return Step::of(
+                if changed {
+                    Action::Record
+                } else {
+                    Action::Wait
+                },
+                named,
+                String::new(),
+            );
+        }
     }
     if world.state_api.is_some() && !record.cold_start {
         let Some(address) = replacement
@@ -1416,6 +1447,45 @@ mod tests {
         let step = world.next(&record, 1200);
         assert_eq!(step.record.stage, FailoverStage::Failed);
         assert!(step.record.message.contains("no owner"));
+    }
+
+    #[test]
+    fn a_restore_its_runtime_handler_could_not_make_fails_now_and_goes_cold() {
+        let mut record = prepared_record(FailoverStage::Fenced);
+        record.to_node = Some("b".into());
+        let mut replacement = pod("web-2", "u2", 500, Some("u1"));
+        replacement.status = Some(
+            serde_json::from_value(serde_json::json!({"phase": "Running",
+                "containerStatuses": [{"name": "app", "image": "web:1", "imageID": "",
+                    "ready": false, "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 128, "reason": "StartError",
+                        "message": "runc restore failed; CRIU: Error (criu/cr-restore.c)"}}}]}))
+            .unwrap(),
+        );
+        let world = World::new(vec![replacement]);
+        // Image restores: the kubelet's retries can still work.
+        let step = world.next(&record, 2000);
+        assert_eq!(step.record.stage, FailoverStage::Fenced, "{step:?}");
+        assert_ne!(step.record.stage, FailoverStage::Completed);
+        // A grant is spent by the failed attempt: the owner starts it cold.
+        record.runtime_class = Some("ferry".into());
+        let step = world.next(&record, 2000);
+        assert_eq!(step.record.stage, FailoverStage::Failed, "{step:?}");
+        assert_eq!(
+            step.action,
+            Action::DeletePods {
+                names: vec!["web-2".into()]
+            }
+        );
+        assert!(
+            step.record
+                .message
+                .contains("the restore into web-2 on node b failed"),
+            "{}",
+            step.record.message
+        );
+        assert!(step.record.message.contains("CRIU: Error"));
     }
 
     #[test]
