@@ -312,8 +312,19 @@ impl Store {
         meta.id = hex::encode(hasher.finalize());
         meta.size_bytes = size;
         meta.encrypted = sealer.is_some();
-        if let Ok(existing) = self.get(&meta.id) {
-            // Identical bytes are stored once.
+        if let Ok(mut existing) = self.get(&meta.id) {
+            // Identical bytes are stored once. A newer checkpoint of the same
+            // container that found nothing changed is still a checkpoint of
+            // now: without moving its time on, an idle application's newest
+            // checkpoint would age past maxCheckpointAge and its failover
+            // would start cold.
+            if existing.retention_group() == meta.retention_group()
+                && existing.pod_uid == meta.pod_uid
+                && existing.taken_at_millis < meta.taken_at_millis
+            {
+                existing.taken_at_millis = meta.taken_at_millis;
+                self.write_metadata(&existing)?;
+            }
             return Ok(existing);
         }
         let content = self.content_path(&meta.id);
@@ -585,6 +596,33 @@ mod tests {
             encrypted: false,
             retention: None,
         }
+    }
+
+    #[test]
+    fn an_unchanged_state_stored_again_is_a_checkpoint_of_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(&dir.path().join("store"), u64::MAX, None).unwrap();
+        let state = br#"{"counter":777000}"#;
+        let mut first = meta(0, 1_000, 0);
+        first.pod_uid = "0b5e7d0e-0000-4000-8000-000000000001".into();
+        let stored = store.import_bytes(state, first.clone()).unwrap();
+        assert_eq!(stored.taken_at_millis, 1_000);
+        // The same container, nothing changed: the same archive, its time moved on.
+        let mut again = first.clone();
+        again.taken_at_millis = 61_000;
+        let stored_again = store.import_bytes(state, again).unwrap();
+        assert_eq!(stored_again.id, stored.id);
+        assert_eq!(stored_again.taken_at_millis, 61_000);
+        assert_eq!(store.get(&stored.id).unwrap().taken_at_millis, 61_000);
+        // Another pod with identical bytes does not take it over, nor age it.
+        let mut other = first;
+        other.pod_uid = "0b5e7d0e-0000-4000-8000-000000000002".into();
+        other.taken_at_millis = 121_000;
+        let foreign = store.import_bytes(state, other).unwrap();
+        assert_eq!(
+            (foreign.pod_uid.as_str(), foreign.taken_at_millis),
+            ("0b5e7d0e-0000-4000-8000-000000000001", 61_000)
+        );
     }
 
     // Encryption at rest, on real files.
