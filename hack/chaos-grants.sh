@@ -15,6 +15,13 @@
 #      The live grants come from hack/testenv's grant-hold, which plays the
 #      controller with a certificate from the CA key: a grant lives only
 #      while a failover is pending, and the test must not wait on chance.
+#  12. the standby node's containerd loses the handler (hack/cluster.sh
+#      handler NODE off): once its kubelet reports that, the policy's
+#      RuntimeHandlerMissing condition names the node, new checkpoints
+#      are no longer replicated there, and when the app's container dies
+#      the failover does not restore there (it starts cold: no other node
+#      can restore). With the handler back, the condition clears and
+#      checkpoints reach the node again.
 # Exits 1 at the first failed check, with diagnostics.
 #
 #   FERRY_GRANT_HOLD=target/debug/grant-hold hack/chaos-grants.sh
@@ -34,9 +41,12 @@ HELD=() # "node archive failover" of grants to release at the end
 
 log() { printf '    %s\n' "$*"; }
 
+HANDLERLESS=""
+
 undo() {
   local status=$? held
   failed_command "$status"
+  [[ -z "$HANDLERLESS" ]] || hack/cluster.sh handler "$HANDLERLESS" on >/dev/null 2>&1 || true
   for held in "${HELD[@]}"; do
     # shellcheck disable=SC2086 # node archive failover
     release $held >/dev/null 2>&1 || true
@@ -196,4 +206,74 @@ refused_grants() {
   log "ok: forged, foreign-namespace and reused grants refused on both nodes;$summary"
 }
 
+# ---- 12. a node without the handler ------------------------------------------------
+node_reports_handler() { # node
+  kubectl get node "$1" -o json | jq -e '[.status.runtimeHandlers[]?.name] | index("ferry")' >/dev/null
+}
+node_lacks_handler() { ! node_reports_handler "$1"; }
+policy_json() { kubectl -n "$NS" get checkpointpolicy "$APP" -o json; }
+names_handlerless() { # node
+  policy_json | jq -e --arg node "$1" '.status.conditions[]? | select(.type == "RuntimeHandlerMissing"
+    and .status == "True" and (.message | contains($node)))' >/dev/null
+}
+handler_condition_cleared() {
+  policy_json | jq -e '[.status.conditions[]? | select(.type == "RuntimeHandlerMissing" and .status == "True")]
+    | length == 0' >/dev/null
+}
+# A checkpoint of pod uid $1 taken after epoch $2; its replicas in REPLICAS.
+checkpoint_since() { # uid epoch
+  local record
+  record="$(policy_json | jq -c --arg uid "$1" --argjson since "$2" 'first(.status.checkpoints[]?
+    | select(.podUid == $uid and (.takenAt | sub("\\.[0-9]+"; "") | fromdateiso8601) > $since)) // empty')"
+  [[ -n "$record" ]] || return 1
+  REPLICAS="$(jq -r '.replicas | join(",")' <<<"$record")"
+}
+checkpoint_replicated_to() { checkpoint_since "$1" "$2" && [[ ",$REPLICAS," == *",$3,"* ]]; } # uid epoch node
+failover_of() { # uid: the failover record of that pod, once it ended
+  policy_json | jq -c --arg uid "$1" '[.status.lastFailover // empty, .status.failovers[]?]
+    | map(select(.podUid == $uid and (.stage == "Completed" or .stage == "Failed"))) | .[0] // empty'
+}
+failover_ended() { [[ -n "$(failover_of "$1")" ]]; }
+
+node_without_handler() {
+  say "Scenario: the standby node's containerd loses ferry's runtime handler"
+  wait_for 60 "a Running app pod" has_app_pod
+  local pod node ip uid standby since record
+  read -r pod node ip <<<"$POD_LINE"
+  uid="$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.metadata.uid}')"
+  standby="$(other_node "$node")"
+  HANDLERLESS="$standby"
+  hack/cluster.sh handler "$standby" off >/dev/null
+  wait_for 90 "$standby's kubelet reporting no handler ferry" node_lacks_handler "$standby"
+  wait_for 60 "the policy naming $standby (RuntimeHandlerMissing)" names_handlerless "$standby"
+  log "the policy says: $(policy_json | jq -r '.status.conditions[] | select(.type == "RuntimeHandlerMissing") | .message')"
+  since="$(date +%s)"
+  wait_for 60 "a checkpoint of $pod after the handler went" checkpoint_since "$uid" "$since"
+  [[ ",$REPLICAS," != *",$standby,"* ]] ||
+    fail "a checkpoint taken after $standby lost the handler was replicated there: replicas $REPLICAS"
+  log "newest checkpoint's replicas: '${REPLICAS}' (not $standby)"
+
+  curl -fsS -X POST --max-time 2 "http://$ip:8080/kill" >/dev/null
+  wait_for 120 "the failover of $pod to end" failover_ended "$uid"
+  record="$(failover_of "$uid")"
+  [[ "$(jq -r '.toNode // ""' <<<"$record")" != "$standby" ]] ||
+    fail "the failover restored on $standby, whose runtime lacks the handler: $record"
+  jq -e '.coldStart == true' <<<"$record" >/dev/null ||
+    fail "no node but $standby held a replica, yet the failover did not start cold: $record"
+  log "the failover did not restore on $standby: $(jq -c '{stage, toNode, coldStart, message}' <<<"$record")"
+
+  hack/cluster.sh handler "$standby" on >/dev/null
+  HANDLERLESS=""
+  wait_for 90 "$standby's kubelet reporting handler ferry again" node_reports_handler "$standby"
+  wait_for 60 "the RuntimeHandlerMissing condition clearing" handler_condition_cleared
+  wait_for 180 "a Running app pod" has_app_pod
+  read -r pod node _ <<<"$POD_LINE"
+  uid="$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.metadata.uid}')"
+  since="$(date +%s)"
+  wait_for 90 "a checkpoint of $pod replicated to $(other_node "$node") again" \
+    checkpoint_replicated_to "$uid" "$since" "$(other_node "$node")"
+  log "ok: $standby named while it lacked the handler, never a standby or restore target; replicated to again once it had it"
+}
+
 refused_grants
+node_without_handler

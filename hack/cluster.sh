@@ -20,6 +20,8 @@
 #                                      # kubelet and containerd, drop its pods' traffic to the API
 #                                      # server and to and from the other node's pods
 #   hack/cluster.sh heal NODE          # undo `partition` (so does `down`)
+#   hack/cluster.sh handler NODE on|off  # give NODE's containerd ferry's runtime handler or
+#                                      # take it away (restarts containerd; containers keep running)
 #   hack/cluster.sh import NODE ARCHIVE...   # import OCI archives into NODE's containerd (k8s.io)
 #   hack/cluster.sh env                # the facts as shell variables (eval-able)
 #
@@ -402,9 +404,20 @@ write_node_config() {
   ]
 }
 EOF
-  local path restore_via_create=""
+  local path restore_via_create="" ferry_handler=""
   path="${CRIU%/*}:$(node_containerd_bin "$node"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
   has_restore_via_create "$node" && restore_via_create="enable_experimental_restore_via_create = true"
+  # ferry's runtime handler (docs/runtime-handler.md): runc through
+  # ferry-runc, which this node's agent installs; the restore grant travels
+  # as a pod annotation. `handler NODE off` leaves it out.
+  [[ -e "$dir/no-ferry-handler" ]] || ferry_handler="
+    [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.ferry]
+      runtime_type = \"io.containerd.runc.v2\"
+      pod_annotations = [\"ferry.dev/*\"]
+      [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.ferry.options]
+        BinaryName = \"$dir/runtime-handler/ferry-runc\"
+        SystemdCgroup = false
+        Root = \"$run/runc\""
   cat >"$dir/containerd.toml" <<EOF
 # ferry hack/cluster.sh: containerd $(node_containerd_version "$node") for node $node
 version = 3
@@ -455,17 +468,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.bt
         BinaryName = "${FERRY_RUNC:-$(command -v runc)}"
         SystemdCgroup = false
         # runc's state dir; its default /run/containerd/runc is shared by both nodes.
-        Root = "$run/runc"
-    # ferry's runtime handler (docs/runtime-handler.md): runc through
-    # ferry-runc, which this node's agent installs; the restore grant
-    # travels as a pod annotation.
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.ferry]
-      runtime_type = "io.containerd.runc.v2"
-      pod_annotations = ["ferry.dev/*"]
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.ferry.options]
-        BinaryName = "$dir/runtime-handler/ferry-runc"
-        SystemdCgroup = false
-        Root = "$run/runc"
+        Root = "$run/runc"$ferry_handler
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$dir/cni/net.d"
@@ -620,6 +623,25 @@ cmd_restore_node() {
   running kube-apiserver || die "the control plane is not running: use hack/cluster.sh up"
   start_node "$node" "$(host_ip)"
   log "$node: containerd and kubelet running"
+}
+
+# Gives the node's containerd ferry's runtime handler, or takes it away, by
+# restarting it with its config rewritten; the shims, and so the containers,
+# keep running. The kubelet reports the change in Node.status.runtimeHandlers.
+cmd_handler() { # node on|off
+  local node="$1" dir
+  node_index "$node" >/dev/null
+  dir="$(node_dir "$node")"
+  case "$2" in
+    on) rm -f "$dir/no-ferry-handler" ;;
+    off) touch "$dir/no-ferry-handler" ;;
+    *) die "usage: handler NODE on|off" ;;
+  esac
+  need_binaries
+  running "containerd-$node" || die "$node's containerd is not running"
+  stop_proc "containerd-$node"
+  start_node "$node" "$(host_ip)"
+  log "$node: containerd restarted with ferry's runtime handler $2"
 }
 
 # ---- stopping ---------------------------------------------------------------
@@ -954,7 +976,8 @@ case "${1:-}" in
   restore-node) [[ -n "${2:-}" ]] || die "usage: restore-node NODE"; cmd_restore_node "$2" ;;
   partition) [[ -n "${2:-}" ]] || die "usage: partition NODE"; cmd_partition "$2" ;;
   heal) [[ -n "${2:-}" ]] || die "usage: heal NODE"; cmd_heal "$2" ;;
+  handler) (($# == 3)) || die "usage: handler NODE on|off"; cmd_handler "$2" "$3" ;;
   import) (($# >= 3)) || die "usage: import NODE ARCHIVE..."; shift; cmd_import "$@" ;;
   env) cmd_env ;;
-  *) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
