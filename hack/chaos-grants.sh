@@ -11,7 +11,9 @@
 #      never run: ferry-runc refuses their container, the kubelet reports
 #      the refusal, no process answers, and the live grant stays for its
 #      rightful pod. As a control, a pod in the demo namespace that names
-#      a live grant is restored from it (counter and ballast), and uses it.
+#      a live grant is restored from it (counter and ballast), and uses it;
+#      with the spent grant removed from it, as the controller does after a
+#      restore, its container restarts in place like any other.
 #      The live grants come from hack/testenv's grant-hold, which plays the
 #      controller with a certificate from the CA key: a grant lives only
 #      while a failover is pending, and the test must not wait on chance.
@@ -145,6 +147,14 @@ claimant_restored() { # name
   CLAIMANT_IP="$ip" CLAIMANT_COUNTER="$counter"
 }
 
+restarted_fresh() { # name
+  local pod ip
+  pod="$(pod_json "$NS" "$1")"
+  jq -e '.status.containerStatuses[0] | .restartCount >= 1 and .state.running != null' <<<"$pod" >/dev/null || return 1
+  ip="$(jq -r '.status.podIP // empty' <<<"$pod")"
+  [[ "$(counter_of "$ip")" =~ ^[0-9]+$ ]] && (($(counter_of "$ip") < 1000))
+}
+
 refused_grants() {
   say "Scenario: forged, foreign and reused restore grants, on both nodes"
   kubectl -n ferry-system get configmap ferry-ca -o jsonpath='{.data.ca\.crt}' >"$PKI_DIR/ca.crt"
@@ -196,6 +206,11 @@ refused_grants() {
     [[ "$(curl -fsS --max-time 5 "http://$CLAIMANT_IP:8080/verify" | jq -r .ballast_ok)" == true ]] ||
       fail "$NS/grant-claimant-$node: the ballast does not verify"
     ! grant_present "$node" "$grant" || fail "$node: grant $grant is still there after its restore"
+    # What the controller does once a restore is done: the spent grant
+    # leaves the pod, and the kubelet restarts its container like any other.
+    kubectl -n "$NS" annotate pod "grant-claimant-$node" ferry.dev/restore-grant- >/dev/null
+    curl -fsS -X POST --max-time 2 "http://$CLAIMANT_IP:8080/kill" >/dev/null || true
+    wait_for 60 "$NS/grant-claimant-$node restarted in place, fresh" restarted_fresh "grant-claimant-$node"
     kubectl -n "$NS" delete pod "grant-claimant-$node" --wait=false >/dev/null
     refused "$NS" "grant-reused-$node" "$node" "$grant" "restore grant $grant is unknown or was used already"
     release "$node" "$archive" "chaos-grants-claim-$node" >/dev/null

@@ -128,6 +128,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_controller_and_ferry_runc_name_the_grant_alike() {
+        // The controller removes this annotation once a restore is done.
+        assert_eq!(
+            ferry_api::names::RESTORE_GRANT_ANNOTATION,
+            ferry_runc::grant::GRANT_ANNOTATION
+        );
+    }
+
+    #[test]
     fn the_handler_is_installed_whole_with_its_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("image-ferry-runc");

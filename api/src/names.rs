@@ -29,6 +29,10 @@ pub const FAILOVER_ANNOTATION: &str = "ferry.dev/failover-of";
 /// (`container=archive,...`).
 pub const RESTORED_FROM_ANNOTATION: &str = "ferry.dev/restored-from";
 
+/// Pod annotation naming the one-time grant ferry's runtime handler restores
+/// the pod's containers from (ferry-runc's `GRANT_ANNOTATION`).
+pub const RESTORE_GRANT_ANNOTATION: &str = "ferry.dev/restore-grant";
+
 /// Prefix of the Lease each node agent renews (`ferry-agent-<node>`).
 pub const AGENT_LEASE_PREFIX: &str = "ferry-agent-";
 

@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
 use ferry_api::FailoverRecord;
-use ferry_api::names::{FAILED_NODE_TAINT, RESTORE_GATE, STATE_RESTORED_CONDITION};
+use ferry_api::names::{
+    FAILED_NODE_TAINT, RESTORE_GATE, RESTORE_GRANT_ANNOTATION, STATE_RESTORED_CONDITION,
+};
 use ferry_proto::v1 as pb;
 
 use super::machine::{self, Action, Observed, Prepared, STOP_GRACE_SECONDS};
@@ -88,6 +90,7 @@ pub async fn advance(
         Action::ReleasePod { name, gate_index } => release(&pods, name, *gate_index)
             .await
             .map(|()| step.record.clone()),
+        Action::ForgetGrant { pod } => forget_grant(&pods, pod).await.map(|()| step.record.clone()),
         Action::NudgeOwner { owner } => nudge(context, namespace, owner, world.now)
             .await
             .map(|()| step.record.clone()),
@@ -154,6 +157,7 @@ fn describe(action: &Action) -> String {
             pod.metadata.name.as_deref().unwrap_or_default()
         ),
         Action::ReleasePod { name, .. } => format!("releasing pod {name}"),
+        Action::ForgetGrant { pod } => format!("removing the spent restore grant from pod {pod}"),
         Action::DeletePods { names } => format!("deleting {}", names.join(", ")),
         Action::NudgeOwner { owner } => format!("asking {owner} to retry"),
         Action::AskAgentToFence { node } => format!("asking the agent of node {node} to fence"),
@@ -470,6 +474,20 @@ pub(crate) fn remove_checked(
 
 /// Removes ferry's scheduling gate, and only it: the patch tests that the
 /// gate is still where the machine saw it.
+async fn forget_grant(pods: &Api<Pod>, name: &str) -> Result<(), String> {
+    let patch = serde_json::json!({"metadata": {"annotations": {RESTORE_GRANT_ANNOTATION: null}}});
+    match pods
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(format!(
+            "removing annotation {RESTORE_GRANT_ANNOTATION} of pod {name}: {err}"
+        )),
+    }
+}
+
 async fn release(pods: &Api<Pod>, name: &str, gate_index: usize) -> Result<(), String> {
     let patch = remove_checked("/spec/schedulingGates", gate_index, "name", RESTORE_GATE)?;
     match pods

@@ -20,6 +20,7 @@ use kube::ResourceExt;
 use ferry_api::agent::FencingInfo;
 use ferry_api::names::{
     FAILED_NODE_TAINT, FAILOVER_ANNOTATION, OUT_OF_SERVICE_TAINT, RESTORE_GATE,
+    RESTORE_GRANT_ANNOTATION,
 };
 use ferry_api::{FailoverRecord, FailoverStage, FailureTrigger};
 
@@ -110,6 +111,10 @@ pub enum Action {
         /// (container, archive)
         restores: Vec<(String, String)>,
     },
+    /// Remove the spent restore grant from the restored replacement, so that
+    /// the kubelet restarts its containers as any other pod's (ferry-runc
+    /// refuses a grant twice), then record the failover.
+    ForgetGrant { pod: String },
     /// Strategy StateApi: open the replacement's readiness gate without a
     /// restored state (the failover gave up): it serves from zero rather
     /// than never.
@@ -849,6 +854,16 @@ fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
     }
     named.stage = FailoverStage::Completed;
     named.restored_at = Some(Time(world.now));
+    let action = if replacement
+        .annotations()
+        .contains_key(RESTORE_GRANT_ANNOTATION)
+    {
+        Action::ForgetGrant {
+            pod: replacement.name_any(),
+        }
+    } else {
+        Action::Record
+    };
     let note = if record.cold_start {
         format!("{} Running, started cold", replacement.name_any())
     } else {
@@ -858,7 +873,7 @@ fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
             record.to_node.as_deref().unwrap_or("?")
         )
     };
-    Step::of(Action::Record, named, note)
+    Step::of(action, named, note)
 }
 
 #[cfg(test)]
@@ -1486,6 +1501,39 @@ mod tests {
             step.record.message
         );
         assert!(step.record.message.contains("CRIU: Error"));
+    }
+
+    #[test]
+    fn a_restored_replacement_forgets_its_spent_grant() {
+        let mut record = prepared_record(FailoverStage::Fenced);
+        record.to_node = Some("b".into());
+        record.runtime_class = Some("ferry".into());
+        let mut replacement = pod("web-2", "u2", 500, Some("u1"));
+        replacement
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(
+                RESTORE_GRANT_ANNOTATION.into(),
+                "0123456789abcdef0123456789abcdef".into(),
+            );
+        let step = World::new(vec![replacement.clone()]).next(&record, 2000);
+        assert_eq!(step.record.stage, FailoverStage::Completed, "{step:?}");
+        assert_eq!(
+            step.action,
+            Action::ForgetGrant {
+                pod: "web-2".into()
+            }
+        );
+        // Once it is gone, completing records only.
+        replacement
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(RESTORE_GRANT_ANNOTATION);
+        let step = World::new(vec![replacement]).next(&record, 2000);
+        assert_eq!(step.action, Action::Record);
     }
 
     #[test]

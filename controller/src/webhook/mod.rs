@@ -807,7 +807,7 @@ mod tests {
         failover.containers[0].image = Some(String::new());
         failover.runtime_class = Some("ferry".into());
         failover.pod_annotations = BTreeMap::from([(
-            "ferry.dev/restore-grant".into(),
+            ferry_api::names::RESTORE_GRANT_ANNOTATION.into(),
             "0123456789abcdef0123456789abcdef".into(),
         )]);
         let restore = plan(&input, &[policy("counter", vec![failover.clone()])]).expect("a plan");
