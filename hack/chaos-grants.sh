@@ -114,10 +114,12 @@ pod_json() { kubectl -n "$1" get pod "$2" -o json; } # namespace name
 
 # What the kubelet reports for the pod's container: events and statuses.
 refusal_reported() { # namespace name needle
-  {
-    kubectl -n "$1" get events --field-selector "involvedObject.name=$2" -o json | jq -r '.items[].message'
-    pod_json "$1" "$2" | jq -r '.status.containerStatuses[]? | (.state, .lastState) | .[]?.message // empty'
-  } | grep -qF "$3"
+  local reported
+  # Read whole before grep -q stops reading: pipefail would count a writer
+  # it cut off as a failure.
+  reported="$(kubectl -n "$1" get events --field-selector "involvedObject.name=$2" -o json | jq -r '.items[].message'
+    pod_json "$1" "$2" | jq -r '.status.containerStatuses[]? | (.state, .lastState) | .[]?.message // empty')"
+  grep -qF "$3" <<<"$reported"
 }
 
 never_ran() { # namespace name
@@ -162,13 +164,14 @@ refused_grants() {
   kubectl create namespace "$INTRUDER_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   local record archive node grant used summary=""
 
-  # The grant the last real failover used, on the node it restored on.
-  wait_for 60 "a Running app pod" has_app_pod
-  read -r POD NODE _ <<<"$POD_LINE"
-  used="$(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.metadata.annotations.ferry\.dev/restore-grant}')"
-  if [[ -n "$used" ]]; then
-    refused "$NS" grant-reused-failover "$NODE" "$used" "restore grant $used is unknown or was used already"
-  fi
+  # The grant the last real failover used (its replacement no longer
+  # names it), on the node it restored on.
+  local failover used_on
+  failover="$(policy_json | jq -c '.status.lastFailover // {}')"
+  used="$(jq -r '.podAnnotations["ferry.dev/restore-grant"] // empty' <<<"$failover")"
+  used_on="$(jq -r '.toNode // empty' <<<"$failover")"
+  [[ -n "$used" && -n "$used_on" ]] || fail "the demo's last failover restored from no grant: $failover"
+  refused "$NS" grant-reused-failover "$used_on" "$used" "restore grant $used is unknown or was used already"
 
   for node in ferry-a ferry-b; do
     # The newest checkpoint: retention may remove older ones meanwhile.
