@@ -78,9 +78,12 @@ grant_hold() { # action node archive failover [namespace]
   "$FERRY_GRANT_HOLD" "$1" --endpoint "$(agent_endpoint "$2")" --ca "$PKI_DIR/ca.crt" --ca-key "$PKI_DIR/ca.key" \
     --archive "$3" --failover "$4" ${5:+--namespace "$5"}
 }
-prepare() { # node archive failover: sets GRANT
-  HELD+=("$1 $2 $3")
-  GRANT="$(grant_hold prepare "$1" "$2" "$3" "$NS")"
+# Prepares a restore of archive $2 on node $1 for a failover of its own
+# (the failed pod's UID names it): sets GRANT and HELD_FAILOVER.
+prepare() { # node archive
+  HELD_FAILOVER="$(cat /proc/sys/kernel/random/uuid)"
+  HELD+=("$1 $2 $HELD_FAILOVER")
+  GRANT="$(grant_hold prepare "$1" "$2" "$HELD_FAILOVER" "$NS")"
   grant_present "$1" "$GRANT" || fail "grant-hold reported grant $GRANT, but $1 has no such grant"
 }
 release() { grant_hold release "$1" "$2" "$3"; }
@@ -187,18 +190,18 @@ refused_grants() {
 
     # A live grant of the demo namespace, named from another namespace: the
     # API server's guard knows no failover there, ferry-runc refuses it.
-    prepare "$node" "$archive" "chaos-grants-foreign-$node"
+    prepare "$node" "$archive"
     grant="$GRANT"
     refused "$INTRUDER_NS" "grant-foreign-$node" "$node" "$grant" \
       "restore grant $grant is for container app in namespace $NS"
     grant_present "$node" "$grant" || fail "$node: the foreign claim consumed grant $grant of $NS"
-    release "$node" "$archive" "chaos-grants-foreign-$node" >/dev/null
+    release "$node" "$archive" "$HELD_FAILOVER" >/dev/null
     poll 10 bash -c "[[ ! -d '$STATE/nodes/$node/grants/$grant' ]]" ||
       fail "$node: released grant $grant is still there"
 
     # The control: a pod of the demo namespace named with a live grant is
     # restored from it, and uses it up.
-    prepare "$node" "$archive" "chaos-grants-claim-$node"
+    prepare "$node" "$archive"
     grant="$GRANT"
     grant_pod "$NS" "grant-claimant-$node" "$node" "$grant"
     wait_for 90 "$NS/grant-claimant-$node restored" claimant_restored "grant-claimant-$node"
@@ -216,7 +219,7 @@ refused_grants() {
     wait_for 60 "$NS/grant-claimant-$node restarted in place, fresh" restarted_fresh "grant-claimant-$node"
     kubectl -n "$NS" delete pod "grant-claimant-$node" --wait=false >/dev/null
     refused "$NS" "grant-reused-$node" "$node" "$grant" "restore grant $grant is unknown or was used already"
-    release "$node" "$archive" "chaos-grants-claim-$node" >/dev/null
+    release "$node" "$archive" "$HELD_FAILOVER" >/dev/null
     summary="$summary $node: control restored at counter $CLAIMANT_COUNTER;"
   done
   HELD=()
