@@ -78,12 +78,19 @@ grant_hold() { # action node archive failover [namespace]
   "$FERRY_GRANT_HOLD" "$1" --endpoint "$(agent_endpoint "$2")" --ca "$PKI_DIR/ca.crt" --ca-key "$PKI_DIR/ca.key" \
     --archive "$3" --failover "$4" ${5:+--namespace "$5"}
 }
-# Prepares a restore of archive $2 on node $1 for a failover of its own
-# (the failed pod's UID names it): sets GRANT and HELD_FAILOVER.
-prepare() { # node archive
+# Prepares a restore of the demo counter's newest checkpoint (retention
+# removes older ones meanwhile) on node $1, for a failover of its own (a
+# failed pod's UID names it): sets ARCHIVE, GRANT and HELD_FAILOVER.
+prepare() { # node
+  local record
+  record="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json | jq -c '.status.checkpoints[0] // {}')"
+  ARCHIVE="$(jq -r '.archive // empty' <<<"$record")"
+  [[ -n "$ARCHIVE" ]] || fail "no checkpoint of $NS/$APP to prepare"
+  jq -e --arg node "$1" '.node == $node or (.replicas | index($node))' <<<"$record" >/dev/null ||
+    fail "$1 holds no copy of checkpoint $ARCHIVE: $record"
   HELD_FAILOVER="$(cat /proc/sys/kernel/random/uuid)"
-  HELD+=("$1 $2 $HELD_FAILOVER")
-  GRANT="$(grant_hold prepare "$1" "$2" "$HELD_FAILOVER" "$NS")"
+  HELD+=("$1 $ARCHIVE $HELD_FAILOVER")
+  GRANT="$(grant_hold prepare "$1" "$ARCHIVE" "$HELD_FAILOVER" "$NS")"
   grant_present "$1" "$GRANT" || fail "grant-hold reported grant $GRANT, but $1 has no such grant"
 }
 release() { grant_hold release "$1" "$2" "$3"; }
@@ -165,7 +172,7 @@ refused_grants() {
   kubectl -n ferry-system get configmap ferry-ca -o jsonpath='{.data.ca\.crt}' >"$PKI_DIR/ca.crt"
   kubectl -n ferry-system get secret ferry-ca -o jsonpath='{.data.ca\.key}' | base64 -d >"$PKI_DIR/ca.key"
   kubectl create namespace "$INTRUDER_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  local record archive node grant used summary=""
+  local node grant used summary=""
 
   # The grant the last real failover used (its replacement no longer
   # names it), on the node it restored on.
@@ -177,12 +184,6 @@ refused_grants() {
   refused "$NS" grant-reused-failover "$used_on" "$used" "restore grant $used is unknown or was used already"
 
   for node in ferry-a ferry-b; do
-    # The newest checkpoint: retention may remove older ones meanwhile.
-    record="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json | jq -c '.status.checkpoints[0] // {}')"
-    archive="$(jq -r '.archive // empty' <<<"$record")"
-    [[ -n "$archive" ]] || fail "no checkpoint of $NS/$APP to prepare"
-    jq -e --arg node "$node" '.node == $node or (.replicas | index($node))' <<<"$record" >/dev/null ||
-      fail "$node holds no copy of checkpoint $archive: $record"
     log "$node ($(kubectl get node "$node" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}')):"
 
     grant="$(openssl rand -hex 16)"
@@ -190,18 +191,18 @@ refused_grants() {
 
     # A live grant of the demo namespace, named from another namespace: the
     # API server's guard knows no failover there, ferry-runc refuses it.
-    prepare "$node" "$archive"
+    prepare "$node"
     grant="$GRANT"
     refused "$INTRUDER_NS" "grant-foreign-$node" "$node" "$grant" \
       "restore grant $grant is for container app in namespace $NS"
     grant_present "$node" "$grant" || fail "$node: the foreign claim consumed grant $grant of $NS"
-    release "$node" "$archive" "$HELD_FAILOVER" >/dev/null
+    release "$node" "$ARCHIVE" "$HELD_FAILOVER" >/dev/null
     poll 10 bash -c "[[ ! -d '$STATE/nodes/$node/grants/$grant' ]]" ||
       fail "$node: released grant $grant is still there"
 
     # The control: a pod of the demo namespace named with a live grant is
     # restored from it, and uses it up.
-    prepare "$node" "$archive"
+    prepare "$node"
     grant="$GRANT"
     grant_pod "$NS" "grant-claimant-$node" "$node" "$grant"
     wait_for 90 "$NS/grant-claimant-$node restored" claimant_restored "grant-claimant-$node"
@@ -219,7 +220,7 @@ refused_grants() {
     wait_for 60 "$NS/grant-claimant-$node restarted in place, fresh" restarted_fresh "grant-claimant-$node"
     kubectl -n "$NS" delete pod "grant-claimant-$node" --wait=false >/dev/null
     refused "$NS" "grant-reused-$node" "$node" "$grant" "restore grant $grant is unknown or was used already"
-    release "$node" "$archive" "$HELD_FAILOVER" >/dev/null
+    release "$node" "$ARCHIVE" "$HELD_FAILOVER" >/dev/null
     summary="$summary $node: control restored at counter $CLAIMANT_COUNTER;"
   done
   HELD=()
