@@ -6,6 +6,7 @@ pub mod budget;
 pub mod execute;
 pub mod machine;
 pub mod plan;
+pub mod replace;
 pub mod started;
 
 use k8s_openapi::api::core::v1::{Pod, Toleration};
