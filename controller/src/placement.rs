@@ -228,12 +228,19 @@ mod tests {
     }
 
     fn agents(nodes: &[&str]) -> AgentIndex {
+        agents_restoring_with(nodes, "")
+    }
+
+    /// Agents whose restores need runtime handler `handler` ("": none).
+    fn agents_restoring_with(nodes: &[&str], handler: &str) -> AgentIndex {
+        let info = serde_json::json!({"restoreHandler": handler}).to_string();
         let leases: Vec<Lease> = nodes
             .iter()
             .map(|n| {
                 serde_json::from_value(serde_json::json!({
                     "metadata": {"name": format!("ferry-agent-{n}"),
-                        "annotations": {"ferry.dev/grpc-endpoint": "127.0.0.1:1"}},
+                        "annotations": {"ferry.dev/grpc-endpoint": "127.0.0.1:1",
+                            "ferry.dev/node-info": info}},
                     "spec": {"leaseDurationSeconds": 15, "renewTime": "2026-01-01T00:00:00.000000Z"},
                 }))
                 .unwrap()
@@ -443,23 +450,7 @@ mod tests {
             },
         ];
         let refs: Vec<&Node> = nodes.iter().collect();
-        let restoring_with = |handler: &str| {
-            let info = serde_json::json!({"restoreHandler": handler}).to_string();
-            let leases: Vec<Lease> = ["a", "b", "c", "d", "e"]
-                .iter()
-                .map(|n| {
-                    serde_json::from_value(serde_json::json!({
-                        "metadata": {"name": format!("ferry-agent-{n}"),
-                            "annotations": {"ferry.dev/grpc-endpoint": "127.0.0.1:1",
-                                "ferry.dev/node-info": info}},
-                        "spec": {"leaseDurationSeconds": 15,
-                            "renewTime": "2026-01-01T00:00:00.000000Z"},
-                    }))
-                    .unwrap()
-                })
-                .collect();
-            AgentIndex::from_leases(&leases)
-        };
+        let restoring_with = |handler| agents_restoring_with(&["a", "b", "c", "d", "e"], handler);
         let handler_agents = restoring_with("ferry");
         let standbys = |agents: &AgentIndex| {
             sorted(choose_standbys(
