@@ -46,10 +46,7 @@ APP_NODE=ferry-b
 TARGET_NODE=ferry-a
 ASSERT=1
 
-eval "$(hack/cluster.sh env)"
-export KUBECONFIG
-PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
-export PATH
+use_local_cluster
 HELM="$(hack/helm.sh)"
 
 log() { printf '    %s\n' "$*"; }

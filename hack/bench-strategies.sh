@@ -50,10 +50,7 @@ PERIOD_MS=100
 APP_NODE=ferry-a
 ASSERT=1
 
-eval "$(hack/cluster.sh env)"
-export KUBECONFIG
-PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
-export PATH
+use_local_cluster
 
 log() { printf '    %s\n' "$*"; }
 

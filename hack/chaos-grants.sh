@@ -61,10 +61,7 @@ undo() {
 trap undo EXIT
 trace_errors
 
-eval "$(hack/cluster.sh env)"
-export KUBECONFIG
-PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
-export PATH
+use_local_cluster
 [[ -x "${FERRY_GRANT_HOLD:-}" ]] || die "FERRY_GRANT_HOLD names no executable (hack/e2e.sh builds hack/testenv's grant-hold)"
 
 agent_endpoint() { # node

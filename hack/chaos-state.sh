@@ -48,10 +48,7 @@ undo() {
 trap undo EXIT
 trace_errors
 
-eval "$(hack/cluster.sh env)"
-export KUBECONFIG
-PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
-export PATH
+use_local_cluster
 
 history_sql() { psql "$(hack/history-db.sh url 127.0.0.1)" -tAc "$1"; }
 

@@ -65,10 +65,7 @@ undo() {
 trap undo EXIT
 trace_errors
 
-eval "$(hack/cluster.sh env)"
-export KUBECONFIG
-PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
-export PATH
+use_local_cluster
 
 policy() { kubectl -n "$NS" get checkpointpolicy "$APP" -o json; }
 

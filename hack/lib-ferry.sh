@@ -4,6 +4,15 @@
 # agents. Source after hack/lib.sh; expects NS and APP (the app's namespace
 # and name) and kubectl on PATH with KUBECONFIG set.
 
+# The local cluster's facts (hack/cluster.sh env: KUBECONFIG, FERRY_HOST_IP,
+# per-node ports and paths) and its kubectl on PATH.
+use_local_cluster() {
+  eval "$(hack/cluster.sh env)"
+  export KUBECONFIG
+  PATH="$(hack/kube-assets.sh --with-kubelet):$PATH"
+  export PATH
+}
+
 # A failed check. Counted in FAILURES; unless ASSERT is 0, it prints the
 # diagnostics and exits 1.
 FAILURES=0
