@@ -472,8 +472,7 @@ pub(crate) fn remove_checked(
     .map_err(|e| format!("patch removing {path}: {e}"))
 }
 
-/// Removes ferry's scheduling gate, and only it: the patch tests that the
-/// gate is still where the machine saw it.
+/// Removes the spent restore grant's annotation from the restored pod.
 async fn forget_grant(pods: &Api<Pod>, name: &str) -> Result<(), String> {
     let patch = serde_json::json!({"metadata": {"annotations": {RESTORE_GRANT_ANNOTATION: null}}});
     match pods
@@ -488,6 +487,8 @@ async fn forget_grant(pods: &Api<Pod>, name: &str) -> Result<(), String> {
     }
 }
 
+/// Removes ferry's scheduling gate, and only it: the patch tests that the
+/// gate is still where the machine saw it.
 async fn release(pods: &Api<Pod>, name: &str, gate_index: usize) -> Result<(), String> {
     let patch = remove_checked("/spec/schedulingGates", gate_index, "name", RESTORE_GATE)?;
     match pods
