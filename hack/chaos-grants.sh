@@ -80,7 +80,7 @@ grant_hold() { # action node archive failover [namespace]
 # failed pod's UID names it): sets ARCHIVE, GRANT and HELD_FAILOVER.
 prepare() { # node
   local record
-  record="$(kubectl -n "$NS" get checkpointpolicy "$APP" -o json | jq -c '.status.checkpoints[0] // {}')"
+  record="$(policy | jq -c '.status.checkpoints[0] // {}')"
   ARCHIVE="$(jq -r '.archive // empty' <<<"$record")"
   [[ -n "$ARCHIVE" ]] || fail "no checkpoint of $NS/$APP to prepare"
   jq -e --arg node "$1" '.node == $node or (.replicas | index($node))' <<<"$record" >/dev/null ||
@@ -174,7 +174,7 @@ refused_grants() {
   # The grant the last real failover used (its replacement no longer
   # names it), on the node it restored on.
   local failover used_on
-  failover="$(policy_json | jq -c '.status.lastFailover // {}')"
+  failover="$(policy | jq -c '.status.lastFailover // {}')"
   used="$(jq -r '.podAnnotations["ferry.dev/restore-grant"] // empty' <<<"$failover")"
   used_on="$(jq -r '.toNode // empty' <<<"$failover")"
   [[ -n "$used" && -n "$used_on" ]] || fail "the demo's last failover restored from no grant: $failover"
@@ -230,26 +230,25 @@ node_reports_handler() { # node
   kubectl get node "$1" -o json | jq -e '[.status.runtimeHandlers[]?.name] | index("ferry")' >/dev/null
 }
 node_lacks_handler() { ! node_reports_handler "$1"; }
-policy_json() { kubectl -n "$NS" get checkpointpolicy "$APP" -o json; }
 names_handlerless() { # node
-  policy_json | jq -e --arg node "$1" '.status.conditions[]? | select(.type == "RuntimeHandlerMissing"
+  policy | jq -e --arg node "$1" '.status.conditions[]? | select(.type == "RuntimeHandlerMissing"
     and .status == "True" and (.message | contains($node)))' >/dev/null
 }
 handler_condition_cleared() {
-  policy_json | jq -e '[.status.conditions[]? | select(.type == "RuntimeHandlerMissing" and .status == "True")]
+  policy | jq -e '[.status.conditions[]? | select(.type == "RuntimeHandlerMissing" and .status == "True")]
     | length == 0' >/dev/null
 }
 # A checkpoint of pod uid $1 taken after epoch $2; its replicas in REPLICAS.
 checkpoint_since() { # uid epoch
   local record
-  record="$(policy_json | jq -c --arg uid "$1" --argjson since "$2" 'first(.status.checkpoints[]?
+  record="$(policy | jq -c --arg uid "$1" --argjson since "$2" 'first(.status.checkpoints[]?
     | select(.podUid == $uid and (.takenAt | sub("\\.[0-9]+"; "") | fromdateiso8601) > $since)) // empty')"
   [[ -n "$record" ]] || return 1
   REPLICAS="$(jq -r '.replicas | join(",")' <<<"$record")"
 }
 checkpoint_replicated_to() { checkpoint_since "$1" "$2" && [[ ",$REPLICAS," == *",$3,"* ]]; } # uid epoch node
 failover_of() { # uid: the failover record of that pod, once it ended
-  policy_json | jq -c --arg uid "$1" '[.status.lastFailover // empty, .status.failovers[]?]
+  policy | jq -c --arg uid "$1" '[.status.lastFailover // empty, .status.failovers[]?]
     | map(select(.podUid == $uid and (.stage == "Completed" or .stage == "Failed"))) | .[0] // empty'
 }
 failover_ended() { [[ -n "$(failover_of "$1")" ]]; }
@@ -265,7 +264,7 @@ node_without_handler() {
   hack/cluster.sh handler "$standby" off >/dev/null
   wait_for 90 "$standby's kubelet reporting no handler ferry" node_lacks_handler "$standby"
   wait_for 60 "the policy naming $standby (RuntimeHandlerMissing)" names_handlerless "$standby"
-  log "the policy says: $(policy_json | jq -r '.status.conditions[] | select(.type == "RuntimeHandlerMissing") | .message')"
+  log "the policy says: $(policy | jq -r '.status.conditions[] | select(.type == "RuntimeHandlerMissing") | .message')"
   since="$(date +%s)"
   wait_for 60 "a checkpoint of $pod after the handler went" checkpoint_since "$uid" "$since"
   [[ ",$REPLICAS," != *",$standby,"* ]] ||

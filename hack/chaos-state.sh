@@ -210,8 +210,6 @@ state_api_history() {
 }
 
 # ---- 10. the history database stopped for 60 s --------------------------------------
-policy() { kubectl -n "$NS" get checkpointpolicy "$APP" -o json; }
-
 history_condition_is() { # reason
   policy | jq -e --arg reason "$1" 'any(.status.conditions[]?; .type == "HistoryRecorded" and .reason == $reason)' >/dev/null
 }

@@ -67,8 +67,6 @@ trace_errors
 
 use_local_cluster
 
-policy() { kubectl -n "$NS" get checkpointpolicy "$APP" -o json; }
-
 # Everything that shows a failover was started: FailoverStarted Events,
 # the last failover's start and the failovers in progress.
 failover_fingerprint() {

@@ -53,6 +53,9 @@ diagnostics() {
   } >&2
 }
 
+# The app's CheckpointPolicy, as JSON.
+policy() { kubectl -n "$NS" get checkpointpolicy "$APP" -o json; }
+
 # The one Running, not terminating app pod: "name node ip".
 app_pod() {
   kubectl -n "$NS" get pods -l app="$APP" -o json |
