@@ -117,20 +117,16 @@ kubectl delete namespace "$NS" --wait=false >/dev/null
 
 # Per backend and size: the medians of downtime (with min–max) and of each
 # step's moment.
-SUMMARY="$(sort -k1,1 -k2,2n "$ROWS" | awk '
-  function median(a, n,   i, j, t) {
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-    return a[int((n + 1) / 2)]
-  }
+SUMMARY="$(sort -k1,1 -k2,2n "$ROWS" | awk "$MEDIAN_AWK"'
   function flush(   m, c) {
     if (n == 0) return
-    printf "%s %s %s %s %s %s", s, b, median(d, n), min, max, size
+    m = median(d, n)
+    printf "%s %s %s %s %s %s", s, b, m, d[1], d[n], size
     for (c = 6; c <= 10; c++) { for (i = 1; i <= n; i++) col[i] = v[c, i]; printf " %s", median(col, n) }
     printf "\n"
   }
-  $1 != s || $2 != b { flush(); n = 0; s = $1; b = $2; min = ""; max = "" }
-  { n++; d[n] = $4; size = $5; for (c = 6; c <= 10; c++) v[c, n] = $c
-    if (min == "" || $4 + 0 < min + 0) min = $4; if (max == "" || $4 + 0 > max + 0) max = $4 }
+  $1 != s || $2 != b { flush(); n = 0; s = $1; b = $2 }
+  { n++; d[n] = $4; size = $5; for (c = 6; c <= 10; c++) v[c, n] = $c }
   END { flush() }')"
 
 DOC=docs/bench-restore.md

@@ -79,11 +79,7 @@ fi
 # lost, and the archive's size. (The rows' state age, from the policy's
 # status, is not summarised: the status shows a checkpoint up to an
 # interval late, so the work lost is the truer age of what was restored.)
-SUMMARY="$(sort -k1,1 -k2,2n "$RESULTS" | awk '
-  function median(a, n,   i, j, t) {
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-    return a[int((n + 1) / 2)]
-  }
+SUMMARY="$(sort -k1,1 -k2,2n "$RESULTS" | awk "$MEDIAN_AWK"'
   function flush(   m) {
     if (n == 0) return
     m = median(d, n)

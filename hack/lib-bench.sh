@@ -102,3 +102,12 @@ run_case() { # strategy ballast round
   log "$strategy, $ballast MiB, round $round: counter $before at the kill, $after at the first answer; down $(secs "$failed_at" "$serving_at") s"
 }
 
+# awk's median(a, n) of a[1..n], sorting a in place (a[1] and a[n] are then
+# the minimum and maximum), for the benchmarks' summaries.
+# shellcheck disable=SC2034 # used by the scripts that source this
+MEDIAN_AWK='
+  function median(a, n,   i, j, t) {
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return a[int((n + 1) / 2)]
+  }
+'
