@@ -92,15 +92,15 @@ struct Args {
     leader_election: bool,
     /// How long the leader Lease stays valid after a renewal: a leader lost
     /// with its node is replaced after about this long.
-    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
     leader_lease_duration: Duration,
     /// How often the leader renews its Lease; it gives up leading when no
     /// renewal succeeded for two thirds of the Lease duration.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     leader_renew_interval: Duration,
     /// How often a standby replica reads the Lease, and how soon the leader
     /// retries a failed renewal.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     leader_retry_interval: Duration,
     /// PostgreSQL URL of the history database, e.g.
     /// `postgresql://ferry:<password>@db:5432/ferry?sslmode=require` (the

@@ -622,7 +622,8 @@ async fn a_broken_watch_closes_the_view_and_the_caches_follow_again() {
     let (pod, uid, _node, standby) = protected_counter(&ferry).await;
     let proxy = ferry.controller_proxy.as_mut().unwrap();
     proxy.cut();
-    // Shorter than the leader's renew deadline: it stays the leader.
+    // Shorter than the leader's renew deadline (5.3 s with the tests' 8 s
+    // Lease): it stays the leader.
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.open().await;
     evict(&client, "apps", &pod.name_any()).await;

@@ -328,6 +328,12 @@ fn controller_args(pki: &Pki, http_port: u16, webhook_port: u16, log_format: &st
         format!("--webhook-cert={}", pki.controller_cert.display()),
         format!("--webhook-key={}", pki.controller_key.display()),
         "--leader-election".into(),
+        // Not the 3 s default: these tests run several control planes at
+        // once on two cores, and a leader that loses its Lease exits with
+        // nobody to restart it. The default is run in tier 5.
+        "--leader-lease-duration=8s".into(),
+        "--leader-renew-interval=2s".into(),
+        "--leader-retry-interval=1s".into(),
     ]
 }
 
