@@ -145,6 +145,14 @@ impl Step {
         }
     }
 
+    /// The same step, looked at again at `at` if nothing else happens.
+    pub(super) fn waking_at(self, at: Option<jiff::Timestamp>) -> Self {
+        Self {
+            wake_at: at,
+            ..self
+        }
+    }
+
     /// Whether this step ends the failover.
     pub fn finishes(&self) -> bool {
         ended(&self.record)
@@ -559,23 +567,20 @@ fn fence(record: &FailoverRecord, world: Observed<'_>) -> Step {
             Step::of(action, fenced, how)
         }
         Fence::WaitUntil(at, why) => {
-            let mut step = Step::wait(record, format!("until {at}: {why}"));
-            step.wake_at = Some(at);
-            step
+            Step::wait(record, format!("until {at}: {why}")).waking_at(Some(at))
         }
         Fence::Waiting(why) => Step::wait(record, why),
         Fence::AskAgent(why) => {
             let mut asked = record.clone();
             asked.fence_requested_at = Some(Time(world.now));
-            let mut step = Step::of(
+            Step::of(
                 Action::AskAgentToFence {
                     node: record.from_node.clone(),
                 },
                 asked,
                 why,
-            );
-            step.wake_at = world.now.checked_add(FENCE_ASK_EVERY).ok();
-            step
+            )
+            .waking_at(world.now.checked_add(FENCE_ASK_EVERY).ok())
         }
     }
 }

@@ -131,19 +131,16 @@ pub(super) fn replace(record: &FailoverRecord, world: Observed<'_>) -> Step {
         if nudgeable(&record.owner) && world.now >= due {
             let mut nudged = record.clone();
             nudged.owner_nudged_at = Some(Time(world.now));
-            let mut step = Step::of(
+            return Step::of(
                 Action::NudgeOwner {
                     owner: record.owner.clone(),
                 },
                 nudged,
                 format!("{waiting}; asked it to retry now"),
-            );
-            step.wake_at = world.now.checked_add(NUDGE_EVERY).ok();
-            return step;
+            )
+            .waking_at(world.now.checked_add(NUDGE_EVERY).ok());
         }
-        let mut step = Step::wait(record, waiting);
-        step.wake_at = Some(due);
-        return step;
+        return Step::wait(record, waiting).waking_at(Some(due));
     };
     let extras: Vec<String> = world
         .pods
