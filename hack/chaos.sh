@@ -227,11 +227,13 @@ helm_upgrade_rolls_everything() {
 
 # ---- 4. a partition ----------------------------------------------------------
 # One line per round: "epoch old new", the counter each copy answered or "-".
-# The new copy's address is read from file $2 once the watcher wrote it.
-probe_both() { # old-ip new-ip-file
-  local old_ip="$1" new_file="$2" new_ip old new body
+# The new copy is the newest app pod off node $2 in the stream that
+# watch_app_pods writes to file $3, asked as soon as it has an address.
+probe_both() { # old-ip old-node watch-file
+  local old_ip="$1" new_ip old new body
   while :; do
-    new_ip="$(cat "$new_file" 2>/dev/null || true)"
+    new_ip=""
+    read -r _ new_ip < <(replacement_address "$2" "$3") || true
     old=- new=-
     body="$(curl -fsS --max-time 0.3 "http://$old_ip:8080/state" 2>/dev/null || true)"
     [[ "$body" =~ \"counter\":([0-9]+) ]] && old="${BASH_REMATCH[1]}"
@@ -239,36 +241,40 @@ probe_both() { # old-ip new-ip-file
       body="$(curl -fsS --max-time 0.3 "http://$new_ip:8080/state" 2>/dev/null || true)"
       [[ "$body" =~ \"counter\":([0-9]+) ]] && new="${BASH_REMATCH[1]}"
     fi
-    echo "$(now) $old $new"
+    echo "$EPOCHREALTIME $old $new"
     sleep 0.05
   done
 }
+
+# Whether the prober's file $1 has a round where the new copy answered.
+new_copy_answered() { awk '$3 != "-" { found = 1; exit } END { exit !found }' "$1"; }
 
 partition() { # placement
   SCENARIO="the app's node partitioned (leader on the $1 node)"
   say "Scenario: $SCENARIO"
   prepare "$1"
-  local old_node="$NODE" old_ip="$IP" probes new_file prober
-  probes="$(mktemp)" new_file="$(mktemp)"
-  probe_both "$old_ip" "$new_file" >"$probes" &
+  local old_node="$NODE" old_ip="$IP" probes pods prober watcher
+  probes="$(mktemp)" pods="$(mktemp)"
+  watch_app_pods "$pods" &
+  watcher=$!
+  probe_both "$old_ip" "$old_node" "$pods" >"$probes" &
   prober=$!
   sleep 1
   local cut_at
   cut_at="$(now)"
   PARTITIONED="$old_node"
   hack/cluster.sh partition "$old_node"
-  wait_for 180 "a replacement running on the other node" replacement_running "$old_node"
+  wait_for 180 "a replacement on the other node answering" new_copy_answered "$probes"
+  wait_for 60 "one app pod running, on the other node" replacement_running "$old_node"
   read -r NEW_POD NEW_NODE NEW_IP <<<"$POD_LINE"
-  echo "$NEW_IP" >"$new_file"
-  wait_for 60 "the replacement answering" answers "$NEW_IP"
   sleep 5
   log "healing $old_node"
   hack/cluster.sh heal "$old_node"
   PARTITIONED=""
   wait_for 120 "$old_node Ready again" node_ready "$old_node"
   sleep 10
-  kill "$prober" 2>/dev/null || true
-  wait "$prober" 2>/dev/null || true
+  stop_job "$prober"
+  stop_job "$watcher"
 
   local both last_old first_new rounds
   rounds="$(wc -l <"$probes")"
@@ -288,7 +294,7 @@ partition() { # placement
   ((first_counter > 0)) || fail "$SCENARIO: the new copy started from zero"
   log "ok: never two copies; restored warm on $NEW_NODE ($NEW_POD), counter continued at $first_counter; evidence: $(jq -r '(.evidence // []) | join("; ")' <<<"$failover"); fence: $(jq -r '.fence // ""' <<<"$failover")"
   printf '%s\t%s\t%s\n' "$1" "$(secs "$cut_at" "$last_old")" "$(secs "$cut_at" "$first_new")" >>"$PARTITION_TIMINGS"
-  rm -f "$probes" "$new_file"
+  rm -f "$probes" "$pods"
 }
 
 # ---- 5. short cuts: how long a cut must last to be failed over ---------------
@@ -299,28 +305,16 @@ partition() { # placement
 # happens, a prober never sees two copies, and the counter never restarts
 # from zero. The outcome per cut goes into the summary.
 
-# Writes the address of an app pod on another node than $1 to file $2 once
-# one runs.
-watch_replacement() { # old-node file
-  while :; do
-    if replacement_running "$1"; then
-      awk '{print $3}' <<<"$POD_LINE" >"$2"
-      return 0
-    fi
-    sleep 0.3
-  done
-}
-
 short_cut() { # seconds
   SCENARIO="the app's node cut off for ${1}s"
   say "Scenario: $SCENARIO"
   prepare other
-  local old_node="$NODE" old_ip="$IP" old_uid="$UID_BEFORE" probes new_file prober watcher
-  probes="$(mktemp)" new_file="$(mktemp)"
-  probe_both "$old_ip" "$new_file" >"$probes" &
-  prober=$!
-  watch_replacement "$old_node" "$new_file" &
+  local old_node="$NODE" old_ip="$IP" old_uid="$UID_BEFORE" probes pods prober watcher
+  probes="$(mktemp)" pods="$(mktemp)"
+  watch_app_pods "$pods" &
   watcher=$!
+  probe_both "$old_ip" "$old_node" "$pods" >"$probes" &
+  prober=$!
   sleep 1
   local cut_at
   cut_at="$(now)"
@@ -334,8 +328,8 @@ short_cut() { # seconds
   sleep 25
   wait_for 120 "one app pod running and answering" app_ready
   sleep 5
-  kill "$prober" "$watcher" 2>/dev/null || true
-  wait "$prober" "$watcher" 2>/dev/null || true
+  stop_job "$prober"
+  stop_job "$watcher"
 
   local both outcome counter first_after
   both="$(awk '$2 != "-" && $3 != "-"' "$probes" | head -3)"
@@ -362,7 +356,7 @@ short_cut() { # seconds
   fi
   log "ok: $outcome; never two copies; counter $counter"
   printf '%ss\t%s\n' "$1" "$outcome" >>"$CUT_OUTCOMES"
-  rm -f "$probes" "$new_file"
+  rm -f "$probes" "$pods"
 }
 
 # ---- 6. retention on every node ------------------------------------------------

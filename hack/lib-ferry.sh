@@ -65,6 +65,53 @@ app_pod() {
 
 counter_of() { curl -fsS --max-time 2 "http://$1:8080/state" 2>/dev/null | jq -r .counter; }
 
+# Streams the app's pods into file $1 as the API server reports them, one
+# line per change: "epoch name node ip live|deleting" ("-" for no node or
+# address yet). A replacement's address is known once its sandbox exists,
+# before its container runs. One watch instead of polling kubectl: on two
+# cores a kubectl process every 0.2 s slows what it measures. Run it in the
+# background and end it with stop_job.
+watch_app_pods() { # file
+  kubectl -n "$NS" get pods -l app="$APP" --watch -o json 2>/dev/null |
+    jq --unbuffered -r '"\(.metadata.name) \(.spec.nodeName // "-") \(.status.podIP // "-") \(if .metadata.deletionTimestamp then "deleting" else "live" end)"' |
+    while read -r line; do echo "$EPOCHREALTIME $line"; done >"$1"
+}
+
+# "name ip" of the newest live app pod off node $1 that has an address, from
+# the stream watch_app_pods writes to file $2; nothing if none.
+replacement_address() { # failed-node watch-file
+  awk -v failed="$1" '
+    { seen[$2] = $0; if (!($2 in since)) since[$2] = $1 }
+    END {
+      for (name in seen) {
+        split(seen[name], f, " ")
+        if (f[3] != failed && f[3] != "-" && f[4] != "-" && f[5] == "live" && since[name] >= newest) {
+          newest = since[name]; pick = name " " f[4]
+        }
+      }
+      if (pick != "") print pick
+    }' "$2"
+}
+
+# Asks the newest app pod off node $1 (from watch file $2) for its counter
+# every 50 ms until it answers, then writes "epoch counter ip name" to file
+# $3: when the replacement first served, to 50 ms.
+probe_replacement() { # failed-node watch-file out-file
+  local name ip body
+  while :; do
+    name="" ip=""
+    read -r name ip < <(replacement_address "$1" "$2") || true
+    if [[ -n "$ip" ]]; then
+      body="$(curl -fsS --max-time 0.3 "http://$ip:8080/state" 2>/dev/null || true)"
+      if [[ "$body" =~ \"counter\":([0-9]+) ]]; then
+        echo "$EPOCHREALTIME ${BASH_REMATCH[1]} $ip $name" >"$3"
+        return 0
+      fi
+    fi
+    sleep 0.05
+  done
+}
+
 # Waits for a checkpoint of the current pod with a replica on the other node;
 # sets CK_TAKEN (epoch), CK_MS (checkpoint duration) and CK_ARCHIVE.
 fresh_checkpoint() {

@@ -32,6 +32,14 @@ poll() {
   done
 }
 
+# stop_job PID: ends a background job and the processes it started (a
+# pipeline in a function runs in a subshell whose children outlive it).
+stop_job() {
+  pkill -P "$1" 2>/dev/null || true
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 # hold SECONDS CMD...: CMD must keep succeeding for SECONDS (checked every
 # 0.5 s); returns 1 at its first failure.
 hold() {
