@@ -3,8 +3,8 @@
 //! cgroups.
 //!
 //! Each agent that a test cuts off from the API server talks to it through
-//! an [`ApiProxy`] the test can close (every connection reset, the port
-//! refusing) and reopen.
+//! an [`ApiProxy`] the test can cut (every connection reset, new ones
+//! closed at once) and reopen.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 

@@ -1,8 +1,9 @@
 //! A TCP proxy in front of the API server that a test can cut and reopen:
 //! a component behind it loses the API server (every connection reset,
-//! new ones refused) while everything else keeps it.
+//! new ones closed as soon as they connect) while everything else keeps it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::ControlPlane;
@@ -11,57 +12,70 @@ use crate::ControlPlane;
 #[derive(Debug)]
 pub struct ApiProxy {
     port: u16,
-    upstream: String,
-    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// While set, new connections are closed at once.
+    cut: Arc<AtomicBool>,
+    accept: tokio::task::AbortHandle,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl ApiProxy {
-    /// Listens on a free loopback port, forwarding to `plane`.
+    /// Listens on a free loopback port, forwarding to `plane`. The port stays
+    /// bound until the proxy is dropped, cut or not: a test running beside
+    /// this one must not be handed it as a free port.
     ///
     /// # Panics
     /// When it cannot listen.
     pub async fn start(plane: &ControlPlane) -> Self {
         let upstream = plane.server().trim_start_matches("https://").to_owned();
-        let port = crate::free_ports(1)[0];
-        let mut proxy = Self {
-            port,
-            upstream,
-            tasks: Arc::default(),
-        };
-        proxy.open().await;
-        proxy
-    }
-
-    /// Accepts connections again after [`ApiProxy::cut`].
-    ///
-    /// # Panics
-    /// When it cannot listen on its port again.
-    pub async fn open(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
-            .unwrap_or_else(|e| panic!("proxy cannot listen on {}: {e}", self.port));
-        let upstream = self.upstream.clone();
-        let tasks = self.tasks.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let upstream = upstream.clone();
-                let connection = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            .unwrap_or_else(|e| panic!("proxy cannot listen: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("proxy's address: {e}"))
+            .port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accept = {
+            let (cut, connections) = (cut.clone(), connections.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if cut.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
                     }
-                });
-                lock(&tasks).push(connection.abort_handle());
-            }
-        });
-        lock(&self.tasks).push(accept.abort_handle());
+                    let upstream = upstream.clone();
+                    let connection = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    lock(&connections).push(connection.abort_handle());
+                }
+            })
+            .abort_handle()
+        };
+        Self {
+            port,
+            cut,
+            accept,
+            connections,
+        }
     }
 
-    /// Resets every connection and refuses new ones.
+    /// Forwards new connections again after [`ApiProxy::cut`].
+    pub async fn open(&mut self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Resets every connection and closes new ones as they come.
     pub fn cut(&self) {
-        for task in lock(&self.tasks).drain(..) {
+        self.cut.store(true, Ordering::SeqCst);
+        for task in lock(&self.connections).drain(..) {
             task.abort();
         }
     }
@@ -85,6 +99,7 @@ impl ApiProxy {
 impl Drop for ApiProxy {
     fn drop(&mut self) {
         self.cut();
+        self.accept.abort();
     }
 }
 
