@@ -150,11 +150,14 @@ impl Prober {
             let channel = match cached {
                 Some(channel) => channel,
                 None => {
+                    // Each probe has its own deadline; the keepalive only
+                    // closes a connection that sat idle with a dead peer.
                     let channel = crate::replication::connect_channel(
                         &self.tls,
                         node,
                         endpoint,
                         self.timeout,
+                        crate::replication::DEFAULT_STALL_TIMEOUT,
                     )
                     .await?;
                     lock(&self.channels).insert(endpoint.to_owned(), channel.clone());

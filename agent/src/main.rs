@@ -229,6 +229,13 @@ struct Args {
     /// Compress replica streams with zstd.
     #[arg(long)]
     zstd: bool,
+    /// A replica transfer, in either direction, or any other call between
+    /// agents that makes no progress for this long is given up (the partial
+    /// replica stays and the sender's retry resumes). Connections between
+    /// agents are pinged every quarter of it and closed when a ping goes
+    /// unanswered for half of it.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    peer_stall_timeout: Duration,
     /// Namespace of this agent's Lease (advertising its endpoint and node
     /// facts); without it no Lease is kept (hosts that are not Kubernetes
     /// nodes).
@@ -395,6 +402,7 @@ async fn run(args: Args) -> Result<(), Error> {
         ReplicationConfig {
             max_concurrent: args.max_concurrent_transfers,
             zstd: args.zstd,
+            stall_timeout: args.peer_stall_timeout,
             ..ReplicationConfig::default()
         },
         metrics.clone(),
@@ -578,6 +586,7 @@ async fn run(args: Args) -> Result<(), Error> {
             &args.data_dir.join("replica-announcements.json"),
         ),
         scope,
+        peer_stall_timeout: args.peer_stall_timeout,
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -594,8 +603,11 @@ async fn run(args: Args) -> Result<(), Error> {
             refused_metrics.tls_refused.inc();
             tracing::warn!(%remote, reason, "refused a connection");
         });
+    let (ping_every, ping_timeout) = ferry_agent::replication::keepalive(args.peer_stall_timeout);
     let grpc = tonic::transport::Server::builder()
         .layer(ferry_agent::authz::AuthorizeLayer::new(metrics.clone()))
+        .http2_keepalive_interval(Some(ping_every))
+        .http2_keepalive_timeout(Some(ping_timeout))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .add_service(health_service)

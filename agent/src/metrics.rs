@@ -58,6 +58,7 @@ pub struct Metrics {
     pub checkpoint_duration: Histogram,
     pub checkpoint_bytes: Counter,
     pub replications: Family<PeerLabels, Counter>,
+    pub replication_attempts_failed: Family<PeerLabels, Counter>,
     pub replication_bytes: Counter,
     pub replication_duration: Histogram,
     pub received: Family<ResultLabels, Counter>,
@@ -97,6 +98,7 @@ impl Default for Metrics {
             checkpoint_duration: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             checkpoint_bytes: Counter::default(),
             replications: Family::default(),
+            replication_attempts_failed: Family::default(),
             replication_bytes: Counter::default(),
             replication_duration: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             received: Family::default(),
@@ -141,6 +143,11 @@ impl Default for Metrics {
             "replications",
             "Replica transfers to peers by result",
             metrics.replications.clone(),
+        );
+        registry.register(
+            "replication_attempts_failed",
+            "Failed attempts of replica transfers (each retried until the attempts run out) by reason",
+            metrics.replication_attempts_failed.clone(),
         );
         registry.register(
             "replication_bytes",

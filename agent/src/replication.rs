@@ -6,6 +6,12 @@
 //! already holds and continues from there; failed attempts are retried with
 //! backoff. The receiver verifies the sha256 before the archive becomes
 //! visible, so the sender does not hash again.
+//!
+//! A peer that stops moving (its node gone without closing the connection,
+//! its process frozen, its disk hung) is noticed within the stall timeout:
+//! every call has a deadline, a push that moves no data for that long is
+//! abandoned and retried (resuming), and HTTP/2 keepalive pings close a
+//! connection whose peer no longer answers.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -63,7 +69,14 @@ pub struct ReplicationConfig {
     /// Compress the stream with zstd (level 1): pays off on slow links only.
     pub zstd: bool,
     pub connect_timeout: Duration,
+    /// A call to a peer that makes no progress for this long is abandoned.
+    pub stall_timeout: Duration,
 }
+
+/// Default of [`ReplicationConfig::stall_timeout`]: a transfer moves 1 MiB
+/// chunks, so a healthy one is never this long without progress, even on a
+/// slow disk.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
@@ -73,6 +86,7 @@ impl Default for ReplicationConfig {
             backoff: Duration::from_millis(500),
             zstd: false,
             connect_timeout: Duration::from_secs(5),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -113,8 +127,14 @@ impl Replicator {
         let channel = match cached {
             Some(channel) => channel,
             None => {
-                let channel =
-                    connect_channel(&self.tls, node, endpoint, self.config.connect_timeout).await?;
+                let channel = connect_channel(
+                    &self.tls,
+                    node,
+                    endpoint,
+                    self.config.connect_timeout,
+                    self.config.stall_timeout,
+                )
+                .await?;
                 lock(&self.channels).insert(endpoint.to_owned(), channel.clone());
                 channel
             }
@@ -167,6 +187,13 @@ impl Replicator {
                     self.forget(&peer.endpoint);
                     bytes_sent += sent;
                     last_error = err.to_string();
+                    self.metrics
+                        .replication_attempts_failed
+                        .get_or_create(&crate::metrics::PeerLabels {
+                            peer: peer.node_name.clone(),
+                            result: failure_reason(&err),
+                        })
+                        .inc();
                     let retry = is_retryable(&err) && attempt < self.config.attempts;
                     tracing::warn!(archive = id, peer = %peer.node_name, attempt, error = %err, retry, "replication attempt failed");
                     if !retry {
@@ -204,18 +231,27 @@ impl Replicator {
             .client(&peer.node_name, &peer.endpoint)
             .await
             .map_err(|message| (peer_error("connecting", message), 0))?;
-        let offset = client
-            .get_replica_offset(GetReplicaOffsetRequest {
+        let stall = self.config.stall_timeout;
+        let offset = tokio::time::timeout(
+            stall,
+            client.get_replica_offset(GetReplicaOffsetRequest {
                 archive_id: id.to_owned(),
-            })
-            .await
-            .map_err(|status| {
-                (
-                    peer_error("asking for the resume offset", status_message(&status)),
-                    0,
-                )
-            })?
-            .into_inner();
+            }),
+        )
+        .await
+        .map_err(|_| {
+            (
+                peer_error("asking for the resume offset", stalled(stall)),
+                0,
+            )
+        })?
+        .map_err(|status| {
+            (
+                peer_error("asking for the resume offset", status_message(&status)),
+                0,
+            )
+        })?
+        .into_inner();
         if offset.complete {
             return Ok(Sent {
                 bytes_sent: 0,
@@ -269,19 +305,21 @@ impl Replicator {
         };
         let reader =
             tokio::task::spawn_blocking(move || stream_file(reader, zstd, chunk_bytes, &sender));
-        let response = client.push_replica(ReceiverStream::new(receiver)).await;
+        let (stream, progress) = Progress::counting(ReceiverStream::new(receiver));
+        let response = until_stalled(client.push_replica(stream), &progress, stall).await;
         // The reader stops by itself once the stream is dropped.
         let sent = reader.await.unwrap_or(Ok(0));
         match (response, sent) {
-            (Ok(_), Ok(bytes_sent)) => Ok(Sent {
+            (Some(Ok(_)), Ok(bytes_sent)) => Ok(Sent {
                 bytes_sent,
                 resumed_from: offset.offset,
             }),
-            (Err(status), sent) => Err((
+            (Some(Err(status)), sent) => Err((
                 peer_error("sending", status_message(&status)),
                 sent.unwrap_or(0),
             )),
-            (Ok(_), Err(err)) => Err((err, 0)),
+            (None, sent) => Err((peer_error("sending", stalled(stall)), sent.unwrap_or(0))),
+            (Some(Ok(_)), Err(err)) => Err((err, 0)),
         }
     }
 }
@@ -289,6 +327,68 @@ impl Replicator {
 struct Sent {
     bytes_sent: u64,
     resumed_from: u64,
+}
+
+/// How a stalled call reads: the code first, as a peer's status would.
+fn stalled(stall: Duration) -> String {
+    format!("DeadlineExceeded: the peer made no progress for {stall:?}")
+}
+
+/// Counts what the network side took from an outgoing stream, its end
+/// included: the gRPC client takes a message only when HTTP/2 flow control
+/// lets it send, so a count that stops moving is a peer that stopped
+/// reading.
+#[derive(Clone, Debug, Default)]
+struct Progress(Arc<std::sync::atomic::AtomicU64>);
+
+impl Progress {
+    fn counting<S: futures::Stream + Unpin>(
+        mut inner: S,
+    ) -> (impl futures::Stream<Item = S::Item>, Self) {
+        let progress = Self::default();
+        let counter = progress.clone();
+        let stream = futures::stream::poll_fn(move |cx| {
+            let next = futures::Stream::poll_next(std::pin::Pin::new(&mut inner), cx);
+            if next.is_ready() {
+                counter.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            next
+        });
+        (stream, progress)
+    }
+
+    fn taken(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Runs `call` until it ends, or until `progress` has not moved for
+/// `stall` (then `None`, and the call is dropped, which resets its stream).
+/// After the stream's end the peer verifies and stores; that too must end
+/// within `stall`.
+async fn until_stalled<F: std::future::Future>(
+    call: F,
+    progress: &Progress,
+    stall: Duration,
+) -> Option<F::Output> {
+    let check_every = (stall / 8).max(Duration::from_millis(10));
+    let mut seen = progress.taken();
+    let mut moved_at = tokio::time::Instant::now();
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            output = &mut call => return Some(output),
+            () = tokio::time::sleep(check_every) => {
+                let now = progress.taken();
+                if now != seen {
+                    seen = now;
+                    moved_at = tokio::time::Instant::now();
+                } else if moved_at.elapsed() >= stall {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Opens a mutual-TLS channel to the agent of `node`.
@@ -299,7 +399,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<AgentClient<Channel>, String> {
     Ok(agent_client(
-        connect_channel(tls, node, endpoint, timeout).await?,
+        connect_channel(tls, node, endpoint, timeout, DEFAULT_STALL_TIMEOUT).await?,
     ))
 }
 
@@ -309,19 +409,34 @@ fn agent_client(channel: Channel) -> AgentClient<Channel> {
         .max_encoding_message_size(4 * CHUNK_BYTES)
 }
 
+/// HTTP/2 keepalive of a connection between agents whose calls give up
+/// after `stall`: (ping every, close when unanswered after). A ping is
+/// answered by the peer process itself, so it finds what TCP does not: a
+/// frozen process or a node gone without a reset.
+pub fn keepalive(stall: Duration) -> (Duration, Duration) {
+    (stall / 4, stall / 2)
+}
+
 /// The handshake fails unless the peer's certificate names the agent of
 /// `node`: an address in a stale Lease, or a stolen certificate, never gets
-/// another node's archive.
+/// another node's archive. The connection is closed once the peer stops
+/// answering keepalive pings (see [`keepalive`]).
 pub(crate) async fn connect_channel(
     tls: &Credentials,
     node: &str,
     endpoint: &str,
     timeout: Duration,
+    stall: Duration,
 ) -> Result<Channel, String> {
+    let (ping_every, ping_timeout) = keepalive(stall);
     Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(timeout)
         .tcp_nodelay(true)
+        .tcp_keepalive(Some(ping_every))
+        .http2_keep_alive_interval(ping_every)
+        .keep_alive_timeout(ping_timeout)
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .connect_with_connector(tls.connector(Identity::agent(node)))
@@ -400,6 +515,12 @@ fn failure_reason(err: &Error) -> &'static str {
             step: "connecting", ..
         } => "unreachable",
         Error::Peer { message, .. } if message.starts_with("DataLoss") => "corrupt",
+        Error::Peer { message, .. }
+            if message.starts_with("DeadlineExceeded")
+                || message.contains("keep-alive timed out") =>
+        {
+            "stalled"
+        }
         Error::Peer { message, .. } if message.starts_with("ResourceExhausted") => "peer_full",
         Error::Peer { message, .. } if message.starts_with("Unauthenticated") => "unauthenticated",
         Error::Peer { .. } => "peer_error",
@@ -416,5 +537,82 @@ fn status_message(status: &tonic::Status) -> String {
         }
         code => format!("{code:?}"),
     };
-    format!("{code}: {}", status.message())
+    // A lost connection's cause (a keepalive ping unanswered, a reset) is
+    // its source; its message alone says only "http2 error".
+    match std::error::Error::source(status) {
+        Some(cause) => format!("{code}: {}: {}", status.message(), error_chain(cause)),
+        None => format!("{code}: {}", status.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_secs(20);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_stream_stops_moving_is_abandoned_after_the_stall_timeout() {
+        let (sender, receiver) = mpsc::channel::<u32>(1);
+        let (stream, progress) = Progress::counting(ReceiverStream::new(receiver));
+        // The peer takes one message, then never reads again.
+        let call = async move {
+            futures::pin_mut!(stream);
+            futures::StreamExt::next(&mut stream).await;
+            std::future::pending::<()>().await;
+        };
+        sender.send(1).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(until_stalled(call, &progress, STALL).await.is_none());
+        let waited = started.elapsed();
+        assert!(
+            waited >= STALL && waited < STALL + STALL / 4,
+            "gave up after {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_call_that_keeps_moving_runs_to_its_end() {
+        let (sender, receiver) = mpsc::channel::<u32>(1);
+        let (stream, progress) = Progress::counting(ReceiverStream::new(receiver));
+        // One message every half stall, for ten stalls: slow, never stalled.
+        tokio::spawn(async move {
+            for n in 0..20 {
+                tokio::time::sleep(STALL / 2).await;
+                if sender.send(n).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let call = async move {
+            futures::pin_mut!(stream);
+            let mut count = 0;
+            while futures::StreamExt::next(&mut stream).await.is_some() {
+                count += 1;
+            }
+            count
+        };
+        assert_eq!(until_stalled(call, &progress, STALL).await, Some(20));
+    }
+
+    #[test]
+    fn stalls_and_dead_connections_are_retried_and_counted_as_stalls() {
+        let peer = |step, message: &str| Error::Peer {
+            peer: "node-b".into(),
+            endpoint: "10.0.0.2:50051".into(),
+            step,
+            message: message.into(),
+        };
+        let stall = peer("sending", &stalled(STALL));
+        assert!(is_retryable(&stall));
+        assert_eq!(failure_reason(&stall), "stalled");
+        let ping = peer(
+            "sending",
+            "Unavailable: http2 error: keep-alive timed out: operation timed out",
+        );
+        assert!(is_retryable(&ping));
+        assert_eq!(failure_reason(&ping), "stalled");
+        let offset = peer("asking for the resume offset", &stalled(STALL));
+        assert!(is_retryable(&offset));
+    }
 }

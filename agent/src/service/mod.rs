@@ -75,6 +75,8 @@ struct Inner {
     fencer: Arc<Fencer>,
     announcements: Announcements,
     scope: Option<CheckpointScope>,
+    /// An incoming replica that brings no data for this long is given up.
+    peer_stall_timeout: Duration,
     /// For applications' state endpoints (strategy StateApi), made once.
     state_client: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
@@ -102,6 +104,9 @@ pub struct ServiceParts {
     /// Checks each checkpoint's target against the API server; `None` on
     /// hosts that are not Kubernetes nodes.
     pub scope: Option<CheckpointScope>,
+    /// An incoming replica that brings no data for this long is given up;
+    /// its partial file stays for the sender's resumed retry.
+    pub peer_stall_timeout: Duration,
 }
 
 impl AgentService {
@@ -119,6 +124,7 @@ impl AgentService {
             fencer,
             announcements,
             scope,
+            peer_stall_timeout,
         } = parts;
         Self {
             inner: Arc::new(Inner {
@@ -134,6 +140,7 @@ impl AgentService {
                 fencer,
                 announcements,
                 scope,
+                peer_stall_timeout,
                 state_client: std::sync::OnceLock::new(),
             }),
         }

@@ -8,8 +8,14 @@ impl AgentService {
         request: Request<Streaming<pb::PushReplicaRequest>>,
     ) -> Result<Response<pb::PushReplicaResponse>, Status> {
         let identity = authz::caller(&request)?;
+        let stall = self.inner.peer_stall_timeout;
         let mut stream = request.into_inner();
-        let header = match stream.message().await?.and_then(|m| m.message) {
+        let first = tokio::time::timeout(stall, stream.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("no replica header within {stall:?} of the call"))
+            })??;
+        let header = match first.and_then(|m| m.message) {
             Some(Message::Header(header)) => header,
             _ => {
                 return Err(Status::invalid_argument(
@@ -67,7 +73,16 @@ impl AgentService {
         let mut bytes_received = 0u64;
         let mut failure = None;
         loop {
-            match stream.message().await {
+            // A sender whose node is gone may never close the stream; the
+            // partial file stays for its resumed retry, and the transfer's
+            // hold on the archive ends here.
+            let Ok(next) = tokio::time::timeout(stall, stream.message()).await else {
+                failure = Some(Status::deadline_exceeded(format!(
+                    "archive {id}: no data from the sender for {stall:?} after {bytes_received} bytes; the partial replica is kept for a resumed transfer"
+                )));
+                break;
+            };
+            match next {
                 Ok(Some(pb::PushReplicaRequest {
                     message: Some(Message::Chunk(chunk)),
                 })) => {
@@ -107,6 +122,8 @@ impl AgentService {
                     bytes_received,
                 }))
             }
+            // The stall is why the stream ended short.
+            (Err(_), Some(status)) if status.code() == tonic::Code::DeadlineExceeded => Err(status),
             // A write error explains more than the stream ending because of it.
             (Err(err), _) => Err(Status::from(err)),
             (Ok(_), Some(status)) => Err(status),

@@ -208,6 +208,17 @@ impl AgentProcess {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
+    /// SIGSTOP: the process keeps its connections open and answers nothing,
+    /// as a node that vanished without resetting them does.
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`AgentProcess::freeze`].
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
+    }
+
     /// SIGKILL, as a crashing node would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -372,6 +383,26 @@ pub fn sender(
     key: Option<&Path>,
     zstd: bool,
 ) -> ferry_agent::replication::Replicator {
+    sender_with(
+        pki,
+        source,
+        key,
+        ferry_agent::replication::ReplicationConfig {
+            zstd,
+            ..Default::default()
+        },
+        std::sync::Arc::new(ferry_agent::metrics::Metrics::default()),
+    )
+}
+
+/// [`sender`] with its settings and metrics.
+pub fn sender_with(
+    pki: &Pki,
+    source: &AgentProcess,
+    key: Option<&Path>,
+    config: ferry_agent::replication::ReplicationConfig,
+    metrics: std::sync::Arc<ferry_agent::metrics::Metrics>,
+) -> ferry_agent::replication::Replicator {
     install_crypto_provider();
     let key = key.map(|path| ArchiveKey::load(path).unwrap());
     let store = Store::open_with(&source.data_dir, u64::MAX, key).unwrap();
@@ -385,11 +416,8 @@ pub fn sender(
     ferry_agent::replication::Replicator::new(
         std::sync::Arc::new(store),
         credentials,
-        ferry_agent::replication::ReplicationConfig {
-            zstd,
-            ..Default::default()
-        },
-        std::sync::Arc::new(ferry_agent::metrics::Metrics::default()),
+        config,
+        metrics,
     )
 }
 
@@ -456,4 +484,13 @@ pub fn listed_archive(agent: &AgentProcess, id: &str) -> ferry_proto::v1::Archiv
 /// Ids of the archives an agent holds.
 pub fn listed(agent: &AgentProcess) -> Vec<String> {
     listed_archives(agent).into_iter().map(|a| a.id).collect()
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}: {status}");
 }
