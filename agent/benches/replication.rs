@@ -26,6 +26,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -40,6 +41,7 @@ use ferry_proto::v1 as pb;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
+use shared::{env_number, median};
 
 const MIB: u64 = 1 << 20;
 /// Read and write buffer of the TCP copy, the size of ferry's chunks.
@@ -49,16 +51,6 @@ const WRITEBACK_STEP: u64 = 32 << 20;
 const TARGET_RATIO: f64 = 0.8;
 const TARGET_RSS_MIB: f64 = 64.0;
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is no number"))
-        })
-        .unwrap_or(default)
-}
-
 fn main() {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -66,17 +58,6 @@ fn main() {
         .build()
         .unwrap()
         .block_on(run());
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut values = values.to_vec();
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// One timed transfer.

@@ -1,0 +1,211 @@
+//! What the agent adds to a checkpoint after the runtime wrote it (issue 15,
+//! item 4): storing the kubelet's archive file, against the raw work in the
+//! same run.
+//!
+//! `cargo bench -p ferry-agent --bench store` prints a Markdown table per
+//! size: a plain copy with one fsync (what `cp` and `sync` do), each hash
+//! alone over the file in the page cache, and the store's import
+//! (read, sha256, write, fsync, metadata), plaintext and encrypted.
+//! `FERRY_BENCH_SIZES` (MiB, default `64,256,1024`), `FERRY_BENCH_RUNS`
+//! (default 3) and `FERRY_BENCH_DIR` (default /var/tmp; a real disk, not a
+//! tmpfs) change the setup. Times are medians, MiB/s of the archive.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures, the table is the output
+
+mod shared;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_agent::encryption::ArchiveKey;
+use ferry_agent::store::{ArchiveMeta, Store};
+use sha2::{Digest, Sha256};
+use shared::{env_number, median};
+
+const MIB: u64 = 1 << 20;
+const BUFFER: usize = 1 << 20;
+
+fn sizes() -> Vec<u64> {
+    std::env::var("FERRY_BENCH_SIZES")
+        .unwrap_or_else(|_| "64,256,1024".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .expect("FERRY_BENCH_SIZES: MiB, comma-separated")
+                * MIB
+        })
+        .collect()
+}
+
+/// An incompressible file of `size` bytes, on disk (fsynced) and in the page
+/// cache, as the kubelet leaves its checkpoint.
+fn write_source(path: &Path, size: u64, seed: u64) {
+    let mut file = File::create(path).unwrap();
+    let mut state = seed | 1;
+    let mut block = vec![0u8; BUFFER];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(BUFFER as u64) as usize;
+        file.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    file.sync_all().unwrap();
+}
+
+fn copy_and_fsync(source: &Path, target: &Path) {
+    let mut input = File::open(source).unwrap();
+    let mut output = File::create(target).unwrap();
+    let mut buffer = vec![0u8; BUFFER];
+    loop {
+        let n = input.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        output.write_all(&buffer[..n]).unwrap();
+    }
+    output.sync_all().unwrap();
+}
+
+fn hash_with(source: &Path, mut update: impl FnMut(&[u8])) {
+    let mut input = File::open(source).unwrap();
+    let mut buffer = vec![0u8; BUFFER];
+    loop {
+        let n = input.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        update(&buffer[..n]);
+    }
+}
+
+fn meta(seed: u64) -> ArchiveMeta {
+    ArchiveMeta {
+        policy: "default/counter".into(),
+        namespace: "default".into(),
+        pod: "counter-0".into(),
+        pod_uid: format!("00000000-0000-4000-8000-{seed:012}"),
+        container: "app".into(),
+        source_node: "node-a".into(),
+        taken_at_millis: 1_700_000_000_000 + seed as i64,
+        ..ArchiveMeta::default()
+    }
+}
+
+/// Imports `source` into a fresh store under `dir`; the store goes after.
+fn import(dir: &Path, source: &Path, key: Option<ArchiveKey>, seed: u64) -> Duration {
+    let root = dir.join(format!("store-{seed}"));
+    let store = Store::open_with(&root, u64::MAX, key).unwrap();
+    let started = Instant::now();
+    store.import_file(source, meta(seed)).unwrap();
+    let elapsed = started.elapsed();
+    std::fs::remove_dir_all(&root).unwrap();
+    elapsed
+}
+
+/// Waits until the disk has written back what the step before wrote. This
+/// machine's virtual disk takes about a GiB at once, then writes back at
+/// ~250 MB/s: a step right after another would pay for the other's writes.
+fn settle(size: u64) {
+    let status = std::process::Command::new("sync").status().unwrap();
+    assert!(status.success(), "sync: {status}");
+    std::thread::sleep(Duration::from_secs_f64(size as f64 / (200.0 * MIB as f64)));
+}
+
+fn timed(run: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    run();
+    started.elapsed()
+}
+
+struct Row {
+    what: &'static str,
+    millis: Vec<f64>,
+}
+
+fn main() {
+    let base =
+        PathBuf::from(std::env::var("FERRY_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()));
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let runs = env_number("FERRY_BENCH_RUNS", 3).max(1);
+    let key = ArchiveKey::from_bytes(&[7u8; 32]);
+    println!(
+        "# Storing a checkpoint archive\n\n`cargo bench -p ferry-agent --bench store`, {runs} runs per cell, medians; files on {} ({}). Before each step the bench syncs and waits for the disk to write back the step before: this machine's virtual disk takes about a GiB at once, then writes at ~250 MB/s, so at 1 GiB the copy and the import vary up to 2× from run to run; compare them within a table.\n",
+        base.display(),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("model name\t: "))
+            .unwrap_or("?")
+    );
+    for size in sizes() {
+        let source = dir.path().join("checkpoint.tar");
+        write_source(&source, size, size);
+        let copy = dir.path().join("copy");
+        let steps: [(&str, &dyn Fn(u64) -> Duration); 5] = [
+            ("copy + fsync (baseline: cp; sync)", &|_| {
+                let took = timed(|| copy_and_fsync(&source, &copy));
+                std::fs::remove_file(&copy).unwrap();
+                took
+            }),
+            ("sha256 alone (page cache)", &|_| {
+                timed(|| {
+                    let mut hasher = Sha256::new();
+                    hash_with(&source, |b| hasher.update(b));
+                    std::hint::black_box(hasher.finalize());
+                })
+            }),
+            ("blake3 alone, one thread (page cache)", &|_| {
+                timed(|| {
+                    let mut hasher = blake3::Hasher::new();
+                    hash_with(&source, |b| {
+                        hasher.update(b);
+                    });
+                    std::hint::black_box(hasher.finalize());
+                })
+            }),
+            (
+                "ferry import: read, sha256, write, fsync, metadata",
+                &|round| import(dir.path(), &source, None, round),
+            ),
+            ("ferry import, encrypted at rest (AES-256-GCM)", &|round| {
+                import(dir.path(), &source, Some(key.clone()), round)
+            }),
+        ];
+        let mut rows: Vec<Row> = steps
+            .iter()
+            .map(|(what, _)| Row {
+                what,
+                millis: vec![],
+            })
+            .collect();
+        for round in 0..runs {
+            for ((_, step), row) in steps.iter().zip(&mut rows) {
+                settle(size);
+                row.millis.push(step(round).as_secs_f64() * 1000.0);
+            }
+        }
+        std::fs::remove_file(&source).unwrap();
+        let baseline = median(&rows[0].millis);
+        println!("## {} MiB\n", size / MIB);
+        println!("| step | ms | MiB/s | × the copy |\n|---|---|---|---|");
+        for row in &rows {
+            let ms = median(&row.millis);
+            println!(
+                "| {} | {ms:.0} | {:.0} | {:.2} |",
+                row.what,
+                size as f64 / MIB as f64 / (ms / 1000.0),
+                ms / baseline
+            );
+        }
+        println!();
+    }
+}
