@@ -36,6 +36,7 @@ use crate::lock;
 use crate::retention::{self, Retention};
 use crate::{Error, names};
 
+mod hashing;
 mod read;
 mod receive;
 
@@ -48,6 +49,36 @@ const COPY_BUFFER: usize = 1 << 20;
 /// Written bytes are handed to the kernel's writeback in steps this large,
 /// so the final fsync does not have to flush a whole archive at once.
 const WRITEBACK_STEP: u64 = 32 << 20;
+
+/// Where a file being written stands with the kernel's writeback: every
+/// [`WRITEBACK_STEP`] written bytes are handed to it without waiting, so
+/// the disk works while the archive is still being hashed and written.
+#[derive(Debug)]
+pub(crate) struct Writeback {
+    /// Bytes in the file.
+    written: u64,
+    /// Bytes of the file already handed to writeback.
+    flushed: u64,
+}
+
+impl Writeback {
+    /// For a file that already holds `written` bytes.
+    pub(crate) fn from(written: u64) -> Self {
+        Self {
+            written,
+            flushed: written,
+        }
+    }
+
+    /// `bytes` more were written to `file`.
+    pub(crate) fn wrote(&mut self, file: &File, bytes: u64) {
+        self.written += bytes;
+        if self.written - self.flushed >= WRITEBACK_STEP {
+            crate::sys::start_writeback(file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+    }
+}
 
 /// Incoming replicas untouched for this long are abandoned at start-up.
 const STALE_INCOMING: Duration = Duration::from_secs(3600);
@@ -263,12 +294,10 @@ impl Store {
     pub fn import_file(&self, source: &Path, mut meta: ArchiveMeta) -> Result<ArchiveMeta, Error> {
         meta.validate_owner()?;
         let mut input = File::open(source).map_err(|e| Error::io("opening", source, e))?;
+        let source_bytes = input.metadata().map_or(u64::MAX, |m| m.len());
         // Sized to the file (plus one byte to see its end in one read):
         // zeroing 1 MiB for a small archive costs more than copying it.
-        let buffer_bytes = input
-            .metadata()
-            .ok()
-            .and_then(|m| usize::try_from(m.len()).ok())
+        let buffer_bytes = usize::try_from(source_bytes)
             .map_or(COPY_BUFFER, |len| len.saturating_add(1).min(COPY_BUFFER));
         let mut temp = self.temp_file()?;
         let mut sealer = self.key.as_ref().map(Sealer::new).transpose()?;
@@ -276,16 +305,18 @@ impl Store {
             temp.write_all(sealer.header())
                 .map_err(|e| Error::io("writing", temp.path(), e))?;
         }
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; buffer_bytes];
+        let mut writeback = Writeback::from(temp.as_file().stream_position().unwrap_or(0));
+        let mut hashing = hashing::Hashing::new(source_bytes);
         let mut size = 0u64;
         loop {
+            let mut chunk = vec![0u8; buffer_bytes];
             let read = input
-                .read(&mut buffer)
+                .read(&mut chunk)
                 .map_err(|e| Error::io("reading", source, e))?;
             if read == 0 {
                 break;
             }
+            chunk.truncate(read);
             size += read as u64;
             if size > self.max_archive_bytes {
                 return Err(Error::TooLarge {
@@ -294,12 +325,15 @@ impl Store {
                     max: self.max_archive_bytes,
                 });
             }
-            hasher.update(&buffer[..read]);
-            match &mut sealer {
-                Some(sealer) => sealer.write(&buffer[..read], temp.as_file_mut()).map(drop),
-                None => temp.write_all(&buffer[..read]),
+            let written = match &mut sealer {
+                Some(sealer) => sealer.write(&chunk, temp.as_file_mut()),
+                None => temp.write_all(&chunk).map(|()| read as u64),
             }
             .map_err(|e| Error::io("writing", temp.path(), e))?;
+            writeback.wrote(temp.as_file(), written);
+            hashing
+                .update(chunk.into())
+                .map_err(|e| Error::io("hashing", source, e))?;
         }
         if let Some(sealer) = &mut sealer {
             sealer
@@ -309,7 +343,10 @@ impl Store {
         temp.as_file()
             .sync_all()
             .map_err(|e| Error::io("syncing", temp.path(), e))?;
-        meta.id = hex::encode(hasher.finalize());
+        let digest = hashing
+            .finish()
+            .map_err(|e| Error::io("hashing", source, e))?;
+        meta.id = hex::encode(digest);
         meta.size_bytes = size;
         meta.encrypted = sealer.is_some();
         if let Ok(mut existing) = self.get(&meta.id) {

@@ -222,8 +222,7 @@ impl Store {
             header,
             hasher,
             received: offset,
-            written,
-            flushed: written,
+            writeback: Writeback::from(written),
             sealer,
             archives: self.archives.clone(),
             tmp: self.tmp.clone(),
@@ -307,10 +306,7 @@ pub struct Incoming {
     hasher: Sha256,
     /// Archive bytes received (including an earlier attempt's).
     received: u64,
-    /// Bytes in the file.
-    written: u64,
-    /// Bytes of the file already handed to writeback.
-    flushed: u64,
+    writeback: Writeback,
     /// Holds at most one segment not yet written.
     sealer: Option<Sealer>,
     archives: PathBuf,
@@ -344,15 +340,11 @@ impl Incoming {
             None => self.file.write_all(data).map(|()| data.len() as u64),
         };
         match written {
-            Ok(bytes) => self.written += bytes,
+            Ok(bytes) => self.writeback.wrote(&self.file, bytes),
             Err(err) => return Err(self.write_failed(err)),
         }
         self.hasher.update(data);
         self.received = total;
-        if self.written - self.flushed >= WRITEBACK_STEP {
-            crate::sys::start_writeback(&self.file, self.flushed, self.written - self.flushed);
-            self.flushed = self.written;
-        }
         Ok(())
     }
 
