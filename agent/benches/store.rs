@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use ferry_agent::encryption::ArchiveKey;
 use ferry_agent::store::{ArchiveMeta, Store};
 use sha2::{Digest, Sha256};
-use shared::{env_number, median};
+use shared::{env_number, median, settle};
 
 const MIB: u64 = 1 << 20;
 const BUFFER: usize = 1 << 20;
@@ -109,15 +109,6 @@ fn import(dir: &Path, source: &Path, key: Option<ArchiveKey>, seed: u64) -> Dura
     let elapsed = started.elapsed();
     std::fs::remove_dir_all(&root).unwrap();
     elapsed
-}
-
-/// Waits until the disk has written back what the step before wrote. This
-/// machine's virtual disk takes about a GiB at once, then writes back at
-/// ~250 MB/s: a step right after another would pay for the other's writes.
-fn settle(size: u64) {
-    let status = std::process::Command::new("sync").status().unwrap();
-    assert!(status.success(), "sync: {status}");
-    std::thread::sleep(Duration::from_secs_f64(size as f64 / (200.0 * MIB as f64)));
 }
 
 fn timed(run: impl FnOnce()) -> Duration {

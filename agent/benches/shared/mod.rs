@@ -1,5 +1,5 @@
-//! What the agent's benchmarks share: settings from the environment, and
-//! medians.
+//! What the agent's benchmarks share: settings from the environment,
+//! medians, and a disk brought to the same state before each timed step.
 
 /// `name` from the environment as a number, or `default`.
 pub fn env_number(name: &str, default: u64) -> u64 {
@@ -24,4 +24,16 @@ pub fn median(values: &[f64]) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
+}
+
+/// Waits until the disk has written back what the step before wrote
+/// (`size` bytes at most). This machine's virtual disk takes about a GiB at
+/// once, then writes back at ~250 MB/s: a step right after another would
+/// pay for the other's writes.
+pub fn settle(size: u64) {
+    let status = std::process::Command::new("sync").status().unwrap();
+    assert!(status.success(), "sync: {status}");
+    std::thread::sleep(std::time::Duration::from_secs_f64(
+        size as f64 / (200.0 * (1u64 << 20) as f64),
+    ));
 }
