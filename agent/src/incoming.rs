@@ -17,6 +17,10 @@ pub enum Piece {
     End,
 }
 
+/// Bytes a compressed transfer's decoded output is gathered to before it is
+/// written (and hashed): the size of an uncompressed transfer's chunks.
+const DECODED_CHUNK: usize = 1 << 20;
+
 /// Writes the pieces of one transfer; publishes the archive on `End`. When
 /// the channel closes without `End` (the sender vanished) the partial file
 /// stays for a resumed attempt.
@@ -27,17 +31,24 @@ pub fn write_incoming(
 ) -> Result<ArchiveMeta, Error> {
     let id = incoming.meta().id.clone();
     let ended = if zstd {
-        let mut decoder = zstd::stream::write::Decoder::new(IncomingWriter(&mut incoming))
+        // The decoder writes in small pieces; gathered to a chunk's size they
+        // reach the hashing thread in few hand-offs.
+        let mut gathered =
+            std::io::BufWriter::with_capacity(DECODED_CHUNK, IncomingWriter(&mut incoming));
+        let mut decoder = zstd::stream::write::Decoder::new(&mut gathered)
             .map_err(|e| Error::io("decompressing", &id, e))?;
         let ended = drain(&mut pieces, |data| {
-            std::io::Write::write_all(&mut decoder, data).map_err(|e| unwrap_incoming_error(e, &id))
+            std::io::Write::write_all(&mut decoder, &data)
+                .map_err(|e| unwrap_incoming_error(e, &id))
         })?;
         if ended {
             std::io::Write::flush(&mut decoder).map_err(|e| unwrap_incoming_error(e, &id))?;
+            drop(decoder);
+            std::io::Write::flush(&mut gathered).map_err(|e| unwrap_incoming_error(e, &id))?;
         }
         ended
     } else {
-        drain(&mut pieces, |data| incoming.write(data))?
+        drain(&mut pieces, |data| incoming.write_bytes(data))?
     };
     if !ended {
         return Err(Error::Peer {
@@ -56,11 +67,11 @@ pub fn write_incoming(
 /// Feeds data pieces to `write` until `End` (true) or a closed channel (false).
 fn drain(
     pieces: &mut mpsc::Receiver<Piece>,
-    mut write: impl FnMut(&[u8]) -> Result<(), Error>,
+    mut write: impl FnMut(Bytes) -> Result<(), Error>,
 ) -> Result<bool, Error> {
     loop {
         match pieces.blocking_recv() {
-            Some(Piece::Data(data)) => write(&data)?,
+            Some(Piece::Data(data)) => write(data)?,
             Some(Piece::End) => return Ok(true),
             None => return Ok(false),
         }

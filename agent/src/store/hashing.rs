@@ -30,14 +30,21 @@ impl Hashing {
     /// For about `size` bytes: on a thread when that is worth it (and a
     /// thread can be started).
     pub(crate) fn new(size: u64) -> Self {
+        Self::continuing(Sha256::new(), size)
+    }
+
+    /// Goes on from `hasher` (the bytes an interrupted transfer kept) for
+    /// about `size` more bytes.
+    pub(crate) fn continuing(hasher: Sha256, size: u64) -> Self {
         if size < PARALLEL_FROM {
-            return Self::Inline(Sha256::new());
+            return Self::Inline(hasher);
         }
         let (chunks, queue) = sync_channel::<Bytes>(QUEUED);
+        let start = hasher.clone();
         let worker = std::thread::Builder::new()
             .name("archive-sha256".into())
             .spawn(move || {
-                let mut hasher = Sha256::new();
+                let mut hasher = start;
                 for chunk in queue {
                     hasher.update(&chunk);
                 }
@@ -47,7 +54,7 @@ impl Hashing {
             Ok(worker) => Self::Background { chunks, worker },
             Err(err) => {
                 tracing::debug!(error = %err, "no thread for hashing; hashing in line");
-                Self::Inline(Sha256::new())
+                Self::Inline(hasher)
             }
         }
     }
@@ -62,6 +69,18 @@ impl Hashing {
             Self::Background { chunks, .. } => chunks
                 .send(chunk)
                 .map_err(|_| std::io::Error::other("the hashing thread stopped")),
+        }
+    }
+
+    /// Like [`Hashing::update`] for bytes this side does not own: copied
+    /// only when they go to the thread.
+    pub(crate) fn update_from(&mut self, data: &[u8]) -> Result<(), std::io::Error> {
+        match self {
+            Self::Inline(hasher) => {
+                hasher.update(data);
+                Ok(())
+            }
+            Self::Background { .. } => self.update(Bytes::copy_from_slice(data)),
         }
     }
 
@@ -101,5 +120,20 @@ mod tests {
             }
             assert_eq!(hashing.finish().unwrap(), expected, "size hint {size}");
         }
+    }
+
+    #[test]
+    fn a_hash_continued_on_the_thread_covers_the_bytes_before() {
+        let data = vec![7u8; 3 * PARALLEL_FROM as usize];
+        let expected: [u8; 32] = Sha256::digest(&data).into();
+        let (kept, rest) = data.split_at(12345);
+        let mut earlier = Sha256::new();
+        earlier.update(kept);
+        let mut hashing = Hashing::continuing(earlier, rest.len() as u64);
+        assert!(matches!(hashing, Hashing::Background { .. }));
+        for piece in rest.chunks(1 << 20) {
+            hashing.update_from(piece).unwrap();
+        }
+        assert_eq!(hashing.finish().unwrap(), expected);
     }
 }

@@ -2,7 +2,9 @@
 //! files that survive restarts so an interrupted transfer resumes, and the
 //! sweep of partial replicas no sender came back for.
 
+use super::hashing::Hashing;
 use super::*;
+use bytes::Bytes;
 
 impl Store {
     /// Removes partial replicas no transfer has touched for `max_idle` and
@@ -215,12 +217,13 @@ impl Store {
         };
         file.seek(SeekFrom::Start(written))
             .map_err(|e| Error::io("seeking in", &part, e))?;
+        let hashing = Hashing::continuing(hasher, meta.size_bytes.saturating_sub(offset));
         Ok(Some(Incoming {
             meta,
             file,
             part,
             header,
-            hasher,
+            hashing,
             received: offset,
             writeback: Writeback::from(written),
             sealer,
@@ -303,7 +306,7 @@ pub struct Incoming {
     file: File,
     part: PathBuf,
     header: PathBuf,
-    hasher: Sha256,
+    hashing: Hashing,
     /// Archive bytes received (including an earlier attempt's).
     received: u64,
     writeback: Writeback,
@@ -327,6 +330,19 @@ impl Incoming {
 
     /// Appends the next bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.append(data)?;
+        let hashed = self.hashing.update_from(data);
+        hashed.map_err(|e| Error::io("hashing", &self.part, e))
+    }
+
+    /// Appends the next bytes, which the hashing thread may keep.
+    pub fn write_bytes(&mut self, data: Bytes) -> Result<(), Error> {
+        self.append(&data)?;
+        let hashed = self.hashing.update(data);
+        hashed.map_err(|e| Error::io("hashing", &self.part, e))
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), Error> {
         let total = self.received + data.len() as u64;
         if total > self.meta.size_bytes {
             return Err(Error::SizeMismatch {
@@ -343,7 +359,6 @@ impl Incoming {
             Ok(bytes) => self.writeback.wrote(&self.file, bytes),
             Err(err) => return Err(self.write_failed(err)),
         }
-        self.hasher.update(data);
         self.received = total;
         Ok(())
     }
@@ -366,7 +381,11 @@ impl Incoming {
                 actual: self.received,
             });
         }
-        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let hashing = std::mem::replace(&mut self.hashing, Hashing::new(0));
+        let digest = hashing
+            .finish()
+            .map_err(|e| Error::io("hashing", &self.part, e))?;
+        let actual = hex::encode(digest);
         if actual != self.meta.id {
             let _ = fs::remove_file(&self.part);
             let _ = fs::remove_file(&self.header);
