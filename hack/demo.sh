@@ -196,6 +196,9 @@ scenario() {
   say "Timeline of \"$name\""
   log "checkpoint through the kubelet:  ${CK_MS} ms (archive ${CK_ARCHIVE:0:12}…, replicas: $CK_REPLICAS)"
   log "replication to the standby:      ${replicate_ms:-?} ms"
+  if [[ "$replicate_ms" =~ ^[0-9]+$ && "$CK_MS" =~ ^[0-9]+$ ]]; then
+    log "checkpoint to verified replica:  $((CK_MS + replicate_ms)) ms (the request to the kubelet until the standby verified it)"
+  fi
   log "failure:                         $POD on $NODE, counter $before"
   if [[ -n "$started" ]]; then
     log "detected (failover recorded):    +$(secs "$failed_at" "$(iso_to_epoch "$started")") s = detection time (status keeps whole seconds)"
