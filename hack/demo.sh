@@ -275,7 +275,7 @@ history_holds_each_failover() {
 
 # When the kubelet of node $2 reached each step of starting pod $1, in
 # seconds after epoch $3, from its log: "bound +a, volumes +b, sandbox +c,
-# container +d". Volumes wait when the kubelet asks for the pod's ConfigMaps
+# container started +d" (the last container the kubelet saw start: the app). Volumes wait when the kubelet asks for the pod's ConfigMaps
 # before the API server's node authorizer knows the pod is on the node (it
 # logs "no relationship found"): its ConfigMap cache retries only after
 # 0.8-1.6 s.
@@ -293,7 +293,8 @@ kubelet_steps() { # pod node since
     /"SyncLoop ADD"/ && !bound { bound = at($0) }
     /MountVolume.SetUp succeeded/ && !volumes { volumes = at($0) }
     /Running pod with runtime handler|RunPodSandbox/ && !sandbox { sandbox = at($0) }
-    /ContainerStarted/ && !started { started = at($0) }
+    # The sandbox and the app report started; the app, restored, comes last.
+    /ContainerStarted/ { started = at($0) }
     /no relationship found between node/ { waited = 1 }
     END {
       printf "bound %s, volumes %s%s, sandbox %s, container started %s\n", bound, volumes,
