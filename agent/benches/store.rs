@@ -12,6 +12,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // a benchmark: panics are failures, the table is the output
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 mod shared;
 
 use std::fs::File;
@@ -38,27 +40,6 @@ fn sizes() -> Vec<u64> {
                 * MIB
         })
         .collect()
-}
-
-/// An incompressible file of `size` bytes, on disk (fsynced) and in the page
-/// cache, as the kubelet leaves its checkpoint.
-fn write_source(path: &Path, size: u64, seed: u64) {
-    let mut file = File::create(path).unwrap();
-    let mut state = seed | 1;
-    let mut block = vec![0u8; BUFFER];
-    let mut left = size;
-    while left > 0 {
-        for word in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let n = left.min(BUFFER as u64) as usize;
-        file.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    file.sync_all().unwrap();
 }
 
 fn copy_and_fsync(source: &Path, target: &Path) {
@@ -139,7 +120,9 @@ fn main() {
     );
     for size in sizes() {
         let source = dir.path().join("checkpoint.tar");
-        write_source(&source, size, size);
+        // As the kubelet leaves its checkpoint: on disk and in the page cache.
+        common::write_pseudo_random(&source, size, size);
+        File::open(&source).unwrap().sync_all().unwrap();
         let copy = dir.path().join("copy");
         let steps: [(&str, &dyn Fn(u64) -> Duration); 5] = [
             ("copy + fsync (baseline: cp; sync)", &|_| {

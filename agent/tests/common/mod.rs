@@ -280,6 +280,29 @@ pub fn import_archive(data_dir: &Path, size: u64, seed: u64) -> ArchiveMeta {
     import_archive_with(data_dir, size, seed, None)
 }
 
+/// A file of `size` incompressible bytes from `seed`, each MiB starting
+/// with [`PLAINTEXT_MARKER`] (so a test can look for plaintext on disk).
+pub fn write_pseudo_random(path: &Path, size: u64, seed: u64) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut state = seed | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        block[..PLAINTEXT_MARKER.len()].copy_from_slice(PLAINTEXT_MARKER);
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    file.flush().unwrap();
+}
+
 /// Like `import_archive`, encrypted with `key` when given (as an agent
 /// started with that key would store it).
 pub fn import_archive_with(
@@ -289,25 +312,7 @@ pub fn import_archive_with(
     key: Option<ArchiveKey>,
 ) -> ArchiveMeta {
     let source = data_dir.with_extension(format!("source-{seed}"));
-    {
-        use std::io::Write;
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&source).unwrap());
-        let mut state = seed | 1;
-        let mut block = vec![0u8; 1 << 20];
-        let mut left = size;
-        while left > 0 {
-            for word in block.chunks_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                word.copy_from_slice(&state.to_le_bytes());
-            }
-            block[..PLAINTEXT_MARKER.len()].copy_from_slice(PLAINTEXT_MARKER);
-            let n = left.min(block.len() as u64) as usize;
-            file.write_all(&block[..n]).unwrap();
-            left -= n as u64;
-        }
-    }
+    write_pseudo_random(&source, size, seed);
     let store = Store::open_with(data_dir, u64::MAX, key).unwrap();
     let meta = store
         .import_file(
