@@ -283,9 +283,13 @@ history_outage() {
   # The checkpoints taken while the database was down, and the largest gap
   # between two of the same pod (the interval is 10 s).
   local during count gaps
+  # (An if, not `awk && echo`: a last sample outside the outage must not
+  # end the loop with status 1, which pipefail and set -e turn into a stop.)
   during="$(sort -u "$samples" | while read -r archive pod_uid taken; do
     t="$(iso_to_epoch "$taken")"
-    awk -v t="$t" -v a="$down_at" -v b="$up_at" 'BEGIN { exit !(t >= a && t <= b) }' && echo "$archive $pod_uid $t"
+    if awk -v t="$t" -v a="$down_at" -v b="$up_at" 'BEGIN { exit !(t >= a && t <= b) }'; then
+      echo "$archive $pod_uid $t"
+    fi
   done | sort -u -k1,1)"
   count="$(grep -c . <<<"$during" || true)"
   ((count >= 3)) || fail "$SCENARIO: $count checkpoints during the 60 s outage: $during"
