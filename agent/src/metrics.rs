@@ -257,6 +257,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// One attempt of a replica transfer failed for `reason`; it is retried
+    /// until the attempts run out.
+    pub fn replication_attempt_failed(&self, peer: &str, reason: &'static str) {
+        self.replication_attempts_failed
+            .get_or_create(&PeerLabels {
+                peer: peer.to_owned(),
+                result: reason,
+            })
+            .inc();
+    }
+
     pub fn replication_finished(
         &self,
         peer: &str,

@@ -188,12 +188,7 @@ impl Replicator {
                     bytes_sent += sent;
                     last_error = err.to_string();
                     self.metrics
-                        .replication_attempts_failed
-                        .get_or_create(&crate::metrics::PeerLabels {
-                            peer: peer.node_name.clone(),
-                            result: failure_reason(&err),
-                        })
-                        .inc();
+                        .replication_attempt_failed(&peer.node_name, failure_reason(&err));
                     let retry = is_retryable(&err) && attempt < self.config.attempts;
                     tracing::warn!(archive = id, peer = %peer.node_name, attempt, error = %err, retry, "replication attempt failed");
                     if !retry {
