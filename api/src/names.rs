@@ -76,3 +76,11 @@ pub const NUDGED_ANNOTATION: &str = "ferry.dev/nudged-at";
 /// namespace, and only as the replacement of a pending failover of that
 /// policy; the tag is a random grant, so names cannot be guessed.
 pub const CHECKPOINT_IMAGE_REPOSITORY: &str = "localhost/ferry/checkpoint";
+
+/// Label on the warm standby pods the controller keeps on standby nodes
+/// (value `"true"`); their controlling owner is the CheckpointPolicy.
+pub const WARM_STANDBY_LABEL: &str = "ferry.dev/warm-standby";
+
+/// Annotation on a warm standby pod: a fingerprint of what it was built
+/// from, so a changed spec replaces it.
+pub const WARM_STANDBY_SPEC_ANNOTATION: &str = "ferry.dev/warm-standby-spec";

@@ -108,7 +108,7 @@ pub struct CheckpointPolicySpec {
 }
 
 /// Constraints on the standby nodes.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
     /// Labels a standby node must carry.
@@ -137,6 +137,25 @@ pub struct Placement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = LABEL_KEY_PATTERN), length(max = 316))]
     pub topology_spread_key: Option<String>,
+
+    /// Keep a small pause pod of this policy on every node that holds
+    /// replicas, referencing the ConfigMaps and Secrets the protected pods
+    /// use. The node's kubelet then has them cached when a restore lands
+    /// there, instead of asking the API server at the moment its node
+    /// authorizer may not yet know the new pod (a wait of about a second).
+    #[serde(default = "default_true")]
+    pub warm_standbys: bool,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            topology_spread_key: None,
+            warm_standbys: true,
+        }
+    }
 }
 
 /// Retention of archives, per container, on every node.
@@ -573,6 +592,9 @@ fn default_state_content_type() -> String {
 }
 fn default_interval() -> String {
     "10s".into()
+}
+fn default_true() -> bool {
+    true
 }
 fn default_standbys() -> i32 {
     1

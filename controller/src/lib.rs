@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod schedule;
 pub mod status;
 pub mod view;
+pub mod warm;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
@@ -112,6 +113,8 @@ pub struct Config {
     /// Where checkpoints and failovers are recorded (PostgreSQL); off when
     /// `None`.
     pub history: Option<ferry_history::Recorder>,
+    /// The image of warm standby pods (`warm`).
+    pub warm_standby_image: String,
 }
 
 impl Default for Config {
@@ -124,6 +127,7 @@ impl Default for Config {
             identity: "ferry-controller".into(),
             max_concurrent_failovers: 10,
             history: None,
+            warm_standby_image: warm::DEFAULT_IMAGE.to_owned(),
         }
     }
 }
@@ -158,6 +162,8 @@ pub struct Context {
     pub budget: failover::budget::Budget,
     /// Where finished failovers are recorded, if anywhere.
     pub history: Option<ferry_history::Recorder>,
+    /// The image of warm standby pods.
+    pub warm_standby_image: String,
 }
 
 /// How long a departed pod is remembered: far longer than any reconcile
@@ -217,6 +223,7 @@ impl Context {
             departed: Mutex::default(),
             budget: failover::budget::Budget::new(config.max_concurrent_failovers),
             history: config.history.clone(),
+            warm_standby_image: config.warm_standby_image.clone(),
         };
         (context, finished)
     }

@@ -87,6 +87,10 @@ struct Args {
     /// wait (a lost zone is restored a few pods at a time).
     #[arg(long, default_value_t = 10)]
     max_concurrent_failovers: usize,
+    /// Image of the warm standby pods kept on standby nodes (a pause image
+    /// the nodes already hold; see `placement.warmStandbys`).
+    #[arg(long, default_value = ferry_controller::warm::DEFAULT_IMAGE)]
+    warm_standby_image: String,
     /// Elect a leader on a Lease, so several replicas can run and only one acts.
     #[arg(long)]
     leader_election: bool,
@@ -295,6 +299,7 @@ async fn run(args: Args) -> Result<(), Error> {
         agent_namespace: Some(args.agent_namespace.clone()).filter(|n| !n.is_empty()),
         identity: args.identity.clone(),
         history: history(&args, &metrics)?,
+        warm_standby_image: args.warm_standby_image.clone(),
     };
     if args.leader_election {
         // A replica standing by is ready once it can serve the webhook: a

@@ -24,6 +24,8 @@ pub const OVERLAP: &str = "Overlapping";
 pub const RUNTIME_HANDLER_MISSING: &str = "RuntimeHandlerMissing";
 /// Whether the history database (optional) receives what happens.
 pub const HISTORY: &str = "HistoryRecorded";
+/// Condition: a warm standby pod (`warm`) could not be created or removed.
+pub const WARM_STANDBY_FAILING: &str = "WarmStandbyFailing";
 
 /// A spec that passed the checks the API server's schema cannot make.
 #[derive(Clone, Debug, PartialEq)]
@@ -341,6 +343,49 @@ pub fn set_runtime_handler_condition(
             "not used as standbys or restore targets: {}; configure the handler in the node's \
              container runtime (docs/runtime-handler.md)",
             listed.join(", ")
+        ),
+        generation,
+        Time(now),
+    );
+}
+
+/// The WarmStandbyFailing condition: what went wrong creating or removing
+/// warm standby pods. Absent until something does, as Overlapping; restores
+/// still work without them, only about a second slower at worst.
+pub fn set_warm_standby_condition(
+    status: &mut CheckpointPolicyStatus,
+    policy: &CheckpointPolicy,
+    failures: &[String],
+    now: jiff::Timestamp,
+) {
+    let generation = policy.metadata.generation;
+    if failures.is_empty() {
+        if status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == WARM_STANDBY_FAILING)
+        {
+            set_condition(
+                &mut status.conditions,
+                WARM_STANDBY_FAILING,
+                ConditionStatus::False,
+                "WarmStandbysInPlace",
+                "every standby node has its warm standby pod, or none is wanted".into(),
+                generation,
+                Time(now),
+            );
+        }
+        return;
+    }
+    set_condition(
+        &mut status.conditions,
+        WARM_STANDBY_FAILING,
+        ConditionStatus::True,
+        "WarmStandbyPodRefused",
+        format!(
+            "{}; restores on those nodes may wait about a second for the kubelet to fetch \
+             the pod's ConfigMaps and Secrets",
+            failures.join("; ")
         ),
         generation,
         Time(now),

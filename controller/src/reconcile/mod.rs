@@ -5,6 +5,7 @@
 
 mod failovers;
 mod gone_pods;
+mod warm_standbys;
 use failovers::advance_failovers;
 
 use std::collections::BTreeMap;
@@ -32,7 +33,7 @@ use crate::placement::{choose_standbys, node_ready};
 use crate::schedule::{Target, matches, selector_of, targets_of};
 use crate::status::{
     ValidSpec, desired_status, set_history_condition, set_overlap_condition, set_protection,
-    set_runtime_handler_condition, validate,
+    set_runtime_handler_condition, set_warm_standby_condition, validate,
 };
 use crate::{Context, Error};
 
@@ -237,6 +238,16 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
                 now,
             );
         }
+        let warm_failures = warm_standbys::converge(
+            policy,
+            &namespace,
+            &owned,
+            &status.checkpoints,
+            &snapshot,
+            context,
+        )
+        .await;
+        set_warm_standby_condition(&mut status, policy, &warm_failures, now);
         if let Some(age) = set_protection(
             &mut status,
             policy,
@@ -353,10 +364,12 @@ fn owned_pods(
         .filter(|other| other.uid() != policy.uid())
         .map(|other| (other.as_ref(), selector_of(other)))
         .collect();
+    // Warm standby pods are ferry's own, even under a selector as wide as
+    // the whole namespace.
     for pod in snapshot
         .pods
         .iter()
-        .filter(|p| matches(selector.as_ref(), p))
+        .filter(|p| matches(selector.as_ref(), p) && !crate::warm::is_warm_pod(p))
     {
         let older = others
             .iter()

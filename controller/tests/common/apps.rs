@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use ferry_api::{CheckpointPolicy, Phase};
+use ferry_api::{CheckpointPolicy, FailoverRecord, FailoverStage, FailureTrigger, Phase};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, EvictParams, ListParams};
 
 use super::{Installation, eventually};
@@ -113,4 +114,92 @@ pub async fn evict(client: &kube::Client, namespace: &str, name: &str) {
         .evict(name, &EvictParams::default())
         .await
         .unwrap();
+}
+
+/// Waits for the failover of `failed_uid` to complete and checks its
+/// outcome: one pod, created by the owner, restored on the standby.
+pub async fn failed_over(
+    ferry: &Installation,
+    namespace: &str,
+    name: &str,
+    app: &str,
+    failed_uid: &str,
+    standby: &str,
+    reason: FailureTrigger,
+) -> (FailoverRecord, Pod) {
+    let record = eventually(
+        "the failover to complete",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let policy = get_policy(&ferry.client, namespace, name).await;
+            let last = policy.status?.last_failover?;
+            (last.pod_uid == failed_uid).then_some(last)
+        },
+    )
+    .await;
+    assert_eq!(record.stage, FailoverStage::Completed, "{record:?}");
+    assert_eq!(record.reason, reason);
+    assert!(!record.cold_start, "{record:?}");
+    assert_eq!(record.to_node.as_deref(), Some(standby));
+    assert!(record.restored_at.is_some());
+    // The restore ran: what the standby prepared for it is released.
+    let prepared = ferry.dir.join(standby).join("images");
+    eventually(
+        "the standby to release the prepared restore",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            std::fs::read_dir(&prepared)
+                .map_or(true, |mut entries| entries.next().is_none())
+                .then_some(())
+        },
+    )
+    .await;
+    let replacement_name = record
+        .replacement_pod
+        .clone()
+        .expect("replacement recorded");
+    // Exactly one pod remains once cold racers are gone.
+    let pod = eventually(
+        "exactly one pod of the app",
+        WAIT,
+        || ferry.logs(),
+        || async {
+            let all = pods(&ferry.client, namespace, app).await;
+            (all.len() == 1 && all[0].name_any() == replacement_name).then(|| all[0].clone())
+        },
+    )
+    .await;
+    let annotations = pod.annotations();
+    assert_eq!(
+        annotations[ferry_api::names::FAILOVER_ANNOTATION],
+        failed_uid
+    );
+    assert!(annotations[ferry_api::names::RESTORED_FROM_ANNOTATION].starts_with("app="));
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.node_name.as_deref(),
+        Some(standby),
+        "pinned to the standby"
+    );
+    let container = &spec.containers[0];
+    assert!(
+        container.image.as_deref().unwrap().starts_with(&format!(
+            "localhost/ferry/checkpoint/{namespace}/{name}/app:"
+        )),
+        "{:?}",
+        container.image
+    );
+    assert_eq!(container.image_pull_policy.as_deref(), Some("Never"));
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .unwrap();
+    assert!(
+        matches!(owner.kind.as_str(), "ReplicaSet" | "StatefulSet"),
+        "{owner:?}"
+    );
+    (record, pod)
 }
