@@ -145,8 +145,10 @@ scenario() {
   # One more interval so the checkpoint in hand is a periodic one.
   sleep 3
   fresh_checkpoint "$uid"
-  local replicate_ms
+  local replicate_ms standby_node
   replicate_ms="$(replication_ms "$CK_ARCHIVE")"
+  standby_node="$(other_node "$NODE")"
+  wait_for 60 "a warm standby pod Running on $standby_node" warm_standby_running "$standby_node" || return 0
   kubectl get checkpointpolicies -A
 
   local before failed_at pods answered watcher prober
@@ -210,6 +212,7 @@ scenario() {
   if [[ -n "$completed" ]]; then
     log "restore completed (pod Running): +$(secs "$failed_at" "$(iso_to_epoch "$completed")") s"
   fi
+  log "warm standby pod there:          ${WARM_LINE% *} (Running before the failure)"
   log "kubelet of $NEW_NODE:             $(kubelet_steps "$NEW_POD" "$NEW_NODE" "$failed_at")"
   log "serving again:                   +$(secs "$failed_at" "$serving_at") s = downtime (first answer, asked every 50 ms)"
   log "replacement:                     $NEW_POD on $NEW_NODE ($new_runtime), image $image, runtime class ${runtime_class:-(none)}"
@@ -275,10 +278,11 @@ history_holds_each_failover() {
 
 # When the kubelet of node $2 reached each step of starting pod $1, in
 # seconds after epoch $3, from its log: "bound +a, volumes +b, sandbox +c,
-# container started +d" (the last container the kubelet saw start: the app). Volumes wait when the kubelet asks for the pod's ConfigMaps
-# before the API server's node authorizer knows the pod is on the node (it
-# logs "no relationship found"): its ConfigMap cache retries only after
-# 0.8-1.6 s.
+# container started +d" (the last container the kubelet saw start: the
+# app). Volumes wait when the kubelet asks for the pod's ConfigMaps before
+# the API server's node authorizer knows the pod is on the node (it logs
+# "no relationship found"): its ConfigMap cache retries only after
+# 0.8-1.6 s. The warm standby pod on the node is there to prevent that.
 kubelet_steps() { # pod node since
   local logfile="$FERRY_LOGS/kubelet-$2.log" year
   [[ -r "$logfile" ]] || return 0
@@ -295,7 +299,9 @@ kubelet_steps() { # pod node since
     /Running pod with runtime handler|RunPodSandbox/ && !sandbox { sandbox = at($0) }
     # The sandbox and the app report started; the app, restored, comes last.
     /ContainerStarted/ { started = at($0) }
-    /no relationship found between node/ { waited = 1 }
+    # Only the ConfigMap and Secret caches wait for it; a status request
+    # refused for a pod already deleted does not.
+    /no relationship found between node/ && /configmaps|secrets/ { waited = 1 }
     END {
       printf "bound %s, volumes %s%s, sandbox %s, container started %s\n", bound, volumes,
         (waited ? " (the node authorizer lagged the kubelet)" : ""), sandbox, started

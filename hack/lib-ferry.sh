@@ -127,6 +127,21 @@ fresh_checkpoint() {
 
 has_app_pod() { POD_LINE="$(app_pod)"; [[ -n "$POD_LINE" ]]; }
 
+# "name phase" of the app policy's warm standby pod on node $1 (kept on
+# standby nodes so their kubelet has the app's ConfigMaps and Secrets
+# cached); nothing if there is none.
+warm_standby_on() { # node
+  kubectl -n "$NS" get pods -l ferry.dev/warm-standby=true -o json |
+    jq -r --arg node "$1" '.items[] | select(.spec.nodeName == $node and .metadata.deletionTimestamp == null)
+      | "\(.metadata.name) \(.status.phase // "Pending")"' | head -n 1
+}
+
+# Whether a warm standby pod runs on node $1; sets WARM_LINE.
+warm_standby_running() { # node
+  WARM_LINE="$(warm_standby_on "$1")"
+  [[ "$WARM_LINE" == *" Running" ]]
+}
+
 # The one app pod runs on another node than $1; sets POD_LINE.
 replacement_running() { # failed node
   has_app_pod || return 1

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 
 use ferry_api::names::{WARM_STANDBY_LABEL, WARM_STANDBY_SPEC_ANNOTATION};
-use ferry_api::{CheckpointPolicy, CheckpointRecord};
+use ferry_api::{CheckpointPolicy, CheckpointPolicyStatus};
 
 /// The image of warm standby pods by default: the sandbox image of
 /// containerd 2.3, which every such node already holds.
@@ -121,26 +121,41 @@ pub fn is_warm_pod_of(pod: &Pod, policy: &CheckpointPolicy) -> bool {
 }
 
 /// The nodes that should have a warm standby pod of the policy: those
-/// holding a replica of a protected pod's archive, where none of the
-/// policy's pods runs (its own pods keep those caches warm) and which are
-/// still fit to receive a restore.
+/// holding a replica of a live or failing pod's archive, and those a
+/// failover restores on, where none of the policy's pods runs already (its
+/// own pods keep those caches warm) and which are still fit to receive a
+/// restore. A failing pod counts although it is gone: its restore is what
+/// the warm pod is for.
 pub fn warm_nodes(
     pods: &[&Pod],
-    records: &[CheckpointRecord],
+    status: &CheckpointPolicyStatus,
     suitable: impl Fn(&str) -> bool,
 ) -> BTreeSet<String> {
-    let live: BTreeSet<&str> = pods
+    let failing = status
+        .failovers
+        .iter()
+        .map(|f| f.pod_uid.as_str())
+        .chain(status.queued_failovers.iter().map(|q| q.pod_uid.as_str()));
+    let wanted: BTreeSet<&str> = pods
         .iter()
         .filter_map(|p| p.metadata.uid.as_deref())
+        .chain(failing)
         .collect();
+    // Only a running pod has registered what it references with its
+    // kubelet; a replacement being started does not count yet.
     let running_on: BTreeSet<&str> = pods
         .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
         .collect();
-    records
+    let replica_nodes = status
+        .checkpoints
         .iter()
-        .filter(|r| live.contains(r.pod_uid.as_str()))
-        .flat_map(|r| r.replicas.iter())
+        .filter(|r| wanted.contains(r.pod_uid.as_str()))
+        .flat_map(|r| r.replicas.iter());
+    let restore_targets = status.failovers.iter().filter_map(|f| f.to_node.as_ref());
+    replica_nodes
+        .chain(restore_targets)
         .filter(|node| !running_on.contains(node.as_str()) && suitable(node))
         .cloned()
         .collect()
@@ -348,6 +363,7 @@ fn fnv1a(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_api::CheckpointRecord;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn policy(json: serde_json::Value) -> CheckpointPolicy {
@@ -368,6 +384,7 @@ mod tests {
     fn app_pod(uid: &str, node: &str) -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": format!("counter-{uid}"), "namespace": "demo", "uid": uid},
+            "status": {"phase": "Running"},
             "spec": {
                 "nodeName": node,
                 "imagePullSecrets": [{"name": "registry"}],
@@ -430,18 +447,60 @@ mod tests {
         );
     }
 
+    fn status(
+        records: Vec<CheckpointRecord>,
+        failovers: serde_json::Value,
+    ) -> CheckpointPolicyStatus {
+        let mut status: CheckpointPolicyStatus =
+            serde_json::from_value(serde_json::json!({"failovers": failovers})).unwrap();
+        status.checkpoints = records;
+        status
+    }
+
     #[test]
-    fn warm_nodes_are_replica_nodes_without_a_pod_of_the_policy() {
+    fn warm_nodes_are_replica_nodes_without_a_running_pod_of_the_policy() {
         let a = app_pod("u1", "a");
         let b = app_pod("u2", "b");
-        let records = [
+        let mut starting = app_pod("u3", "e");
+        starting.status = None;
+        let records = vec![
             record("u1", "a", &["b", "c"]),
             record("u2", "b", &["a", "d"]),
-            // A pod that is gone warms nothing.
-            record("gone", "x", &["e"]),
+            // A pod being started does not warm its node yet.
+            record("u3", "e", &["e"]),
+            // A pod that is gone and not failing warms nothing.
+            record("gone", "x", &["f"]),
         ];
-        let nodes = warm_nodes(&[&a, &b], &records, |node| node != "d");
-        assert_eq!(nodes, BTreeSet::from(["c".to_owned()]));
+        let nodes = warm_nodes(
+            &[&a, &b, &starting],
+            &status(records, serde_json::json!([])),
+            |node| node != "d",
+        );
+        assert_eq!(nodes, BTreeSet::from(["c".to_owned(), "e".to_owned()]));
+    }
+
+    #[test]
+    fn a_failing_pod_keeps_its_standby_warm_until_its_replacement_runs() {
+        // The failed pod is gone from the cache; its failover restores on b.
+        let failovers = serde_json::json!([{
+            "reason": "NodeLoss", "pod": "counter-u1", "podUid": "u1", "fromNode": "a",
+            "toNode": "b", "stage": "Fenced", "startedAt": "2026-12-07T05:00:19Z",
+        }]);
+        let records = vec![record("u1", "a", &["b"])];
+        let nodes = warm_nodes(&[], &status(records.clone(), failovers.clone()), |_| true);
+        assert_eq!(nodes, BTreeSet::from(["b".to_owned()]));
+        // The replacement bound to b but not running yet: still warm.
+        let mut replacement = app_pod("u9", "b");
+        replacement.status = None;
+        let nodes = warm_nodes(
+            &[&replacement],
+            &status(records.clone(), failovers.clone()),
+            |_| true,
+        );
+        assert_eq!(nodes, BTreeSet::from(["b".to_owned()]));
+        // Running: its own references keep b warm.
+        let running = app_pod("u9", "b");
+        assert!(warm_nodes(&[&running], &status(records, failovers), |_| true).is_empty());
     }
 
     #[test]

@@ -238,15 +238,8 @@ async fn apply(policy: &CheckpointPolicy, context: &Arc<Context>) -> Result<Acti
                 now,
             );
         }
-        let warm_failures = warm_standbys::converge(
-            policy,
-            &namespace,
-            &owned,
-            &status.checkpoints,
-            &snapshot,
-            context,
-        )
-        .await;
+        let warm_failures =
+            warm_standbys::converge(policy, &namespace, &owned, &status, &snapshot, context).await;
         set_warm_standby_condition(&mut status, policy, &warm_failures, now);
         if let Some(age) = set_protection(
             &mut status,

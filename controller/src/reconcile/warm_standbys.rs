@@ -20,7 +20,7 @@ pub(super) async fn converge(
     policy: &CheckpointPolicy,
     namespace: &str,
     owned: &[std::sync::Arc<Pod>],
-    records: &[ferry_api::CheckpointRecord],
+    status: &ferry_api::CheckpointPolicyStatus,
     snapshot: &Snapshot,
     context: &Context,
 ) -> Vec<String> {
@@ -36,7 +36,7 @@ pub(super) async fn converge(
                 && unsuitable(n, &policy.spec.placement, &snapshot.agents, snapshot.now).is_none()
         })
     };
-    let targets: BTreeSet<String> = warm_nodes(&pods, records, suitable);
+    let targets: BTreeSet<String> = warm_nodes(&pods, status, suitable);
     let wanted = desired(policy, &context.warm_standby_image, &references, &targets);
     let existing: Vec<&Pod> = snapshot
         .pods
@@ -60,8 +60,20 @@ pub(super) async fn converge(
                 %node,
                 "warm standby pod created"
             ),
-            // Created by an earlier pass that the cache has not shown yet.
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            // Created by an earlier pass that the cache has not shown yet,
+            // unless a pod of someone else's has the name.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let taken = snapshot
+                    .pods
+                    .iter()
+                    .find(|p| p.metadata.name == pod.metadata.name);
+                if taken.is_some_and(|p| !is_warm_pod_of(p, policy)) {
+                    failures.push(format!(
+                        "creating warm standby pod {namespace}/{} on node {node}: a pod that is not ferry's has that name",
+                        pod.name_any()
+                    ));
+                }
+            }
             Err(err) => {
                 tracing::warn!(pod = %pod.name_any(), %namespace, %node, error = %err, "warm standby pod refused");
                 failures.push(format!(
