@@ -258,7 +258,7 @@ struct Args {
     /// Stop every container this agent checkpointed once neither the API
     /// server nor any peer agent has answered for this long (and it has a
     /// live peer a failover could go to); 0 disables fencing.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    #[arg(long, value_parser = parse_duration, default_value = "2500ms")]
     fence_timeout: Duration,
     /// How long the Lease stays valid without renewal. It is renewed every
     /// heartbeat; its expiry alone never triggers a failover. A new

@@ -839,7 +839,7 @@ async fn workloads_are_hardened() -> TestResult {
         "--data-dir=/var/lib/ferry",
         "--node-name=$(NODE_NAME)",
         "--heartbeat-interval=1s",
-        "--fence-timeout=3s",
+        "--fence-timeout=2500ms",
     ] {
         assert!(
             args.contains(&expected),
