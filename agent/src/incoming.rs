@@ -14,7 +14,11 @@ use crate::store::{ArchiveMeta, Incoming};
 #[derive(Debug)]
 pub enum Piece {
     Data(Bytes),
-    End,
+    /// The stream ended as it should; `named` is the archive's id when the
+    /// header carried a transfer id instead (a trailer named it).
+    End {
+        named: Option<String>,
+    },
 }
 
 /// Bytes a compressed transfer's decoded output is gathered to before it is
@@ -30,6 +34,7 @@ pub fn write_incoming(
     zstd: bool,
 ) -> Result<ArchiveMeta, Error> {
     let id = incoming.meta().id.clone();
+    let mut named = None;
     let ended = if zstd {
         // The decoder writes in small pieces; gathered to a chunk's size they
         // reach the hashing thread in few hand-offs.
@@ -37,7 +42,7 @@ pub fn write_incoming(
             std::io::BufWriter::with_capacity(DECODED_CHUNK, IncomingWriter(&mut incoming));
         let mut decoder = zstd::stream::write::Decoder::new(&mut gathered)
             .map_err(|e| Error::io("decompressing", &id, e))?;
-        let ended = drain(&mut pieces, |data| {
+        let ended = drain(&mut pieces, &mut named, |data| {
             std::io::Write::write_all(&mut decoder, &data)
                 .map_err(|e| unwrap_incoming_error(e, &id))
         })?;
@@ -48,7 +53,7 @@ pub fn write_incoming(
         }
         ended
     } else {
-        drain(&mut pieces, |data| incoming.write_bytes(data))?
+        drain(&mut pieces, &mut named, |data| incoming.write_bytes(data))?
     };
     if !ended {
         return Err(Error::Peer {
@@ -61,18 +66,23 @@ pub fn write_incoming(
             ),
         });
     }
-    incoming.finish()
+    incoming.finish(named)
 }
 
-/// Feeds data pieces to `write` until `End` (true) or a closed channel (false).
+/// Feeds data pieces to `write` until `End` (true, with the id it named
+/// in `named`) or a closed channel (false).
 fn drain(
     pieces: &mut mpsc::Receiver<Piece>,
+    named: &mut Option<String>,
     mut write: impl FnMut(Bytes) -> Result<(), Error>,
 ) -> Result<bool, Error> {
     loop {
         match pieces.blocking_recv() {
             Some(Piece::Data(data)) => write(data)?,
-            Some(Piece::End) => return Ok(true),
+            Some(Piece::End { named: id }) => {
+                *named = id;
+                return Ok(true);
+            }
             None => return Ok(false),
         }
     }

@@ -174,16 +174,23 @@ pub fn checkpoint_image(namespace: &str, policy: &str, container: &str, grant: &
 
 /// 16 random bytes from the OS, as 32 hex digits.
 pub fn random_grant() -> Result<String, Error> {
+    random_hex::<16>("drawing a restore grant from")
+}
+
+/// 32 random bytes from the OS, as 64 hex digits: the transfer id an
+/// archive streams under before its hash is known (it has an archive id's
+/// form, so the receiver's partial files and resume work as for any other).
+pub fn random_transfer_id() -> Result<String, Error> {
+    random_hex::<32>("drawing a transfer id from")
+}
+
+fn random_hex<const N: usize>(what: &'static str) -> Result<String, Error> {
     use aes_gcm::aead::OsRng;
     use aes_gcm::aead::rand_core::RngCore;
-    let mut bytes = [0u8; 16];
-    OsRng.try_fill_bytes(&mut bytes).map_err(|e| {
-        Error::io(
-            "drawing a restore grant from",
-            "the OS RNG",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
+    let mut bytes = [0u8; N];
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| Error::io(what, "the OS RNG", std::io::Error::other(e.to_string())))?;
     Ok(hex::encode(bytes))
 }
 

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::v1::agent_client::AgentClient;
 use ferry_proto::v1::{
-    GetReplicaOffsetRequest, PushReplicaRequest, ReplicaHeader, push_replica_request,
+    GetReplicaOffsetRequest, PushReplicaRequest, ReplicaHeader, ReplicaTrailer,
+    push_replica_request,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,6 +28,9 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::lock;
+pub use live::{LiveOutcome, Tee};
+
+mod live;
 use crate::metrics::Metrics;
 use crate::store::{ArchiveReader, Store};
 use crate::{Error, convert};
@@ -150,16 +154,20 @@ impl Replicator {
     /// one of the agent's transfer slots). Never fails as a whole: each
     /// peer's outcome says what happened.
     pub async fn replicate(&self, id: &str, peers: &[PeerTarget]) -> Vec<Outcome> {
-        futures::future::join_all(peers.iter().map(|peer| self.replicate_to(id, peer))).await
+        futures::future::join_all(peers.iter().map(|peer| self.replicate_to(id, None, peer))).await
     }
 
-    async fn replicate_to(&self, id: &str, peer: &PeerTarget) -> Outcome {
+    /// Sends archive `id`, stored, to `peer`. With `transfer`, the peer
+    /// holds (part of) it under that transfer id from a live stream
+    /// ([`Replicator::live`]): the transfer resumes there and names the
+    /// archive in its trailer.
+    async fn replicate_to(&self, id: &str, transfer: Option<&str>, peer: &PeerTarget) -> Outcome {
         let started = Instant::now();
         let _permit = self.permits.acquire().await;
         let mut bytes_sent = 0;
         let mut last_error = String::new();
         for attempt in 1..=self.config.attempts.max(1) {
-            match self.push_once(id, peer).await {
+            match self.push_once(id, transfer, peer).await {
                 Ok(sent) => {
                     bytes_sent += sent.bytes_sent;
                     let resumed_from = sent.resumed_from;
@@ -215,7 +223,12 @@ impl Replicator {
     }
 
     /// One attempt. On failure also returns the bytes that went out.
-    async fn push_once(&self, id: &str, peer: &PeerTarget) -> Result<Sent, (Error, u64)> {
+    async fn push_once(
+        &self,
+        id: &str,
+        transfer: Option<&str>,
+        peer: &PeerTarget,
+    ) -> Result<Sent, (Error, u64)> {
         let peer_error = |step: &'static str, message: String| Error::Peer {
             peer: peer.node_name.clone(),
             endpoint: peer.endpoint.clone(),
@@ -230,7 +243,7 @@ impl Replicator {
         let offset = tokio::time::timeout(
             stall,
             client.get_replica_offset(GetReplicaOffsetRequest {
-                archive_id: id.to_owned(),
+                archive_id: transfer.unwrap_or(id).to_owned(),
             }),
         )
         .await
@@ -276,11 +289,16 @@ impl Replicator {
         }
 
         let (sender, receiver) = mpsc::channel(QUEUED_CHUNKS);
+        let mut announced = convert::archive_to_proto(&meta);
+        if let Some(transfer) = transfer {
+            announced.id = transfer.to_owned();
+        }
         let header = PushReplicaRequest {
             message: Some(push_replica_request::Message::Header(ReplicaHeader {
-                archive: Some(convert::archive_to_proto(&meta)),
+                archive: Some(announced),
                 offset: offset.offset,
                 zstd: self.config.zstd,
+                id_follows: transfer.is_some(),
             })),
         };
         sender
@@ -298,8 +316,15 @@ impl Replicator {
                 .unwrap_or(CHUNK_BYTES)
                 .clamp(1, CHUNK_BYTES)
         };
-        let reader =
-            tokio::task::spawn_blocking(move || stream_file(reader, zstd, chunk_bytes, &sender));
+        let trailer = transfer.map(|_| trailer(id));
+        let reader = tokio::task::spawn_blocking(move || {
+            let read = stream_file(reader, zstd, chunk_bytes, &sender)?;
+            if let Some(trailer) = trailer {
+                // Fails only when the peer hung up, which the call reports.
+                let _ = sender.blocking_send(trailer);
+            }
+            Ok(read)
+        });
         let (stream, progress) = Progress::counting(ReceiverStream::new(receiver));
         let response = until_stalled(client.push_replica(stream), &progress, stall).await;
         // The reader stops by itself once the stream is dropped.
@@ -322,6 +347,15 @@ impl Replicator {
 struct Sent {
     bytes_sent: u64,
     resumed_from: u64,
+}
+
+/// The message that names a streamed archive once it is hashed.
+fn trailer(id: &str) -> PushReplicaRequest {
+    PushReplicaRequest {
+        message: Some(push_replica_request::Message::Trailer(ReplicaTrailer {
+            archive_id: id.to_owned(),
+        })),
+    }
 }
 
 /// How a stalled call reads: the code first, as a peer's status would.

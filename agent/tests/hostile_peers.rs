@@ -44,6 +44,7 @@ fn header(id: &str, size_bytes: u64) -> pb::PushReplicaRequest {
                 archive: Some(archive(id, size_bytes)),
                 offset: 0,
                 zstd: false,
+                id_follows: false,
             },
         )),
     }
@@ -184,4 +185,111 @@ async fn more_streams_than_allowed_are_refused_and_the_running_ones_finish() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(listed(&b), vec![archive.id.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_cannot_rename_or_smuggle_an_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
+    announce_evil(&pki, &b).await;
+    let trailer = |id: &str| pb::PushReplicaRequest {
+        message: Some(pb::push_replica_request::Message::Trailer(
+            pb::ReplicaTrailer {
+                archive_id: id.to_owned(),
+            },
+        )),
+    };
+    let streamed = |id: &str| {
+        let mut message = header(id, 1024);
+        if let Some(pb::push_replica_request::Message::Header(h)) = &mut message.message {
+            h.id_follows = true;
+        }
+        message
+    };
+    let bytes_id = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(vec![0x5a; 1024]))
+    };
+    let push = |messages: Vec<pb::PushReplicaRequest>| {
+        let pki = pki.clone();
+        let endpoint = b.endpoint.clone();
+        async move {
+            pki.as_agent(&endpoint, EVIL)
+                .await
+                .push_replica(tokio_stream::iter(messages))
+                .await
+        }
+    };
+    let cases = [
+        // A trailer where the header named the archive itself.
+        (
+            vec![header(&bytes_id, 1024), chunk(1024), trailer(&bytes_id)],
+            Code::InvalidArgument,
+            "only chunks may follow",
+        ),
+        // Chunks after the trailer, or a second trailer.
+        (
+            vec![
+                streamed(&"c1".repeat(32)),
+                chunk(512),
+                trailer(&bytes_id),
+                chunk(512),
+            ],
+            Code::InvalidArgument,
+            "then one trailer",
+        ),
+        (
+            vec![
+                streamed(&"c2".repeat(32)),
+                chunk(1024),
+                trailer(&bytes_id),
+                trailer(&bytes_id),
+            ],
+            Code::InvalidArgument,
+            "then one trailer",
+        ),
+        // A trailer that names other bytes than were sent.
+        (
+            vec![
+                streamed(&"c3".repeat(32)),
+                chunk(1024),
+                trailer(&"dd".repeat(32)),
+            ],
+            Code::DataLoss,
+            "",
+        ),
+        // A name that is not an archive id.
+        (
+            vec![
+                streamed(&"c4".repeat(32)),
+                chunk(1024),
+                trailer("../../etc/passwd"),
+            ],
+            Code::InvalidArgument,
+            "trailer.archive_id",
+        ),
+    ];
+    for (messages, code, says) in cases {
+        let status = push(messages).await.expect_err("refused");
+        assert_eq!(status.code(), code, "{status}");
+        assert!(status.message().contains(says), "{status}");
+    }
+    // A streamed transfer that ends without its trailer stores nothing.
+    let status = push(vec![streamed(&"c5".repeat(32)), chunk(1024)])
+        .await
+        .expect_err("no trailer, no archive");
+    assert!(status.message().contains("ended early"), "{status}");
+    assert!(listed(&b).is_empty(), "{:?}", listed(&b));
+    // The same bytes, named right, are stored under their hash.
+    let stored = push(vec![
+        streamed(&"c6".repeat(32)),
+        chunk(1024),
+        trailer(&bytes_id),
+    ])
+    .await
+    .unwrap_or_else(|s| panic!("{s}\n{}", b.log_text()))
+    .into_inner();
+    assert_eq!(stored.archive.unwrap().id, bytes_id);
+    assert_eq!(listed(&b), vec![bytes_id]);
 }

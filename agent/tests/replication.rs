@@ -273,6 +273,7 @@ async fn hostile_names_and_ids_are_rejected() {
                     }),
                     offset: 0,
                     zstd: false,
+                    id_follows: false,
                 },
             )),
         };

@@ -212,6 +212,7 @@ async fn a_partial_replica_whose_sender_never_returns_is_swept() {
                 }),
                 offset: 0,
                 zstd: false,
+                id_follows: false,
             },
         )),
     };

@@ -155,6 +155,7 @@ async fn a_sender_gone_silent_mid_stream_is_given_up_and_a_resumed_transfer_comp
                     archive: Some(proto.clone()),
                     offset: 0,
                     zstd: false,
+                    id_follows: false,
                 },
             )),
         })

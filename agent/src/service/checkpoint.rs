@@ -70,44 +70,82 @@ impl AgentService {
                 return Err(err.into());
             }
         };
-        let meta = self.new_archive(
+        let mut meta = self.new_archive(
             &request.policy,
             &container,
             request.retention.as_ref(),
             false,
         );
         let source = taken.path.clone();
-        let protected = self.inner.protected.clone();
-        let imported = self
-            .blocking(move |store| {
-                let mut meta = meta;
-                let facts = image::read_checkpoint_metadata(&source)?;
-                meta.container_image = facts
-                    .rootfs_image_name
-                    .or(facts.rootfs_image)
-                    .unwrap_or_default();
-                let archive = store.import_file(&source, meta)?;
-                record_protected(&protected, &archive, facts.container_id);
-                Ok((archive, facts.dump_stats))
+        let read = {
+            let source = source.clone();
+            self.blocking(move |_| {
+                let size = std::fs::metadata(&source)
+                    .map_err(|e| Error::io("inspecting", &source, e))?
+                    .len();
+                Ok((image::read_checkpoint_metadata(&source)?, size))
             })
-            .await;
-        if let Err(err) = runtime.discard(&taken).await {
-            tracing::warn!(path = %taken.path.display(), error = %err, "could not remove the runtime's copy");
-        }
-        let (archive, dump_stats) = match imported {
+            .await
+        };
+        // Replicated while stored: the standbys get the bytes as they are
+        // read, under a transfer id, and the archive's id last.
+        let read = read.and_then(|read| Ok((read, names::random_transfer_id()?)));
+        let ((facts, size), transfer) = match read {
+            Ok(read) => read,
+            Err(status) => {
+                self.count_checkpoint("store");
+                self.discard(runtime, &taken).await;
+                return Err(status);
+            }
+        };
+        meta.container_image = facts
+            .rootfs_image_name
+            .clone()
+            .or(facts.rootfs_image.clone())
+            .unwrap_or_default();
+        let mut announced = meta.clone();
+        announced.id.clone_from(&transfer);
+        announced.size_bytes = size;
+        let (tee, streams) = self.inner.replicator.live(&announced, &peers);
+        let protected = self.inner.protected.clone();
+        let container_id = facts.container_id;
+        let import = self.blocking(move |store| {
+            let mut tee = tee;
+            let archive = store.import_file_with(&source, meta, &mut |chunk| tee.send(chunk))?;
+            let stored_after = started.elapsed();
+            tee.finish(&archive.id);
+            record_protected(&protected, &archive, container_id);
+            Ok((archive, stored_after))
+        });
+        let (imported, live) = tokio::join!(import, streams);
+        self.discard(runtime, &taken).await;
+        let ((archive, stored_after), dump_stats) = match imported.map(|i| (i, facts.dump_stats)) {
             Ok(imported) => imported,
             Err(status) => {
                 self.count_checkpoint("store");
                 return Err(status);
             }
         };
-        let checkpoint_millis = self.count_stored(&archive, started);
+        let checkpoint_millis = self.count_stored(&archive, stored_after);
         tracing::info!(
             archive = %archive.id, policy = %archive.policy, namespace = %archive.namespace, pod = %archive.pod,
             container = %archive.container, bytes = archive.size_bytes, checkpoint_ms = checkpoint_millis,
             runtime_ms = taken.elapsed.as_millis() as u64, "checkpoint stored"
         );
-        let replicas = self.keep_and_replicate(&archive, &peers).await;
+        self.enforce_retention(&archive).await;
+        let outcomes = self
+            .inner
+            .replicator
+            .settle_live(&archive.id, &transfer, &peers, live)
+            .await;
+        self.update_store_gauges().await;
+        let verified = outcomes.iter().filter(|o| o.result.is_ok()).count();
+        tracing::info!(
+            archive = %archive.id, peers = peers.len(), verified,
+            verified_ms = started.elapsed().as_millis() as u64,
+            "checkpoint replicated"
+        );
+        let replicas = convert::outcomes_to_proto(outcomes);
         Ok(Response::new(pb::CheckpointResponse {
             archive: Some(convert::archive_to_proto(&archive)),
             checkpoint_millis,
@@ -155,6 +193,17 @@ impl AgentService {
         }
     }
 
+    /// Removes the runtime's own copy of a checkpoint, once stored (or not).
+    async fn discard(
+        &self,
+        runtime: &crate::runtime::Runtime,
+        taken: &crate::runtime::TakenCheckpoint,
+    ) {
+        if let Err(err) = runtime.discard(taken).await {
+            tracing::warn!(path = %taken.path.display(), error = %err, "could not remove the runtime's copy");
+        }
+    }
+
     /// Counts a checkpoint (or state read) by how it ended.
     pub(super) fn count_checkpoint(&self, result: &'static str) {
         self.inner
@@ -164,16 +213,14 @@ impl AgentService {
             .inc();
     }
 
-    /// Counts a stored checkpoint (or state); returns its milliseconds
-    /// since the request.
-    pub(super) fn count_stored(&self, archive: &ArchiveMeta, started: Instant) -> u64 {
+    /// Counts a checkpoint (or state) stored `elapsed` after the request;
+    /// returns those milliseconds.
+    pub(super) fn count_stored(&self, archive: &ArchiveMeta, elapsed: Duration) -> u64 {
         let metrics = &self.inner.metrics;
         self.count_checkpoint("ok");
-        metrics
-            .checkpoint_duration
-            .observe(started.elapsed().as_secs_f64());
+        metrics.checkpoint_duration.observe(elapsed.as_secs_f64());
         metrics.checkpoint_bytes.inc_by(archive.size_bytes);
-        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// What follows storing an archive taken here: the retention, and the

@@ -68,6 +68,8 @@ impl AgentService {
         let id = incoming.meta().id.clone();
         let (sender, pieces) = mpsc::channel(QUEUED_CHUNKS);
         let zstd = header.zstd;
+        let id_follows = header.id_follows;
+        let mut named = None;
         let writer =
             tokio::task::spawn_blocking(move || incoming::write_incoming(incoming, pieces, zstd));
         let mut bytes_received = 0u64;
@@ -85,20 +87,39 @@ impl AgentService {
             match next {
                 Ok(Some(pb::PushReplicaRequest {
                     message: Some(Message::Chunk(chunk)),
-                })) => {
+                })) if named.is_none() => {
                     bytes_received += chunk.len() as u64;
                     if sender.send(Piece::Data(chunk)).await.is_err() {
                         break; // the writer failed; its error is reported below
                     }
                 }
+                Ok(Some(pb::PushReplicaRequest {
+                    message: Some(Message::Trailer(trailer)),
+                })) if id_follows && named.is_none() => {
+                    if let Err(err) = names::archive_id("trailer.archive_id", &trailer.archive_id) {
+                        failure = Some(err.into());
+                        break;
+                    }
+                    named = Some(trailer.archive_id);
+                }
                 Ok(Some(_)) => {
-                    failure = Some(Status::invalid_argument(
-                        "only chunks may follow the header",
-                    ));
+                    failure = Some(Status::invalid_argument(if id_follows {
+                        "only chunks, then one trailer, may follow a header with id_follows"
+                    } else {
+                        "only chunks may follow the header"
+                    }));
                     break;
                 }
+                // A transfer that names its archive last ends only with the
+                // name: without it the stream was cut, and the partial file
+                // stays for the resumed transfer.
+                Ok(None) if id_follows && named.is_none() => break,
                 Ok(None) => {
-                    let _ = sender.send(Piece::End).await;
+                    let _ = sender
+                        .send(Piece::End {
+                            named: named.take(),
+                        })
+                        .await;
                     break;
                 }
                 Err(status) => {
@@ -122,8 +143,16 @@ impl AgentService {
                     bytes_received,
                 }))
             }
-            // The stall is why the stream ended short.
-            (Err(_), Some(status)) if status.code() == tonic::Code::DeadlineExceeded => Err(status),
+            // The stall, or a message out of order, is why the stream
+            // ended short.
+            (Err(_), Some(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::InvalidArgument
+                ) =>
+            {
+                Err(status)
+            }
             // A write error explains more than the stream ending because of it.
             (Err(err), _) => Err(Status::from(err)),
             (Ok(_), Some(status)) => Err(status),

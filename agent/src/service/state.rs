@@ -68,7 +68,7 @@ impl AgentService {
                 crate::scope::container_id(pod, &container.container),
             );
         }
-        let checkpoint_millis = self.count_stored(&archive, started);
+        let checkpoint_millis = self.count_stored(&archive, started.elapsed());
         tracing::info!(
             archive = %archive.id, policy = %archive.policy, namespace = %archive.namespace, pod = %archive.pod,
             container = %archive.container, bytes = archive.size_bytes, url = %endpoint,

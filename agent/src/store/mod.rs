@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -291,7 +292,18 @@ impl Store {
 
     /// Copies `source` into the store, hashing it on the way, and records
     /// `meta` (whose `id` and `size_bytes` are filled in here).
-    pub fn import_file(&self, source: &Path, mut meta: ArchiveMeta) -> Result<ArchiveMeta, Error> {
+    pub fn import_file(&self, source: &Path, meta: ArchiveMeta) -> Result<ArchiveMeta, Error> {
+        self.import_file_with(source, meta, &mut |_| {})
+    }
+
+    /// [`Store::import_file`], handing each chunk read to `tee` as well
+    /// (the live replication of the archive), so it is read once.
+    pub fn import_file_with(
+        &self,
+        source: &Path,
+        mut meta: ArchiveMeta,
+        tee: &mut dyn FnMut(&Bytes),
+    ) -> Result<ArchiveMeta, Error> {
         meta.validate_owner()?;
         let mut input = File::open(source).map_err(|e| Error::io("opening", source, e))?;
         let source_bytes = input.metadata().map_or(u64::MAX, |m| m.len());
@@ -317,6 +329,7 @@ impl Store {
                 break;
             }
             chunk.truncate(read);
+            let chunk = Bytes::from(chunk);
             size += read as u64;
             if size > self.max_archive_bytes {
                 return Err(Error::TooLarge {
@@ -331,8 +344,9 @@ impl Store {
             }
             .map_err(|e| Error::io("writing", temp.path(), e))?;
             writeback.wrote(temp.as_file(), written);
+            tee(&chunk);
             hashing
-                .update(chunk.into())
+                .update(chunk)
                 .map_err(|e| Error::io("hashing", source, e))?;
         }
         if let Some(sealer) = &mut sealer {
@@ -991,7 +1005,7 @@ mod tests {
         for piece in bytes[offset as usize..].chunks(pieces) {
             incoming.write(piece).unwrap();
         }
-        incoming.finish().unwrap()
+        incoming.finish(None).unwrap()
     }
 
     #[test]

@@ -373,7 +373,11 @@ impl Incoming {
 
     /// Verifies and publishes the archive. A hash mismatch deletes the
     /// partial file: its bytes cannot be trusted for a resume either.
-    pub fn finish(mut self) -> Result<ArchiveMeta, Error> {
+    /// `named`: the archive's id, when the transfer was received under a
+    /// transfer id because the sender hashed while it sent; the bytes are
+    /// verified against it and stored under it (or dropped when an archive
+    /// with that id is stored already).
+    pub fn finish(mut self, named: Option<String>) -> Result<ArchiveMeta, Error> {
         if self.received != self.meta.size_bytes {
             return Err(Error::SizeMismatch {
                 id: self.meta.id.clone(),
@@ -381,18 +385,39 @@ impl Incoming {
                 actual: self.received,
             });
         }
+        let expected = match named {
+            Some(id) => {
+                crate::names::archive_id("trailer.archive_id", &id)?;
+                id
+            }
+            None => self.meta.id.clone(),
+        };
         let hashing = std::mem::replace(&mut self.hashing, Hashing::new(0));
         let digest = hashing
             .finish()
             .map_err(|e| Error::io("hashing", &self.part, e))?;
         let actual = hex::encode(digest);
-        if actual != self.meta.id {
+        if actual != expected {
             let _ = fs::remove_file(&self.part);
             let _ = fs::remove_file(&self.header);
             return Err(Error::HashMismatch {
-                id: self.meta.id.clone(),
+                id: expected,
                 actual,
             });
+        }
+        if expected != self.meta.id {
+            let metadata = self.archives.join(format!("{expected}.json"));
+            if let Some(stored) = fs::read(&metadata)
+                .ok()
+                .and_then(|t| serde_json::from_slice::<ArchiveMeta>(&t).ok())
+            {
+                // The same bytes are here already (an earlier attempt whose
+                // answer was lost, or this node took them itself).
+                let _ = fs::remove_file(&self.part);
+                let _ = fs::remove_file(&self.header);
+                return Ok(stored);
+            }
+            self.meta.id = expected;
         }
         if let Some(sealer) = &mut self.sealer
             && let Err(err) = sealer.finish(&mut self.file)
@@ -424,5 +449,102 @@ struct ReceivingGuard {
 impl Drop for ReceivingGuard {
     fn drop(&mut self) {
         lock(&self.set).remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, size_bytes: u64) -> ArchiveMeta {
+        ArchiveMeta {
+            id: id.to_owned(),
+            policy: "default/counter".into(),
+            namespace: "default".into(),
+            pod: "counter-0".into(),
+            pod_uid: String::new(),
+            container: "app".into(),
+            source_node: "node-a".into(),
+            taken_at_millis: 1,
+            size_bytes,
+            container_image: "counter:1".into(),
+            runtime: RuntimeInfo::default(),
+            encrypted: false,
+            retention: None,
+        }
+    }
+
+    const TRANSFER: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
+
+    /// Three and a bit encryption segments of bytes.
+    fn archive() -> Vec<u8> {
+        (0..3 * SEGMENT as u32 + 5)
+            .map(|i| (i % 251) as u8)
+            .collect()
+    }
+
+    /// All of [`archive`] received under [`TRANSFER`], not finished yet.
+    fn receive_under_transfer_id(store: &Store) -> Incoming {
+        let bytes = archive();
+        let mut incoming = store
+            .receive(meta(TRANSFER, bytes.len() as u64), 0)
+            .unwrap()
+            .unwrap();
+        incoming.write(&bytes).unwrap();
+        incoming
+    }
+
+    /// A store, the id of [`archive`], and its transfer received up to its end.
+    fn streamed(key: Option<ArchiveKey>) -> (tempfile::TempDir, Store, String, Incoming) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(&dir.path().join("store"), u64::MAX, key).unwrap();
+        let id = hex::encode(Sha256::digest(archive()));
+        let incoming = receive_under_transfer_id(&store);
+        (dir, store, id, incoming)
+    }
+
+    fn incoming_files(store: &Store) -> usize {
+        read_dir(&store.incoming).unwrap().len()
+    }
+
+    #[test]
+    fn a_transfer_named_last_is_stored_under_its_hash() {
+        for key in [None, Some(ArchiveKey::from_bytes(&[3; 32]))] {
+            let (_dir, store, id, incoming) = streamed(key);
+            let stored = incoming.finish(Some(id.clone())).unwrap();
+            assert_eq!(stored.id, id);
+            store.verify(&id).unwrap();
+            assert!(
+                store.get(TRANSFER).is_err(),
+                "the transfer id names nothing"
+            );
+            assert_eq!(incoming_files(&store), 0);
+        }
+    }
+
+    #[test]
+    fn a_trailer_naming_other_bytes_leaves_nothing() {
+        let (_dir, store, id, incoming) = streamed(None);
+        let wrong = id.replace(&id[..1], if &id[..1] == "0" { "1" } else { "0" });
+        let err = incoming.finish(Some(wrong.clone())).unwrap_err();
+        assert!(
+            matches!(&err, Error::HashMismatch { id: named, .. } if *named == wrong),
+            "{err}"
+        );
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(incoming_files(&store), 0, "untrusted bytes are not kept");
+    }
+
+    #[test]
+    fn a_trailer_naming_a_stored_archive_keeps_the_one_stored() {
+        let (_dir, store, id, incoming) = streamed(None);
+        let first = incoming.finish(Some(id.clone())).unwrap();
+        // The same bytes again (a retry whose first answer was lost).
+        let again = receive_under_transfer_id(&store)
+            .finish(Some(id.clone()))
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert_eq!(incoming_files(&store), 0);
     }
 }

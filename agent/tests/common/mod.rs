@@ -363,19 +363,33 @@ pub async fn checkpoint_announced(
     source: &AgentProcess,
     request: ferry_proto::v1::CheckpointRequest,
 ) -> Result<tonic::Response<ferry_proto::v1::CheckpointResponse>, tonic::Status> {
+    checkpoint_announced_at(
+        pki.clone(),
+        source.name.clone(),
+        source.endpoint.clone(),
+        request,
+    )
+    .await
+}
+
+/// [`checkpoint_announced`] on the agent of `node` at `endpoint`, owning
+/// what it needs (for a checkpoint run in the background).
+pub async fn checkpoint_announced_at(
+    pki: Pki,
+    node: String,
+    endpoint: String,
+    request: ferry_proto::v1::CheckpointRequest,
+) -> Result<tonic::Response<ferry_proto::v1::CheckpointResponse>, tonic::Status> {
     let expected = ferry_proto::v1::Archive {
-        source_node: source.name.clone(),
+        source_node: node,
         policy: request.policy.clone(),
         container: request.container.clone(),
         ..Default::default()
     };
     for peer in &request.peers {
-        announce(pki, &expected, peer).await;
+        announce(&pki, &expected, peer).await;
     }
-    pki.controller(&source.endpoint)
-        .await
-        .checkpoint(request)
-        .await
+    pki.controller(&endpoint).await.checkpoint(request).await
 }
 
 /// The sending half of `source`'s agent, in this process: its store (with

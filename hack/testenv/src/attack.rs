@@ -237,6 +237,7 @@ pub fn replica_push(archive: pb::Archive) -> Vec<pb::PushReplicaRequest> {
                 archive: Some(archive),
                 offset: 0,
                 zstd: false,
+                id_follows: false,
             },
         )),
     };

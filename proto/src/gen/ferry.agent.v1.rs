@@ -225,7 +225,7 @@ pub struct Archive {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PushReplicaRequest {
-    #[prost(oneof = "push_replica_request::Message", tags = "1, 2")]
+    #[prost(oneof = "push_replica_request::Message", tags = "1, 2, 3")]
     pub message: ::core::option::Option<push_replica_request::Message>,
 }
 /// Nested message and enum types in `PushReplicaRequest`.
@@ -237,7 +237,18 @@ pub mod push_replica_request {
         Header(super::ReplicaHeader),
         #[prost(bytes, tag = "2")]
         Chunk(::prost::bytes::Bytes),
+        #[prost(message, tag = "3")]
+        Trailer(super::ReplicaTrailer),
     }
+}
+/// Ends a transfer whose header said `id_follows`.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplicaTrailer {
+    /// sha256 of the archive bytes, 64 lowercase hex digits: the id the
+    /// archive is verified against and stored under.
+    #[prost(string, tag = "1")]
+    pub archive_id: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -251,6 +262,12 @@ pub struct ReplicaHeader {
     /// The chunks are a zstd stream of the archive bytes from `offset` on.
     #[prost(bool, tag = "3")]
     pub zstd: bool,
+    /// `archive.id` is a transfer id the sender chose (64 hex digits, not a
+    /// hash): the archive's id comes in a trailer after the last chunk. The
+    /// transfer id names the partial file, so an interrupted transfer resumes
+    /// under it (GetReplicaOffset with the transfer id).
+    #[prost(bool, tag = "4")]
+    pub id_follows: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -655,7 +672,9 @@ pub mod agent_client {
             self.inner.unary(req, path, codec).await
         }
         /// Receives an archive from a peer: the first message carries the header,
-        /// the following ones the bytes from `header.offset` on, in order.
+        /// the following ones the bytes from `header.offset` on, in order. When the
+        /// header says `id_follows`, a trailer names the archive's id last: the
+        /// sender streams an archive it is still storing and hashing.
         ///
         /// Caller: the agent of the archive's source node, for a container the
         /// controller announced (ExpectReplicas).
@@ -983,7 +1002,9 @@ pub mod agent_server {
             tonic::Status,
         >;
         /// Receives an archive from a peer: the first message carries the header,
-        /// the following ones the bytes from `header.offset` on, in order.
+        /// the following ones the bytes from `header.offset` on, in order. When the
+        /// header says `id_follows`, a trailer names the archive's id last: the
+        /// sender streams an archive it is still storing and hashing.
         ///
         /// Caller: the agent of the archive's source node, for a container the
         /// controller announced (ExpectReplicas).
