@@ -158,7 +158,21 @@ replication_ms() {
   local pod
   for pod in $(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o name); do
     kubectl -n ferry-system logs "$pod" 2>/dev/null |
-      jq -r --arg id "$1" 'select(.fields.message == "replica stored and verified by peer" and .fields.archive == $id) | .fields.elapsed_ms' 2>/dev/null
+      jq -r --arg id "$1" 'select((.fields.message == "replica stored and verified by peer"
+          or .fields.message == "replica streamed while stored, and verified by peer") and .fields.archive == $id)
+        | .fields.elapsed_ms' 2>/dev/null
+  done | head -1
+}
+
+# Milliseconds from the checkpoint request to the last replica of archive
+# $1 verified (the agent replicates while it stores), from the source
+# agent's log.
+verified_ms() {
+  local pod
+  for pod in $(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o name); do
+    kubectl -n ferry-system logs "$pod" 2>/dev/null |
+      jq -r --arg id "$1" 'select(.fields.message == "checkpoint replicated" and .fields.archive == $id and .fields.verified > 0)
+        | .fields.verified_ms' 2>/dev/null
   done | head -1
 }
 
