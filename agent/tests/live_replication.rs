@@ -9,26 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{AgentProcess, Pki, listed};
+use common::{AgentProcess, Pki, checkpoint_request, listed};
 use ferry_proto::v1 as pb;
 
 const MIB: u64 = 1 << 20;
-
-fn checkpoint_request(peers: Vec<pb::Peer>) -> pb::CheckpointRequest {
-    pb::CheckpointRequest {
-        policy: "default/counter".into(),
-        container: Some(pb::ContainerRef {
-            namespace: "default".into(),
-            pod: "counter-7d9c".into(),
-            pod_uid: "3f2a1b4c-0000-4000-8000-000000000001".into(),
-            container: "app".into(),
-        }),
-        peers,
-        timeout_seconds: 60,
-        retention: None,
-        state_api: None,
-    }
-}
 
 /// A checkpoint on `source`, announced to its peers as the controller does,
 /// running in the background.

@@ -9,34 +9,14 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    AgentProcess, Pki, import_archive, import_archive_with, key_flag, listed, replicate_to,
-    write_key,
+    AgentProcess, Pki, checkpoint_request, import_archive, import_archive_with, key_flag, listed,
+    replicate_to, write_key,
 };
 use ferry_proto::v1 as pb;
 use tonic::Code;
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-
-fn checkpoint_request(peers: Vec<pb::Peer>) -> pb::CheckpointRequest {
-    pb::CheckpointRequest {
-        policy: "default/counter".into(),
-        container: Some(pb::ContainerRef {
-            namespace: "default".into(),
-            pod: "counter-7d9c".into(),
-            pod_uid: "3f2a1b4c-0000-4000-8000-000000000001".into(),
-            container: "app".into(),
-        }),
-        peers,
-        timeout_seconds: 30,
-        retention: Some(pb::Retention {
-            keep: 2,
-            max_bytes: 0,
-            max_age_seconds: 0,
-        }),
-        state_api: None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_archive_replicates_to_two_peers_and_verifies() {

@@ -631,7 +631,7 @@ fn remove_logged(path: &Path, what: &str) {
 mod tests {
     use super::*;
 
-    fn meta(id_seed: u8, taken_at_millis: i64, size_bytes: u64) -> ArchiveMeta {
+    pub(super) fn meta(id_seed: u8, taken_at_millis: i64, size_bytes: u64) -> ArchiveMeta {
         ArchiveMeta {
             id: hex::encode([id_seed; 32]),
             policy: "default/counter".into(),

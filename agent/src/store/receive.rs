@@ -457,21 +457,9 @@ mod tests {
     use super::*;
 
     fn meta(id: &str, size_bytes: u64) -> ArchiveMeta {
-        ArchiveMeta {
-            id: id.to_owned(),
-            policy: "default/counter".into(),
-            namespace: "default".into(),
-            pod: "counter-0".into(),
-            pod_uid: String::new(),
-            container: "app".into(),
-            source_node: "node-a".into(),
-            taken_at_millis: 1,
-            size_bytes,
-            container_image: "counter:1".into(),
-            runtime: RuntimeInfo::default(),
-            encrypted: false,
-            retention: None,
-        }
+        let mut meta = super::super::tests::meta(0, 1, size_bytes);
+        meta.id = id.to_owned();
+        meta
     }
 
     const TRANSFER: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";

@@ -513,3 +513,25 @@ fn signal(pid: u32, name: &str) {
         .unwrap();
     assert!(status.success(), "kill -{name} {pid}: {status}");
 }
+
+/// The checkpoint the tests ask for: one container of `default/counter`,
+/// replicated to `peers`, keeping two archives.
+pub fn checkpoint_request(peers: Vec<ferry_proto::v1::Peer>) -> ferry_proto::v1::CheckpointRequest {
+    ferry_proto::v1::CheckpointRequest {
+        policy: "default/counter".into(),
+        container: Some(ferry_proto::v1::ContainerRef {
+            namespace: "default".into(),
+            pod: "counter-7d9c".into(),
+            pod_uid: "3f2a1b4c-0000-4000-8000-000000000001".into(),
+            container: "app".into(),
+        }),
+        peers,
+        timeout_seconds: 30,
+        retention: Some(ferry_proto::v1::Retention {
+            keep: 2,
+            max_bytes: 0,
+            max_age_seconds: 0,
+        }),
+        state_api: None,
+    }
+}
