@@ -66,6 +66,11 @@ struct Row {
     app_pause_ms: f64,
     checkpoint_ms: u64,
     replication_ms: u64,
+    /// From the checkpoint request to the replica verified on B.
+    to_verified_ms: u64,
+    /// The baseline: `runc checkpoint` (a CRIU dump to disk) of the same
+    /// container, right after ferry's.
+    raw_dump_ms: u64,
     restore_ms: u64,
     criu_restore_ms: u64,
     restore_serving_ms: u64,
@@ -78,12 +83,45 @@ struct Row {
     pull_total_ms: u64,
 }
 
+/// Times a plain `runc checkpoint --leave-running` of container `id` on
+/// node `a` (CRIU dumping to a directory: no archive, no store, no
+/// replication), then removes what CRIU's network lock left behind.
+async fn raw_dump(a: &Node, criu: &Path, id: &str) -> Duration {
+    let images = tempfile::tempdir_in(&a.agent.data_dir).unwrap();
+    let started = Instant::now();
+    let output = Command::new("runc")
+        .arg("--root")
+        .arg(a.agent.data_dir.join("runc").join("state"))
+        .arg("--criu")
+        .arg(criu)
+        .args([
+            "checkpoint",
+            "--leave-running",
+            "--tcp-established",
+            "--image-path",
+        ])
+        .arg(images.path().join("images"))
+        .arg("--work-path")
+        .arg(images.path().join("work"))
+        .arg(id)
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        output.status.success(),
+        "runc checkpoint: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ferry_agent::runc::remove_criu_network_lock(Path::new(&a.netns.path())).await;
+    elapsed
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[allow(clippy::too_many_lines)] // one scenario, step by step
-async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
+async fn measure(pki: &Pki, a: &Node, b: &Node, criu: &Path, ballast_mib: u64) -> Row {
     let mut a_client = pki.controller(&a.agent.endpoint).await;
     let mut b_client = pki.controller(&b.agent.endpoint).await;
     let bundle = format!("b{ballast_mib}");
@@ -100,6 +138,7 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
 
     // Checkpoint on A, replicated to B.
     let before = jiff::Timestamp::now();
+    let requested = Instant::now();
     let taken = common::checkpoint_announced(
         pki,
         &a.agent,
@@ -119,6 +158,7 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
     .await
     .unwrap()
     .into_inner();
+    let to_verified = requested.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = jiff::Timestamp::now();
     let archive = taken.archive.unwrap();
@@ -138,6 +178,7 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
         .unwrap_or(before);
     let app_pause = largest_gap(&log, look_back, after).unwrap_or_default();
     let stats = archive_stats(&a.agent.data_dir, &archive.id).unwrap_or_default();
+    let raw = raw_dump(a, criu, &id).await;
 
     // The pull-state baseline, step one: read the state from A.
     let started = Instant::now();
@@ -220,6 +261,8 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, ballast_mib: u64) -> Row {
         app_pause_ms: app_pause.as_secs_f64() * 1000.0,
         checkpoint_ms: taken.checkpoint_millis,
         replication_ms: replica.millis,
+        to_verified_ms: millis(to_verified),
+        raw_dump_ms: millis(raw),
         restore_ms: restored.restore_millis,
         criu_restore_ms: restored.criu_millis,
         restore_serving_ms: millis(restore_serving),
@@ -237,20 +280,26 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| ballast MiB | archive MiB | CRIU freezing ms | CRIU frozen ms | app's largest gap between counter lines ms (period 100) | checkpoint ms | replication A→B ms | restore on B ms (CRIU) | failure → serving on B ms | counter continues | ballast verified | cold restart: serving ms, counter | pull-state: GET + fresh start + PUT ms |"
+        "| ballast MiB | archive MiB | CRIU freezing ms | CRIU frozen ms | app's largest gap between counter lines ms (period 100) | raw `runc checkpoint` ms | checkpoint ms | replication A→B ms | checkpoint requested → verified on B ms (× raw) | restore on B ms (CRIU) | failure → serving on B ms | counter continues | ballast verified | cold restart: serving ms, counter | pull-state: GET + fresh start + PUT ms |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} ({}) | {} | {} | {} | {}, counter {} (state lost) | {} + {} + {} = {} (counter only; memory lost) |",
+            "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} ({:.2}×) | {} ({}) | {} | {} | {} | {}, counter {} (state lost) | {} + {} + {} = {} (counter only; memory lost) |",
             r.ballast_mib,
             r.archive_mib,
             r.freezing_ms,
             r.frozen_ms,
             r.app_pause_ms,
+            r.raw_dump_ms,
             r.checkpoint_ms,
             r.replication_ms,
+            r.to_verified_ms,
+            r.to_verified_ms as f64 / r.raw_dump_ms.max(1) as f64,
             r.restore_ms,
             r.criu_restore_ms,
             r.restore_serving_ms,
@@ -281,12 +330,12 @@ fn plot(rows: &[Row], docs: &Path) -> Result<(), String> {
     }
     let data = docs.join("bench-cr.dat");
     let mut text = String::from(
-        "# ballast_mib frozen_ms checkpoint_ms replication_ms restore_ms failure_to_serving_ms cold_ms pull_ms\n",
+        "# ballast_mib frozen_ms checkpoint_ms replication_ms restore_ms failure_to_serving_ms cold_ms pull_ms raw_dump_ms to_verified_ms\n",
     );
     for r in rows {
         let _ = writeln!(
             text,
-            "{} {:.1} {} {} {} {} {} {}",
+            "{} {:.1} {} {} {} {} {} {} {} {}",
             r.ballast_mib,
             r.frozen_ms,
             r.checkpoint_ms,
@@ -294,7 +343,9 @@ fn plot(rows: &[Row], docs: &Path) -> Result<(), String> {
             r.restore_ms,
             r.restore_serving_ms,
             r.cold_serving_ms,
-            r.pull_total_ms
+            r.pull_total_ms,
+            r.raw_dump_ms,
+            r.to_verified_ms
         );
     }
     std::fs::write(&data, text).map_err(|e| e.to_string())?;
@@ -310,7 +361,9 @@ fn plot(rows: &[Row], docs: &Path) -> Result<(), String> {
          '' using 1:5 with linespoints title 'restore on B', \
          '' using 1:6 with linespoints title 'failure -> serving on B (state kept)', \
          '' using 1:7 with linespoints title 'cold restart (state lost)', \
-         '' using 1:8 with linespoints title 'pull-state GET+start+PUT (counter only)'\n",
+         '' using 1:8 with linespoints title 'pull-state GET+start+PUT (counter only)', \
+         '' using 1:9 with linespoints title 'raw runc checkpoint (CRIU dump, baseline)', \
+         '' using 1:10 with linespoints title 'checkpoint requested -> verified on B'\n",
         png = docs.join("bench-cr.png").display(),
         dat = data.display(),
     );
@@ -359,7 +412,7 @@ async fn run() {
     let mut rows = Vec::new();
     for mib in &ballasts {
         println!("ballast {mib} MiB …");
-        rows.push(measure(&pki, &a, &b, *mib).await);
+        rows.push(measure(&pki, &a, &b, &criu, *mib).await);
     }
     let machine = format!(
         "Machine: {} vCPUs, {}, kernel {}; CRIU {}; runc from Debian; agents are release builds; archives on {} (ext4).",
@@ -392,7 +445,7 @@ async fn run() {
     std::fs::create_dir_all(&docs).unwrap();
     let doc = format!(
         "# Checkpoint/restore benchmark\n\n`cargo bench -p ferry-agent --bench checkpoint_restore` (after `cargo build --release -p ferry-agent`), {}.\n\n{machine}\n\n\
-         Columns: CRIU freezing = the time CRIU took to freeze the container (with cgroup v1 it polls the freezer in 100 ms steps), CRIU frozen = the time it then kept it frozen (both from its stats-dump); app's largest gap = the largest gap between two counter lines the app logged (every 100 ms) around the checkpoint, so the pause the app saw is this minus up to one period; checkpoint = the agent's time from the request to the archive stored (dump, archive, import); replication = mutual-TLS transfer to node B, verified there; restore = verify the archive, unpack, `runc restore` (CRIU's part in brackets); failure → serving = from deleting the container on A to the restored app answering on B (no failure detection in this setup). The alternatives: a cold restart on B serves quickly but from counter 0 with its memory rebuilt; pulling the state through the app's API (GET /state on A, a fresh instance on B, PUT /state) carries only what the API exposes.\n\n{table}\n![plot](bench-cr.png)\n",
+         Columns: CRIU freezing = the time CRIU took to freeze the container (with cgroup v1 it polls the freezer in 100 ms steps), CRIU frozen = the time it then kept it frozen (both from its stats-dump); app's largest gap = the largest gap between two counter lines the app logged (every 100 ms) around the checkpoint, so the pause the app saw is this minus up to one period; raw `runc checkpoint` = the baseline: a plain `runc checkpoint --leave-running` (CRIU dumping to a directory) of the same container right after ferry's; checkpoint = the agent's time from the request to the archive stored (dump, archive, import); replication = mutual-TLS transfer to node B, verified there, which starts while the archive is being stored; checkpoint requested → verified on B = the whole Checkpoint call, and its ratio to the raw dump; restore = verify the archive, unpack, `runc restore` (CRIU's part in brackets); failure → serving = from deleting the container on A to the restored app answering on B (no failure detection in this setup). The alternatives: a cold restart on B serves quickly but from counter 0 with its memory rebuilt; pulling the state through the app's API (GET /state on A, a fresh instance on B, PUT /state) carries only what the API exposes.\n\n{table}\n![plot](bench-cr.png)\n",
         jiff::Timestamp::now()
     );
     std::fs::write(docs.join("bench-cr.md"), doc).unwrap();

@@ -388,51 +388,10 @@ impl RuncRuntime {
         })
     }
 
-    /// Removes what CRIU's network lock left in this node's namespace: the
-    /// `inet CRIU-*` nftables tables of a dump and the iptables `CRIU`
-    /// chain of a failed restore. Both drop traffic of every other process
-    /// in the namespace, and a later dump would fail on them.
+    /// See [`remove_criu_network_lock`]: in this node's namespace.
     async fn remove_network_lock(&self) {
-        let Some(netns) = &self.config.netns else {
-            return;
-        };
-        let net = format!("--net={}", netns.display());
-        for tool in ["iptables", "ip6tables"] {
-            for rule in [
-                &["-D", "INPUT", "-j", "CRIU"][..],
-                &["-D", "OUTPUT", "-j", "CRIU"],
-                &["-F", "CRIU"],
-                &["-X", "CRIU"],
-            ] {
-                let _ = Command::new("nsenter")
-                    .arg(&net)
-                    .arg(tool)
-                    .args(rule)
-                    .stderr(Stdio::null())
-                    .output()
-                    .await;
-            }
-        }
-        let Ok(output) = Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .args(["nft", "list", "tables"])
-            .output()
-            .await
-        else {
-            return;
-        };
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let mut words = line.split_whitespace();
-            if let (Some("table"), Some(family), Some(name)) =
-                (words.next(), words.next(), words.next())
-                && name.starts_with("CRIU")
-            {
-                let _ = Command::new("nsenter")
-                    .arg(format!("--net={}", netns.display()))
-                    .args(["nft", "delete", "table", family, name])
-                    .output()
-                    .await;
-            }
+        if let Some(netns) = &self.config.netns {
+            remove_criu_network_lock(netns).await;
         }
     }
 
@@ -513,6 +472,51 @@ impl RuncRuntime {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id);
         Ok(())
+    }
+}
+
+/// Removes what CRIU's network lock left in the network namespace `netns`:
+/// the `inet CRIU-*` nftables tables of a dump and the iptables `CRIU`
+/// chain of a failed restore. Both drop traffic of every other process in
+/// the namespace, and a later dump would fail on them.
+pub async fn remove_criu_network_lock(netns: &Path) {
+    let net = format!("--net={}", netns.display());
+    for tool in ["iptables", "ip6tables"] {
+        for rule in [
+            &["-D", "INPUT", "-j", "CRIU"][..],
+            &["-D", "OUTPUT", "-j", "CRIU"],
+            &["-F", "CRIU"],
+            &["-X", "CRIU"],
+        ] {
+            let _ = Command::new("nsenter")
+                .arg(&net)
+                .arg(tool)
+                .args(rule)
+                .stderr(Stdio::null())
+                .output()
+                .await;
+        }
+    }
+    let Ok(output) = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["nft", "list", "tables"])
+        .output()
+        .await
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("table"), Some(family), Some(name)) =
+            (words.next(), words.next(), words.next())
+            && name.starts_with("CRIU")
+        {
+            let _ = Command::new("nsenter")
+                .arg(format!("--net={}", netns.display()))
+                .args(["nft", "delete", "table", family, name])
+                .output()
+                .await;
+        }
     }
 }
 
