@@ -259,6 +259,35 @@ pub fn quantity_bytes(quantity: &str) -> Option<u64> {
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
+/// Sets condition `type_`, which is absent until its problem first
+/// appears: True with `problem` (reason, message) while there is one, and
+/// False with `cleared` (reason, message) once there was one and it went.
+fn set_problem_condition(
+    status: &mut CheckpointPolicyStatus,
+    policy: &CheckpointPolicy,
+    type_: &str,
+    problem: Option<(&str, String)>,
+    cleared: (&str, &str),
+    now: jiff::Timestamp,
+) {
+    let (condition, (reason, message)) = match problem {
+        Some(problem) => (ConditionStatus::True, problem),
+        None if status.conditions.iter().any(|c| c.type_ == type_) => {
+            (ConditionStatus::False, (cleared.0, cleared.1.to_owned()))
+        }
+        None => return,
+    };
+    set_condition(
+        &mut status.conditions,
+        type_,
+        condition,
+        reason,
+        message,
+        policy.metadata.generation,
+        Time(now),
+    );
+}
+
 /// The Overlapping condition: which pods another, older policy protects.
 pub fn set_overlap_condition(
     status: &mut CheckpointPolicyStatus,
@@ -266,39 +295,23 @@ pub fn set_overlap_condition(
     overlapping: &[(String, String)],
     now: jiff::Timestamp,
 ) {
-    let generation = policy.metadata.generation;
-    if overlapping.is_empty() {
-        if status.conditions.iter().any(|c| c.type_ == OVERLAP) {
-            set_condition(
-                &mut status.conditions,
-                OVERLAP,
-                ConditionStatus::False,
-                "NoOverlap",
-                "no other policy selects these pods".into(),
-                generation,
-                Time(now),
-            );
-        }
-        return;
-    }
-    let listed: Vec<String> = overlapping
-        .iter()
-        .take(5)
-        .map(|(pod, other)| format!("{pod} (also {other})"))
-        .collect();
-    set_condition(
-        &mut status.conditions,
-        OVERLAP,
-        ConditionStatus::True,
-        "OverlappingPolicies",
-        format!(
-            "{} pods are selected by more than one policy; the oldest policy protects them: {}",
-            overlapping.len(),
-            listed.join(", ")
-        ),
-        generation,
-        Time(now),
-    );
+    let problem = (!overlapping.is_empty()).then(|| {
+        let listed: Vec<String> = overlapping
+            .iter()
+            .take(5)
+            .map(|(pod, other)| format!("{pod} (also {other})"))
+            .collect();
+        (
+            "OverlappingPolicies",
+            format!(
+                "{} pods are selected by more than one policy; the oldest policy protects them: {}",
+                overlapping.len(),
+                listed.join(", ")
+            ),
+        )
+    });
+    let cleared = ("NoOverlap", "no other policy selects these pods");
+    set_problem_condition(status, policy, OVERLAP, problem, cleared, now);
 }
 
 /// The RuntimeHandlerMissing condition: which nodes ferry neither replicates
@@ -310,42 +323,31 @@ pub fn set_runtime_handler_condition(
     missing: &[(String, String)],
     now: jiff::Timestamp,
 ) {
-    let generation = policy.metadata.generation;
-    if missing.is_empty() {
-        if status
-            .conditions
+    let problem = (!missing.is_empty()).then(|| {
+        let listed: Vec<String> = missing
             .iter()
-            .any(|c| c.type_ == RUNTIME_HANDLER_MISSING)
-        {
-            set_condition(
-                &mut status.conditions,
-                RUNTIME_HANDLER_MISSING,
-                ConditionStatus::False,
-                "HandlersPresent",
-                "every node the placement allows has the runtime handler its agent restores through"
-                    .into(),
-                generation,
-                Time(now),
-            );
-        }
-        return;
-    }
-    let listed: Vec<String> = missing
-        .iter()
-        .map(|(node, handler)| format!("{node} (no runtime handler {handler:?})"))
-        .collect();
-    set_condition(
-        &mut status.conditions,
+            .map(|(node, handler)| format!("{node} (no runtime handler {handler:?})"))
+            .collect();
+        (
+            "NodesLackRuntimeHandler",
+            format!(
+                "not used as standbys or restore targets: {}; configure the handler in the node's \
+                 container runtime (docs/runtime-handler.md)",
+                listed.join(", ")
+            ),
+        )
+    });
+    let cleared = (
+        "HandlersPresent",
+        "every node the placement allows has the runtime handler its agent restores through",
+    );
+    set_problem_condition(
+        status,
+        policy,
         RUNTIME_HANDLER_MISSING,
-        ConditionStatus::True,
-        "NodesLackRuntimeHandler",
-        format!(
-            "not used as standbys or restore targets: {}; configure the handler in the node's \
-             container runtime (docs/runtime-handler.md)",
-            listed.join(", ")
-        ),
-        generation,
-        Time(now),
+        problem,
+        cleared,
+        now,
     );
 }
 
@@ -358,38 +360,21 @@ pub fn set_warm_standby_condition(
     failures: &[String],
     now: jiff::Timestamp,
 ) {
-    let generation = policy.metadata.generation;
-    if failures.is_empty() {
-        if status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == WARM_STANDBY_FAILING)
-        {
-            set_condition(
-                &mut status.conditions,
-                WARM_STANDBY_FAILING,
-                ConditionStatus::False,
-                "WarmStandbysInPlace",
-                "every standby node has its warm standby pod, or none is wanted".into(),
-                generation,
-                Time(now),
-            );
-        }
-        return;
-    }
-    set_condition(
-        &mut status.conditions,
-        WARM_STANDBY_FAILING,
-        ConditionStatus::True,
-        "WarmStandbyPodRefused",
-        format!(
-            "{}; restores on those nodes may wait about a second for the kubelet to fetch \
-             the pod's ConfigMaps and Secrets",
-            failures.join("; ")
-        ),
-        generation,
-        Time(now),
+    let problem = (!failures.is_empty()).then(|| {
+        (
+            "WarmStandbyPodRefused",
+            format!(
+                "{}; restores on those nodes may wait about a second for the kubelet to fetch \
+                 the pod's ConfigMaps and Secrets",
+                failures.join("; ")
+            ),
+        )
+    });
+    let cleared = (
+        "WarmStandbysInPlace",
+        "every standby node has its warm standby pod, or none is wanted",
     );
+    set_problem_condition(status, policy, WARM_STANDBY_FAILING, problem, cleared, now);
 }
 
 /// The HistoryRecorded condition, when a history database is configured:
@@ -752,5 +737,30 @@ mod tests {
         );
         set_runtime_handler_condition(&mut status, &p, &[], at(2).0);
         assert_eq!(condition(&status).0, "False");
+    }
+
+    #[test]
+    fn warm_standby_condition_appears_with_a_refusal_and_clears() {
+        let p = policy(serde_json::json!({"selector": {"matchLabels": {"app": "x"}}}));
+        let mut status = desired_status(&p, at(0));
+        let warm = |status: &CheckpointPolicyStatus| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == WARM_STANDBY_FAILING)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        };
+        set_warm_standby_condition(&mut status, &p, &[], at(0).0);
+        assert_eq!(warm(&status), None, "absent while nothing failed");
+        let refused = ["creating warm standby pod demo/ferry-warm-x-b on node b: quota".to_owned()];
+        set_warm_standby_condition(&mut status, &p, &refused, at(1).0);
+        let (state, reason, message) = warm(&status).unwrap();
+        assert_eq!(
+            (state.as_str(), reason.as_str()),
+            ("True", "WarmStandbyPodRefused")
+        );
+        assert!(message.starts_with(&refused[0]), "{message}");
+        set_warm_standby_condition(&mut status, &p, &[], at(2).0);
+        assert_eq!(warm(&status).unwrap().1, "WarmStandbysInPlace");
     }
 }
