@@ -51,6 +51,18 @@ pub struct PeerTarget {
     pub endpoint: String,
 }
 
+impl PeerTarget {
+    /// What went wrong with this peer, at which step.
+    fn error(&self, step: &'static str, message: String) -> Error {
+        Error::Peer {
+            peer: self.node_name.clone(),
+            endpoint: self.endpoint.clone(),
+            step,
+            message,
+        }
+    }
+}
+
 /// How one peer's transfer ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -229,16 +241,10 @@ impl Replicator {
         transfer: Option<&str>,
         peer: &PeerTarget,
     ) -> Result<Sent, (Error, u64)> {
-        let peer_error = |step: &'static str, message: String| Error::Peer {
-            peer: peer.node_name.clone(),
-            endpoint: peer.endpoint.clone(),
-            step,
-            message,
-        };
         let mut client = self
             .client(&peer.node_name, &peer.endpoint)
             .await
-            .map_err(|message| (peer_error("connecting", message), 0))?;
+            .map_err(|message| (peer.error("connecting", message), 0))?;
         let stall = self.config.stall_timeout;
         let offset = tokio::time::timeout(
             stall,
@@ -249,13 +255,13 @@ impl Replicator {
         .await
         .map_err(|_| {
             (
-                peer_error("asking for the resume offset", stalled(stall)),
+                peer.error("asking for the resume offset", stalled(stall)),
                 0,
             )
         })?
         .map_err(|status| {
             (
-                peer_error("asking for the resume offset", status_message(&status)),
+                peer.error("asking for the resume offset", status_message(&status)),
                 0,
             )
         })?
@@ -272,12 +278,12 @@ impl Replicator {
             let start = offset.offset;
             tokio::task::spawn_blocking(move || store.open_archive(&id, start))
                 .await
-                .map_err(|e| (peer_error("reading the archive", e.to_string()), 0))?
+                .map_err(|e| (peer.error("reading the archive", e.to_string()), 0))?
                 .map_err(|e| (e, 0))?
         };
         if offset.offset > meta.size_bytes {
             return Err((
-                peer_error(
+                peer.error(
                     "resuming",
                     format!(
                         "peer holds {} bytes of a {}-byte archive",
@@ -304,7 +310,7 @@ impl Replicator {
         sender
             .send(header)
             .await
-            .map_err(|_| (peer_error("sending", "stream closed".into()), 0))?;
+            .map_err(|_| (peer.error("sending", "stream closed".into()), 0))?;
         let zstd = self.config.zstd;
         // Small archives get small chunks: a zeroed 1 MiB buffer per chunk
         // costs more than sending 4 KiB.
@@ -335,10 +341,10 @@ impl Replicator {
                 resumed_from: offset.offset,
             }),
             (Some(Err(status)), sent) => Err((
-                peer_error("sending", status_message(&status)),
+                peer.error("sending", status_message(&status)),
                 sent.unwrap_or(0),
             )),
-            (None, sent) => Err((peer_error("sending", stalled(stall)), sent.unwrap_or(0))),
+            (None, sent) => Err((peer.error("sending", stalled(stall)), sent.unwrap_or(0))),
             (Some(Ok(_)), Err(err)) => Err((err, 0)),
         }
     }
@@ -347,6 +353,12 @@ impl Replicator {
 struct Sent {
     bytes_sent: u64,
     resumed_from: u64,
+}
+
+fn chunk_message(chunk: bytes::Bytes) -> PushReplicaRequest {
+    PushReplicaRequest {
+        message: Some(push_replica_request::Message::Chunk(chunk)),
+    }
 }
 
 /// The message that names a streamed archive once it is hashed.
@@ -509,10 +521,7 @@ fn stream_file(
         }
         chunk.truncate(filled);
         read_total += filled as u64;
-        let message = PushReplicaRequest {
-            message: Some(push_replica_request::Message::Chunk(chunk.into())),
-        };
-        if sender.blocking_send(message).is_err() {
+        if sender.blocking_send(chunk_message(chunk.into())).is_err() {
             return Ok(read_total);
         }
     }

@@ -101,12 +101,6 @@ impl Tee {
     }
 }
 
-fn chunk_message(chunk: Bytes) -> PushReplicaRequest {
-    PushReplicaRequest {
-        message: Some(push_replica_request::Message::Chunk(chunk)),
-    }
-}
-
 /// How one peer's live stream ended.
 #[derive(Debug)]
 pub struct LiveOutcome {
@@ -174,20 +168,14 @@ impl Replicator {
     ) -> LiveOutcome {
         let started = Instant::now();
         let stall = self.config.stall_timeout;
-        let peer_error = |step: &'static str, message: String| Error::Peer {
-            peer: peer.node_name.clone(),
-            endpoint: peer.endpoint.clone(),
-            step,
-            message,
-        };
         let result = match self.client(&peer.node_name, &peer.endpoint).await {
-            Err(message) => Err(peer_error("connecting", message)),
+            Err(message) => Err(peer.error("connecting", message)),
             Ok(mut client) => {
                 let (stream, progress) = Progress::counting(ReceiverStream::new(chunks));
                 match until_stalled(client.push_replica(stream), &progress, stall).await {
                     Some(Ok(response)) => Ok(response.into_inner().bytes_received),
-                    Some(Err(status)) => Err(peer_error("streaming", status_message(&status))),
-                    None => Err(peer_error("streaming", stalled(stall))),
+                    Some(Err(status)) => Err(peer.error("streaming", status_message(&status))),
+                    None => Err(peer.error("streaming", stalled(stall))),
                 }
             }
         };

@@ -132,13 +132,9 @@ impl AgentService {
             container = %archive.container, bytes = archive.size_bytes, checkpoint_ms = checkpoint_millis,
             runtime_ms = taken.elapsed.as_millis() as u64, "checkpoint stored"
         );
-        self.enforce_retention(&archive).await;
         let outcomes = self
-            .inner
-            .replicator
-            .settle_live(&archive.id, &transfer, &peers, live)
+            .keep_and_replicate(&archive, &peers, Some((&transfer, live)))
             .await;
-        self.update_store_gauges().await;
         let verified = outcomes.iter().filter(|o| o.result.is_ok()).count();
         tracing::info!(
             archive = %archive.id, peers = peers.len(), verified,
@@ -224,16 +220,26 @@ impl AgentService {
     }
 
     /// What follows storing an archive taken here: the retention, and the
-    /// replicas on the peers (each peer's outcome).
+    /// replicas on the peers (each peer's outcome). `live`: the transfer id
+    /// and outcomes of the streams that ran while it was stored.
     pub(super) async fn keep_and_replicate(
         &self,
         archive: &ArchiveMeta,
         peers: &[PeerTarget],
-    ) -> Vec<pb::ReplicaOutcome> {
+        live: Option<(&str, Vec<LiveOutcome>)>,
+    ) -> Vec<Outcome> {
         self.enforce_retention(archive).await;
-        let outcomes = self.inner.replicator.replicate(&archive.id, peers).await;
+        let replicator = &self.inner.replicator;
+        let outcomes = match live {
+            Some((transfer, live)) => {
+                replicator
+                    .settle_live(&archive.id, transfer, peers, live)
+                    .await
+            }
+            None => replicator.replicate(&archive.id, peers).await,
+        };
         self.update_store_gauges().await;
-        convert::outcomes_to_proto(outcomes)
+        outcomes
     }
 
     /// Applies the retention stored with `archive` to its container's

@@ -24,7 +24,7 @@ use crate::incoming::{self, Piece};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::peers::PublishedReach;
 use crate::prepared::PreparedRestores;
-use crate::replication::{PeerTarget, Replicator};
+use crate::replication::{LiveOutcome, Outcome, PeerTarget, Replicator};
 use crate::retention::{self, Retention};
 use crate::runc::RuncRuntime;
 use crate::runtime::Runtime;

@@ -74,7 +74,8 @@ impl AgentService {
             container = %archive.container, bytes = archive.size_bytes, url = %endpoint,
             get_ms = call.elapsed.as_millis() as u64, checkpoint_ms = checkpoint_millis, "state read and stored"
         );
-        let replicas = self.keep_and_replicate(&archive, &peers).await;
+        let replicas =
+            convert::outcomes_to_proto(self.keep_and_replicate(&archive, &peers, None).await);
         Ok(Response::new(pb::CheckpointResponse {
             archive: Some(convert::archive_to_proto(&archive)),
             checkpoint_millis,
