@@ -152,28 +152,30 @@ replacement_running() { # failed node
 
 answers() { [[ "$(counter_of "$1")" =~ ^[0-9]+$ ]]; }
 
-# How long the agent that sent archive $1 took to replicate it (ms), from
-# its log line "replica stored and verified by peer".
-replication_ms() {
+# The first value jq filter $2 gives for archive $1 (bound as $id) over the
+# JSON log lines of every agent; nothing when no line matches.
+agent_log_value() { # archive filter
   local pod
   for pod in $(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o name); do
-    kubectl -n ferry-system logs "$pod" 2>/dev/null |
-      jq -r --arg id "$1" 'select((.fields.message == "replica stored and verified by peer"
-          or .fields.message == "replica streamed while stored, and verified by peer") and .fields.archive == $id)
-        | .fields.elapsed_ms' 2>/dev/null
+    kubectl -n ferry-system logs "$pod" 2>/dev/null | jq -r --arg id "$1" "$2" 2>/dev/null
   done | head -1
+}
+
+# How long the agent that sent archive $1 took to replicate it (ms), from
+# its log line "replica stored and verified by peer" (or, streamed while
+# stored, "replica streamed while stored, and verified by peer").
+replication_ms() {
+  agent_log_value "$1" 'select((.fields.message == "replica stored and verified by peer"
+      or .fields.message == "replica streamed while stored, and verified by peer") and .fields.archive == $id)
+    | .fields.elapsed_ms'
 }
 
 # Milliseconds from the checkpoint request to the last replica of archive
 # $1 verified (the agent replicates while it stores), from the source
 # agent's log.
 verified_ms() {
-  local pod
-  for pod in $(kubectl -n ferry-system get pods -l app.kubernetes.io/component=agent -o name); do
-    kubectl -n ferry-system logs "$pod" 2>/dev/null |
-      jq -r --arg id "$1" 'select(.fields.message == "checkpoint replicated" and .fields.archive == $id and .fields.verified > 0)
-        | .fields.verified_ms' 2>/dev/null
-  done | head -1
+  agent_log_value "$1" 'select(.fields.message == "checkpoint replicated" and .fields.archive == $id and .fields.verified > 0)
+    | .fields.verified_ms'
 }
 
 # The controller leader: "pod node ip" of the Lease holder.
