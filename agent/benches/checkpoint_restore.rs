@@ -83,9 +83,9 @@ struct Row {
     pull_total_ms: u64,
 }
 
-/// Times a plain `runc checkpoint --leave-running` of container `id` on
-/// node `a` (CRIU dumping to a directory: no archive, no store, no
-/// replication), then removes what CRIU's network lock left behind.
+/// Times a plain `runc checkpoint` of container `id` on node `a`, with the
+/// agent's own arguments (CRIU dumping to a directory: no archive, no
+/// store, no replication), then removes what CRIU's network lock left.
 async fn raw_dump(a: &Node, criu: &Path, id: &str) -> Duration {
     let images = tempfile::tempdir_in(&a.agent.data_dir).unwrap();
     let started = Instant::now();
@@ -94,16 +94,11 @@ async fn raw_dump(a: &Node, criu: &Path, id: &str) -> Duration {
         .arg(a.agent.data_dir.join("runc").join("state"))
         .arg("--criu")
         .arg(criu)
-        .args([
-            "checkpoint",
-            "--leave-running",
-            "--tcp-established",
-            "--image-path",
-        ])
-        .arg(images.path().join("images"))
-        .arg("--work-path")
-        .arg(images.path().join("work"))
-        .arg(id)
+        .args(ferry_agent::runc::checkpoint_args(
+            &images.path().join("images"),
+            &images.path().join("work"),
+            id,
+        ))
         .output()
         .unwrap();
     let elapsed = started.elapsed();

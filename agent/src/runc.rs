@@ -343,16 +343,7 @@ impl RuncRuntime {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
         }
         let mut command = self.runc();
-        command
-            .arg("checkpoint")
-            .arg("--leave-running")
-            // Clients connected at dump time keep their connections.
-            .arg("--tcp-established")
-            .arg("--image-path")
-            .arg(&images)
-            .arg("--work-path")
-            .arg(&work)
-            .arg(&id);
+        command.args(checkpoint_args(&images, &work, &id));
         let dumped = self
             .run_runc("checkpoint", command, Some(&work.join("dump.log")))
             .await;
@@ -473,6 +464,22 @@ impl RuncRuntime {
             .remove(id);
         Ok(())
     }
+}
+
+/// The arguments of the `runc checkpoint` that dumps container `id` into
+/// `images` (CRIU's work files in `work`), leaving it running.
+pub fn checkpoint_args(images: &Path, work: &Path, id: &str) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["checkpoint".into(), "--leave-running".into()];
+    // Clients connected at dump time keep their connections.
+    args.push("--tcp-established".into());
+    args.extend([
+        "--image-path".into(),
+        images.into(),
+        "--work-path".into(),
+        work.into(),
+        id.into(),
+    ]);
+    args
 }
 
 /// Removes what CRIU's network lock left in the network namespace `netns`:
