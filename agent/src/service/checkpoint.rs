@@ -77,20 +77,20 @@ impl AgentService {
             false,
         );
         let source = taken.path.clone();
+        // Replicated while stored: the standbys get the bytes as they are
+        // read, under a transfer id, and the archive's id last.
         let read = {
             let source = source.clone();
             self.blocking(move |_| {
                 let size = std::fs::metadata(&source)
                     .map_err(|e| Error::io("inspecting", &source, e))?
                     .len();
-                Ok((image::read_checkpoint_metadata(&source)?, size))
+                let facts = image::read_checkpoint_metadata(&source)?;
+                Ok((facts, size, names::random_transfer_id()?))
             })
             .await
         };
-        // Replicated while stored: the standbys get the bytes as they are
-        // read, under a transfer id, and the archive's id last.
-        let read = read.and_then(|read| Ok((read, names::random_transfer_id()?)));
-        let ((facts, size), transfer) = match read {
+        let (mut facts, size, transfer) = match read {
             Ok(read) => read,
             Err(status) => {
                 self.count_checkpoint("store");
@@ -100,8 +100,8 @@ impl AgentService {
         };
         meta.container_image = facts
             .rootfs_image_name
-            .clone()
-            .or(facts.rootfs_image.clone())
+            .take()
+            .or(facts.rootfs_image.take())
             .unwrap_or_default();
         let mut announced = meta.clone();
         announced.id.clone_from(&transfer);
