@@ -300,7 +300,7 @@ partition() { # placement
 # ---- 5. short cuts: how long a cut must last to be failed over ---------------
 # What unreachableGracePeriod (2 s) and --fence-timeout (2.5 s) trade: a cut
 # shorter than the grace period changes nothing; a longer one may be
-# detected, and once the node's agent fenced (3 s without the API server
+# detected, and once the node's agent fenced (2.5 s without the API server
 # and every peer) the pod is failed over even if the node is back. Whatever
 # happens, a prober never sees two copies, and the counter never restarts
 # from zero. The outcome per cut goes into the summary.
