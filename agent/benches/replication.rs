@@ -143,11 +143,10 @@ async fn run() {
         dir.path().display()
     );
 
-    // The archive goes into A's store before A starts; A2, the `--zstd`
-    // sender, gets the same files as hard links.
+    // The archive goes into A's store before A starts; A sends it both
+    // plainly and with `--zstd`.
     let started = Instant::now();
     let a_dir = dir.path().join("a");
-    // A and A2 share the archive file, so they share a key.
     let key_files = encrypt.then(|| {
         [
             write_key(dir.path(), "a.key", 0xA1),
