@@ -148,6 +148,7 @@ async fn measure(pki: &Pki, a: &Node, b: &Node, criu: &Path, ballast_mib: u64) -
                 max_age_seconds: 0,
             }),
             state_api: None,
+            content_hash: pb::ContentHash::Blake3.into(),
         },
     )
     .await

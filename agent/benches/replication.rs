@@ -1,6 +1,9 @@
 //! Replication benchmark (issue 3): a 1 GiB archive replicated between two
-//! real agent processes (mutual TLS, sha256 verified by the receiver) against
-//! a plain TCP copy of the same bytes over loopback, in the same run.
+//! real agent processes (mutual TLS, its BLAKE3 id verified by the receiver)
+//! against a plain TCP copy of the same bytes over loopback, in the same run;
+//! and beside it an archive of the same size named by sha256, as agents
+//! named archives before BLAKE3 (and still do beside agents that know only
+//! sha256), so the gain of the hash shows within one run.
 //!
 //! `cargo bench -p ferry-agent --bench replication` prints a Markdown table
 //! and whether the targets are met. It fails only when replication breaks,
@@ -11,10 +14,10 @@
 //! receiver encrypts; the TCP copy copies the encrypted file). CPU seconds come from /proc/<pid>/stat (user + system):
 //! the two agents' for a replication, this process's for the TCP copy.
 //!
-//! A third comparator, "TLS copy + sha256", does only the work the issue
+//! A third comparator, "TLS copy + blake3", does only the work the issue
 //! requires and nothing of ferry's: the same bytes over a rustls (ring)
 //! mutual-TLS connection with the agents' certificates, 1 MiB buffers, the
-//! receiver hashing with sha2, writing and fsyncing (one thread receives and
+//! receiver hashing with BLAKE3, writing and fsyncing (one thread receives and
 //! decrypts, another hashes and writes with early writeback, as ferry
 //! does). Its gap to ferry is ferry's own overhead (gRPC/HTTP/2, copies,
 //! the store); its gap to the TCP copy is the price of TLS and hashing. Its
@@ -35,12 +38,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{AgentProcess, Pki, import_archive_with, key_flag, listed, write_key};
+use common::{AgentProcess, ContentHash, Pki, import_archive_hashed, key_flag, listed, write_key};
 use ferry_agent::encryption::{ArchiveKey, encrypted_len};
 use ferry_proto::v1 as pb;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use sha2::{Digest, Sha256};
 use shared::{env_number, median, settle};
 
 const MIB: u64 = 1 << 20;
@@ -161,7 +163,8 @@ async fn run() {
     let key_a = key_files
         .as_ref()
         .map(|files| ArchiveKey::load(&files[0]).unwrap());
-    let archive = import_archive_with(&a_dir, size, 42, key_a);
+    let archive = import_archive_hashed(&a_dir, size, 42, key_a.clone(), ContentHash::Blake3);
+    let sha256_named = import_archive_hashed(&a_dir, size, 43, key_a, ContentHash::Sha256);
     let archives = |data_dir: &Path| data_dir.join("archives");
     eprintln!(
         "imported a {} MiB archive in {:.1} s",
@@ -201,11 +204,11 @@ async fn run() {
     let key_a_file = key_files.as_ref().map(|files| files[0].clone());
     let a_sends = common::sender(&pki, &a, key_a_file.as_deref(), false);
     let a_zstd_sends = common::sender(&pki, &a, key_a_file.as_deref(), true);
-    assert_eq!(
-        listed(&a),
-        vec![archive.id.clone()],
-        "node-a serves the archive"
-    );
+    let mut held = listed(&a);
+    held.sort();
+    let mut both = vec![archive.id.clone(), sha256_named.id.clone()];
+    both.sort();
+    assert_eq!(held, both, "node-a serves both archives");
 
     let tls = TlsCopy::new(&pki);
     let tls_target = dir.path().join("tls-copy.bin");
@@ -213,6 +216,7 @@ async fn run() {
     let mut secure = Samples::default();
     let mut suite = String::new();
     let mut ferry = Samples::default();
+    let mut ferry_sha256 = Samples::default();
     let mut ferry_zstd = Samples::default();
     // Interleaved rounds, so drift on a shared machine hits every method.
     // Before each method the disk writes back what the one before wrote.
@@ -244,15 +248,18 @@ async fn run() {
         settle(stored_size);
         ferry.add(size, replicate(&pki, &a_sends, &a, &b, &archive).await);
         settle(stored_size);
+        ferry_sha256.add(size, replicate(&pki, &a_sends, &a, &b, &sha256_named).await);
+        settle(stored_size);
         ferry_zstd.add(
             size,
             replicate(&pki, &a_zstd_sends, &a, &b_zstd, &archive).await,
         );
         eprintln!(
-            "round {round}/{runs}: tcp {:.0}, tls+sha256 {:.0}, ferry {:.0}, ferry --zstd {:.0} MiB/s",
+            "round {round}/{runs}: tcp {:.0}, tls+blake3 {:.0}, ferry {:.0}, ferry sha256-named {:.0}, ferry --zstd {:.0} MiB/s",
             tcp.last(),
             secure.last(),
             ferry.last(),
+            ferry_sha256.last(),
             ferry_zstd.last()
         );
     }
@@ -286,7 +293,7 @@ async fn run() {
         tcp.cpu_cell(size, false)
     );
     println!(
-        "| TLS copy + sha256 (the required work, no gRPC): rustls/ring mutual TLS ({}), 1 MiB buffers; receiver: a TLS thread, a thread that hashes, writes (early writeback), fsyncs | {} | {:.2} | {} (threads) | – | – |",
+        "| TLS copy + blake3 (the required work, no gRPC): rustls/ring mutual TLS ({}), 1 MiB buffers; receiver: a TLS thread, a thread that hashes, writes (early writeback), fsyncs | {} | {:.2} | {} (threads) | – | – |",
         suite,
         secure.cell(),
         secure.median() / tcp_median,
@@ -294,8 +301,14 @@ async fn run() {
     );
     let rows = [
         (
-            "ferry replication A→B, mTLS, receiver sha256-verifies, fsyncs and publishes",
+            "ferry replication A→B, mTLS, receiver verifies the BLAKE3 id, fsyncs and publishes",
             &ferry,
+            &a,
+            &b,
+        ),
+        (
+            "the same, an archive named by sha256 (before BLAKE3)",
+            &ferry_sha256,
             &a,
             &b,
         ),
@@ -324,9 +337,10 @@ async fn run() {
         met(ratio >= TARGET_RATIO)
     );
     println!(
-        "- ferry to the TLS + sha256 floor: {:.2} (the rest is ferry's own overhead); the floor to the TCP copy: {:.2} (the price of TLS and hashing)",
+        "- ferry to the TLS + blake3 floor: {:.2} (the rest is ferry's own overhead); the floor to the TCP copy: {:.2} (the price of TLS and hashing); BLAKE3 ids against sha256 ids: {:.2}×",
         ferry.median() / secure.median(),
-        secure.median() / tcp_median
+        secure.median() / tcp_median,
+        ferry.median() / ferry_sha256.median()
     );
     let peak = [&a, &b, &b_zstd].into_iter().map(rss).fold(0.0, f64::max);
     println!(
@@ -425,7 +439,7 @@ impl TlsCopy {
     }
 
     /// Sends `source` from one thread to receiver threads over loopback
-    /// mutual TLS; the receiver sha256-hashes, writes `target` and fsyncs,
+    /// mutual TLS; the receiver hashes (BLAKE3), writes `target` and fsyncs,
     /// then checks the hash against `expected`. Timed from the connect
     /// (handshake included) to the receiver being done; CPU per thread.
     /// Also returns the negotiated cipher suite (the agents, with the same
@@ -457,7 +471,7 @@ impl TlsCopy {
             let writer = std::thread::spawn(move || {
                 let cpu = thread_cpu_seconds();
                 let mut file = File::create(&target).unwrap();
-                let mut hasher = Sha256::new();
+                let mut hasher = ContentHash::Blake3.hasher();
                 let (mut total, mut flushed) = (0u64, 0u64);
                 for (buffer, filled) in full_rx {
                     hasher.update(&buffer[..filled]);
@@ -473,11 +487,7 @@ impl TlsCopy {
                     let _ = empty_tx.send(buffer);
                 }
                 file.sync_all().unwrap();
-                (
-                    total,
-                    hex::encode(hasher.finalize()),
-                    thread_cpu_seconds() - cpu,
-                )
+                (total, hasher.finish_id(), thread_cpu_seconds() - cpu)
             });
             loop {
                 let mut buffer = empty_rx.recv().unwrap();

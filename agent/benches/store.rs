@@ -5,7 +5,9 @@
 //! `cargo bench -p ferry-agent --bench store` prints a Markdown table per
 //! size: a plain copy with one fsync (what `cp` and `sync` do), each hash
 //! alone over the file in the page cache, and the store's import
-//! (read, sha256, write, fsync, metadata), plaintext and encrypted.
+//! (read, hash, write, fsync, metadata): named by BLAKE3 (what the agent
+//! does now) and by sha256 (before, and beside agents that know only
+//! sha256), plaintext and encrypted.
 //! `FERRY_BENCH_SIZES` (MiB, default `64,256,1024`), `FERRY_BENCH_RUNS`
 //! (default 3) and `FERRY_BENCH_DIR` (default /var/tmp; a real disk, not a
 //! tmpfs) change the setup. Times are medians, MiB/s of the archive.
@@ -21,6 +23,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ferry_agent::content_hash::ContentHash;
 use ferry_agent::encryption::ArchiveKey;
 use ferry_agent::store::{ArchiveMeta, Store};
 use sha2::{Digest, Sha256};
@@ -82,11 +85,17 @@ fn meta(seed: u64) -> ArchiveMeta {
 }
 
 /// Imports `source` into a fresh store under `dir`; the store goes after.
-fn import(dir: &Path, source: &Path, key: Option<ArchiveKey>, seed: u64) -> Duration {
+fn import(
+    dir: &Path,
+    source: &Path,
+    key: Option<ArchiveKey>,
+    hash: ContentHash,
+    seed: u64,
+) -> Duration {
     let root = dir.join(format!("store-{seed}"));
     let store = Store::open_with(&root, u64::MAX, key).unwrap();
     let started = Instant::now();
-    store.import_file(source, meta(seed)).unwrap();
+    store.import_file(source, meta(seed), hash).unwrap();
     let elapsed = started.elapsed();
     std::fs::remove_dir_all(&root).unwrap();
     elapsed
@@ -124,7 +133,7 @@ fn main() {
         common::write_pseudo_random(&source, size, size);
         File::open(&source).unwrap().sync_all().unwrap();
         let copy = dir.path().join("copy");
-        let steps: [(&str, &dyn Fn(u64) -> Duration); 5] = [
+        let steps: [(&str, &dyn Fn(u64) -> Duration); 6] = [
             ("copy + fsync (baseline: cp; sync)", &|_| {
                 let took = timed(|| copy_and_fsync(&source, &copy));
                 std::fs::remove_file(&copy).unwrap();
@@ -147,11 +156,21 @@ fn main() {
                 })
             }),
             (
-                "ferry import: read, sha256, write, fsync, metadata",
-                &|round| import(dir.path(), &source, None, round),
+                "ferry import: read, blake3, write, fsync, metadata",
+                &|round| import(dir.path(), &source, None, ContentHash::Blake3, round),
+            ),
+            (
+                "ferry import named by sha256 (agents before BLAKE3)",
+                &|round| import(dir.path(), &source, None, ContentHash::Sha256, round),
             ),
             ("ferry import, encrypted at rest (AES-256-GCM)", &|round| {
-                import(dir.path(), &source, Some(key.clone()), round)
+                import(
+                    dir.path(),
+                    &source,
+                    Some(key.clone()),
+                    ContentHash::Blake3,
+                    round,
+                )
             }),
         ];
         let mut rows: Vec<Row> = steps

@@ -99,6 +99,7 @@ async fn main() {
                     max_age_seconds: 0,
                 }),
                 state_api: None,
+                content_hash: pb::ContentHash::Blake3.into(),
             },
         )
         .await

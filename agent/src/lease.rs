@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_api::agent::{
-    FENCING_ANNOTATION, FencingInfo, KUBELET_ENDPOINT_ANNOTATION, PEER_OBSERVATIONS_ANNOTATION,
-    PeerObservations,
+    FENCING_ANNOTATION, FencingInfo, KUBELET_ENDPOINT_ANNOTATION, NODE_INFO_CONTENT_HASHES,
+    PEER_OBSERVATIONS_ANNOTATION, PeerObservations,
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 
+use crate::content_hash::ContentHash;
 use crate::service::NodeFacts;
 
 /// Field manager of everything the agent writes.
@@ -61,6 +62,9 @@ pub fn desired_lease(
         "containerRuntime": facts.container_runtime,
         "restoreHandler": facts.restore_handler,
         "agentVersion": env!("CARGO_PKG_VERSION"),
+        // What the controller may ask this agent to name archives by, and
+        // what it verifies from peers.
+        NODE_INFO_CONTENT_HASHES: ContentHash::SUPPORTED.map(ContentHash::name),
     });
     let mut annotations = serde_json::json!({
         ENDPOINT_ANNOTATION: config.endpoint,
@@ -164,6 +168,10 @@ mod tests {
         .unwrap();
         assert_eq!(info["criuVersion"], "4.2.1");
         assert_eq!(info["restoreHandler"], "ferry");
+        assert_eq!(
+            info["contentHashes"],
+            serde_json::json!(["sha256", "blake3"])
+        );
         let annotations = &lease["metadata"]["annotations"];
         assert_eq!(annotations[KUBELET_ENDPOINT_ANNOTATION], "10.0.0.7:10250");
         let fencing: FencingInfo =

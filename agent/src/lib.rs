@@ -8,6 +8,7 @@
 pub mod announcements;
 pub mod authz;
 pub mod containerd;
+pub mod content_hash;
 pub mod convert;
 pub mod encryption;
 pub mod fencing;

@@ -5,6 +5,7 @@
 //! path separators, no `..`, no NUL, bounded length.
 
 use crate::Error;
+use crate::content_hash::ContentHash;
 
 /// Longest name accepted anywhere (DNS-1123 subdomain limit).
 pub const MAX_NAME_LEN: usize = 253;
@@ -25,7 +26,6 @@ fn shown(value: &str) -> String {
     format!("{shown:?}")
 }
 
-/// A content hash: 64 lowercase hex digits.
 /// A restore grant: 32 lowercase hex digits ([`random_grant`]).
 pub fn grant(field: &'static str, value: &str) -> Result<(), Error> {
     if !ferry_runc::grant::is_grant(value) {
@@ -41,14 +41,13 @@ pub fn grant(field: &'static str, value: &str) -> Result<(), Error> {
 }
 
 pub fn archive_id(field: &'static str, value: &str) -> Result<(), Error> {
-    if value.len() != 64
-        || !value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if ContentHash::of_id(value).is_none() {
         return Err(invalid(
             field,
-            format!("{} is not a sha256 (64 lowercase hex digits)", shown(value)),
+            format!(
+                "{} is not an archive id (`blake3-` and 64 lowercase hex digits, or 64 for a sha256)",
+                shown(value)
+            ),
         ));
     }
     Ok(())
@@ -177,11 +176,12 @@ pub fn random_grant() -> Result<String, Error> {
     random_hex::<16>("drawing a restore grant from")
 }
 
-/// 32 random bytes from the OS, as 64 hex digits: the transfer id an
-/// archive streams under before its hash is known (it has an archive id's
-/// form, so the receiver's partial files and resume work as for any other).
-pub fn random_transfer_id() -> Result<String, Error> {
-    random_hex::<32>("drawing a transfer id from")
+/// 32 random bytes from the OS in the form of an archive id named by
+/// `hash`: the transfer id an archive streams under before its hash is
+/// known (the receiver's partial files and resume work as for any other
+/// id, and the form tells it which hash to compute).
+pub fn random_transfer_id(hash: ContentHash) -> Result<String, Error> {
+    Ok(hash.id_of_hex(&random_hex::<32>("drawing a transfer id from")?))
 }
 
 fn random_hex<const N: usize>(what: &'static str) -> Result<String, Error> {
@@ -237,6 +237,7 @@ mod tests {
         dns_label("f", "default").unwrap();
         dns_subdomain("f", "counter-7d9c.x2k1").unwrap();
         archive_id("f", &"ab".repeat(32)).unwrap();
+        archive_id("f", &format!("blake3-{}", "ab".repeat(32))).unwrap();
         policy_ref("f", "default/counter").unwrap();
         uid("f", "3f2a1b4c-0000-4000-8000-000000000001").unwrap();
         endpoint("f", "10.0.0.1:50051").unwrap();

@@ -4,7 +4,7 @@
 //! into a channel of a few chunks, so memory stays bounded whatever the
 //! archive's size. Before sending, the sender asks the peer how much it
 //! already holds and continues from there; failed attempts are retried with
-//! backoff. The receiver verifies the sha256 before the archive becomes
+//! backoff. The receiver verifies the content hash before the archive becomes
 //! visible, so the sender does not hash again.
 //!
 //! A peer that stops moving (its node gone without closing the connection,

@@ -454,6 +454,7 @@ async fn fixture(namespace_name: &str) -> Fixture {
             timeout_seconds: 30,
             retention: None,
             state_api: None,
+            content_hash: pb::ContentHash::Blake3.into(),
         },
     )
     .await

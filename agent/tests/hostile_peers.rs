@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{AgentProcess, Pki, import_archive, listed, replicate_to};
+use common::{AgentProcess, ContentHash, Pki, import_archive, listed, replicate_to};
 use ferry_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -207,10 +207,8 @@ async fn trailers_cannot_rename_or_smuggle_an_archive() {
         }
         message
     };
-    let bytes_id = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(vec![0x5a; 1024]))
-    };
+    let bytes_id = ContentHash::Sha256.id_of_bytes(&[0x5a; 1024]);
+    let bytes_blake3 = ContentHash::Blake3.id_of_bytes(&[0x5a; 1024]);
     let push = |messages: Vec<pb::PushReplicaRequest>| {
         let pki = pki.clone();
         let endpoint = b.endpoint.clone();
@@ -259,6 +257,26 @@ async fn trailers_cannot_rename_or_smuggle_an_archive() {
             Code::DataLoss,
             "",
         ),
+        // The right bytes named by the other hash than the transfer id's
+        // form asked the receiver to compute: it cannot vouch for them.
+        (
+            vec![
+                streamed(&format!("blake3-{}", "c7".repeat(32))),
+                chunk(1024),
+                trailer(&bytes_id),
+            ],
+            Code::DataLoss,
+            "",
+        ),
+        (
+            vec![
+                streamed(&"c8".repeat(32)),
+                chunk(1024),
+                trailer(&bytes_blake3),
+            ],
+            Code::DataLoss,
+            "",
+        ),
         // A name that is not an archive id.
         (
             vec![
@@ -291,5 +309,20 @@ async fn trailers_cannot_rename_or_smuggle_an_archive() {
     .unwrap_or_else(|s| panic!("{s}\n{}", b.log_text()))
     .into_inner();
     assert_eq!(stored.archive.unwrap().id, bytes_id);
-    assert_eq!(listed(&b), vec![bytes_id]);
+    assert_eq!(listed(&b), vec![bytes_id.clone()]);
+    // And under their BLAKE3 id, streamed under a BLAKE3 transfer id.
+    let stored = push(vec![
+        streamed(&format!("blake3-{}", "c9".repeat(32))),
+        chunk(1024),
+        trailer(&bytes_blake3),
+    ])
+    .await
+    .unwrap_or_else(|s| panic!("{s}\n{}", b.log_text()))
+    .into_inner();
+    assert_eq!(stored.archive.unwrap().id, bytes_blake3);
+    let mut both = vec![bytes_id, bytes_blake3];
+    both.sort();
+    let mut held = listed(&b);
+    held.sort();
+    assert_eq!(held, both);
 }

@@ -41,6 +41,7 @@ fn checkpoint_request(peers: Vec<pb::Peer>) -> pb::CheckpointRequest {
             ..Default::default()
         }),
         state_api: None,
+        content_hash: pb::ContentHash::Blake3.into(),
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ferry_agent::Error;
+use ferry_agent::content_hash::ContentHash;
 use ferry_agent::image::{
     self, ARCHIVE_FILE, CheckpointImage, LAYOUT_DIR, build_checkpoint_image, keys,
     read_checkpoint_metadata,
@@ -788,6 +789,44 @@ fn compressed_truncated_and_garbage_archives_are_refused() {
         );
         assert!(text.contains(word), "{name}: {text}");
     }
+}
+
+#[test]
+fn archives_named_by_blake3_become_images_whose_layer_is_named_by_sha256() {
+    // OCI and the runtimes name blobs by sha256; the store names archives by
+    // BLAKE3. The build verifies the one and computes the other in one pass.
+    let fx = fixture(Flavor::CriO, 0o600);
+    let blake3_id = ContentHash::Blake3.id_of_bytes(&fs::read(&fx.archive).unwrap());
+    let out = fx.dir.path().join("blake3");
+    let img = build_checkpoint_image(&fx.archive, &blake3_id, REFERENCE, &out, true).unwrap();
+    assert_eq!(img.layer_digest, format!("sha256:{}", fx.id));
+    assert_eq!(
+        img.annotations[keys::FERRY_ARCHIVE_DIGEST],
+        format!("blake3:{}", blake3_id.trim_start_matches("blake3-"))
+    );
+    let layer = img.layout_dir.join("blobs/sha256").join(&fx.id);
+    assert_eq!(sha256_file(&layer), fx.id);
+    let copied = fx.dir.path().join("blake3-copied");
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--insecure-policy",
+        &format!("oci:{}:{TAG}", img.layout_dir.display()),
+        &format!("dir:{}", copied.display()),
+    ]);
+    assert_eq!(sha256_file(&copied.join(&fx.id)), fx.id);
+
+    // A BLAKE3 id of other bytes is refused, naming the bytes' own.
+    let wrong = format!("blake3-{}", "e".repeat(64));
+    let refused = fx.dir.path().join("refused");
+    match build_checkpoint_image(&fx.archive, &wrong, REFERENCE, &refused, false) {
+        Err(Error::HashMismatch { id, actual }) => {
+            assert_eq!(id, wrong);
+            assert_eq!(actual, blake3_id);
+        }
+        other => panic!("expected a hash mismatch, got {other:?}"),
+    }
+    assert!(!refused.exists());
 }
 
 #[test]

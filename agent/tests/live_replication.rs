@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{AgentProcess, Pki, checkpoint_request, listed};
+use common::{AgentProcess, ContentHash, Pki, checkpoint_request, listed};
 use ferry_proto::v1 as pb;
 
 const MIB: u64 = 1 << 20;
@@ -167,5 +167,38 @@ async fn a_standby_that_drops_out_of_the_stream_joins_again_resuming() {
             "{} keeps no partial",
             peer.name
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requested_hash_names_streams_and_verifies_the_archive() {
+    // Unset is what an older controller sends; sha256 is what this one asks
+    // for while a standby's agent knows only sha256 (a rolling upgrade).
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 24 * MIB, &[]).await;
+    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &[]).await;
+    for (asked, named) in [
+        (pb::ContentHash::Unspecified, ContentHash::Sha256),
+        (pb::ContentHash::Sha256, ContentHash::Sha256),
+        (pb::ContentHash::Blake3, ContentHash::Blake3),
+    ] {
+        let mut request = checkpoint_request(vec![b.peer()]);
+        request.content_hash = asked.into();
+        let response = in_background(&pki, &a, request)
+            .await
+            .unwrap()
+            .unwrap_or_else(|s| panic!("{asked:?}: {s}\n{}", a.log_text()))
+            .into_inner();
+        let id = response.archive.unwrap().id;
+        assert_eq!(ContentHash::of_id(&id), Some(named), "{asked:?}: {id}");
+        let replica = &response.replicas[0];
+        assert!(replica.ok, "{asked:?}: {}", replica.error);
+        assert!(listed(&b).contains(&id), "{asked:?}");
+        for node in [&a, &b] {
+            let bytes =
+                std::fs::read(node.data_dir.join("archives").join(format!("{id}.tar"))).unwrap();
+            assert_eq!(named.id_of_bytes(&bytes), id, "{asked:?} on {}", node.name);
+        }
     }
 }

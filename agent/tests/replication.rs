@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    AgentProcess, Pki, checkpoint_request, import_archive, import_archive_with, key_flag, listed,
-    replicate_to, write_key,
+    AgentProcess, ContentHash, Pki, checkpoint_request, import_archive, import_archive_with,
+    key_flag, listed, replicate_to, write_key,
 };
 use ferry_proto::v1 as pb;
 use tonic::Code;
@@ -147,45 +147,55 @@ async fn a_flipped_byte_is_detected_and_rejected() {
     let pki = Pki::new(dir.path());
     let a = AgentProcess::start(&pki, "node-a", &dir.path().join("a"), 0, &[]).await;
     let c = AgentProcess::start(&pki, "node-c", &dir.path().join("c"), 0, &[]).await;
-    let archive = import_archive(&a.data_dir, 32 * MIB, 9);
-
-    // Flip one byte of the stored archive on node A.
-    let path = a
-        .data_dir
-        .join("archives")
-        .join(format!("{}.tar", archive.id));
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[12_345_678] ^= 0x01;
-    std::fs::write(&path, bytes).unwrap();
-
     let mut client = pki.controller(&a.endpoint).await;
-    let outcome = replicate_to(&pki, &a, &archive, c.peer()).await;
-    assert!(!outcome.ok);
-    assert!(
-        outcome.error.contains("DataLoss") && outcome.error.contains("is corrupt"),
-        "{}",
-        outcome.error
-    );
-    assert!(listed(&c).is_empty(), "the corrupt replica is not stored");
-    let incoming: Vec<_> = std::fs::read_dir(c.data_dir.join("incoming"))
-        .unwrap()
-        .collect();
-    assert!(
-        incoming.is_empty(),
-        "nothing of the corrupt replica is kept for a resume"
-    );
+    // Either hash catches it: BLAKE3, and sha256 (an archive an agent from
+    // before BLAKE3 stored, which this one still serves).
+    for (seed, hash) in [(9, ContentHash::Blake3), (10, ContentHash::Sha256)] {
+        let archive = common::import_archive_hashed(&a.data_dir, 32 * MIB, seed, None, hash);
+        assert_eq!(ContentHash::of_id(&archive.id), Some(hash));
 
-    // A restore from the corrupt archive is refused before anything runs.
-    let status = client
-        .prepare_restore(pb::PrepareRestoreRequest {
-            archive_id: archive.id.clone(),
-            failover: String::new(),
-            namespace: "default".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::DataLoss, "{status}");
-    assert!(status.message().contains("is corrupt"), "{status}");
+        // Flip one byte of the stored archive on node A.
+        let path = a
+            .data_dir
+            .join("archives")
+            .join(format!("{}.tar", archive.id));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[12_345_678] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+
+        let outcome = replicate_to(&pki, &a, &archive, c.peer()).await;
+        assert!(!outcome.ok, "{hash:?}");
+        assert!(
+            outcome.error.contains("DataLoss") && outcome.error.contains("is corrupt"),
+            "{hash:?}: {}",
+            outcome.error
+        );
+        assert!(listed(&c).is_empty(), "the corrupt replica is not stored");
+        let incoming: Vec<_> = std::fs::read_dir(c.data_dir.join("incoming"))
+            .unwrap()
+            .collect();
+        assert!(
+            incoming.is_empty(),
+            "nothing of the corrupt replica is kept for a resume"
+        );
+
+        // A restore from the corrupt archive is refused before anything runs.
+        let status = client
+            .prepare_restore(pb::PrepareRestoreRequest {
+                archive_id: archive.id.clone(),
+                failover: String::new(),
+                namespace: "default".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DataLoss, "{status}");
+        assert!(status.message().contains("is corrupt"), "{status}");
+    }
+    // An intact archive named by sha256 replicates and verifies as before.
+    let legacy = common::import_archive_hashed(&a.data_dir, 8 * MIB, 11, None, ContentHash::Sha256);
+    let outcome = replicate_to(&pki, &a, &legacy, c.peer()).await;
+    assert!(outcome.ok, "{}", outcome.error);
+    assert_eq!(listed(&c), vec![legacy.id]);
 }
 
 #[tokio::test]
@@ -494,8 +504,7 @@ async fn encrypted_agents_replicate_and_keep_no_plaintext_on_disk() {
         .into_inner();
     let plaintext = std::fs::read(&restore.archive_path).unwrap();
     assert_eq!(plaintext.len() as u64, archive.size_bytes);
-    use sha2::Digest as _;
-    assert_eq!(hex::encode(sha2::Sha256::digest(&plaintext)), archive.id);
+    assert_eq!(ContentHash::Blake3.id_of_bytes(&plaintext), archive.id);
     assert_eq!(
         std::fs::read_dir(b.data_dir.join("tmp")).unwrap().count(),
         0

@@ -29,6 +29,7 @@ fn checkpoint_request(peers: Vec<pb::Peer>, retention: pb::Retention) -> pb::Che
         timeout_seconds: 30,
         retention: Some(retention),
         state_api: None,
+        content_hash: pb::ContentHash::Blake3.into(),
     }
 }
 

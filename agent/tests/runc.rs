@@ -34,6 +34,7 @@ async fn checkpoint_to_standby(pki: &Pki, source: &Node, standby: &Node) -> pb::
             timeout_seconds: 60,
             retention: None,
             state_api: None,
+            content_hash: pb::ContentHash::Blake3.into(),
         },
     )
     .await
@@ -190,6 +191,7 @@ async fn criu_failures_quote_criu() {
             timeout_seconds: 60,
             retention: None,
             state_api: None,
+            content_hash: pb::ContentHash::Blake3.into(),
         })
         .await
         .unwrap()

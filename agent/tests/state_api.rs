@@ -57,6 +57,7 @@ fn request(source: pb::StateApi, peers: Vec<pb::Peer>) -> pb::CheckpointRequest 
             ..Default::default()
         }),
         state_api: Some(source),
+        content_hash: pb::ContentHash::Blake3.into(),
     }
 }
 

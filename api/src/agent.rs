@@ -8,6 +8,25 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde::{Deserialize, Serialize};
 
+/// Key in the node-info annotation: the content hashes the agent names
+/// archives by and verifies them by, by name ([`SHA256`], [`BLAKE3`]).
+/// Absent (an agent from before BLAKE3): sha256 alone.
+pub const NODE_INFO_CONTENT_HASHES: &str = "contentHashes";
+pub const SHA256: &str = "sha256";
+pub const BLAKE3: &str = "blake3";
+/// What an archive id named by BLAKE3 starts with; 64 lowercase hex
+/// digits follow. An id of the 64 digits alone is named by sha256.
+pub const BLAKE3_ID_PREFIX: &str = "blake3-";
+
+/// Whether `id` has the form of an archive id (either hash).
+pub fn is_archive_id(id: &str) -> bool {
+    let digits = id.strip_prefix(BLAKE3_ID_PREFIX).unwrap_or(id);
+    digits.len() == 64
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Lease annotation with [`PeerObservations`] (JSON).
 pub const PEER_OBSERVATIONS_ANNOTATION: &str = "ferry.dev/peer-observations";
 

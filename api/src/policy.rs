@@ -436,7 +436,8 @@ pub struct CheckpointRecord {
     pub owner: String,
     /// Node the checkpoint was taken on.
     pub node: String,
-    /// Archive id (sha256 of its content).
+    /// Archive id: the hash of its content, `blake3-<64 hex>` (or 64 hex
+    /// digits alone for an archive named by sha256).
     pub archive: String,
     pub size_bytes: i64,
     /// Time from the checkpoint request to the archive being stored.

@@ -9,11 +9,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use tonic::transport::{Channel, Endpoint};
 
 use ferry_api::agent::{
-    FENCING_ANNOTATION, FencingInfo, KUBELET_ENDPOINT_ANNOTATION, PEER_OBSERVATIONS_ANNOTATION,
-    PeerObservations,
+    BLAKE3, FENCING_ANNOTATION, FencingInfo, KUBELET_ENDPOINT_ANNOTATION, NODE_INFO_CONTENT_HASHES,
+    PEER_OBSERVATIONS_ANNOTATION, PeerObservations, SHA256,
 };
 use ferry_api::names::{AGENT_ENDPOINT_ANNOTATION, AGENT_NODE_INFO_ANNOTATION};
 use ferry_proto::tls::{Credentials, Identity};
+use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_client::AgentClient;
 
 /// What an agent's Lease says.
@@ -36,6 +37,10 @@ pub struct AgentInfo {
     pub kubelet_probed: bool,
     /// What it sees of the other nodes.
     pub observations: PeerObservations,
+    /// The content hashes it names and verifies archives by
+    /// (`ferry_api::agent::SHA256`, `BLAKE3`); sha256 alone for an agent
+    /// from before BLAKE3, which does not say.
+    pub content_hashes: Vec<String>,
 }
 
 impl AgentInfo {
@@ -73,7 +78,20 @@ impl AgentInfo {
             fencing,
             kubelet_probed: annotations.contains_key(KUBELET_ENDPOINT_ANNOTATION),
             observations,
+            content_hashes: facts[NODE_INFO_CONTENT_HASHES]
+                .as_array()
+                .map(|names| {
+                    names
+                        .iter()
+                        .filter_map(|name| Some(name.as_str()?.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_else(|| vec![SHA256.to_owned()]),
         })
+    }
+
+    fn verifies(&self, hash: &str) -> bool {
+        self.content_hashes.iter().any(|h| h == hash)
     }
 
     /// When the Lease runs out unless renewed.
@@ -237,6 +255,22 @@ pub fn status_message(status: &tonic::Status) -> String {
     }
 }
 
+/// The hash a checkpoint's archive is named by: BLAKE3 when the agent that
+/// takes it and every standby it goes to know it, sha256 otherwise. In a
+/// rolling upgrade an agent that knows only sha256 would refuse a BLAKE3
+/// archive, and the checkpoint would not reach it.
+pub fn content_hash_for<'a>(
+    source: &'a AgentInfo,
+    standbys: impl IntoIterator<Item = &'a AgentInfo>,
+) -> pb::ContentHash {
+    let mut agents = std::iter::once(source).chain(standbys);
+    if agents.all(|agent| agent.verifies(BLAKE3)) {
+        pb::ContentHash::Blake3
+    } else {
+        pb::ContentHash::Sha256
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +329,42 @@ mod tests {
         b.criu_version.clear();
         b.architecture = "arm64".into();
         assert!(b.can_restore_from(&a).unwrap_err().contains("arm64"));
+    }
+
+    #[test]
+    fn blake3_only_when_the_source_and_every_standby_verify_it() {
+        let old = AgentInfo::from_lease(&lease("old", 1, Some("x:1"))).unwrap();
+        assert_eq!(
+            old.content_hashes,
+            [SHA256],
+            "a Lease that does not say: sha256 alone"
+        );
+        let mut new = old.clone();
+        new.content_hashes = vec![SHA256.into(), BLAKE3.into()];
+        let choose = |source: &AgentInfo, standbys: &[&AgentInfo]| {
+            content_hash_for(source, standbys.iter().copied())
+        };
+        assert_eq!(choose(&new, &[]), pb::ContentHash::Blake3);
+        assert_eq!(choose(&new, &[&new, &new]), pb::ContentHash::Blake3);
+        // Any agent from before BLAKE3, wherever it is, keeps sha256.
+        assert_eq!(choose(&new, &[&new, &old]), pb::ContentHash::Sha256);
+        assert_eq!(choose(&new, &[&old, &new]), pb::ContentHash::Sha256);
+        assert_eq!(choose(&old, &[&new]), pb::ContentHash::Sha256);
+        assert_eq!(choose(&old, &[]), pb::ContentHash::Sha256);
+        // An agent that names only BLAKE3 (none does yet) is no blocker.
+        let mut only_b3 = new.clone();
+        only_b3.content_hashes = vec![BLAKE3.into()];
+        assert_eq!(choose(&new, &[&only_b3]), pb::ContentHash::Blake3);
+    }
+
+    #[test]
+    fn the_lease_names_the_hashes() {
+        let mut with = lease("a", 1, Some("x:1"));
+        with.metadata.annotations.as_mut().unwrap().insert(
+            AGENT_NODE_INFO_ANNOTATION.into(),
+            r#"{"contentHashes":["sha256","blake3"]}"#.into(),
+        );
+        let agent = AgentInfo::from_lease(&with).unwrap();
+        assert_eq!(agent.content_hashes, [SHA256, BLAKE3]);
     }
 }

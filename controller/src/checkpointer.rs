@@ -49,6 +49,8 @@ pub struct Job {
     /// Strategy StateApi: read the application's state instead of a CRIU
     /// checkpoint.
     pub state_api: Option<pb::StateApi>,
+    /// The hash the archive is named by ([`crate::agents::content_hash_for`]).
+    pub content_hash: pb::ContentHash,
 }
 
 /// Whether a due container may be checkpointed now.
@@ -519,6 +521,7 @@ impl Checkpointer {
             timeout_seconds: u32::try_from(job.timeout.as_secs()).unwrap_or(u32::MAX),
             retention: Some(job.retention),
             state_api: job.state_api.clone(),
+            content_hash: job.content_hash.into(),
         };
         let mut request = tonic::Request::new(request);
         // Replication to the standbys happens inside the call.
@@ -681,6 +684,7 @@ mod tests {
             due,
             interval: Duration::from_secs(10),
             state_api: None,
+            content_hash: pb::ContentHash::Blake3,
         }
     }
 

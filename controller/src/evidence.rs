@@ -330,6 +330,7 @@ mod tests {
             }),
             kubelet_probed: true,
             observations: PeerObservations::default(),
+            content_hashes: Vec::new(),
         }
     }
 

@@ -230,6 +230,7 @@ mod tests {
             due: at(0),
             interval: Duration::from_secs(10),
             state_api: None,
+            content_hash: ferry_proto::v1::ContentHash::Blake3,
         }
     }
 

@@ -140,53 +140,96 @@ pub(super) fn write_json_blob(blobs: &Path, value: &Value) -> Result<(String, u6
     Ok((format!("sha256:{hex}"), bytes.len() as u64))
 }
 
+/// What a layer's bytes hash to: the sha256 OCI names every blob by, and
+/// the archive id the store names them by (the same digits when the
+/// archive is named by its sha256).
+pub(super) struct LayerHashes {
+    pub(super) sha256_hex: String,
+    pub(super) archive_id: String,
+    pub(super) size: u64,
+}
+
+/// Both hashes of a layer in one pass over its bytes.
+struct LayerHasher {
+    sha256: Sha256,
+    /// The archive's own hash when that is not sha256.
+    archive: Option<Hasher>,
+    size: u64,
+}
+
+impl LayerHasher {
+    fn new(archive_hash: ContentHash) -> Self {
+        Self {
+            sha256: Sha256::new(),
+            archive: (archive_hash != ContentHash::Sha256).then(|| archive_hash.hasher()),
+            size: 0,
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        if let Some(archive) = &mut self.archive {
+            archive.update(bytes);
+        }
+        self.size += bytes.len() as u64;
+    }
+
+    fn finish(self) -> LayerHashes {
+        let sha256_hex = hex::encode(self.sha256.finalize());
+        let archive_id = match self.archive {
+            Some(archive) => archive.finish_id(),
+            None => sha256_hex.clone(),
+        };
+        LayerHashes {
+            sha256_hex,
+            archive_id,
+            size: self.size,
+        }
+    }
+}
+
 /// Puts the archive's bytes at `blob`: a hard link when the archive is
 /// private already (0600) and on the same file system, a copy otherwise.
-/// Returns the sha256 (hex) and size of what is at `blob`, and whether it
-/// is a link.
-pub(super) fn place_layer(archive: &Path, blob: &Path) -> Result<(String, u64, bool), Error> {
+/// Returns what is at `blob` hashes to (its archive id by `archive_hash`),
+/// and whether it is a link.
+pub(super) fn place_layer(
+    archive: &Path,
+    blob: &Path,
+    archive_hash: ContentHash,
+) -> Result<(LayerHashes, bool), Error> {
     let source =
         fs::metadata(archive).map_err(|e| Error::io("stat checkpoint archive", archive, e))?;
     if source.mode() & 0o777 == 0o600 {
         match fs::hard_link(archive, blob) {
-            Ok(()) => {
-                let (hex, size) = hash_file(blob)?;
-                return Ok((hex, size, true));
-            }
+            Ok(()) => return Ok((hash_file(blob, archive_hash)?, true)),
             Err(e) => {
                 tracing::debug!(archive = %archive.display(), error = %e, "cannot link layer, copying")
             }
         }
     }
-    let (hex, size) = copy_hashing(archive, blob)?;
-    Ok((hex, size, false))
+    Ok((copy_hashing(archive, blob, archive_hash)?, false))
 }
 
-pub(super) fn hash_file(path: &Path) -> Result<(String, u64), Error> {
+fn hash_file(path: &Path, archive_hash: ContentHash) -> Result<LayerHashes, Error> {
     let mut input = File::open(path).map_err(|e| Error::io("open layer blob", path, e))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = LayerHasher::new(archive_hash);
     let mut buffer = vec![0u8; COPY_BUFFER];
-    let mut total = 0u64;
     loop {
         match input.read(&mut buffer) {
             Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buffer[..n]);
-                total += n as u64;
-            }
+            Ok(n) => hasher.update(&buffer[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io("read layer blob", path, e)),
         }
     }
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok(hasher.finish())
 }
 
-pub(super) fn copy_hashing(from: &Path, to: &Path) -> Result<(String, u64), Error> {
+fn copy_hashing(from: &Path, to: &Path, archive_hash: ContentHash) -> Result<LayerHashes, Error> {
     let mut input = File::open(from).map_err(|e| Error::io("open checkpoint archive", from, e))?;
     let mut output = create_private(to)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = LayerHasher::new(archive_hash);
     let mut buffer = vec![0u8; COPY_BUFFER];
-    let mut total = 0u64;
     loop {
         let n = match input.read(&mut buffer) {
             Ok(0) => break,
@@ -198,12 +241,11 @@ pub(super) fn copy_hashing(from: &Path, to: &Path) -> Result<(String, u64), Erro
         output
             .write_all(&buffer[..n])
             .map_err(|e| Error::io("write layer blob", to, e))?;
-        total += n as u64;
     }
     output
         .sync_all()
         .map_err(|e| Error::io("sync layer blob", to, e))?;
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok(hasher.finish())
 }
 
 /// Writes the layout as an OCI archive: a tar with `oci-layout`,

@@ -48,7 +48,7 @@
 //! | `org.criu.checkpoint.runtime.name` | `config.dump` `runtime` |
 //! | `org.criu.checkpoint.criu.version`, `io.kubernetes.cri-o.annotations.checkpoint.criu.version`, `org.criu.checkpoint.host.kernel`, `org.criu.checkpoint.host.arch` | CRIU's own `Version:` and `Running on` lines at the top of `dump.log`, when it is in the archive |
 //! | `org.opencontainers.image.created` | `config.dump` `checkpointedTime` |
-//! | `dev.ferry.archive.digest`, `dev.ferry.image.builder` | the archive's sha256 and `ferry-agent/<version>` |
+//! | `dev.ferry.archive.digest`, `dev.ferry.image.builder` | the archive's id as a digest (`blake3:<hex>`, or `sha256:<hex>` for an archive named by sha256) and `ferry-agent/<version>` |
 //!
 //! # Layer format
 //!
@@ -58,8 +58,10 @@
 //! and containerd's import, containerd's snapshotters and containers/image
 //! (CRI-O, skopeo) all accept uncompressed OCI layers. No compression means
 //! no CPU spent on gigabytes of memory pages while a failover waits, the
-//! image never leaves the node, the layer digest, its `diff_id` and the
-//! archive id are one and the same sha256, and copying into
+//! image never leaves the node, the layer digest and its `diff_id` are
+//! one and the same sha256 (computed in the pass that verifies the
+//! archive against its id; for an archive named by sha256 it is the id),
+//! and copying into
 //! containers-storage keeps the manifest (and its digest) unchanged. When
 //! the archive file is already private (mode 0600) and on the same file
 //! system, the layer blob is a hard link to it: no copy at all.
@@ -87,6 +89,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
+use crate::content_hash::{ContentHash, Hasher};
 
 mod layout;
 mod scan;
@@ -126,7 +129,7 @@ pub mod keys {
     pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
     /// containerd: the full image name of an `index.json` entry.
     pub const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
-    /// ferry: `sha256:<hex>` of the archive (equal to the layer digest).
+    /// ferry: the archive id as a digest, `blake3:<hex>` or `sha256:<hex>`.
     pub const FERRY_ARCHIVE_DIGEST: &str = "dev.ferry.archive.digest";
     /// ferry: `ferry-agent/<version>` that built the image.
     pub const FERRY_BUILDER: &str = "dev.ferry.image.builder";
@@ -165,7 +168,7 @@ pub struct CheckpointImage {
     pub manifest_digest: String,
     /// `sha256:<hex>` of the image config: containerd's and CRI-O's image id.
     pub config_digest: String,
-    /// `sha256:<hex>` of the single layer; equals the archive's content hash.
+    /// `sha256:<hex>` of the single layer, the archive's bytes.
     pub layer_digest: String,
     pub layer_size: u64,
     /// The image manifest's annotations.
@@ -179,7 +182,7 @@ pub fn read_checkpoint_metadata(archive: &Path) -> Result<CheckpointMetadata, Er
 }
 
 /// Builds a checkpoint image from the archive at `archive` whose content
-/// hash (sha256, 64 lowercase hex digits, the store's archive id) is
+/// hash (the store's archive id, [`crate::content_hash`]) is
 /// `archive_id`, tagged `reference` (`registry/repo[:tag]`, tag defaults to
 /// `latest`), into `out_dir` (see the module documentation for its layout;
 /// an existing `out_dir` is replaced). The archive's bytes are verified
@@ -192,6 +195,7 @@ pub fn build_checkpoint_image(
     also_archive: bool,
 ) -> Result<CheckpointImage, Error> {
     crate::names::archive_id("archive id", archive_id)?;
+    let archive_hash = ContentHash::of_id(archive_id).unwrap_or(ContentHash::Sha256);
     let (reference, tag) = parse_reference(reference)?;
     let source_meta = scan_archive(archive, archive_id)?;
 
@@ -202,15 +206,20 @@ pub fn build_checkpoint_image(
         make_dir(dir)?;
     }
 
-    // The layer: the archive itself.
-    let layer_path = blobs.join(archive_id);
-    let (layer_hex, layer_size, linked) = place_layer(archive, &layer_path)?;
-    if layer_hex != archive_id {
+    // The layer: the archive itself, placed under a name of its own until
+    // its sha256 is known.
+    let placed = blobs.join(".layer");
+    let (hashes, linked) = place_layer(archive, &placed, archive_hash)?;
+    if hashes.archive_id != archive_id {
         return Err(Error::HashMismatch {
             id: archive_id.to_string(),
-            actual: layer_hex,
+            actual: hashes.archive_id,
         });
     }
+    let layer_hex = hashes.sha256_hex;
+    let layer_size = hashes.size;
+    let layer_path = blobs.join(&layer_hex);
+    fs::rename(&placed, &layer_path).map_err(|e| Error::io("renaming into", &layer_path, e))?;
     // A copy is what gets published: read the metadata from it (cheap).
     let metadata = if linked {
         source_meta
@@ -250,7 +259,7 @@ pub fn build_checkpoint_image(
     });
     let (config_digest, config_size) = write_json_blob(&blobs, &config)?;
 
-    let annotations = checkpoint_annotations(&metadata, &layer_hex);
+    let annotations = checkpoint_annotations(&metadata, archive_id);
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_MANIFEST,
@@ -316,10 +325,10 @@ pub fn build_checkpoint_image(
 }
 
 /// The manifest annotations for a checkpoint with this metadata whose
-/// archive hashes to `archive_hex` (see the module documentation).
+/// archive id is `archive_id` (see the module documentation).
 pub fn checkpoint_annotations(
     meta: &CheckpointMetadata,
-    archive_hex: &str,
+    archive_id: &str,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut put = |key: &str, value: Option<&str>| {
@@ -355,7 +364,7 @@ pub fn checkpoint_annotations(
     );
     put(
         keys::FERRY_ARCHIVE_DIGEST,
-        Some(&format!("sha256:{archive_hex}")),
+        ContentHash::digest_of_id(archive_id).as_deref(),
     );
     put(
         keys::FERRY_BUILDER,

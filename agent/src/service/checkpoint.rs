@@ -14,6 +14,7 @@ impl AgentService {
         names::policy_ref("policy", &request.policy)?;
         let container = pod_container_ref(request.container)?;
         let peers = peers_from_proto(request.peers)?;
+        let hash = ContentHash::from_proto(request.content_hash);
         let mut pod = None;
         if let Some(scope) = &self.inner.scope {
             match scope.check(&request.policy, &container).await {
@@ -41,6 +42,7 @@ impl AgentService {
                     pod.as_ref(),
                     request.retention.as_ref(),
                     peers,
+                    hash,
                     started,
                 )
                 .await;
@@ -86,7 +88,7 @@ impl AgentService {
                     .map_err(|e| Error::io("inspecting", &source, e))?
                     .len();
                 let facts = image::read_checkpoint_metadata(&source)?;
-                Ok((facts, size, names::random_transfer_id()?))
+                Ok((facts, size, names::random_transfer_id(hash)?))
             })
             .await
         };
@@ -111,7 +113,8 @@ impl AgentService {
         let container_id = facts.container_id;
         let import = self.blocking(move |store| {
             let mut tee = tee;
-            let archive = store.import_file_with(&source, meta, &mut |chunk| tee.send(chunk))?;
+            let archive =
+                store.import_file_with(&source, meta, hash, &mut |chunk| tee.send(chunk))?;
             let stored_after = started.elapsed();
             tee.finish(&archive.id);
             record_protected(&protected, &archive, container_id);

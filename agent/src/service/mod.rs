@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::announcements::{Announcements, Expected};
 use crate::containerd::ContainerdImporter;
+use crate::content_hash::ContentHash;
 use crate::fencing::{Protected, ProtectedContainers};
 use crate::incoming::{self, Piece};
 use crate::metrics::{Metrics, ResultLabels};

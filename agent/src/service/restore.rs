@@ -67,7 +67,11 @@ impl AgentService {
                 // layer is the same plaintext archive and stays as the file
                 // to restore from.
                 let path = if plaintext.is_copy() {
-                    built.layout_dir.join("blobs").join("sha256").join(&id)
+                    built
+                        .layout_dir
+                        .join("blobs")
+                        .join("sha256")
+                        .join(built.layer_digest.trim_start_matches("sha256:"))
                 } else {
                     plaintext.path().to_owned()
                 };

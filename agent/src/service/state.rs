@@ -36,6 +36,7 @@ impl AgentService {
         pod: Option<&Pod>,
         retention: Option<&pb::Retention>,
         peers: Vec<PeerTarget>,
+        hash: ContentHash,
         started: Instant,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
         let endpoint = Self::endpoint(source, pod)?;
@@ -50,7 +51,7 @@ impl AgentService {
         };
         let meta = self.new_archive(policy, &container, retention, true);
         let archive = match self
-            .blocking(move |store| store.import_bytes(&state, meta))
+            .blocking(move |store| store.import_bytes(&state, meta, hash))
             .await
         {
             Ok(archive) => archive,

@@ -2,19 +2,24 @@
 //! directory.
 //!
 //! ```text
-//! <root>/archives/<sha256>.tar    archive bytes (0600), encrypted when a key is configured
-//! <root>/archives/<sha256>.json   metadata; its presence makes the archive visible
-//! <root>/incoming/<sha256>.part   replica being received (kept across restarts to resume)
-//! <root>/incoming/<sha256>.json   what that replica will be
+//! <root>/archives/<id>.tar    archive bytes (0600), encrypted when a key is configured
+//! <root>/archives/<id>.json   metadata; its presence makes the archive visible
+//! <root>/incoming/<id>.part   replica being received (kept across restarts to resume)
+//! <root>/incoming/<id>.json   what that replica will be
 //! <root>/tmp/                     imports in progress (emptied at start-up)
 //! ```
+//!
+//! An `<id>` is the archive's content hash ([`crate::content_hash`]):
+//! BLAKE3 for new archives, sha256 for those stored before (and for new
+//! ones while a standby's agent knows only sha256). Both kinds live side by
+//! side; each is verified by the hash its id names.
 //!
 //! Bytes are written to a temporary file, fsynced and renamed; the metadata
 //! is written the same way only afterwards. A crash at any point leaves
 //! either nothing visible or a complete, verified archive.
 //!
 //! With an [`ArchiveKey`] new archives and incoming replicas are encrypted
-//! (format in [`crate::encryption`]); the id stays the sha256 of the
+//! (format in [`crate::encryption`]); the id stays the hash of the
 //! plaintext and `size_bytes` its length. Archives stored in plaintext
 //! before the key was configured stay readable.
 
@@ -28,8 +33,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::content_hash::ContentHash;
 use crate::encryption::{
     self, ArchiveKey, Format, HEADER_LEN, Opener, SEALED_SEGMENT, SEGMENT, Sealer,
 };
@@ -100,7 +105,7 @@ pub struct RuntimeInfo {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveMeta {
-    /// sha256 of the bytes, 64 lowercase hex digits.
+    /// The content hash of the bytes ([`crate::content_hash`]).
     pub id: String,
     /// `namespace/name` of the CheckpointPolicy.
     pub policy: String,
@@ -290,10 +295,15 @@ impl Store {
         Ok(self.content_path(id))
     }
 
-    /// Copies `source` into the store, hashing it on the way, and records
-    /// `meta` (whose `id` and `size_bytes` are filled in here).
-    pub fn import_file(&self, source: &Path, meta: ArchiveMeta) -> Result<ArchiveMeta, Error> {
-        self.import_file_with(source, meta, &mut |_| {})
+    /// Copies `source` into the store, hashing it on the way with `hash`,
+    /// and records `meta` (whose `id` and `size_bytes` are filled in here).
+    pub fn import_file(
+        &self,
+        source: &Path,
+        meta: ArchiveMeta,
+        hash: ContentHash,
+    ) -> Result<ArchiveMeta, Error> {
+        self.import_file_with(source, meta, hash, &mut |_| {})
     }
 
     /// [`Store::import_file`], handing each chunk read to `tee` as well
@@ -302,6 +312,7 @@ impl Store {
         &self,
         source: &Path,
         mut meta: ArchiveMeta,
+        hash: ContentHash,
         tee: &mut dyn FnMut(&Bytes),
     ) -> Result<ArchiveMeta, Error> {
         meta.validate_owner()?;
@@ -318,7 +329,7 @@ impl Store {
                 .map_err(|e| Error::io("writing", temp.path(), e))?;
         }
         let mut writeback = Writeback::from(temp.as_file().stream_position().unwrap_or(0));
-        let mut hashing = hashing::Hashing::new(source_bytes);
+        let mut hashing = hashing::Hashing::new(hash, source_bytes);
         let mut size = 0u64;
         loop {
             let mut chunk = vec![0u8; buffer_bytes];
@@ -357,10 +368,9 @@ impl Store {
         temp.as_file()
             .sync_all()
             .map_err(|e| Error::io("syncing", temp.path(), e))?;
-        let digest = hashing
+        meta.id = hashing
             .finish()
             .map_err(|e| Error::io("hashing", source, e))?;
-        meta.id = hex::encode(digest);
         meta.size_bytes = size;
         meta.encrypted = sealer.is_some();
         if let Ok(mut existing) = self.get(&meta.id) {
@@ -386,13 +396,18 @@ impl Store {
     }
 
     /// Stores `bytes` (a StateApi state) like an imported file.
-    pub fn import_bytes(&self, bytes: &[u8], meta: ArchiveMeta) -> Result<ArchiveMeta, Error> {
+    pub fn import_bytes(
+        &self,
+        bytes: &[u8],
+        meta: ArchiveMeta,
+        hash: ContentHash,
+    ) -> Result<ArchiveMeta, Error> {
         let mut staged = self.temp_file()?;
         staged
             .write_all(bytes)
             .and_then(|()| staged.flush())
             .map_err(|e| Error::io("writing", staged.path(), e))?;
-        self.import_file(staged.path(), meta)
+        self.import_file(staged.path(), meta, hash)
     }
 
     fn temp_file(&self) -> Result<tempfile::NamedTempFile, Error> {
@@ -656,12 +671,16 @@ mod tests {
         let state = br#"{"counter":777000}"#;
         let mut first = meta(0, 1_000, 0);
         first.pod_uid = "0b5e7d0e-0000-4000-8000-000000000001".into();
-        let stored = store.import_bytes(state, first.clone()).unwrap();
+        let stored = store
+            .import_bytes(state, first.clone(), ContentHash::Blake3)
+            .unwrap();
         assert_eq!(stored.taken_at_millis, 1_000);
         // The same container, nothing changed: the same archive, its time moved on.
         let mut again = first.clone();
         again.taken_at_millis = 61_000;
-        let stored_again = store.import_bytes(state, again).unwrap();
+        let stored_again = store
+            .import_bytes(state, again, ContentHash::Blake3)
+            .unwrap();
         assert_eq!(stored_again.id, stored.id);
         assert_eq!(stored_again.taken_at_millis, 61_000);
         assert_eq!(store.get(&stored.id).unwrap().taken_at_millis, 61_000);
@@ -669,11 +688,53 @@ mod tests {
         let mut other = first;
         other.pod_uid = "0b5e7d0e-0000-4000-8000-000000000002".into();
         other.taken_at_millis = 121_000;
-        let foreign = store.import_bytes(state, other).unwrap();
+        let foreign = store
+            .import_bytes(state, other, ContentHash::Blake3)
+            .unwrap();
         assert_eq!(
             (foreign.pod_uid.as_str(), foreign.taken_at_millis),
             ("0b5e7d0e-0000-4000-8000-000000000001", 61_000)
         );
+    }
+
+    #[test]
+    fn archives_named_by_sha256_are_still_served_and_verified() {
+        // A store an older agent wrote (sha256 ids) beside new archives.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = Store::open_with(&root, u64::MAX, None).unwrap();
+        let old_bytes = b"checkpoint taken before BLAKE3".to_vec();
+        let new_bytes = b"checkpoint taken after BLAKE3".to_vec();
+        let old = store
+            .import_bytes(&old_bytes, meta(0, 1, 0), ContentHash::Sha256)
+            .unwrap();
+        let new = store
+            .import_bytes(&new_bytes, meta(0, 2, 0), ContentHash::Blake3)
+            .unwrap();
+        assert_eq!(old.id, ContentHash::Sha256.id_of_bytes(&old_bytes));
+        assert_eq!(new.id, ContentHash::Blake3.id_of_bytes(&new_bytes));
+        let reopened = Store::open_with(&root, u64::MAX, None).unwrap();
+        let mut listed: Vec<String> = reopened.list().unwrap().into_iter().map(|m| m.id).collect();
+        listed.sort();
+        let mut expected = vec![old.id.clone(), new.id.clone()];
+        expected.sort();
+        assert_eq!(listed, expected);
+        for (id, bytes) in [(&old.id, &old_bytes), (&new.id, &new_bytes)] {
+            let (_, read) = reopened.read_small(id, 1 << 20).unwrap();
+            assert_eq!(&read, bytes);
+        }
+        // Each is verified by the hash its id names: a changed byte shows.
+        for id in [&old.id, &new.id] {
+            let path = reopened.content_path(id);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[0] ^= 1;
+            fs::write(&path, bytes).unwrap();
+            let err = reopened.verify(id).unwrap_err();
+            assert!(
+                matches!(&err, Error::HashMismatch { id: named, .. } if named == id),
+                "{err}"
+            );
+        }
     }
 
     // Encryption at rest, on real files.
@@ -706,7 +767,9 @@ mod tests {
     fn import(store: &Store, dir: &Path, bytes: &[u8]) -> ArchiveMeta {
         let source = dir.join("source");
         fs::write(&source, bytes).unwrap();
-        let imported = store.import_file(&source, meta(0, 1, 0)).unwrap();
+        let imported = store
+            .import_file(&source, meta(0, 1, 0), ContentHash::Blake3)
+            .unwrap();
         fs::remove_file(&source).unwrap();
         imported
     }
@@ -741,8 +804,8 @@ mod tests {
             assert_eq!(meta.size_bytes, size);
             assert_eq!(
                 meta.id,
-                hex::encode(Sha256::digest(&bytes)),
-                "id = sha256 of the plaintext"
+                ContentHash::Blake3.id_of_bytes(&bytes),
+                "id = hash of the plaintext"
             );
             let path = store.content_path(&meta.id);
             let stored = fs::read(&path).unwrap();
@@ -1021,7 +1084,7 @@ mod tests {
             let store = Store::open_with(dir.path(), u64::MAX, Some(key(3))).unwrap();
             let bytes = archive_bytes(size, 11);
             let mut wire = meta(0, 5, size);
-            wire.id = hex::encode(Sha256::digest(&bytes));
+            wire.id = ContentHash::Sha256.id_of_bytes(&bytes);
             let stored = receive_all(&store, &wire, &bytes, 0, piece.max(1));
             assert!(stored.encrypted);
             assert_eq!(
@@ -1044,7 +1107,7 @@ mod tests {
         let size = 4 * SEG + 123;
         let bytes = archive_bytes(size, 12);
         let mut wire = meta(0, 5, size);
-        wire.id = hex::encode(Sha256::digest(&bytes));
+        wire.id = ContentHash::Blake3.id_of_bytes(&bytes);
         let part = store.incoming.join(format!("{}.part", wire.id));
 
         // 2.5 segments arrive, then the transfer dies: the half segment was
@@ -1085,7 +1148,7 @@ mod tests {
         let size = 3 * SEG;
         let bytes = archive_bytes(size, 13);
         let mut wire = meta(0, 5, size);
-        wire.id = hex::encode(Sha256::digest(&bytes));
+        wire.id = ContentHash::Blake3.id_of_bytes(&bytes);
         {
             let store = Store::open_with(dir.path(), u64::MAX, Some(key(5))).unwrap();
             let mut incoming = store.receive(wire.clone(), 0).unwrap().unwrap();
@@ -1108,7 +1171,7 @@ mod tests {
         let size = 3 * SEG;
         let bytes = archive_bytes(size, 14);
         let mut wire = meta(0, 5, size);
-        wire.id = hex::encode(Sha256::digest(&bytes));
+        wire.id = ContentHash::Sha256.id_of_bytes(&bytes);
         let part = store.incoming.join(format!("{}.part", wire.id));
         let mut incoming = store.receive(wire.clone(), 0).unwrap().unwrap();
         incoming.write(&bytes[..(2 * SEG + 1) as usize]).unwrap();

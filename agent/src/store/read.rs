@@ -133,7 +133,9 @@ impl Store {
         mut each: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<ArchiveMeta, Error> {
         let (meta, mut reader) = self.open_archive(id, 0)?;
-        let mut hasher = Sha256::new();
+        let mut hasher = ContentHash::of_id(id)
+            .ok_or_else(|| Error::ArchiveNotFound { id: id.to_owned() })?
+            .hasher();
         let mut buffer = vec![0u8; COPY_BUFFER];
         loop {
             let read = reader
@@ -145,7 +147,7 @@ impl Store {
             hasher.update(&buffer[..read]);
             each(&buffer[..read])?;
         }
-        let actual = hex::encode(hasher.finalize());
+        let actual = hasher.finish_id();
         if actual != id {
             return Err(Error::HashMismatch {
                 id: id.to_owned(),

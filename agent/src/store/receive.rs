@@ -4,6 +4,7 @@
 
 use super::hashing::Hashing;
 use super::*;
+use crate::content_hash::Hasher;
 use bytes::Bytes;
 
 impl Store {
@@ -178,8 +179,14 @@ impl Store {
             .mode(0o600)
             .open(&part)
             .map_err(|e| Error::io("opening", &part, e))?;
-        // The hash covers the whole archive: re-read what an earlier attempt wrote.
-        let mut hasher = Sha256::new();
+        // The hash covers the whole archive: re-read what an earlier attempt
+        // wrote. The id (or transfer id) names the hash.
+        let mut hasher = ContentHash::of_id(&meta.id)
+            .ok_or_else(|| Error::InvalidName {
+                field: "archive.id",
+                reason: format!("{:?} names no content hash", meta.id),
+            })?
+            .hasher();
         let (sealer, written) = match &self.key {
             None => {
                 rehash_plain(&mut file, &part, offset, &mut hasher)?;
@@ -247,7 +254,7 @@ fn rehash_plain(
     file: &mut File,
     part: &Path,
     offset: u64,
-    hasher: &mut Sha256,
+    hasher: &mut Hasher,
 ) -> Result<(), Error> {
     let mut buffer = vec![0u8; COPY_BUFFER];
     let mut remaining = offset;
@@ -269,7 +276,7 @@ fn rehash_sealed(
     key: &ArchiveKey,
     id: &str,
     segments: u64,
-    hasher: &mut Sha256,
+    hasher: &mut Hasher,
 ) -> Result<Sealer, Error> {
     let mut header = [0u8; HEADER_LEN];
     file.read_exact(&mut header)
@@ -392,11 +399,10 @@ impl Incoming {
             }
             None => self.meta.id.clone(),
         };
-        let hashing = std::mem::replace(&mut self.hashing, Hashing::new(0));
-        let digest = hashing
+        let hashing = std::mem::replace(&mut self.hashing, Hashing::new(ContentHash::Sha256, 0));
+        let actual = hashing
             .finish()
             .map_err(|e| Error::io("hashing", &self.part, e))?;
-        let actual = hex::encode(digest);
         if actual != expected {
             let _ = fs::remove_file(&self.part);
             let _ = fs::remove_file(&self.header);
@@ -462,7 +468,9 @@ mod tests {
         meta
     }
 
-    const TRANSFER: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
+    /// The random digits of the transfer id the tests receive under.
+    const TRANSFER_DIGITS: &str =
+        "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
 
     /// Three and a bit encryption segments of bytes.
     fn archive() -> Vec<u8> {
@@ -471,11 +479,13 @@ mod tests {
             .collect()
     }
 
-    /// All of [`archive`] received under [`TRANSFER`], not finished yet.
-    fn receive_under_transfer_id(store: &Store) -> Incoming {
+    /// All of [`archive`] received under a transfer id of `hash`'s form,
+    /// not finished yet.
+    fn receive_under_transfer_id(store: &Store, hash: ContentHash) -> Incoming {
         let bytes = archive();
+        let transfer = hash.id_of_hex(TRANSFER_DIGITS);
         let mut incoming = store
-            .receive(meta(TRANSFER, bytes.len() as u64), 0)
+            .receive(meta(&transfer, bytes.len() as u64), 0)
             .unwrap()
             .unwrap();
         incoming.write(&bytes).unwrap();
@@ -483,11 +493,14 @@ mod tests {
     }
 
     /// A store, the id of [`archive`], and its transfer received up to its end.
-    fn streamed(key: Option<ArchiveKey>) -> (tempfile::TempDir, Store, String, Incoming) {
+    fn streamed(
+        key: Option<ArchiveKey>,
+        hash: ContentHash,
+    ) -> (tempfile::TempDir, Store, String, Incoming) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_with(&dir.path().join("store"), u64::MAX, key).unwrap();
-        let id = hex::encode(Sha256::digest(archive()));
-        let incoming = receive_under_transfer_id(&store);
+        let id = hash.id_of_bytes(&archive());
+        let incoming = receive_under_transfer_id(&store, hash);
         (dir, store, id, incoming)
     }
 
@@ -497,38 +510,68 @@ mod tests {
 
     #[test]
     fn a_transfer_named_last_is_stored_under_its_hash() {
-        for key in [None, Some(ArchiveKey::from_bytes(&[3; 32]))] {
-            let (_dir, store, id, incoming) = streamed(key);
-            let stored = incoming.finish(Some(id.clone())).unwrap();
-            assert_eq!(stored.id, id);
-            store.verify(&id).unwrap();
-            assert!(
-                store.get(TRANSFER).is_err(),
-                "the transfer id names nothing"
-            );
-            assert_eq!(incoming_files(&store), 0);
+        for hash in ContentHash::SUPPORTED {
+            for key in [None, Some(ArchiveKey::from_bytes(&[3; 32]))] {
+                let (_dir, store, id, incoming) = streamed(key, hash);
+                let stored = incoming.finish(Some(id.clone())).unwrap();
+                assert_eq!(stored.id, id);
+                store.verify(&id).unwrap();
+                assert!(
+                    store.get(&hash.id_of_hex(TRANSFER_DIGITS)).is_err(),
+                    "the transfer id names nothing"
+                );
+                assert_eq!(incoming_files(&store), 0);
+            }
         }
     }
 
     #[test]
     fn a_trailer_naming_other_bytes_leaves_nothing() {
-        let (_dir, store, id, incoming) = streamed(None);
-        let wrong = id.replace(&id[..1], if &id[..1] == "0" { "1" } else { "0" });
-        let err = incoming.finish(Some(wrong.clone())).unwrap_err();
-        assert!(
-            matches!(&err, Error::HashMismatch { id: named, .. } if *named == wrong),
-            "{err}"
-        );
-        assert!(store.list().unwrap().is_empty());
-        assert_eq!(incoming_files(&store), 0, "untrusted bytes are not kept");
+        for hash in ContentHash::SUPPORTED {
+            let (_dir, store, id, incoming) = streamed(None, hash);
+            let last = id.len() - 1;
+            let wrong = format!(
+                "{}{}",
+                &id[..last],
+                if id.ends_with('0') { "1" } else { "0" }
+            );
+            let err = incoming.finish(Some(wrong.clone())).unwrap_err();
+            assert!(
+                matches!(&err, Error::HashMismatch { id: named, .. } if *named == wrong),
+                "{err}"
+            );
+            assert!(store.list().unwrap().is_empty());
+            assert_eq!(incoming_files(&store), 0, "untrusted bytes are not kept");
+        }
+    }
+
+    #[test]
+    fn a_trailer_naming_the_bytes_by_another_hash_leaves_nothing() {
+        // The right bytes, named by the hash the transfer id did not ask
+        // for: the receiver computed the other one and cannot vouch for it.
+        for (hash, other) in [
+            (ContentHash::Blake3, ContentHash::Sha256),
+            (ContentHash::Sha256, ContentHash::Blake3),
+        ] {
+            let (_dir, store, _id, incoming) = streamed(None, hash);
+            let named = other.id_of_bytes(&archive());
+            let err = incoming.finish(Some(named.clone())).unwrap_err();
+            assert!(
+                matches!(&err, Error::HashMismatch { id, .. } if *id == named),
+                "{err}"
+            );
+            assert!(store.list().unwrap().is_empty());
+            assert_eq!(incoming_files(&store), 0);
+        }
     }
 
     #[test]
     fn a_trailer_naming_a_stored_archive_keeps_the_one_stored() {
-        let (_dir, store, id, incoming) = streamed(None);
+        let hash = ContentHash::Blake3;
+        let (_dir, store, id, incoming) = streamed(None, hash);
         let first = incoming.finish(Some(id.clone())).unwrap();
         // The same bytes again (a retry whose first answer was lost).
-        let again = receive_under_transfer_id(&store)
+        let again = receive_under_transfer_id(&store, hash)
             .finish(Some(id.clone()))
             .unwrap();
         assert_eq!(first, again);

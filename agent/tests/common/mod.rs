@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use ferry_agent::content_hash::ContentHash;
 use ferry_agent::encryption::ArchiveKey;
 use ferry_agent::store::{ArchiveMeta, RuntimeInfo, Store};
 use ferry_proto::v1::agent_client::AgentClient;
@@ -311,6 +312,18 @@ pub fn import_archive_with(
     seed: u64,
     key: Option<ArchiveKey>,
 ) -> ArchiveMeta {
+    import_archive_hashed(data_dir, size, seed, key, ContentHash::Blake3)
+}
+
+/// Like `import_archive_with`, named by `hash` (sha256: as an agent from
+/// before BLAKE3 stored it).
+pub fn import_archive_hashed(
+    data_dir: &Path,
+    size: u64,
+    seed: u64,
+    key: Option<ArchiveKey>,
+    hash: ContentHash,
+) -> ArchiveMeta {
     let source = data_dir.with_extension(format!("source-{seed}"));
     write_pseudo_random(&source, size, seed);
     let store = Store::open_with(data_dir, u64::MAX, key).unwrap();
@@ -331,6 +344,7 @@ pub fn import_archive_with(
                 runtime: RuntimeInfo::default(),
                 ..ArchiveMeta::default()
             },
+            hash,
         )
         .unwrap();
     std::fs::remove_file(&source).unwrap();
@@ -533,5 +547,6 @@ pub fn checkpoint_request(peers: Vec<ferry_proto::v1::Peer>) -> ferry_proto::v1:
             max_age_seconds: 0,
         }),
         state_api: None,
+        content_hash: ferry_proto::v1::ContentHash::Blake3.into(),
     }
 }

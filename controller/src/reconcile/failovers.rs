@@ -286,7 +286,7 @@ fn release_restore(context: &Context, agents: &AgentIndex, record: &FailoverReco
         .iter()
         .map(|c| c.archive.clone())
         .chain(record.archive.clone())
-        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|id| ferry_api::agent::is_archive_id(id))
         .collect();
     if archives.is_empty() {
         return;

@@ -557,12 +557,14 @@ fn schedule(
             &previous,
             snapshot.now,
         );
-        let peers = standbys
+        let standby_agents: Vec<_> = standbys
             .iter()
-            .filter_map(|node| {
-                let agent = snapshot.agents.get(node)?;
-                Some((node.clone(), agent.endpoint.clone()))
-            })
+            .filter_map(|node| snapshot.agents.get(node))
+            .collect();
+        let content_hash = crate::agents::content_hash_for(agent, standby_agents.iter().copied());
+        let peers = standby_agents
+            .iter()
+            .map(|standby| (standby.node.clone(), standby.endpoint.clone()))
             .collect();
         // The agent reads the pod's IP from the API server itself; this one
         // serves agents that have none (tests, the local demo).
@@ -586,6 +588,7 @@ fn schedule(
             due,
             interval: valid.interval,
             state_api,
+            content_hash,
         });
         // The job wakes the policy when it fails or when this container is
         // due again; this is only a safety net.

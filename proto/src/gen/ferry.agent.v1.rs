@@ -87,6 +87,11 @@ pub struct CheckpointRequest {
     /// asking the kubelet for a checkpoint. The archive is the body.
     #[prost(message, optional, tag = "6")]
     pub state_api: ::core::option::Option<StateApi>,
+    /// The hash the new archive is named by. The controller asks for BLAKE3
+    /// only when this agent and every peer advertise it on their Leases;
+    /// unset is sha256, which every agent verifies.
+    #[prost(enumeration = "ContentHash", tag = "7")]
+    pub content_hash: i32,
 }
 /// The application's own state endpoint (strategy StateApi). The agent
 /// reaches it at the pod's IP, as the API server has it; `address` is used
@@ -195,7 +200,7 @@ pub struct ReplicaOutcome {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Archive {
-    /// sha256 of the archive bytes, 64 lowercase hex digits.
+    /// The content hash this archive is named by (see the top of this file).
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
@@ -245,8 +250,8 @@ pub mod push_replica_request {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReplicaTrailer {
-    /// sha256 of the archive bytes, 64 lowercase hex digits: the id the
-    /// archive is verified against and stored under.
+    /// The archive's id, of the same form (hash) as the transfer id: the id
+    /// the archive is verified against and stored under.
     #[prost(string, tag = "1")]
     pub archive_id: ::prost::alloc::string::String,
 }
@@ -262,8 +267,9 @@ pub struct ReplicaHeader {
     /// The chunks are a zstd stream of the archive bytes from `offset` on.
     #[prost(bool, tag = "3")]
     pub zstd: bool,
-    /// `archive.id` is a transfer id the sender chose (64 hex digits, not a
-    /// hash): the archive's id comes in a trailer after the last chunk. The
+    /// `archive.id` is a transfer id the sender chose (random digits in the
+    /// form of the archive id to come, which says the hash the receiver
+    /// computes): the archive's id comes in a trailer after the last chunk. The
     /// transfer id names the partial file, so an interrupted transfer resumes
     /// under it (GetReplicaOffset with the transfer id).
     #[prost(bool, tag = "4")]
@@ -490,6 +496,36 @@ pub struct RestoreStateRequest {
 pub struct RestoreStateResponse {
     #[prost(message, optional, tag = "1")]
     pub call: ::core::option::Option<StateApiCall>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ContentHash {
+    Unspecified = 0,
+    Sha256 = 1,
+    Blake3 = 2,
+}
+impl ContentHash {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CONTENT_HASH_UNSPECIFIED",
+            Self::Sha256 => "CONTENT_HASH_SHA256",
+            Self::Blake3 => "CONTENT_HASH_BLAKE3",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CONTENT_HASH_UNSPECIFIED" => Some(Self::Unspecified),
+            "CONTENT_HASH_SHA256" => Some(Self::Sha256),
+            "CONTENT_HASH_BLAKE3" => Some(Self::Blake3),
+            _ => None,
+        }
+    }
 }
 /// Generated client implementations.
 pub mod agent_client {
