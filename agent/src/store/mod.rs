@@ -365,9 +365,11 @@ impl Store {
                 .finish(temp.as_file_mut())
                 .map_err(|e| Error::io("writing", temp.path(), e))?;
         }
+        let syncing = std::time::Instant::now();
         temp.as_file()
             .sync_all()
             .map_err(|e| Error::io("syncing", temp.path(), e))?;
+        let sync_ms = syncing.elapsed().as_millis() as u64;
         meta.id = hashing
             .finish()
             .map_err(|e| Error::io("hashing", source, e))?;
@@ -392,6 +394,8 @@ impl Store {
         temp.persist(&content)
             .map_err(|e| Error::io("renaming into", &content, e.error))?;
         self.write_metadata(&meta)?;
+        // What the final sync waited for: the disk's part of storing.
+        tracing::info!(archive = %meta.id, bytes = size, sync_ms, "archive imported");
         Ok(meta)
     }
 
