@@ -43,6 +43,7 @@ use crate::retention::{self, Retention};
 use crate::{Error, names};
 
 mod hashing;
+mod import;
 mod read;
 mod receive;
 
@@ -293,125 +294,6 @@ impl Store {
     pub fn archive_path(&self, id: &str) -> Result<PathBuf, Error> {
         self.get(id)?;
         Ok(self.content_path(id))
-    }
-
-    /// Copies `source` into the store, hashing it on the way with `hash`,
-    /// and records `meta` (whose `id` and `size_bytes` are filled in here).
-    pub fn import_file(
-        &self,
-        source: &Path,
-        meta: ArchiveMeta,
-        hash: ContentHash,
-    ) -> Result<ArchiveMeta, Error> {
-        self.import_file_with(source, meta, hash, &mut |_| {})
-    }
-
-    /// [`Store::import_file`], handing each chunk read to `tee` as well
-    /// (the live replication of the archive), so it is read once.
-    pub fn import_file_with(
-        &self,
-        source: &Path,
-        mut meta: ArchiveMeta,
-        hash: ContentHash,
-        tee: &mut dyn FnMut(&Bytes),
-    ) -> Result<ArchiveMeta, Error> {
-        meta.validate_owner()?;
-        let mut input = File::open(source).map_err(|e| Error::io("opening", source, e))?;
-        let source_bytes = input.metadata().map_or(u64::MAX, |m| m.len());
-        // Sized to the file (plus one byte to see its end in one read):
-        // zeroing 1 MiB for a small archive costs more than copying it.
-        let buffer_bytes = usize::try_from(source_bytes)
-            .map_or(COPY_BUFFER, |len| len.saturating_add(1).min(COPY_BUFFER));
-        let mut temp = self.temp_file()?;
-        let mut sealer = self.key.as_ref().map(Sealer::new).transpose()?;
-        if let Some(sealer) = &sealer {
-            temp.write_all(sealer.header())
-                .map_err(|e| Error::io("writing", temp.path(), e))?;
-        }
-        let mut writeback = Writeback::from(temp.as_file().stream_position().unwrap_or(0));
-        let mut hashing = hashing::Hashing::new(hash, source_bytes);
-        let mut size = 0u64;
-        loop {
-            let mut chunk = vec![0u8; buffer_bytes];
-            let read = input
-                .read(&mut chunk)
-                .map_err(|e| Error::io("reading", source, e))?;
-            if read == 0 {
-                break;
-            }
-            chunk.truncate(read);
-            let chunk = Bytes::from(chunk);
-            size += read as u64;
-            if size > self.max_archive_bytes {
-                return Err(Error::TooLarge {
-                    what: source.display().to_string(),
-                    size,
-                    max: self.max_archive_bytes,
-                });
-            }
-            let written = match &mut sealer {
-                Some(sealer) => sealer.write(&chunk, temp.as_file_mut()),
-                None => temp.write_all(&chunk).map(|()| read as u64),
-            }
-            .map_err(|e| Error::io("writing", temp.path(), e))?;
-            writeback.wrote(temp.as_file(), written);
-            tee(&chunk);
-            hashing
-                .update(chunk)
-                .map_err(|e| Error::io("hashing", source, e))?;
-        }
-        if let Some(sealer) = &mut sealer {
-            sealer
-                .finish(temp.as_file_mut())
-                .map_err(|e| Error::io("writing", temp.path(), e))?;
-        }
-        let syncing = std::time::Instant::now();
-        temp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io("syncing", temp.path(), e))?;
-        let sync_ms = syncing.elapsed().as_millis() as u64;
-        meta.id = hashing
-            .finish()
-            .map_err(|e| Error::io("hashing", source, e))?;
-        meta.size_bytes = size;
-        meta.encrypted = sealer.is_some();
-        if let Ok(mut existing) = self.get(&meta.id) {
-            // Identical bytes are stored once. A newer checkpoint of the same
-            // container that found nothing changed is still a checkpoint of
-            // now: without moving its time on, an idle application's newest
-            // checkpoint would age past maxCheckpointAge and its failover
-            // would start cold.
-            if existing.retention_group() == meta.retention_group()
-                && existing.pod_uid == meta.pod_uid
-                && existing.taken_at_millis < meta.taken_at_millis
-            {
-                existing.taken_at_millis = meta.taken_at_millis;
-                self.write_metadata(&existing)?;
-            }
-            return Ok(existing);
-        }
-        let content = self.content_path(&meta.id);
-        temp.persist(&content)
-            .map_err(|e| Error::io("renaming into", &content, e.error))?;
-        self.write_metadata(&meta)?;
-        // What the final sync waited for: the disk's part of storing.
-        tracing::info!(archive = %meta.id, bytes = size, sync_ms, "archive imported");
-        Ok(meta)
-    }
-
-    /// Stores `bytes` (a StateApi state) like an imported file.
-    pub fn import_bytes(
-        &self,
-        bytes: &[u8],
-        meta: ArchiveMeta,
-        hash: ContentHash,
-    ) -> Result<ArchiveMeta, Error> {
-        let mut staged = self.temp_file()?;
-        staged
-            .write_all(bytes)
-            .and_then(|()| staged.flush())
-            .map_err(|e| Error::io("writing", staged.path(), e))?;
-        self.import_file(staged.path(), meta, hash)
     }
 
     fn temp_file(&self) -> Result<tempfile::NamedTempFile, Error> {
