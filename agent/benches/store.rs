@@ -4,10 +4,12 @@
 //!
 //! `cargo bench -p ferry-agent --bench store` prints a Markdown table per
 //! size: a plain copy with one fsync (what `cp` and `sync` do), each hash
-//! alone over the file in the page cache, and the store's import
-//! (read, hash, write, fsync, metadata): named by BLAKE3 (what the agent
-//! does now) and by sha256 (before, and beside agents that know only
-//! sha256), plaintext and encrypted.
+//! alone over the file in the page cache, and the store's import: adopted
+//! (the runtime's fresh, unsynced file linked into the store on the same
+//! mount: read, hash, fsync, metadata) and copied (another mount: read,
+//! hash, write, fsync, metadata), named by BLAKE3 (what the agent does now)
+//! and by sha256 (before, and beside agents that know only sha256),
+//! plaintext and encrypted.
 //! `FERRY_BENCH_SIZES` (MiB, default `64,256,1024`), `FERRY_BENCH_RUNS`
 //! (default 3) and `FERRY_BENCH_DIR` (default /var/tmp; a real disk, not a
 //! tmpfs) change the setup. Times are medians, MiB/s of the archive.
@@ -132,8 +134,15 @@ fn main() {
         // As the kubelet leaves its checkpoint: on disk and in the page cache.
         common::write_pseudo_random(&source, size, size);
         File::open(&source).unwrap().sync_all().unwrap();
+        // A second name keeps the store from adopting the source: it copies,
+        // as it does from another mount.
+        let alias = dir.path().join("checkpoint.alias");
+        std::fs::hard_link(&source, &alias).unwrap();
+        // Written afresh before each adoption, as the runtime leaves it:
+        // in the page cache, not yet on disk.
+        let fresh = dir.path().join("fresh.tar");
         let copy = dir.path().join("copy");
-        let steps: [(&str, &dyn Fn(u64) -> Duration); 6] = [
+        let steps: [(&str, &dyn Fn(u64) -> Duration); 7] = [
             ("copy + fsync (baseline: cp; sync)", &|_| {
                 let took = timed(|| copy_and_fsync(&source, &copy));
                 std::fs::remove_file(&copy).unwrap();
@@ -156,22 +165,34 @@ fn main() {
                 })
             }),
             (
-                "ferry import: read, blake3, write, fsync, metadata",
+                "ferry import, adopted (same mount; the runtime's file unsynced): read, blake3, fsync, metadata",
+                &|round| {
+                    common::write_pseudo_random(&fresh, size, size);
+                    let took = import(dir.path(), &fresh, None, ContentHash::Blake3, round);
+                    std::fs::remove_file(&fresh).unwrap();
+                    took
+                },
+            ),
+            (
+                "ferry import, copied (another mount): read, blake3, write, fsync, metadata",
                 &|round| import(dir.path(), &source, None, ContentHash::Blake3, round),
             ),
             (
-                "ferry import named by sha256 (agents before BLAKE3)",
+                "ferry import, copied, named by sha256 (agents before BLAKE3)",
                 &|round| import(dir.path(), &source, None, ContentHash::Sha256, round),
             ),
-            ("ferry import, encrypted at rest (AES-256-GCM)", &|round| {
-                import(
-                    dir.path(),
-                    &source,
-                    Some(key.clone()),
-                    ContentHash::Blake3,
-                    round,
-                )
-            }),
+            (
+                "ferry import, encrypted at rest (AES-256-GCM; always copied)",
+                &|round| {
+                    import(
+                        dir.path(),
+                        &source,
+                        Some(key.clone()),
+                        ContentHash::Blake3,
+                        round,
+                    )
+                },
+            ),
         ];
         let mut rows: Vec<Row> = steps
             .iter()
@@ -187,6 +208,7 @@ fn main() {
             }
         }
         std::fs::remove_file(&source).unwrap();
+        std::fs::remove_file(&alias).unwrap();
         let baseline = median(&rows[0].millis);
         println!("## {} MiB\n", size / MIB);
         println!("| step | ms | MiB/s | × the copy |\n|---|---|---|---|");
