@@ -1,14 +1,15 @@
-//! Replication benchmark (issue 3): a 1 GiB archive replicated between two
-//! real agent processes (mutual TLS, its BLAKE3 id verified by the receiver)
-//! against a plain TCP copy of the same bytes over loopback, in the same run;
+//! Replication benchmark (issue 3): archives of 64 MiB, 256 MiB and 1 GiB
+//! replicated between two real agent processes (mutual TLS, the BLAKE3 id
+//! verified by the receiver) against a plain TCP copy of the same bytes
+//! over loopback, in the same run;
 //! and beside it an archive of the same size named by sha256, as agents
 //! named archives before BLAKE3 (and still do beside agents that know only
 //! sha256), so the gain of the hash shows within one run.
 //!
 //! `cargo bench -p ferry-agent --bench replication` prints a Markdown table
 //! and whether the targets are met. It fails only when replication breaks,
-//! never on speed. `FERRY_BENCH_MIB` (default 1024), `FERRY_BENCH_RUNS`
-//! (default 3) and `FERRY_BENCH_DIR` (default /var/tmp; must not be a tmpfs)
+//! never on speed. `FERRY_BENCH_SIZES` (MiB, comma-separated, default
+//! 64,256,1024), `FERRY_BENCH_RUNS` (default 3) and `FERRY_BENCH_DIR` (default /var/tmp; must not be a tmpfs)
 //! change the setup; `FERRY_BENCH_ENCRYPT=1` gives every agent its own
 //! encryption key (archives encrypted at rest: the sender decrypts, the
 //! receiver encrypts; the TCP copy copies the encrypted file). CPU seconds come from /proc/<pid>/stat (user + system):
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use common::{AgentProcess, ContentHash, Pki, import_archive_hashed, key_flag, listed, write_key};
 use ferry_agent::encryption::{ArchiveKey, encrypted_len};
+use ferry_agent::store::ArchiveMeta;
 use ferry_proto::v1 as pb;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -127,9 +129,55 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Archive sizes in bytes: `FERRY_BENCH_SIZES`, MiB, comma-separated.
+fn sizes() -> Vec<u64> {
+    std::env::var("FERRY_BENCH_SIZES")
+        .unwrap_or_else(|_| "64,256,1024".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .expect("FERRY_BENCH_SIZES: MiB, comma-separated")
+                * MIB
+        })
+        .collect()
+}
+
+/// The agents and files every size is measured with.
+struct Bench {
+    pki: Pki,
+    a: AgentProcess,
+    b: AgentProcess,
+    b_zstd: AgentProcess,
+    a_sends: ferry_agent::replication::Replicator,
+    a_zstd_sends: ferry_agent::replication::Replicator,
+    tls: TlsCopy,
+    copy: PathBuf,
+    tls_target: PathBuf,
+    encrypt: bool,
+    runs: u64,
+}
+
+/// One size's archives on A: named by BLAKE3, and by sha256.
+struct Archives {
+    size: u64,
+    blake3: ArchiveMeta,
+    sha256: ArchiveMeta,
+}
+
+/// One size's samples, by method.
+#[derive(Default)]
+struct Measured {
+    tcp: Samples,
+    secure: Samples,
+    suite: String,
+    ferry: Samples,
+    ferry_sha256: Samples,
+    ferry_zstd: Samples,
+}
+
 async fn run() {
     common::install_crypto_provider();
-    let size = env_number("FERRY_BENCH_MIB", 1024) * MIB;
     let runs = env_number("FERRY_BENCH_RUNS", 3).max(1);
     let encrypt = std::env::var("FERRY_BENCH_ENCRYPT").is_ok_and(|v| v == "1");
     let base = PathBuf::from(std::env::var("FERRY_BENCH_DIR").unwrap_or("/var/tmp".into()));
@@ -145,7 +193,7 @@ async fn run() {
         dir.path().display()
     );
 
-    // The archive goes into A's store before A starts; A sends it both
+    // The archives go into A's store before A starts; A sends each both
     // plainly and with `--zstd`.
     let started = Instant::now();
     let a_dir = dir.path().join("a");
@@ -163,39 +211,41 @@ async fn run() {
     let key_a = key_files
         .as_ref()
         .map(|files| ArchiveKey::load(&files[0]).unwrap());
-    let archive = import_archive_hashed(&a_dir, size, 42, key_a.clone(), ContentHash::Blake3);
-    let sha256_named = import_archive_hashed(&a_dir, size, 43, key_a, ContentHash::Sha256);
-    let archives = |data_dir: &Path| data_dir.join("archives");
+    let archives: Vec<Archives> = sizes()
+        .into_iter()
+        .zip(0u64..)
+        .map(|(size, i)| Archives {
+            size,
+            blake3: import_archive_hashed(
+                &a_dir,
+                size,
+                42 + 2 * i,
+                key_a.clone(),
+                ContentHash::Blake3,
+            ),
+            sha256: import_archive_hashed(
+                &a_dir,
+                size,
+                43 + 2 * i,
+                key_a.clone(),
+                ContentHash::Sha256,
+            ),
+        })
+        .collect();
     eprintln!(
-        "imported a {} MiB archive in {:.1} s",
-        size / MIB,
+        "imported {} archives in {:.1} s",
+        2 * archives.len(),
         started.elapsed().as_secs_f64()
     );
-    let source = archives(&a_dir).join(format!("{}.tar", archive.id));
-    let stored_size = if encrypt { encrypted_len(size) } else { size };
-    assert_eq!(std::fs::metadata(&source).unwrap().len(), stored_size);
-    let copy = dir.path().join("tcp-copy.bin");
 
     let pki = Pki::new(dir.path());
-    let args = |extra: &[&'static str], keys: &Vec<String>| -> Vec<String> {
-        extra
-            .iter()
-            .map(|s| (*s).to_owned())
-            .chain(keys.iter().cloned())
-            .collect()
-    };
-    let (a_args, b_args, b2_args) = (
-        args(&[], &flags[0]),
-        args(&[], &flags[1]),
-        args(&[], &flags[2]),
-    );
     fn refs(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
     }
-    let a = AgentProcess::start(&pki, "node-a", &a_dir, 0, &refs(&a_args)).await;
-    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &refs(&b_args)).await;
+    let a = AgentProcess::start(&pki, "node-a", &a_dir, 0, &refs(&flags[0])).await;
+    let b = AgentProcess::start(&pki, "node-b", &dir.path().join("b"), 0, &refs(&flags[1])).await;
     let b_zstd =
-        AgentProcess::start(&pki, "node-b2", &dir.path().join("b2"), 0, &refs(&b2_args)).await;
+        AgentProcess::start(&pki, "node-b2", &dir.path().join("b2"), 0, &refs(&flags[2])).await;
     // The sending side runs in this process (the agent's replicator on A's
     // store, with A's certificate and key): the agents expose no "send this
     // archive" call, since in a cluster only checkpoints are replicated.
@@ -206,75 +256,40 @@ async fn run() {
     let a_zstd_sends = common::sender(&pki, &a, key_a_file.as_deref(), true);
     let mut held = listed(&a);
     held.sort();
-    let mut both = vec![archive.id.clone(), sha256_named.id.clone()];
-    both.sort();
-    assert_eq!(held, both, "node-a serves both archives");
+    let mut all: Vec<String> = archives
+        .iter()
+        .flat_map(|x| [x.blake3.id.clone(), x.sha256.id.clone()])
+        .collect();
+    all.sort();
+    assert_eq!(held, all, "node-a serves every archive");
 
-    let tls = TlsCopy::new(&pki);
-    let tls_target = dir.path().join("tls-copy.bin");
-    let mut tcp = Samples::default();
-    let mut secure = Samples::default();
-    let mut suite = String::new();
-    let mut ferry = Samples::default();
-    let mut ferry_sha256 = Samples::default();
-    let mut ferry_zstd = Samples::default();
-    // Interleaved rounds, so drift on a shared machine hits every method.
-    // Before each method the disk writes back what the one before wrote.
-    for round in 1..=runs {
-        settle(stored_size);
-        let (from, to) = (source.clone(), copy.clone());
-        let own_cpu = cpu_seconds(std::process::id());
-        let elapsed = tokio::task::spawn_blocking(move || tcp_copy(&from, &to, stored_size))
-            .await
-            .unwrap();
-        let cpu = (cpu_seconds(std::process::id()) - own_cpu, 0.0);
-        std::fs::remove_file(&copy).unwrap();
-        tcp.add(size, Run { elapsed, cpu });
-
-        settle(stored_size);
-        let (copier, from, to) = (tls.clone(), source.clone(), tls_target.clone());
-        // The receiver hashes what it stores; with encryption at rest on, that
-        // is the encrypted file, not the archive id.
-        let expected = (!encrypt).then(|| archive.id.clone());
-        let (run, negotiated) = tokio::task::spawn_blocking(move || {
-            copier.copy(&from, &to, stored_size, expected.as_deref())
-        })
-        .await
-        .unwrap();
-        std::fs::remove_file(&tls_target).unwrap();
-        secure.add(size, run);
-        suite = negotiated;
-
-        settle(stored_size);
-        ferry.add(size, replicate(&pki, &a_sends, &a, &b, &archive).await);
-        settle(stored_size);
-        ferry_sha256.add(size, replicate(&pki, &a_sends, &a, &b, &sha256_named).await);
-        settle(stored_size);
-        ferry_zstd.add(
-            size,
-            replicate(&pki, &a_zstd_sends, &a, &b_zstd, &archive).await,
-        );
-        eprintln!(
-            "round {round}/{runs}: tcp {:.0}, tls+blake3 {:.0}, ferry {:.0}, ferry sha256-named {:.0}, ferry --zstd {:.0} MiB/s",
-            tcp.last(),
-            secure.last(),
-            ferry.last(),
-            ferry_sha256.last(),
-            ferry_zstd.last()
-        );
+    let bench = Bench {
+        tls: TlsCopy::new(&pki),
+        pki,
+        a,
+        b,
+        b_zstd,
+        a_sends,
+        a_zstd_sends,
+        copy: dir.path().join("tcp-copy.bin"),
+        tls_target: dir.path().join("tls-copy.bin"),
+        encrypt,
+        runs,
+    };
+    let mut measured = Vec::new();
+    for archives in &archives {
+        measured.push(measure(&bench, archives, &a_dir).await);
     }
 
     let rss = |agent: &AgentProcess| agent.peak_rss_kib() as f64 / 1024.0;
-    let tcp_median = tcp.median();
     println!();
     println!("{}", machine());
     println!(
-        "Archive: {} MiB of pseudo-random bytes; {runs} runs per method, interleaved, each after \
+        "Archives of pseudo-random bytes; {runs} runs per method, interleaved, each after \
          the disk wrote back the one before (sync, then a pause: this virtual disk takes a GiB \
          at once and then writes ~250 MB/s); \
          data under {} ({fs_type}); the source is in the page cache for every method; \
          encryption at rest {}.",
-        size / MIB,
         dir.path().display(),
         if encrypt {
             "on (AES-256-GCM, a key per agent; the TCP copy moves the encrypted file)"
@@ -282,71 +297,146 @@ async fn run() {
             "off"
         }
     );
-    println!();
-    println!(
-        "| method | throughput MiB/s: median (min–max) | ratio to TCP copy | CPU s per GiB: sender + receiver | sender peak RSS MiB | receiver peak RSS MiB |"
-    );
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| plain TCP copy, loopback, 1 MiB buffers, receiver fsyncs | {} | 1.00 | {} (both threads) | – | – |",
-        tcp.cell(),
-        tcp.cpu_cell(size, false)
-    );
-    println!(
-        "| TLS copy + blake3 (the required work, no gRPC): rustls/ring mutual TLS ({}), 1 MiB buffers; receiver: a TLS thread, a thread that hashes, writes (early writeback), fsyncs | {} | {:.2} | {} (threads) | – | – |",
-        suite,
-        secure.cell(),
-        secure.median() / tcp_median,
-        secure.cpu_cell(size, true)
-    );
-    let rows = [
-        (
-            "ferry replication A→B, mTLS, receiver verifies the BLAKE3 id, fsyncs and publishes",
-            &ferry,
-            &a,
-            &b,
-        ),
-        (
-            "the same, an archive named by sha256 (before BLAKE3)",
-            &ferry_sha256,
-            &a,
-            &b,
-        ),
-        (
-            "ferry replication A→B with `--zstd` (level 1; pseudo-random data does not compress)",
-            &ferry_zstd,
-            &a,
-            &b_zstd,
-        ),
-    ];
-    for (method, samples, sender, receiver) in &rows {
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    for (archives, m) in archives.iter().zip(&measured) {
+        let size = archives.size;
+        let tcp_median = m.tcp.median();
+        println!();
+        println!("## {} MiB", size / MIB);
+        println!();
         println!(
-            "| {method} | {} | {:.2} | {} | {:.1} | {:.1} |",
-            samples.cell(),
-            samples.median() / tcp_median,
-            samples.cpu_cell(size, true),
-            rss(sender),
-            rss(receiver)
+            "| method | throughput MiB/s: median (min–max) | ratio to TCP copy | CPU s per GiB: sender + receiver |"
+        );
+        println!("|---|---|---|---|");
+        println!(
+            "| plain TCP copy, loopback, 1 MiB buffers, receiver fsyncs | {} | 1.00 | {} (both threads) |",
+            m.tcp.cell(),
+            m.tcp.cpu_cell(size, false)
+        );
+        println!(
+            "| TLS copy + blake3 (the required work, no gRPC): rustls/ring mutual TLS ({}), 1 MiB buffers; receiver: a TLS thread, a thread that hashes, writes (early writeback), fsyncs | {} | {:.2} | {} (threads) |",
+            m.suite,
+            m.secure.cell(),
+            m.secure.median() / tcp_median,
+            m.secure.cpu_cell(size, true)
+        );
+        for (method, samples) in [
+            (
+                "ferry replication A→B, mTLS, receiver verifies the BLAKE3 id, fsyncs and publishes",
+                &m.ferry,
+            ),
+            (
+                "the same, an archive named by sha256 (before BLAKE3)",
+                &m.ferry_sha256,
+            ),
+            (
+                "ferry replication A→B with `--zstd` (level 1; pseudo-random data does not compress)",
+                &m.ferry_zstd,
+            ),
+        ] {
+            println!(
+                "| {method} | {} | {:.2} | {} |",
+                samples.cell(),
+                samples.median() / tcp_median,
+                samples.cpu_cell(size, true),
+            );
+        }
+        println!();
+        let ratio = m.ferry.median() / tcp_median;
+        println!(
+            "- Target ratio >= {TARGET_RATIO} (mTLS and hashing on): {} ({ratio:.2})",
+            met(ratio >= TARGET_RATIO)
+        );
+        println!(
+            "- ferry to the TLS + blake3 floor: {:.2} (the rest is ferry's own overhead); the floor to the TCP copy: {:.2} (the price of TLS and hashing); BLAKE3 ids against sha256 ids: {:.2}×",
+            m.ferry.median() / m.secure.median(),
+            m.secure.median() / tcp_median,
+            m.ferry.median() / m.ferry_sha256.median()
         );
     }
     println!();
-    let ratio = ferry.median() / tcp_median;
-    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let agents = [&bench.a, &bench.b, &bench.b_zstd];
+    let peak = agents.into_iter().map(rss).fold(0.0, f64::max);
     println!(
-        "- Target ratio >= {TARGET_RATIO} (mTLS and hashing on): {} ({ratio:.2})",
-        met(ratio >= TARGET_RATIO)
+        "Peak RSS over every size: sender (node-a) {:.1} MiB, receivers {:.1} and {:.1} (`--zstd`) MiB.",
+        rss(&bench.a),
+        rss(&bench.b),
+        rss(&bench.b_zstd)
     );
-    println!(
-        "- ferry to the TLS + blake3 floor: {:.2} (the rest is ferry's own overhead); the floor to the TCP copy: {:.2} (the price of TLS and hashing); BLAKE3 ids against sha256 ids: {:.2}×",
-        ferry.median() / secure.median(),
-        secure.median() / tcp_median,
-        ferry.median() / ferry_sha256.median()
-    );
-    let peak = [&a, &b, &b_zstd].into_iter().map(rss).fold(0.0, f64::max);
     println!(
         "- Target agent peak RSS <= {TARGET_RSS_MIB} MiB: {} (highest {peak:.1} MiB)",
         met(peak <= TARGET_RSS_MIB)
     );
+}
+
+/// Every method on one size's archives, in interleaved rounds, so drift on
+/// a shared machine hits every method. Before each method the disk writes
+/// back what the one before wrote.
+async fn measure(bench: &Bench, archives: &Archives, a_dir: &Path) -> Measured {
+    let size = archives.size;
+    let stored_size = if bench.encrypt {
+        encrypted_len(size)
+    } else {
+        size
+    };
+    let source = a_dir
+        .join("archives")
+        .join(format!("{}.tar", archives.blake3.id));
+    assert_eq!(std::fs::metadata(&source).unwrap().len(), stored_size);
+    let mut m = Measured::default();
+    for round in 1..=bench.runs {
+        settle(stored_size);
+        let (from, to) = (source.clone(), bench.copy.clone());
+        let own_cpu = cpu_seconds(std::process::id());
+        let elapsed = tokio::task::spawn_blocking(move || tcp_copy(&from, &to, stored_size))
+            .await
+            .unwrap();
+        let cpu = (cpu_seconds(std::process::id()) - own_cpu, 0.0);
+        std::fs::remove_file(&bench.copy).unwrap();
+        m.tcp.add(size, Run { elapsed, cpu });
+
+        settle(stored_size);
+        let (copier, from, to) = (bench.tls.clone(), source.clone(), bench.tls_target.clone());
+        // The receiver hashes what it stores; with encryption at rest on, that
+        // is the encrypted file, not the archive id.
+        let expected = (!bench.encrypt).then(|| archives.blake3.id.clone());
+        let (run, negotiated) = tokio::task::spawn_blocking(move || {
+            copier.copy(&from, &to, stored_size, expected.as_deref())
+        })
+        .await
+        .unwrap();
+        std::fs::remove_file(&bench.tls_target).unwrap();
+        m.secure.add(size, run);
+        m.suite = negotiated;
+
+        let (pki, a, b) = (&bench.pki, &bench.a, &bench.b);
+        settle(stored_size);
+        m.ferry.add(
+            size,
+            replicate(pki, &bench.a_sends, a, b, &archives.blake3).await,
+        );
+        settle(stored_size);
+        m.ferry_sha256.add(
+            size,
+            replicate(pki, &bench.a_sends, a, b, &archives.sha256).await,
+        );
+        settle(stored_size);
+        m.ferry_zstd.add(
+            size,
+            replicate(pki, &bench.a_zstd_sends, a, &bench.b_zstd, &archives.blake3).await,
+        );
+        eprintln!(
+            "{} MiB, round {round}/{}: tcp {:.0}, tls+blake3 {:.0}, ferry {:.0}, ferry sha256-named {:.0}, ferry --zstd {:.0} MiB/s",
+            size / MIB,
+            bench.runs,
+            m.tcp.last(),
+            m.secure.last(),
+            m.ferry.last(),
+            m.ferry_sha256.last(),
+            m.ferry_zstd.last()
+        );
+    }
+    m
 }
 
 /// Reads `source` and sends it over a loopback TCP connection to a receiver

@@ -14,8 +14,9 @@
 //! ones while a standby's agent knows only sha256). Both kinds live side by
 //! side; each is verified by the hash its id names.
 //!
-//! Bytes are written to a temporary file, fsynced and renamed; the metadata
-//! is written the same way only afterwards. A crash at any point leaves
+//! Bytes are written to a temporary file (or the runtime's own file is
+//! linked in as one, see [`import`]), fsynced and renamed; the metadata is
+//! written the same way only afterwards. A crash at any point leaves
 //! either nothing visible or a complete, verified archive.
 //!
 //! With an [`ArchiveKey`] new archives and incoming replicas are encrypted
