@@ -22,7 +22,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[allow(dead_code)] // this bench only settles the disk
+#[allow(dead_code)] // this bench only settles the disk and reads its sizes
 mod shared;
 
 use std::fmt::Write as _;
@@ -492,15 +492,7 @@ fn main() {
 }
 
 async fn run() {
-    let ballasts: Vec<u64> = std::env::var("FERRY_BENCH_BALLASTS")
-        .unwrap_or_else(|_| "16,64,256,1024".into())
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse()
-                .expect("FERRY_BENCH_BALLASTS: MiB, comma-separated")
-        })
-        .collect();
+    let ballasts = shared::env_mib_list("FERRY_BENCH_BALLASTS", "16,64,256,1024");
     common::install_crypto_provider();
     let criu = criu();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();

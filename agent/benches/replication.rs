@@ -129,20 +129,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Archive sizes in bytes: `FERRY_BENCH_SIZES`, MiB, comma-separated.
-fn sizes() -> Vec<u64> {
-    std::env::var("FERRY_BENCH_SIZES")
-        .unwrap_or_else(|_| "64,256,1024".into())
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<u64>()
-                .expect("FERRY_BENCH_SIZES: MiB, comma-separated")
-                * MIB
-        })
-        .collect()
-}
-
 /// The agents and files every size is measured with.
 struct Bench {
     pki: Pki,
@@ -211,7 +197,7 @@ async fn run() {
     let key_a = key_files
         .as_ref()
         .map(|files| ArchiveKey::load(&files[0]).unwrap());
-    let archives: Vec<Archives> = sizes()
+    let archives: Vec<Archives> = shared::bench_sizes()
         .into_iter()
         .zip(0u64..)
         .map(|(size, i)| Archives {

@@ -34,19 +34,6 @@ use shared::{env_number, median, settle};
 const MIB: u64 = 1 << 20;
 const BUFFER: usize = 1 << 20;
 
-fn sizes() -> Vec<u64> {
-    std::env::var("FERRY_BENCH_SIZES")
-        .unwrap_or_else(|_| "64,256,1024".into())
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<u64>()
-                .expect("FERRY_BENCH_SIZES: MiB, comma-separated")
-                * MIB
-        })
-        .collect()
-}
-
 fn copy_and_fsync(source: &Path, target: &Path) {
     let mut input = File::open(source).unwrap();
     let mut output = File::create(target).unwrap();
@@ -129,7 +116,7 @@ fn main() {
             .find_map(|l| l.strip_prefix("model name\t: "))
             .unwrap_or("?")
     );
-    for size in sizes() {
+    for size in shared::bench_sizes() {
         let source = dir.path().join("checkpoint.tar");
         // As the kubelet leaves its checkpoint: on disk and in the page cache.
         common::write_pseudo_random(&source, size, size);

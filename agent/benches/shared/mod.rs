@@ -12,6 +12,29 @@ pub fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `name` from the environment as comma-separated MiB, or `default` (the
+/// same form): the sizes a bench measures.
+pub fn env_mib_list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: MiB, comma-separated, not {v:?}"))
+        })
+        .collect()
+}
+
+/// The archive sizes in bytes the store and replication benches measure:
+/// `FERRY_BENCH_SIZES` (MiB), 64 MiB, 256 MiB and 1 GiB unless set.
+pub fn bench_sizes() -> Vec<u64> {
+    env_mib_list("FERRY_BENCH_SIZES", "64,256,1024")
+        .into_iter()
+        .map(|mib| mib << 20)
+        .collect()
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let mut values = values.to_vec();
     values.sort_by(f64::total_cmp);
